@@ -1,0 +1,73 @@
+"""What the HTTP layer needs from a node, as a Protocol: the API never touches actors.
+
+Production passes the node's `ApiBackend` (exo/actors/api_host.py); tests may pass their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.models.cards import ModelCard
+
+Chunk = TokenOut | Finished
+
+
+class BackendError(Exception):
+    """An error a dialect turns into its own error shape; `status` is the HTTP status."""
+
+    status = 500
+    kind = "server_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(BackendError):
+    status = 400
+    kind = "invalid_request_error"
+
+
+class UnknownModel(BackendError):
+    status = 404
+    kind = "not_found_error"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist; see GET /v1/models.", "model")
+        self.model = model
+
+
+class Unavailable(BackendError):
+    """No instance could serve in time (placement or loading timed out, runner restarting)."""
+
+    status = 503
+    kind = "unavailable_error"
+
+
+class GenerationFailed(BackendError):
+    """The runner failed while serving the request (crashed, killed, out of memory)."""
+
+    status = 503
+    kind = "runner_error"
+
+
+class Backend(Protocol):
+    def models(self) -> list[ModelCard]: ...
+
+    def state_view(self) -> dict[str, Any]:
+        """`{"node_id", "master", "term", "index", "hash", "state"}` for GET /state."""
+        ...
+
+    def generate(
+        self, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
+    ) -> AbstractAsyncContextManager[AsyncIterator[Chunk]]:
+        """Stream one completion; leaving the context early cancels it on the runner.
+
+        Raises `UnknownModel`, `Unavailable` or `InvalidRequest` on entry, and
+        `GenerationFailed` or `InvalidRequest` while iterating.
+        """
+        ...

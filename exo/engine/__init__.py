@@ -1,0 +1,1 @@
+"""What runs inside a runner process: model loading and generation with MLX."""

@@ -1,0 +1,1 @@
+"""The vocabulary and the pure core: ids, facts, events, commands, codec, state, log."""

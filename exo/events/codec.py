@@ -1,0 +1,135 @@
+"""One cattrs converter for every record that crosses a boundary: log, wire, runner pipe.
+
+Unions are tagged by class name in a `type` field; unknown tags, unknown fields and
+wrongly typed scalars are rejected with a `CodecError` that says what and where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import cattrs
+from cattrs.strategies import configure_tagged_union
+
+from exo.engine import protocol
+from exo.events.commands import Command, Envelope
+from exo.events.events import Event, IndexedEvent
+
+class CodecError(ValueError):
+    """A record that does not decode to the expected type."""
+
+
+def _strict_scalar(kind: type) -> Any:
+    def structure(value: object, _: type) -> object:
+        # bool is an int subclass in Python; refuse it where a number is wanted.
+        if type(value) is kind or (kind is float and type(value) is int):
+            return kind(value)  # type: ignore[call-arg]
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    for kind in (int, float, str, bool):
+        converter.register_structure_hook(kind, _strict_scalar(kind))
+    configure_tagged_union(Event, converter, tag_name="type")
+    configure_tagged_union(Command, converter, tag_name="type")
+    configure_tagged_union(protocol.ToRunner, converter, tag_name="type")
+    configure_tagged_union(protocol.FromRunner, converter, tag_name="type")
+    return converter
+
+
+converter = make_converter()
+
+
+def to_plain(value: object, as_type: Any = None) -> Any:
+    """Plain JSON-ready data for a record; pass the union as `as_type` to get its tag."""
+    return converter.unstructure(value, unstructure_as=as_type)
+
+
+def from_plain(data: object, kind: Any) -> Any:
+    """The record of type `kind` that `data` encodes, or `CodecError`."""
+    try:
+        return converter.structure(data, kind)
+    except Exception as exc:
+        raise CodecError(f"cannot decode {_type_name(kind)}: {_describe(exc)}") from exc
+
+
+def _type_name(kind: Any) -> str:
+    args = getattr(kind, "__args__", None)
+    if args and getattr(kind, "__name__", None) is None or type(kind).__name__ == "UnionType":
+        return " | ".join(getattr(a, "__name__", str(a)) for a in args)
+    return str(getattr(kind, "__name__", kind))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in path if p) or '<root>'}: {_describe(err)}"
+            for err, path in _flatten(exc, ())
+        )
+    if isinstance(exc, KeyError):
+        return f"unknown type {exc}"
+    if isinstance(exc, TypeError | ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _flatten(exc: BaseException, path: tuple[object, ...]) -> list[tuple[BaseException, tuple[object, ...]]]:
+    if isinstance(exc, cattrs.BaseValidationError):
+        out: list[tuple[BaseException, tuple[object, ...]]] = []
+        for sub in exc.exceptions:
+            note = next(
+                (n for n in getattr(sub, "__notes__", []) if isinstance(n, str)), None
+            )
+            out.extend(_flatten(sub, (*path, _note_path(note))))
+        return out
+    return [(exc, path)]
+
+
+def _note_path(note: str | None) -> str:
+    if note is None:
+        return ""
+    # cattrs notes look like "Structuring class Foo @ attribute bar" or "@ index 3".
+    return note.rsplit(" ", 1)[-1]
+
+
+def canonical_json(data: object) -> bytes:
+    """The one byte encoding used for hashing and the log: sorted keys, no spaces, no NaN."""
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def encode(value: object, as_type: Any = None) -> bytes:
+    return canonical_json(to_plain(value, as_type))
+
+
+def decode(raw: bytes | str, kind: Any) -> Any:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"not JSON: {exc}") from exc
+    return from_plain(data, kind)
+
+
+def digest(value: object) -> str:
+    """sha256 of the canonical encoding: the state hash and the trace hash."""
+    return hashlib.sha256(encode(value)).hexdigest()
+
+
+__all__ = [
+    "CodecError",
+    "Envelope",
+    "IndexedEvent",
+    "canonical_json",
+    "converter",
+    "decode",
+    "digest",
+    "encode",
+    "from_plain",
+    "to_plain",
+]

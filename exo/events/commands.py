@@ -1,0 +1,93 @@
+"""Commands: requests to the master, which turns each into zero or more events."""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from exo.events.facts import DownloadStatus, FinishReason, NodeProfile, RunnerStatus, Strategy
+from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
+
+
+@frozen
+class RegisterNode:
+    profile: NodeProfile
+
+
+@frozen
+class PlaceInstance:
+    model: ModelId
+    strategy: Strategy = "pipeline"
+    min_nodes: int = 1
+    nodes: tuple[NodeId, ...] | None = None
+    # Accept without placing when the model already has an instance (a chat request's
+    # implicit placement), so concurrent requests never place twice.
+    if_absent: bool = False
+
+
+@frozen
+class DeleteInstance:
+    instance_id: InstanceId
+
+
+@frozen
+class ReportRunnerStatus:
+    instance_id: InstanceId
+    status: RunnerStatus
+
+
+@frozen
+class ReportDownload:
+    model: ModelId
+    status: DownloadStatus
+
+
+@frozen
+class StartRequest:
+    request_id: RequestId
+    instance_id: InstanceId
+
+
+@frozen
+class FinishRequest:
+    request_id: RequestId
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@frozen
+class FailRequest:
+    request_id: RequestId
+    error: str
+
+
+Command = (
+    RegisterNode
+    | PlaceInstance
+    | DeleteInstance
+    | ReportRunnerStatus
+    | ReportDownload
+    | StartRequest
+    | FinishRequest
+    | FailRequest
+)
+COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
+
+
+@frozen
+class Envelope:
+    """A command with its idempotency key and the node that sent it."""
+
+    command_id: CommandId
+    origin: NodeId
+    command: Command
+
+
+@frozen
+class CommandOutcome:
+    """The master's answer to one command: accepted (with the last index it produced) or not."""
+
+    command_id: CommandId
+    accepted: bool
+    reason: str = ""
+    index: int = 0

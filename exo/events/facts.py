@@ -1,0 +1,103 @@
+"""Records that events carry and the state holds: node profiles, instances, statuses."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from attrs import frozen
+
+from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
+
+Accelerator = Literal["cpu", "metal", "cuda"]
+Strategy = Literal["pipeline", "tensor"]
+RunnerPhase = Literal["starting", "loading", "ready", "failed"]
+DownloadPhase = Literal["pending", "downloading", "complete", "failed"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@frozen
+class NodeProfile:
+    """What a node reports about itself; memory in bytes."""
+
+    hostname: str
+    platform: str
+    cpu_cores: int
+    memory_total: int
+    memory_available: int
+    accelerator: Accelerator
+    api_port: int
+    peer_port: int
+
+
+@frozen
+class Shard:
+    """One rank's slice of a model: layers [start_layer, end_layer)."""
+
+    node_id: NodeId
+    rank: int
+    start_layer: int
+    end_layer: int
+
+
+@frozen
+class Instance:
+    """A model placed on a set of nodes; one runner per shard."""
+
+    instance_id: InstanceId
+    model: ModelId
+    strategy: Strategy
+    shards: tuple[Shard, ...]
+
+    def shard_on(self, node_id: NodeId) -> Shard | None:
+        return next((s for s in self.shards if s.node_id == node_id), None)
+
+
+@frozen
+class RunnerStatus:
+    """A runner's phase; `detail` holds the stderr tail when it failed, `restarts` counts crashes."""
+
+    phase: RunnerPhase
+    detail: str = ""
+    restarts: int = 0
+
+
+@frozen
+class DownloadStatus:
+    phase: DownloadPhase
+    bytes_done: int = 0
+    bytes_total: int = 0
+    detail: str = ""
+
+
+@frozen
+class RequestRecord:
+    """An in-flight generation request: its lifecycle, never its tokens."""
+
+    request_id: RequestId
+    instance_id: InstanceId
+    api_node: NodeId
+    model: ModelId
+
+
+@frozen
+class RequestCounters:
+    finished: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+__all__ = [
+    "Accelerator",
+    "DownloadPhase",
+    "DownloadStatus",
+    "FinishReason",
+    "Instance",
+    "NodeProfile",
+    "RequestCounters",
+    "RequestRecord",
+    "RunnerPhase",
+    "RunnerStatus",
+    "Shard",
+    "Strategy",
+]

@@ -1,0 +1,142 @@
+"""The replicated state and `apply`: a pure fold of indexed events.
+
+`apply` reads no clock, no randomness and no I/O; the same log gives the same state,
+and so the same `state_hash`, on any machine.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from attrs import evolve, field, frozen
+
+from exo.events.codec import digest
+from exo.events.events import (
+    DownloadStatusChanged,
+    IndexedEvent,
+    InstanceCreated,
+    InstanceDeleted,
+    MasterElected,
+    NodeProfiled,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    RunnerStatusChanged,
+)
+from exo.events.facts import (
+    DownloadStatus,
+    Instance,
+    NodeProfile,
+    RequestCounters,
+    RequestRecord,
+    RunnerStatus,
+)
+from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ApplyError(ValueError):
+    """An event that cannot follow the state: a gap, a repeat, or an older term."""
+
+
+@frozen
+class State:
+    last_index: int = 0
+    term: int = 0
+    master: NodeId | None = None
+    nodes: dict[NodeId, NodeProfile] = field(factory=dict)
+    instances: dict[InstanceId, Instance] = field(factory=dict)
+    runners: dict[InstanceId, dict[NodeId, RunnerStatus]] = field(factory=dict)
+    downloads: dict[NodeId, dict[ModelId, DownloadStatus]] = field(factory=dict)
+    requests: dict[RequestId, RequestRecord] = field(factory=dict)
+    request_counters: dict[InstanceId, RequestCounters] = field(factory=dict)
+
+    def runner_status(self, instance_id: InstanceId, node_id: NodeId) -> RunnerStatus | None:
+        return self.runners.get(instance_id, {}).get(node_id)
+
+    def download_status(self, node_id: NodeId, model: ModelId) -> DownloadStatus | None:
+        return self.downloads.get(node_id, {}).get(model)
+
+    def instances_of(self, model: ModelId) -> list[Instance]:
+        return [i for i in self.instances.values() if i.model == model]
+
+
+def state_hash(state: State) -> str:
+    """sha256 of the canonical encoding of the state."""
+    return digest(state)
+
+
+def apply(state: State, indexed: IndexedEvent) -> State:
+    """The state after one more event; raises `ApplyError` unless it is the next index."""
+    if indexed.index != state.last_index + 1:
+        raise ApplyError(f"event {indexed.index} does not follow index {state.last_index}")
+    if indexed.term < state.term:
+        raise ApplyError(f"event {indexed.index} has term {indexed.term} < current {state.term}")
+    state = evolve(state, last_index=indexed.index, term=indexed.term)
+    return _apply_event(state, indexed.event)
+
+
+def _apply_event(state: State, event: object) -> State:
+    match event:
+        case MasterElected(node_id=node_id):
+            return evolve(state, master=node_id)
+        case NodeProfiled(node_id=node_id, profile=profile):
+            return evolve(state, nodes={**state.nodes, node_id: profile})
+        case InstanceCreated(instance=instance):
+            return evolve(
+                state,
+                instances={**state.instances, instance.instance_id: instance},
+                runners={**state.runners, instance.instance_id: {}},
+            )
+        case InstanceDeleted(instance_id=instance_id):
+            return evolve(
+                state,
+                instances=_without(state.instances, instance_id),
+                runners=_without(state.runners, instance_id),
+                request_counters=_without(state.request_counters, instance_id),
+            )
+        case RunnerStatusChanged(instance_id=instance_id, node_id=node_id, status=status):
+            if instance_id not in state.instances:
+                return state
+            per_node = {**state.runners.get(instance_id, {}), node_id: status}
+            return evolve(state, runners={**state.runners, instance_id: per_node})
+        case DownloadStatusChanged(node_id=node_id, model=model, status=status):
+            per_model = {**state.downloads.get(node_id, {}), model: status}
+            return evolve(state, downloads={**state.downloads, node_id: per_model})
+        case RequestStarted(request=request):
+            return evolve(state, requests={**state.requests, request.request_id: request})
+        case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
+            return _close_request(state, request_id, event)
+        case _:
+            raise ApplyError(f"unknown event {type(event).__name__}")
+
+
+def _close_request(state: State, request_id: RequestId, event: object) -> State:
+    record = state.requests.get(request_id)
+    if record is None:
+        return state
+    counters = state.request_counters.get(record.instance_id, RequestCounters())
+    if isinstance(event, RequestFinished):
+        counters = evolve(
+            counters,
+            finished=counters.finished + 1,
+            prompt_tokens=counters.prompt_tokens + event.prompt_tokens,
+            completion_tokens=counters.completion_tokens + event.completion_tokens,
+        )
+    else:
+        counters = evolve(counters, failed=counters.failed + 1)
+    request_counters = state.request_counters
+    if record.instance_id in state.instances:
+        request_counters = {**request_counters, record.instance_id: counters}
+    return evolve(
+        state,
+        requests=_without(state.requests, request_id),
+        request_counters=request_counters,
+    )
+
+
+def _without(mapping: dict[K, V], key: K) -> dict[K, V]:
+    return {k: v for k, v in mapping.items() if k != key}

@@ -1,0 +1,1 @@
+"""Model cards, the bundled default model, and weight planning."""
