@@ -1,0 +1,1 @@
+"""Supervised Trio actors and the runtime that supervises them."""

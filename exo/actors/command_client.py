@@ -1,0 +1,57 @@
+"""How actors send commands to the master and, when they care, wait for the outcome."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from exo.events.commands import Command, CommandOutcome, Envelope
+from exo.events.ids import CommandId, NodeId, new_command_id
+
+
+class CommandTimeout(Exception):
+    """The master did not answer in time (no master, or it is overloaded)."""
+
+
+class CommandClient:
+    def __init__(
+        self, node_id: NodeId, rng: random.Random, outbox: trio.MemorySendChannel[Envelope]
+    ) -> None:
+        self.node_id = node_id
+        self._rng = rng
+        self._outbox = outbox
+        self._waiters: dict[CommandId, tuple[trio.Event, list[CommandOutcome]]] = {}
+
+    async def send(self, command: Command) -> CommandId:
+        """Send without waiting for the outcome (status reports, request lifecycle)."""
+        envelope = Envelope(new_command_id(self._rng), self.node_id, command)
+        await self._outbox.send(envelope)
+        return envelope.command_id
+
+    def send_nowait(self, command: Command) -> CommandId:
+        """Send from synchronous code (callbacks, cleanup); raises `trio.WouldBlock` when full."""
+        envelope = Envelope(new_command_id(self._rng), self.node_id, command)
+        self._outbox.send_nowait(envelope)
+        return envelope.command_id
+
+    async def call(self, command: Command, timeout: float) -> CommandOutcome:
+        """Send and wait for the master's outcome."""
+        envelope = Envelope(new_command_id(self._rng), self.node_id, command)
+        done = trio.Event()
+        slot: list[CommandOutcome] = []
+        self._waiters[envelope.command_id] = (done, slot)
+        try:
+            with trio.move_on_after(timeout):
+                await self._outbox.send(envelope)
+                await done.wait()
+                return slot[0]
+            raise CommandTimeout(f"no answer from the master within {timeout:.0f} s")
+        finally:
+            del self._waiters[envelope.command_id]
+
+    def resolve(self, outcome: CommandOutcome) -> None:
+        waiter = self._waiters.get(outcome.command_id)
+        if waiter is not None and not waiter[1]:
+            waiter[1].append(outcome)
+            waiter[0].set()

@@ -1,0 +1,112 @@
+"""Command handling: a pure function from (state, command) to events or a rejection.
+
+The master actor around it does the I/O; nothing here reads the clock, randomness or
+the network, so a command log replays to the same decisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from attrs import frozen
+
+from exo.actors.placement import PlacementError, place
+from exo.events.commands import (
+    DeleteInstance,
+    Envelope,
+    FailRequest,
+    FinishRequest,
+    PlaceInstance,
+    RegisterNode,
+    ReportDownload,
+    ReportRunnerStatus,
+    StartRequest,
+)
+from exo.events.events import (
+    DownloadStatusChanged,
+    Event,
+    InstanceCreated,
+    InstanceDeleted,
+    NodeProfiled,
+    RequestFailed,
+    RequestFinished,
+    RequestStarted,
+    RunnerStatusChanged,
+)
+from exo.events.facts import Instance, RequestRecord
+from exo.events.ids import CommandId, InstanceId
+from exo.events.state import State
+from exo.models.cards import card_for
+
+
+@frozen
+class Rejected:
+    reason: str
+
+
+Decision = list[Event] | Rejected
+
+
+def instance_id_for(command_id: CommandId) -> InstanceId:
+    """Derived from the placing command, so a retried command names the same instance."""
+    return InstanceId("inst-" + hashlib.sha256(command_id.encode()).hexdigest()[:12])
+
+
+def decide(state: State, envelope: Envelope) -> Decision:
+    origin = envelope.origin
+    match envelope.command:
+        case RegisterNode(profile=profile):
+            if state.nodes.get(origin) == profile:
+                return []
+            return [NodeProfiled(origin, profile)]
+        case PlaceInstance() as command:
+            return _place(state, envelope.command_id, command)
+        case DeleteInstance(instance_id=instance_id):
+            if instance_id not in state.instances:
+                return Rejected(f"no instance {instance_id}")
+            return [InstanceDeleted(instance_id)]
+        case ReportRunnerStatus(instance_id=instance_id, status=status):
+            if instance_id not in state.instances or state.runner_status(instance_id, origin) == status:
+                return []
+            return [RunnerStatusChanged(instance_id, origin, status)]
+        case ReportDownload(model=model, status=status):
+            if state.download_status(origin, model) == status:
+                return []
+            return [DownloadStatusChanged(origin, model, status)]
+        case StartRequest(request_id=request_id, instance_id=instance_id):
+            instance = state.instances.get(instance_id)
+            if instance is None:
+                return Rejected(f"no instance {instance_id}")
+            if request_id in state.requests:
+                return []
+            return [RequestStarted(RequestRecord(request_id, instance_id, origin, instance.model))]
+        case FinishRequest() as command:
+            if command.request_id not in state.requests:
+                return []
+            return [
+                RequestFinished(
+                    command.request_id,
+                    command.finish_reason,
+                    command.prompt_tokens,
+                    command.completion_tokens,
+                )
+            ]
+        case FailRequest(request_id=request_id, error=error):
+            if request_id not in state.requests:
+                return []
+            return [RequestFailed(request_id, error)]
+    return Rejected(f"unknown command {type(envelope.command).__name__}")
+
+
+def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decision:
+    card = card_for(command.model)
+    if card is None:
+        return Rejected(f"unknown model {command.model}")
+    if command.if_absent and state.instances_of(card.model_id):
+        return []
+    try:
+        placement = place(state, card, command.strategy, command.min_nodes, command.nodes)
+    except PlacementError as exc:
+        return Rejected(str(exc))
+    instance = Instance(instance_id_for(command_id), card.model_id, placement.strategy, placement.shards)
+    return [InstanceCreated(instance)]

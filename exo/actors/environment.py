@@ -1,0 +1,130 @@
+"""The one door to the outside world: clock, randomness, filesystem root, processes, host facts.
+
+Actors take an `Environment` and touch nothing else, so the simulator can pass its own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import trio
+
+from exo.events.facts import Accelerator
+
+T = TypeVar("T")
+
+
+class Environment(Protocol):
+    home: Path
+    random: random.Random
+
+    def now(self) -> float:
+        """Seconds on the Trio clock (monotonic; virtual under the simulator)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> trio.Process:
+        """Start a child process with pipes on stdin, stdout and stderr."""
+        ...
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run blocking disk work (fsync, model conversion) off the event loop."""
+        ...
+
+    def host_facts(self) -> HostFacts: ...
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables handed to child processes."""
+        ...
+
+
+class HostFacts(Protocol):
+    hostname: str
+    platform: str
+    cpu_cores: int
+    accelerator: Accelerator
+
+    def memory(self) -> tuple[int, int]:
+        """(total, available) bytes of memory."""
+        ...
+
+
+class RealHost:
+    """Facts about this machine, read from the OS."""
+
+    def __init__(self) -> None:
+        self.hostname = socket.gethostname()
+        self.platform = f"{platform.system().lower()}-{platform.machine()}"
+        self.cpu_cores = os.cpu_count() or 1
+        self.accelerator = detect_accelerator()
+
+    def memory(self) -> tuple[int, int]:
+        return read_memory()
+
+
+class RealEnvironment:
+    """Production: the Trio clock, OS randomness seeded once, real processes."""
+
+    def __init__(self, home: Path, rng: random.Random | None = None) -> None:
+        self.home = home
+        self.random = rng or random.Random(int.from_bytes(os.urandom(16), "big"))
+        self._host = RealHost()
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> trio.Process:
+        return await trio.lowlevel.open_process(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            start_new_session=True,
+        )
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn)
+
+    def host_facts(self) -> HostFacts:
+        return self._host
+
+    def environ(self) -> dict[str, str]:
+        return dict(os.environ)
+
+
+def read_memory() -> tuple[int, int]:
+    """(total, available) memory in bytes, from /proc/meminfo or sysctl on macOS."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        fields: dict[str, int] = {}
+        for line in meminfo.read_text().splitlines():
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                fields[name] = int(parts[0]) * 1024
+        total = fields.get("MemTotal", 0)
+        return total, fields.get("MemAvailable", fields.get("MemFree", 0))
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return pages, pages // 2
+
+
+def detect_accelerator() -> Accelerator:
+    """Which MLX device a runner here will use, without importing MLX in the node."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal"
+    if sys.platform == "linux" and Path("/proc/driver/nvidia/version").exists():
+        return "cuda"
+    return "cpu"

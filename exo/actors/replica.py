@@ -1,0 +1,55 @@
+"""The replica: applies indexed events in order, once each, and lets tasks wait on the state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from exo.events.events import IndexedEvent
+from exo.events.state import State, apply, state_hash
+
+log = logging.getLogger("exo.replica")
+
+T = TypeVar("T")
+
+
+class Replica:
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._changed = trio.Event()
+        self._hash: tuple[int, str] | None = None
+
+    def apply_batch(self, events: list[IndexedEvent]) -> None:
+        """Apply the events that continue the state; older ones are duplicates and are skipped."""
+        before = self.state.last_index
+        for event in events:
+            if event.index <= self.state.last_index:
+                continue
+            self.state = apply(self.state, event)
+        if self.state.last_index != before:
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def hash(self) -> str:
+        """The state hash at the current index, computed once per index."""
+        if self._hash is None or self._hash[0] != self.state.last_index:
+            self._hash = (self.state.last_index, state_hash(self.state))
+        return self._hash[1]
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_until(self, check: Callable[[State], T | None]) -> T:
+        """The first non-None `check(state)`, re-checked after each change."""
+        while True:
+            result = check(self.state)
+            if result is not None:
+                return result
+            await self._changed.wait()
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[list[IndexedEvent]]) -> None:
+        async for batch in inbox:
+            self.apply_batch(batch)

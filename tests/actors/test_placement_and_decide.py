@@ -1,0 +1,124 @@
+import pytest
+
+from exo.actors.decide import Rejected, decide, instance_id_for
+from exo.actors.placement import PlacementError, place, required_bytes, split_layers
+from exo.events.commands import (
+    DeleteInstance,
+    Envelope,
+    FinishRequest,
+    PlaceInstance,
+    RegisterNode,
+    ReportRunnerStatus,
+    StartRequest,
+)
+from exo.events.events import IndexedEvent, InstanceCreated, NodeProfiled, RequestStarted
+from exo.events.facts import NodeProfile, RunnerStatus
+from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
+from exo.events.state import State, apply
+from exo.models.cards import BUNDLED_MODEL, CARDS
+
+GIB = 2**30
+CARD = CARDS[BUNDLED_MODEL]
+
+
+def profile(free_gib: float) -> NodeProfile:
+    return NodeProfile("h", "linux-x86_64", 2, 32 * GIB, int(free_gib * GIB), "cpu", 1, 2)
+
+
+def state_with(**free: float) -> State:
+    state = State()
+    for index, (name, gib) in enumerate(sorted(free.items()), start=1):
+        state = apply(state, IndexedEvent(index, 1, NodeProfiled(NodeId(name), profile(gib))))
+    return state
+
+
+def envelope(command: object, origin: str = "a", cid: str = "cmd-1") -> Envelope:
+    return Envelope(CommandId(cid), NodeId(origin), command)  # type: ignore[arg-type]
+
+
+def test_split_layers_is_proportional_and_gives_everyone_a_layer() -> None:
+    assert split_layers(30, [1]) == [30]
+    assert split_layers(30, [1, 1, 1]) == [10, 10, 10]
+    assert split_layers(30, [2, 1]) == [20, 10]
+    assert split_layers(30, [100, 1, 1]) == [28, 1, 1]
+    assert sum(split_layers(31, [3, 5, 7])) == 31
+
+
+def test_single_node_pipeline_takes_every_layer() -> None:
+    placement = place(state_with(a=8), CARD, "pipeline")
+    (shard,) = placement.shards
+    assert (shard.node_id, shard.rank, shard.start_layer, shard.end_layer) == ("a", 0, 0, 30)
+    assert placement.memory_by_node["a"] == required_bytes(CARD, 30)
+
+
+def test_a_node_without_room_is_refused_with_numbers() -> None:
+    with pytest.raises(PlacementError, match=r"node a has 0\.1 GiB free, needs 1\.\d GiB"):
+        place(state_with(a=0.1), CARD, "pipeline")
+
+
+def test_tensor_needs_divisible_heads() -> None:
+    with pytest.raises(PlacementError, match="9 attention heads do not divide by 2 nodes"):
+        place(state_with(a=8, b=8), CARD, "tensor", min_nodes=2)
+    assert len(place(state_with(a=8, b=8, c=8), CARD, "tensor", min_nodes=3).shards) == 3
+
+
+def test_pipeline_across_nodes_orders_by_free_memory() -> None:
+    placement = place(state_with(a=4, b=8), CARD, "pipeline", min_nodes=2)
+    assert [(s.node_id, s.start_layer, s.end_layer) for s in placement.shards] == [
+        ("b", 0, 20),
+        ("a", 20, 30),
+    ]
+
+
+def test_no_nodes_is_a_clear_error() -> None:
+    with pytest.raises(PlacementError, match="no nodes"):
+        place(State(), CARD, "pipeline")
+
+
+def test_place_creates_an_instance_with_an_id_derived_from_the_command() -> None:
+    state = state_with(a=8)
+    decision = decide(state, envelope(PlaceInstance(BUNDLED_MODEL)))
+    assert isinstance(decision, list)
+    (created,) = decision
+    assert isinstance(created, InstanceCreated)
+    assert created.instance.instance_id == instance_id_for(CommandId("cmd-1"))
+    # The same command decided again names the same instance: retries are idempotent.
+    assert decide(state, envelope(PlaceInstance(BUNDLED_MODEL))) == decision
+
+
+def test_if_absent_does_not_place_twice() -> None:
+    state = state_with(a=8)
+    (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL)))  # type: ignore[misc]
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
+    assert decide(state, envelope(PlaceInstance(BUNDLED_MODEL, if_absent=True), cid="cmd-2")) == []
+    assert len(decide(state, envelope(PlaceInstance(BUNDLED_MODEL), cid="cmd-3"))) == 1  # type: ignore[arg-type]
+
+
+def test_rejections_say_why() -> None:
+    state = state_with(a=8)
+    assert decide(state, envelope(PlaceInstance(ModelId("nope")))) == Rejected("unknown model nope")
+    assert decide(state, envelope(DeleteInstance(InstanceId("i")))) == Rejected("no instance i")
+    assert decide(state, envelope(StartRequest(RequestId("r"), InstanceId("i")))) == Rejected("no instance i")
+
+
+def test_unchanged_reports_produce_no_events() -> None:
+    state = state_with(a=8)
+    assert decide(state, envelope(RegisterNode(profile(8)))) == []
+    assert decide(state, envelope(ReportRunnerStatus(InstanceId("gone"), RunnerStatus("ready")))) == []
+    assert decide(state, envelope(FinishRequest(RequestId("r"), "stop", 1, 1))) == []
+
+
+def test_request_lifecycle_counts_tokens() -> None:
+    state = state_with(a=8)
+    (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL)))  # type: ignore[misc]
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
+    instance_id = created.instance.instance_id  # type: ignore[union-attr]
+    (started,) = decide(state, envelope(StartRequest(RequestId("r"), instance_id)))  # type: ignore[misc]
+    assert isinstance(started, RequestStarted) and started.request.api_node == "a"
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, started))
+    assert RequestId("r") in state.requests
+    for event in decide(state, envelope(FinishRequest(RequestId("r"), "stop", 7, 9))):  # type: ignore[union-attr]
+        state = apply(state, IndexedEvent(state.last_index + 1, 1, event))
+    assert state.requests == {}
+    counters = state.request_counters[instance_id]
+    assert (counters.finished, counters.prompt_tokens, counters.completion_tokens) == (1, 7, 9)
