@@ -1,0 +1,226 @@
+"""One runner process for one instance on this node: spawn it, load the shard, route
+requests to it and their tokens back, report its status, and restart it when it dies.
+
+A runner that dies fails every request in flight at once (its stdout closes), so no
+client waits on a dead process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from exo.actors.environment import Environment
+from exo.api.backend import Chunk, GenerationFailed, InvalidRequest, Unavailable
+from exo.engine import protocol
+from exo.engine.blas import runner_env
+from exo.events.codec import CodecError, decode, encode
+from exo.events.facts import Instance, RunnerStatus, Shard
+
+log = logging.getLogger("exo.runner")
+
+STDERR_TAIL_LINES = 40
+# Restarts back off from 0.5 s up to this; a runner is never given up on for good,
+# since what killed it (memory pressure, a bad request) may pass.
+MAX_RESTART_BACKOFF = 30.0
+
+
+class _RunnerGone:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+Routed = protocol.TokenOut | protocol.Finished | protocol.RequestError | _RunnerGone
+
+
+class RunnerHandle:
+    def __init__(
+        self,
+        env: Environment,
+        instance: Instance,
+        shard: Shard,
+        model_dir: Path,
+        report: Callable[[RunnerStatus], None],
+    ) -> None:
+        self.instance = instance
+        self.shard = shard
+        self._env = env
+        self._model_dir = model_dir
+        self._report = report
+        self.status = RunnerStatus("starting")
+        self.info: protocol.EngineInfo | None = None
+        self._process: trio.Process | None = None
+        self._inflight: dict[str, trio.MemorySendChannel[Routed]] = {}
+        self._write_lock = trio.Lock()
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.restarts = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.status.phase == "ready"
+
+    def _set_status(self, status: RunnerStatus) -> None:
+        self.status = status
+        self._report(status)
+
+    async def run(self) -> None:
+        """Keep a runner alive until cancelled."""
+        backoff = 0.5
+        while True:
+            started = self._env.now()
+            message = await self._run_once()
+            self.restarts += 1
+            detail = message + self._tail_text()
+            log.error("runner for %s failed: %s", self.instance.instance_id, detail)
+            self._set_status(RunnerStatus("failed", detail, self.restarts))
+            if self._env.now() - started > 60:
+                backoff = 0.5
+            await self._env.sleep(backoff)
+            backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+
+    def _tail_text(self) -> str:
+        return ("\nstderr tail:\n" + "\n".join(self._stderr_tail)) if self._stderr_tail else ""
+
+    async def _run_once(self) -> str:
+        """One process lifetime; returns why it ended."""
+        self._stderr_tail.clear()
+        self._set_status(RunnerStatus("starting", "", self.restarts))
+        process = await self._env.spawn(
+            [sys.executable, "-m", "exo.engine.runner"], runner_env(self._env.environ())
+        )
+        self._process = process
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_stderr, process)
+                await self._write(
+                    protocol.Load(str(self._model_dir), self.shard.start_layer, self.shard.end_layer)
+                )
+                reason = await self._pump_stdout(process)
+                nursery.cancel_scope.cancel()
+            code = await process.wait()
+            return f"{reason} (exit status {code})"
+        finally:
+            self._process = None
+            self.info = None
+            self._fail_inflight("the runner process stopped")
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+
+    async def _pump_stdout(self, process: trio.Process) -> str:
+        assert process.stdout is not None
+        async for line in _lines(process.stdout):
+            try:
+                message = decode(line, protocol.FromRunner)
+            except CodecError as exc:
+                log.warning("runner sent an undecodable line: %s", exc)
+                continue
+            match message:
+                case protocol.Loading():
+                    self._set_status(RunnerStatus("loading", "", self.restarts))
+                case protocol.Ready(info=info):
+                    self.info = info
+                    log.info(
+                        "runner for %s ready: %s %s, BLAS %s, %d layers",
+                        self.instance.instance_id, info.device, info.dtype, info.blas, info.num_layers,
+                    )
+                    self._set_status(RunnerStatus("ready", _describe(info), self.restarts))
+                case protocol.Fatal(message=fatal):
+                    return f"runner could not start: {fatal}"
+                case protocol.TokenOut() | protocol.Finished() | protocol.RequestError():
+                    self._route(message)
+        return "runner process exited"
+
+    def _route(self, message: protocol.TokenOut | protocol.Finished | protocol.RequestError) -> None:
+        channel = self._inflight.get(message.request_id)
+        if channel is None:
+            return  # a request its client already left
+        channel.send_nowait(message)
+        if not isinstance(message, protocol.TokenOut):
+            del self._inflight[message.request_id]
+            channel.close()
+
+    def _fail_inflight(self, message: str) -> None:
+        for channel in self._inflight.values():
+            channel.send_nowait(_RunnerGone(message + self._tail_text()))
+            channel.close()
+        self._inflight.clear()
+
+    async def _pump_stderr(self, process: trio.Process) -> None:
+        assert process.stderr is not None
+        async for line in _lines(process.stderr):
+            text = line.decode(errors="replace").rstrip()
+            self._stderr_tail.append(text)
+            log.debug("%s: %s", self.instance.instance_id, text)
+
+    async def _write(self, message: protocol.ToRunner) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise GenerationFailed("the runner is not running")
+        async with self._write_lock:
+            try:
+                await process.stdin.send_all(encode(message, protocol.ToRunner) + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise GenerationFailed("the runner process stopped") from exc
+
+    @asynccontextmanager
+    async def stream(self, request: protocol.GenerateRequest) -> AsyncIterator[AsyncIterator[Chunk]]:
+        """Run `request` on this runner; leaving early cancels it there."""
+        if not self.ready:
+            raise Unavailable(f"runner for {self.instance.model} is {self.status.phase}")
+        send, receive = trio.open_memory_channel[Routed](math.inf)
+        request_id = request.request_id
+        self._inflight[request_id] = send
+        try:
+            await self._write(protocol.Generate(request))
+            yield _chunks(receive)
+        finally:
+            if self._inflight.pop(request_id, None) is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await self._write(protocol.Cancel(request_id))
+                    except GenerationFailed:
+                        pass
+
+
+async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncIterator[Chunk]:
+    async with receive:
+        async for message in receive:
+            match message:
+                case protocol.TokenOut():
+                    yield message
+                case protocol.Finished():
+                    yield message
+                    return
+                case protocol.RequestError(message=text):
+                    raise InvalidRequest(text)
+                case _RunnerGone(message=text):
+                    raise GenerationFailed(f"runner failed while generating: {text}")
+    raise GenerationFailed("runner stream ended without a result")
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
+    """Newline-delimited lines from a byte stream; the last partial line if it has no newline."""
+    buffer = bytearray()
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            break
+        buffer += data
+        while (end := buffer.find(b"\n")) >= 0:
+            yield bytes(buffer[:end])
+            del buffer[: end + 1]
+    if buffer:
+        yield bytes(buffer)
+
+
+def _describe(info: protocol.EngineInfo) -> str:
+    return f"{info.device} {info.dtype}, BLAS {info.blas}"

@@ -1,0 +1,120 @@
+"""The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from exo.events.ids import ModelId
+from exo.models.cards import BUNDLED_MODEL
+
+DEFAULT_HOME = Path.home() / ".exo"
+
+
+def _home(value: str | None) -> Path:
+    return Path(value or os.environ.get("EXO_HOME") or DEFAULT_HOME).expanduser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="exo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run a node of the cluster")
+    node.add_argument("--home", help="node home: identity, event log, models (env EXO_HOME; default ~/.exo)")
+    node.add_argument("--api-host", default=os.environ.get("EXO_API_HOST", "127.0.0.1"))
+    node.add_argument("--api-port", type=int, default=int(os.environ.get("EXO_API_PORT", "52415")))
+    node.add_argument("--port", type=int, default=52416, help="peer port for node-to-node links")
+    node.add_argument("--models-dir", help="where model weights live (default HOME/models; env EXO_MODELS_DIR)")
+    node.add_argument(
+        "--preload",
+        default=BUNDLED_MODEL,
+        help=f"comma-separated models to place at start (default {BUNDLED_MODEL}; '' for none)",
+    )
+    node.add_argument("--ready-timeout", type=float, default=300.0, help="seconds a request waits for its model")
+    node.add_argument("--log-level", default=os.environ.get("EXO_LOG_LEVEL", "info"))
+
+    rep = sub.add_parser("replay", help="rebuild the state from an event log and print it with its hash")
+    rep.add_argument("log", nargs="?", help="event log file (default: HOME/events.log)")
+    rep.add_argument("--home", help="node home whose log to replay")
+    rep.add_argument("--until", type=int, help="stop after this event index")
+
+    args = parser.parse_args(argv)
+    if args.command == "node":
+        return _node(args)
+    return _replay(args)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from exo.actors.environment import RealEnvironment
+    from exo.actors.node import NodeConfig, run_node
+    from exo.actors.runtime import CrashLoop
+    from exo.logs import configure_logging
+
+    configure_logging(args.log_level)
+    home = _home(args.home)
+    models_dir = args.models_dir or os.environ.get("EXO_MODELS_DIR")
+    config = NodeConfig(
+        home=home,
+        api_host=args.api_host,
+        api_port=args.api_port,
+        peer_port=args.port,
+        models_dir=Path(models_dir).expanduser() if models_dir else None,
+        preload=tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip()),
+        ready_timeout=args.ready_timeout,
+    )
+    try:
+        trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))
+    except BaseExceptionGroup as group:
+        crash_loops, rest = group.split(CrashLoop)
+        if rest is not None or crash_loops is None:
+            raise
+        for error in crash_loops.exceptions:
+            print(f"exo node: stopping: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_until_signalled(run: Any, *args: Any) -> None:
+    """Run the node until SIGINT or SIGTERM, then cancel it so every actor cleans up."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, *args)
+            async for signum in signals:
+                logging.getLogger("exo.node").info("stopping on %s", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from exo.events.codec import to_plain
+    from exo.events.log import LogCorrupted, read_records
+    from exo.events.replay import replay
+    from exo.events.state import ApplyError, state_hash
+
+    path = Path(args.log) if args.log else _home(args.home) / "events.log"
+    if not path.exists():
+        print(f"exo replay: no log at {path}", file=sys.stderr)
+        return 2
+    try:
+        events, _, dropped = read_records(path)
+        state = replay(events, args.until)
+    except (LogCorrupted, ApplyError) as exc:
+        print(f"exo replay: {exc}", file=sys.stderr)
+        return 1
+    if dropped:
+        print(f"exo replay: ignored {dropped}", file=sys.stderr)
+    print(json.dumps(to_plain(state), indent=2, sort_keys=True))
+    print(f"state-hash: {state_hash(state)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

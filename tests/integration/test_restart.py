@@ -1,0 +1,44 @@
+"""A node restarted on the same home is the same node, keeps its instances, and survives a torn log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.integration.nodes import NodeProcess
+
+pytestmark = pytest.mark.slow
+
+
+def test_restart_keeps_identity_and_instances_and_drops_a_torn_record(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    # Default preload: the bundled model is placed at start-up without any request.
+    node = NodeProcess(tmp_path / "home", models_dir).start()
+    try:
+        instance_id = node.wait_ready()
+        first = node.state()
+    finally:
+        assert node.stop() == 0, node.log_text()[-4000:]
+
+    # A crash while appending leaves half a record at the end of the log.
+    with open(tmp_path / "home" / "events.log", "ab") as log:
+        log.write(b'0badc0de {"index": 99999, "te')
+
+    node.start()
+    try:
+        assert node.wait_ready() == instance_id
+        again = node.state()
+        assert again["node_id"] == first["node_id"]
+        assert again["term"] == first["term"] + 1
+        assert again["index"] > first["index"]
+        assert "dropped a torn last record" in node.log_text()
+        answer = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        response = answer.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+        )
+        assert response.choices[0].message.content
+    finally:
+        assert node.stop() == 0, node.log_text()[-4000:]

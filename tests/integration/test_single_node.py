@@ -1,0 +1,128 @@
+"""One real `exo node` process, the real MLX engine, the official `openai` client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.nodes import NodeProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+MODEL = "smollm2-135m"
+
+
+def client(node: NodeProcess, timeout: float = 300) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.url + "/v1", api_key="unused", timeout=timeout, max_retries=0)
+
+
+def ask(node: NodeProcess, stream: bool, **extra: object) -> str:
+    messages = [{"role": "user", "content": QUESTION}]
+    c = client(node)
+    if not stream:
+        response = c.chat.completions.create(model=MODEL, messages=messages, temperature=0, **extra)  # type: ignore[call-overload]
+        assert response.choices[0].finish_reason == ("length" if "max_tokens" in extra else "stop")
+        assert response.usage is not None and response.usage.completion_tokens > 0
+        return response.choices[0].message.content or ""
+    parts = []
+    for chunk in c.chat.completions.create(model=MODEL, messages=messages, temperature=0, stream=True, **extra):  # type: ignore[call-overload]
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+    return "".join(parts)
+
+
+def test_first_request_places_the_model_and_answers_paris(node: NodeProcess) -> None:
+    assert node.state()["state"]["instances"] == {}
+    plain = ask(node, stream=False)
+    assert "Paris" in plain
+    streamed = ask(node, stream=True)
+    assert streamed == plain
+
+
+def test_models_and_unknown_model(node: NodeProcess) -> None:
+    c = client(node, timeout=30)
+    assert MODEL in [m.id for m in c.models.list().data]
+    with pytest.raises(openai.NotFoundError) as caught:
+        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert "no-such-model" in str(caught.value)
+
+
+def test_state_reports_the_node_and_the_ready_runner(node: NodeProcess) -> None:
+    node.wait_ready()
+    view = node.state()
+    assert view["master"] == view["node_id"]
+    assert view["term"] >= 1
+    profile = view["state"]["nodes"][view["node_id"]]
+    assert profile["memory_total"] > 0 and profile["cpu_cores"] >= 1
+    (instance,) = view["state"]["instances"].values()
+    assert instance["model"] == MODEL
+    runner = view["state"]["runners"][instance["instance_id"]][view["node_id"]]
+    assert runner["phase"] == "ready"
+    # The runner says which BLAS it computes with; on Linux the install provides OpenBLAS.
+    if sys.platform == "linux":
+        assert "openblas" in runner["detail"], runner["detail"]
+
+
+def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
+    ask(node, stream=False, max_tokens=4)
+    view = wait_for(lambda: node.state() if not node.state()["state"]["requests"] else None, 10, "quiet state")
+    replayed = subprocess.run(
+        [sys.executable, "-m", "exo.cli", "replay", "--home", str(node.home), "--until", str(view["index"])],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert replayed.stdout.strip().splitlines()[-1] == f"state-hash: {view['hash']}"
+
+
+def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(node: NodeProcess) -> None:
+    node.wait_ready()
+    (pid,) = node.runner_pids()
+    received: list[str] = []
+    first_token = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def consume() -> None:
+        try:
+            stream = client(node, timeout=60).chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Count from 1 to 500, one number per line."}],
+                temperature=0,
+                max_tokens=2000,
+                stream=True,
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    received.append(chunk.choices[0].delta.content)
+                    first_token.set()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 — the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    assert first_token.wait(60), "no token arrived"
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    thread.join(10)
+    assert not thread.is_alive(), "the stream hung after the runner died"
+    assert time.monotonic() - killed_at < 2.0
+    (error,) = outcome
+    assert isinstance(error, openai.APIError), error
+    assert "runner" in str(error)
+    # The runner restarts and the next request is served.
+    assert "Paris" in ask(node, stream=False)
+    assert node.runner_pids() != [pid]
+
+
+def test_malformed_request_gets_an_openai_error(node: NodeProcess) -> None:
+    response = httpx.post(node.url + "/v1/chat/completions", content=b"{not json", timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
