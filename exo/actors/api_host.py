@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from exo.actors.command_client import CommandClient, CommandTimeout
+from exo.actors.command_client import CommandClient
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import RunnerHandle
 from exo.actors.runners import RunnerSupervisor
@@ -89,12 +89,7 @@ class NodeBackend:
         )
 
     async def _place(self, card: ModelCard) -> None:
-        try:
-            outcome = await self._commands.call(
-                PlaceInstance(card.model_id, if_absent=True), timeout=self._ready_timeout
-            )
-        except CommandTimeout as exc:
-            raise Unavailable(str(exc)) from exc
+        outcome = await self._commands.call(PlaceInstance(card.model_id, if_absent=True))
         if not outcome.accepted:
             raise Unavailable(f"cannot place {card.model_id}: {outcome.reason}")
         log.info("placed %s for a request (index %d)", card.model_id, outcome.index)

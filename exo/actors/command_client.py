@@ -10,10 +10,6 @@ from exo.events.commands import Command, CommandOutcome, Envelope
 from exo.events.ids import CommandId, NodeId, new_command_id
 
 
-class CommandTimeout(Exception):
-    """The master did not answer in time (no master, or it is overloaded)."""
-
-
 class CommandClient:
     def __init__(
         self, node_id: NodeId, rng: random.Random, outbox: trio.MemorySendChannel[Envelope]
@@ -35,18 +31,16 @@ class CommandClient:
         self._outbox.send_nowait(envelope)
         return envelope.command_id
 
-    async def call(self, command: Command, timeout: float) -> CommandOutcome:
-        """Send and wait for the master's outcome."""
+    async def call(self, command: Command) -> CommandOutcome:
+        """Send and wait for the master's outcome; callers bound the wait with a cancel scope."""
         envelope = Envelope(new_command_id(self._rng), self.node_id, command)
         done = trio.Event()
         slot: list[CommandOutcome] = []
         self._waiters[envelope.command_id] = (done, slot)
         try:
-            with trio.move_on_after(timeout):
-                await self._outbox.send(envelope)
-                await done.wait()
-                return slot[0]
-            raise CommandTimeout(f"no answer from the master within {timeout:.0f} s")
+            await self._outbox.send(envelope)
+            await done.wait()
+            return slot[0]
         finally:
             del self._waiters[envelope.command_id]
 

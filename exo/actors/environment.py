@@ -62,10 +62,10 @@ class RealHost:
     """Facts about this machine, read from the OS."""
 
     def __init__(self) -> None:
-        self.hostname = socket.gethostname()
+        self.hostname: str = socket.gethostname()
         self.platform = f"{platform.system().lower()}-{platform.machine()}"
         self.cpu_cores = os.cpu_count() or 1
-        self.accelerator = detect_accelerator()
+        self.accelerator: Accelerator = detect_accelerator()
 
     def memory(self) -> tuple[int, int]:
         return read_memory()

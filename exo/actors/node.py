@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 import trio
-from attrs import frozen
+from attrs import field, frozen
 
 from exo.actors.api_host import NodeBackend
-from exo.actors.command_client import CommandClient, CommandTimeout
+from exo.actors.command_client import CommandClient
 from exo.actors.download import Downloader
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
@@ -43,7 +43,7 @@ class NodeConfig:
     # How long a request waits for a model to be placed, prepared and loaded.
     ready_timeout: float = 300.0
     profile_interval: float = 5.0
-    restart_policy: RestartPolicy = RestartPolicy()
+    restart_policy: RestartPolicy = field(factory=RestartPolicy)
 
 
 @frozen
@@ -111,10 +111,6 @@ async def _preload(
     """Place each preloaded model once this node is known to the master."""
     await replica.wait_until(lambda s: True if node_id in s.nodes else None)
     for model in models:
-        try:
-            outcome = await client.call(PlaceInstance(model, if_absent=True), timeout=30)
-        except CommandTimeout:
-            log.warning("preload of %s: no answer from the master", model)
-            continue
+        outcome = await client.call(PlaceInstance(model, if_absent=True))
         if not outcome.accepted:
             log.warning("preload of %s rejected: %s", model, outcome.reason)

@@ -12,7 +12,7 @@ import math
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
@@ -184,11 +184,8 @@ class RunnerHandle:
             yield _chunks(receive)
         finally:
             if self._inflight.pop(request_id, None) is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    try:
-                        await self._write(protocol.Cancel(request_id))
-                    except GenerationFailed:
-                        pass
+                with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(GenerationFailed):
+                    await self._write(protocol.Cancel(request_id))
 
 
 async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncIterator[Chunk]:

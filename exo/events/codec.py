@@ -17,6 +17,7 @@ from exo.engine import protocol
 from exo.events.commands import Command, Envelope
 from exo.events.events import Event, IndexedEvent
 
+
 class CodecError(ValueError):
     """A record that does not decode to the expected type."""
 
@@ -60,7 +61,7 @@ def from_plain(data: object, kind: Any) -> Any:
 
 def _type_name(kind: Any) -> str:
     args = getattr(kind, "__args__", None)
-    if args and getattr(kind, "__name__", None) is None or type(kind).__name__ == "UnionType":
+    if args and type(kind).__name__ == "UnionType":
         return " | ".join(getattr(a, "__name__", str(a)) for a in args)
     return str(getattr(kind, "__name__", kind))
 

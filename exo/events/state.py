@@ -33,7 +33,6 @@ from exo.events.facts import (
 )
 from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
 
-
 K = TypeVar("K")
 V = TypeVar("V")
 

@@ -21,6 +21,12 @@ PROFILE = NodeProfile("h", "linux-x86_64", 2, 16 * 2**30, 8 * 2**30, "cpu", 1, 2
 
 async def run_commands(home: Path, envelopes: list[Envelope]) -> tuple[list[CommandOutcome], Replica]:
     outcomes: list[CommandOutcome] = []
+    all_answered = trio.Event()
+
+    def answer(_: NodeId, outcome: CommandOutcome) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == len(envelopes):
+            all_answered.set()
     replica = Replica(replay(read_records(home / "events.log")[0]))
     send, receive = trio.open_memory_channel[Envelope](100)
     published: list[list[IndexedEvent]] = []
@@ -33,13 +39,12 @@ async def run_commands(home: Path, envelopes: list[Envelope]) -> tuple[list[Comm
         replica.apply_batch(batch)
 
     with EventLog.open(home / "events.log") as log, trio.fail_after(10):
-        master = Master(ME, RealEnvironment(home, random.Random(0)), log, publish, lambda _, o: outcomes.append(o))
+        master = Master(ME, RealEnvironment(home, random.Random(0)), log, publish, answer)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(master.run, receive)
             for envelope in envelopes:
                 await send.send(envelope)
-            while len(outcomes) < len(envelopes):
-                await trio.sleep(0.01)
+            await all_answered.wait()
             nursery.cancel_scope.cancel()
     return outcomes, replica
 
