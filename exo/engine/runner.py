@@ -1,0 +1,253 @@
+"""The runner process: `python -m exo.engine.runner`, driven over stdin/stdout.
+
+Why a separate process: MLX, BLAS and the model live here, so a crash or a leak in them
+never takes the node down, and the node never imports MLX. The protocol is one JSON
+object per line (`exo.engine.protocol`, encoded by `exo.events.codec`): `ToRunner`
+records on stdin, `FromRunner` records on the original stdout. Libraries print to
+stdout freely, so the first thing the runner does is move the protocol to a private
+copy of fd 1 and point fd 1 at stderr; nothing but protocol lines reaches the node's pipe.
+
+Stdin is read on a thread into a queue so that a `Cancel` can reach a generation that is
+running on the main thread; requests that arrive meanwhile wait in FIFO order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from attrs import frozen
+
+from exo.engine import protocol
+from exo.engine.mlx_engine import MlxEngine
+from exo.events.codec import CodecError, decode, encode
+
+log = logging.getLogger("exo.engine.runner")
+
+
+@frozen
+class BadLine:
+    """An input line that is not a valid `ToRunner` record."""
+
+    message: str
+
+
+@frozen
+class EndOfInput:
+    """Stdin closed: the node is gone or done with us."""
+
+
+Inbox = queue.Queue[protocol.ToRunner | BadLine | EndOfInput]
+
+
+def claim_stdout() -> BinaryIO:
+    """Keep the real stdout for protocol lines and send fd 1 (and `print`) to stderr."""
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(protocol_fd, "wb")
+
+
+def read_stdin(fd: int, inbox: Inbox) -> None:
+    """Decode input lines into the inbox until EOF; undecodable lines become `BadLine`.
+
+    Reads the raw fd rather than `sys.stdin.buffer`: a daemon thread blocked inside a
+    buffered reader makes interpreter shutdown abort ("could not acquire lock").
+    """
+    pending = b""
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                _decode_line(line, inbox)
+        _decode_line(pending, inbox)
+    except OSError as exc:
+        log.error("reading stdin failed: %s", exc)
+    finally:
+        inbox.put(EndOfInput())
+
+
+def _decode_line(raw: bytes, inbox: Inbox) -> None:
+    line = raw.strip()
+    if not line:
+        return
+    try:
+        inbox.put(decode(line, protocol.ToRunner))
+    except CodecError as exc:
+        inbox.put(BadLine(f"malformed runner input line ignored: {exc}"))
+
+
+class Runner:
+    """Handles the inbox on the main thread: one engine, one generation at a time."""
+
+    def __init__(self, out: BinaryIO, inbox: Inbox) -> None:
+        self.out = out
+        self.inbox = inbox
+        self.engine: MlxEngine | None = None
+        self.pending: deque[protocol.ToRunner] = deque()
+        self.stopping = False
+
+    def send(self, message: protocol.FromRunner) -> None:
+        self.out.write(encode(message, protocol.FromRunner) + b"\n")
+        self.out.flush()
+
+    def run(self) -> int:
+        """Serve until Shutdown or EOF (exit status 0) or a failed load (1)."""
+        while not self.stopping:
+            item = self.pending.popleft() if self.pending else self.inbox.get()
+            status = self.handle(item)
+            if status is not None:
+                return status
+        return 0
+
+    def handle(self, item: protocol.ToRunner | BadLine | EndOfInput) -> int | None:
+        """Act on one message; an int is the exit status when the runner must stop."""
+        match item:
+            case protocol.Load():
+                return self.load(item)
+            case protocol.Generate():
+                self.generate(item.request)
+            case protocol.Cancel():
+                self.drop_queued(item.request_id)
+            case BadLine():
+                log.warning("%s", item.message)
+                self.send(protocol.RequestError(request_id="", message=item.message))
+            case protocol.Shutdown() | EndOfInput():
+                log.info("shutting down (%s)", type(item).__name__)
+                return 0
+        return None
+
+    def load(self, request: protocol.Load) -> int | None:
+        self.send(protocol.Loading())
+        started = time.perf_counter()
+        try:
+            engine = MlxEngine.load(Path(request.model_dir), request.start_layer, request.end_layer)
+        except Exception as exc:
+            log.error("load failed:\n%s", traceback.format_exc())
+            self.send(
+                protocol.Fatal(
+                    message=f"cannot load {request.model_dir}: {type(exc).__name__}: {exc}"
+                )
+            )
+            return 1
+        info = engine.info
+        log.info(
+            "loaded %s in %.2fs: %s %s, %d layers, context %d, blas %s",
+            request.model_dir,
+            time.perf_counter() - started,
+            info.device,
+            info.dtype,
+            info.num_layers,
+            info.context_length,
+            info.blas,
+        )
+        self.engine = engine
+        self.send(protocol.Ready(info=info))
+        return None
+
+    def generate(self, request: protocol.GenerateRequest) -> None:
+        if self.engine is None:
+            self.send(
+                protocol.RequestError(request_id=request.request_id, message="no model is loaded")
+            )
+            return
+        started = time.perf_counter()
+        outcome = "ended"
+        try:
+            for message in self.engine.generate(request, self.cancel_check(request.request_id)):
+                self.send(message)
+                if isinstance(message, protocol.Finished):
+                    outcome = f"{message.finish_reason}, {message.completion_tokens} tokens"
+        except ValueError as exc:  # bad parameters, prompt too long
+            log.info("request %s rejected: %s", request.request_id, exc)
+            self.send(protocol.RequestError(request_id=request.request_id, message=str(exc)))
+            return
+        except Exception as exc:
+            log.error("request %s failed:\n%s", request.request_id, traceback.format_exc())
+            self.send(
+                protocol.RequestError(
+                    request_id=request.request_id,
+                    message=f"engine error: {type(exc).__name__}: {exc}",
+                )
+            )
+            return
+        log.info(
+            "request %s %s in %.2fs", request.request_id, outcome, time.perf_counter() - started
+        )
+
+    def cancel_check(self, request_id: str) -> Callable[[], bool]:
+        """`cancelled()` for one generation: drains the inbox without blocking.
+
+        Cancels for this request stop it; cancels for queued requests drop them; other
+        requests queue up; Shutdown or EOF stop this request and then the runner.
+        """
+        cancelled = False
+
+        def check() -> bool:
+            nonlocal cancelled
+            while True:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    return cancelled
+                match item:
+                    case protocol.Cancel() if item.request_id == request_id:
+                        cancelled = True
+                    case protocol.Cancel():
+                        self.drop_queued(item.request_id)
+                    case BadLine():
+                        self.handle(item)
+                    case protocol.Shutdown() | EndOfInput():
+                        log.info("shutting down (%s) during %s", type(item).__name__, request_id)
+                        cancelled = True
+                        self.stopping = True
+                    case _:
+                        self.pending.append(item)
+
+        return check
+
+    def drop_queued(self, request_id: str) -> None:
+        """Cancel a request that has not started: it finishes with no tokens."""
+        for item in list(self.pending):
+            if isinstance(item, protocol.Generate) and item.request.request_id == request_id:
+                self.pending.remove(item)
+                self.send(
+                    protocol.Finished(
+                        request_id=request_id,
+                        finish_reason="cancelled",
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                    )
+                )
+                return
+        log.info("cancel for %s, which is not running or queued", request_id)
+
+
+def main() -> int:
+    out = claim_stdout()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="runner: %(message)s")
+    inbox: Inbox = queue.Queue()
+    reader = threading.Thread(
+        target=read_stdin, args=(sys.stdin.fileno(), inbox), name="stdin", daemon=True
+    )
+    reader.start()
+    log.info("started, pid %d", os.getpid())
+    try:
+        return Runner(out, inbox).run()
+    except BrokenPipeError:
+        log.error("the node closed the protocol pipe")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Pure pieces of the engine and BLAS selection, without loading a model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from exo.engine import blas
+from exo.engine.mlx_engine import split_stop
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "expected"),
+    [
+        ("hello", (), ("hello", "", False)),
+        ("hello wor", ("world",), ("hello ", "wor", False)),
+        ("hello world!", ("world",), ("hello ", "", True)),
+        ("a<|b", ("<|x|>", "<|b|>"), ("a", "<|b", False)),
+        ("abc", ("zz",), ("abc", "", False)),
+        ("xyEND", ("END", "yE"), ("x", "", True)),
+    ],
+)
+def test_split_stop(text: str, stops: tuple[str, ...], expected: tuple[str, str, bool]) -> None:
+    assert split_stop(text, stops) == expected
+
+
+def test_runner_env_preloads_openblas_unless_disabled() -> None:
+    found = blas.find_openblas()
+    env = blas.runner_env({"PATH": "/bin", "LD_PRELOAD": "/x/other.so"})
+    if found is None:
+        assert env["LD_PRELOAD"] == "/x/other.so"
+    else:
+        assert env["LD_PRELOAD"] == f"{found} /x/other.so"
+    assert "LD_PRELOAD" not in blas.runner_env({"EXO_BLAS": "reference"})
+
+
+def _blas_in_child(env: dict[str, str]) -> str:
+    code = "import mlx.core as mx; mx.eval(mx.ones((4, 4)) @ mx.ones((4, 4))); from exo.engine.blas import loaded_blas; print(loaded_blas())"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_loaded_blas_sees_the_preload() -> None:
+    import os
+
+    if sys.platform != "linux":
+        pytest.skip("LD_PRELOAD is a Linux mechanism")
+    assert _blas_in_child(blas.runner_env({**os.environ, "EXO_BLAS": "reference"})) == (
+        "reference (bundled with mlx)"
+    )
+    if blas.find_openblas() is not None:
+        assert _blas_in_child(blas.runner_env(os.environ)).startswith("openblas (")
