@@ -103,7 +103,7 @@ def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(node:
                     received.append(chunk.choices[0].delta.content)
                     first_token.set()
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 — the test inspects it
+        except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=consume)
