@@ -10,7 +10,7 @@ from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
 
 Accelerator = Literal["cpu", "metal", "cuda"]
 Strategy = Literal["pipeline", "tensor"]
-RunnerPhase = Literal["starting", "loading", "ready", "failed"]
+RunnerPhase = Literal["starting", "loading", "ready", "running", "failed"]
 DownloadPhase = Literal["pending", "downloading", "complete", "failed"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
