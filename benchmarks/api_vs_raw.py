@@ -53,7 +53,9 @@ def raw_worker(model_dir: str, max_tokens: int, reps: int) -> None:
         )
         prompt = tokenizer.encode(str(text), add_special_tokens=False)
         times = []
-        for _ in mlx_lm.stream_generate(model, tokenizer, mx.array(prompt), max_tokens=max_tokens, sampler=sampler):
+        for _ in mlx_lm.stream_generate(
+            model, tokenizer, mx.array(prompt), max_tokens=max_tokens, sampler=sampler
+        ):
             times.append(time.perf_counter())
         if rep:
             print(json.dumps(_measure(start, times, len(times), loaded_blas())), flush=True)
@@ -116,8 +118,18 @@ def main() -> None:
         api_run(node.url, 8)  # first request through the node: not measured
         for _ in range(args.reps):
             out = subprocess.run(
-                [sys.executable, __file__, "--raw-worker", str(model_dir), str(args.max_tokens), "1"],
-                env=runner_env(os.environ), capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--raw-worker",
+                    str(model_dir),
+                    str(args.max_tokens),
+                    "1",
+                ],
+                env=runner_env(os.environ),
+                capture_output=True,
+                text=True,
+                check=True,
             )
             raw.append(json.loads(out.stdout.strip().splitlines()[-1]))
             api.append(api_run(node.url, args.max_tokens))
@@ -131,8 +143,16 @@ def main() -> None:
         "reps": args.reps,
         "max_tokens": args.max_tokens,
         "blas": raw[0]["blas"],
-        "raw": {"decode_tok_s": median(raw, "decode_tok_s"), "ttft_ms": median(raw, "ttft_ms"), "tokens": raw[0]["tokens"]},
-        "api": {"decode_tok_s": median(api, "decode_tok_s"), "ttft_ms": median(api, "ttft_ms"), "tokens": api[0]["tokens"]},
+        "raw": {
+            "decode_tok_s": median(raw, "decode_tok_s"),
+            "ttft_ms": median(raw, "ttft_ms"),
+            "tokens": raw[0]["tokens"],
+        },
+        "api": {
+            "decode_tok_s": median(api, "decode_tok_s"),
+            "ttft_ms": median(api, "ttft_ms"),
+            "tokens": api[0]["tokens"],
+        },
         "runs": {"raw": raw, "api": api},
     }
     report["decode_ratio"] = report["api"]["decode_tok_s"] / report["raw"]["decode_tok_s"]
@@ -145,7 +165,9 @@ def main() -> None:
     for name in ("raw", "api"):
         row = report[name]
         print(f"| {name} | {row['decode_tok_s']:.1f} | {row['ttft_ms']:.0f} | {row['tokens']} |")
-    print(f"decode ratio api/raw: {report['decode_ratio']:.3f}; TTFT overhead: {report['ttft_overhead_ms']:.1f} ms")
+    print(
+        f"decode ratio api/raw: {report['decode_ratio']:.3f}; TTFT overhead: {report['ttft_overhead_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

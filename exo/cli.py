@@ -28,20 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run a node of the cluster")
-    node.add_argument("--home", help="node home: identity, event log, models (env EXO_HOME; default ~/.exo)")
+    node.add_argument(
+        "--home", help="node home: identity, event log, models (env EXO_HOME; default ~/.exo)"
+    )
     node.add_argument("--api-host", default=os.environ.get("EXO_API_HOST", "127.0.0.1"))
     node.add_argument("--api-port", type=int, default=int(os.environ.get("EXO_API_PORT", "52415")))
     node.add_argument("--port", type=int, default=52416, help="peer port for node-to-node links")
-    node.add_argument("--models-dir", help="where model weights live (default HOME/models; env EXO_MODELS_DIR)")
+    node.add_argument(
+        "--models-dir", help="where model weights live (default HOME/models; env EXO_MODELS_DIR)"
+    )
     node.add_argument(
         "--preload",
         default=BUNDLED_MODEL,
         help=f"comma-separated models to place at start (default {BUNDLED_MODEL}; '' for none)",
     )
-    node.add_argument("--ready-timeout", type=float, default=300.0, help="seconds a request waits for its model")
+    node.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds a request waits for its model"
+    )
     node.add_argument("--log-level", default=os.environ.get("EXO_LOG_LEVEL", "info"))
 
-    rep = sub.add_parser("replay", help="rebuild the state from an event log and print it with its hash")
+    rep = sub.add_parser(
+        "replay", help="rebuild the state from an event log and print it with its hash"
+    )
     rep.add_argument("log", nargs="?", help="event log file (default: HOME/events.log)")
     rep.add_argument("--home", help="node home whose log to replay")
     rep.add_argument("--until", type=int, help="stop after this event index")

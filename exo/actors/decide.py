@@ -66,7 +66,10 @@ def decide(state: State, envelope: Envelope) -> Decision:
                 return Rejected(f"no instance {instance_id}")
             return [InstanceDeleted(instance_id)]
         case ReportRunnerStatus(instance_id=instance_id, status=status):
-            if instance_id not in state.instances or state.runner_status(instance_id, origin) == status:
+            if (
+                instance_id not in state.instances
+                or state.runner_status(instance_id, origin) == status
+            ):
                 return []
             return [RunnerStatusChanged(instance_id, origin, status)]
         case ReportDownload(model=model, status=status):
@@ -108,5 +111,7 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         placement = place(state, card, command.strategy, command.min_nodes, command.nodes)
     except PlacementError as exc:
         return Rejected(str(exc))
-    instance = Instance(instance_id_for(command_id), card.model_id, placement.strategy, placement.shards)
+    instance = Instance(
+        instance_id_for(command_id), card.model_id, placement.strategy, placement.shards
+    )
     return [InstanceCreated(instance)]

@@ -90,7 +90,9 @@ class Downloader:
         except Exception as exc:
             log.exception("preparing %s failed", model)
             self._failed_here.add(model)
-            await self._report(model, DownloadStatus("failed", detail=f"{type(exc).__name__}: {exc}"))
+            await self._report(
+                model, DownloadStatus("failed", detail=f"{type(exc).__name__}: {exc}")
+            )
             return
         size = await self._env.run_blocking(lambda: directory_bytes(target))
         log.info("model %s ready at %s (%d bytes)", model, target, size)

@@ -74,7 +74,9 @@ class Master:
                 continue
             decision = decide(draft, envelope)
             if isinstance(decision, Rejected):
-                outcome = CommandOutcome(envelope.command_id, False, decision.reason, draft.last_index)
+                outcome = CommandOutcome(
+                    envelope.command_id, False, decision.reason, draft.last_index
+                )
                 answers.append((envelope, outcome))
                 self._remember(outcome)
                 continue

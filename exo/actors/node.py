@@ -96,7 +96,9 @@ async def run_node(
             supervisor.start("download", downloader.run)
             supervisor.start("runners", runners.run)
             if config.preload:
-                supervisor.start("preload", lambda: _preload(replica, client, node_id, config.preload))
+                supervisor.start(
+                    "preload", lambda: _preload(replica, client, node_id, config.preload)
+                )
             app = create_app(backend, node_label=node_id)
             host, port = await nursery.start(serve, app, config.api_host, config.api_port)
             log.info("node %s serving http://%s:%d", node_id, host, port)

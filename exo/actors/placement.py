@@ -71,9 +71,7 @@ def place(
     raise PlacementError(reasons[-1])
 
 
-def _candidates(
-    state: State, nodes: tuple[NodeId, ...] | None
-) -> list[tuple[NodeId, NodeProfile]]:
+def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[NodeId, NodeProfile]]:
     if nodes is None:
         return sorted(state.nodes.items())
     unknown = [n for n in nodes if n not in state.nodes]
@@ -136,7 +134,9 @@ def split_layers(num_layers: int, weights: list[int]) -> list[int]:
     count = len(weights)
     spare = num_layers - count
     total = sum(weights) or count
-    shares = [spare * (w or 1) / total for w in weights] if sum(weights) else [spare / count] * count
+    shares = (
+        [spare * (w or 1) / total for w in weights] if sum(weights) else [spare / count] * count
+    )
     counts = [int(s) for s in shares]
     by_remainder = sorted(range(count), key=lambda i: (-(shares[i] - counts[i]), i))
     for i in by_remainder[: spare - sum(counts)]:

@@ -109,7 +109,9 @@ class RunnerHandle:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_stderr, process)
                 await self._write(
-                    protocol.Load(str(self._model_dir), self.shard.start_layer, self.shard.end_layer)
+                    protocol.Load(
+                        str(self._model_dir), self.shard.start_layer, self.shard.end_layer
+                    )
                 )
                 reason = await self._pump_stdout(process)
                 nursery.cancel_scope.cancel()
@@ -139,7 +141,11 @@ class RunnerHandle:
                     self.info = info
                     log.info(
                         "runner for %s ready: %s %s, BLAS %s, %d layers",
-                        self.instance.instance_id, info.device, info.dtype, info.blas, info.num_layers,
+                        self.instance.instance_id,
+                        info.device,
+                        info.dtype,
+                        info.blas,
+                        info.num_layers,
                     )
                     self._set_status(RunnerStatus("ready", _describe(info), self.restarts))
                 case protocol.Fatal(message=fatal):
@@ -148,7 +154,9 @@ class RunnerHandle:
                     self._route(message)
         return "runner process exited"
 
-    def _route(self, message: protocol.TokenOut | protocol.Finished | protocol.RequestError) -> None:
+    def _route(
+        self, message: protocol.TokenOut | protocol.Finished | protocol.RequestError
+    ) -> None:
         channel = self._inflight.get(message.request_id)
         if channel is None:
             return  # a request its client already left
@@ -182,7 +190,9 @@ class RunnerHandle:
                 raise GenerationFailed("the runner process stopped") from exc
 
     @asynccontextmanager
-    async def stream(self, request: protocol.GenerateRequest) -> AsyncIterator[AsyncIterator[Chunk]]:
+    async def stream(
+        self, request: protocol.GenerateRequest
+    ) -> AsyncIterator[AsyncIterator[Chunk]]:
         """Run `request` on this runner; leaving early cancels it there."""
         if not self.ready:
             raise Unavailable(f"runner for {self.instance.model} is {self.status.phase}")
@@ -196,7 +206,11 @@ class RunnerHandle:
         finally:
             if self._inflight.pop(request_id, None) is not None:
                 self._busy_changed()
-                with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(GenerationFailed):
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(1),
+                    suppress(GenerationFailed),
+                ):
                     await self._write(protocol.Cancel(request_id))
 
 

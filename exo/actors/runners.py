@@ -62,9 +62,7 @@ class RunnerSupervisor:
         try:
             async with trio.open_nursery() as nursery:
                 while True:
-                    plan = plan_runners(
-                        self._replica.state, self._node_id, frozenset(self.handles)
-                    )
+                    plan = plan_runners(self._replica.state, self._node_id, frozenset(self.handles))
                     for instance_id in plan.stop:
                         log.info("stopping runner for %s", instance_id)
                         self._scopes.pop(instance_id).cancel()

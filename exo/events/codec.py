@@ -79,13 +79,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _flatten(exc: BaseException, path: tuple[object, ...]) -> list[tuple[BaseException, tuple[object, ...]]]:
+def _flatten(
+    exc: BaseException, path: tuple[object, ...]
+) -> list[tuple[BaseException, tuple[object, ...]]]:
     if isinstance(exc, cattrs.BaseValidationError):
         out: list[tuple[BaseException, tuple[object, ...]]] = []
         for sub in exc.exceptions:
-            note = next(
-                (n for n in getattr(sub, "__notes__", []) if isinstance(n, str)), None
-            )
+            note = next((n for n in getattr(sub, "__notes__", []) if isinstance(n, str)), None)
             out.extend(_flatten(sub, (*path, _note_path(note))))
         return out
     return [(exc, path)]

@@ -58,7 +58,9 @@ def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
             raise LogCorrupted(f"{path}: record {number}: {exc}") from exc
         expected = events[-1].index + 1 if events else event.index
         if event.index != expected:
-            raise LogCorrupted(f"{path}: record {number} has index {event.index}, expected {expected}")
+            raise LogCorrupted(
+                f"{path}: record {number} has index {event.index}, expected {expected}"
+            )
         events.append(event)
         offset += len(line) + 1
     if tail:

@@ -19,7 +19,9 @@ ME = NodeId("node-a")
 PROFILE = NodeProfile("h", "linux-x86_64", 2, 16 * 2**30, 8 * 2**30, "cpu", 1, 2)
 
 
-async def run_commands(home: Path, envelopes: list[Envelope]) -> tuple[list[CommandOutcome], Replica]:
+async def run_commands(
+    home: Path, envelopes: list[Envelope]
+) -> tuple[list[CommandOutcome], Replica]:
     outcomes: list[CommandOutcome] = []
     all_answered = trio.Event()
 
@@ -27,6 +29,7 @@ async def run_commands(home: Path, envelopes: list[Envelope]) -> tuple[list[Comm
         outcomes.append(outcome)
         if len(outcomes) == len(envelopes):
             all_answered.set()
+
     replica = Replica(replay(read_records(home / "events.log")[0]))
     send, receive = trio.open_memory_channel[Envelope](100)
     published: list[list[IndexedEvent]] = []
@@ -34,7 +37,7 @@ async def run_commands(home: Path, envelopes: list[Envelope]) -> tuple[list[Comm
     async def publish(batch: list[IndexedEvent]) -> None:
         # Persisted before published: the log on disk already holds the batch.
         on_disk = read_records(home / "events.log")[0]
-        assert on_disk[-len(batch):] == batch
+        assert on_disk[-len(batch) :] == batch
         published.append(batch)
         replica.apply_batch(batch)
 
@@ -64,7 +67,10 @@ async def test_master_sequences_persists_and_answers(tmp_path: Path) -> None:
         ],
     )
     assert [(o.command_id, o.accepted) for o in outcomes] == [
-        ("c1", True), ("c2", True), ("c2", True), ("c3", False),
+        ("c1", True),
+        ("c2", True),
+        ("c2", True),
+        ("c3", False),
     ]
     assert outcomes[1] == outcomes[2]
     assert outcomes[3].reason == "unknown model missing"
@@ -80,5 +86,8 @@ async def test_a_restarted_master_takes_a_new_term_and_continues_the_log(tmp_pat
     await run_commands(tmp_path, [env_("c2", PlaceInstance(BUNDLED_MODEL))])
     events = read_records(tmp_path / "events.log")[0]
     assert [(e.index, e.term, type(e.event)) for e in events] == [
-        (1, 1, MasterElected), (2, 1, NodeProfiled), (3, 2, MasterElected), (4, 2, InstanceCreated),
+        (1, 1, MasterElected),
+        (2, 1, NodeProfiled),
+        (3, 2, MasterElected),
+        (4, 2, InstanceCreated),
     ]

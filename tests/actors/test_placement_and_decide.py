@@ -98,13 +98,17 @@ def test_rejections_say_why() -> None:
     state = state_with(a=8)
     assert decide(state, envelope(PlaceInstance(ModelId("nope")))) == Rejected("unknown model nope")
     assert decide(state, envelope(DeleteInstance(InstanceId("i")))) == Rejected("no instance i")
-    assert decide(state, envelope(StartRequest(RequestId("r"), InstanceId("i")))) == Rejected("no instance i")
+    assert decide(state, envelope(StartRequest(RequestId("r"), InstanceId("i")))) == Rejected(
+        "no instance i"
+    )
 
 
 def test_unchanged_reports_produce_no_events() -> None:
     state = state_with(a=8)
     assert decide(state, envelope(RegisterNode(profile(8)))) == []
-    assert decide(state, envelope(ReportRunnerStatus(InstanceId("gone"), RunnerStatus("ready")))) == []
+    assert (
+        decide(state, envelope(ReportRunnerStatus(InstanceId("gone"), RunnerStatus("ready")))) == []
+    )
     assert decide(state, envelope(FinishRequest(RequestId("r"), "stop", 1, 1))) == []
 
 

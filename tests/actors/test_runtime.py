@@ -25,7 +25,9 @@ async def test_a_crashed_actor_restarts_with_growing_backoff(tmp_path: Path) -> 
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(env, nursery, RestartPolicy(initial_backoff=0.01, max_backoff=0.03))
+            supervisor = Supervisor(
+                env, nursery, RestartPolicy(initial_backoff=0.01, max_backoff=0.03)
+            )
             supervisor.start("flaky", flaky)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 4

@@ -19,4 +19,6 @@ indexed_events = st.builds(
     event=events,
     command_id=st.none() | st.text(max_size=12),
 )
-envelopes = st.builds(Envelope, command_id=st.text(max_size=12), origin=st.text(max_size=12), command=commands)
+envelopes = st.builds(
+    Envelope, command_id=st.text(max_size=12), origin=st.text(max_size=12), command=commands
+)

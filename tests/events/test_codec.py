@@ -32,7 +32,12 @@ def test_envelopes_round_trip(envelope: Envelope) -> None:
     assert decode(encode(envelope), Envelope) == envelope
 
 
-GOOD = {"index": 1, "term": 1, "command_id": None, "event": {"type": "MasterElected", "node_id": "n", "term": 1}}
+GOOD = {
+    "index": 1,
+    "term": 1,
+    "command_id": None,
+    "event": {"type": "MasterElected", "node_id": "n", "term": 1},
+}
 
 
 @pytest.mark.parametrize(
@@ -55,7 +60,12 @@ def test_malformed_records_are_rejected_with_a_clear_error(mutate, message: str)
 
 def test_literal_fields_reject_unknown_values() -> None:
     raw = encode(
-        {"type": "RunnerStatusChanged", "instance_id": "i", "node_id": "n", "status": {"phase": "dancing", "detail": "", "restarts": 0}}
+        {
+            "type": "RunnerStatusChanged",
+            "instance_id": "i",
+            "node_id": "n",
+            "status": {"phase": "dancing", "detail": "", "restarts": 0},
+        }
     )
     with pytest.raises(CodecError, match="status"):
         decode(raw, Event)
@@ -63,4 +73,4 @@ def test_literal_fields_reject_unknown_values() -> None:
 
 def test_non_json_is_rejected() -> None:
     with pytest.raises(CodecError, match="not JSON"):
-        decode(b"{\"index\": 1", IndexedEvent)
+        decode(b'{"index": 1', IndexedEvent)

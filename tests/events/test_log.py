@@ -42,7 +42,9 @@ def test_reopen_gives_the_same_events(tmp_path: Path) -> None:
 
 
 @given(st.lists(events, min_size=1, max_size=20))
-def test_replaying_a_log_twice_gives_the_same_hash(tmp_path_factory: pytest.TempPathFactory, drawn: list) -> None:  # type: ignore[type-arg]
+def test_replaying_a_log_twice_gives_the_same_hash(
+    tmp_path_factory: pytest.TempPathFactory, drawn: list
+) -> None:  # type: ignore[type-arg]
     path = tmp_path_factory.mktemp("log") / "events.log"
     items = [IndexedEvent(i + 1, 1, e) for i, e in enumerate(drawn)]
     write_log(path, items)
@@ -55,7 +57,9 @@ def test_replaying_a_log_twice_gives_the_same_hash(tmp_path_factory: pytest.Temp
 
 @settings(max_examples=60)
 @given(st.integers(1, 10**6))
-def test_a_torn_tail_is_dropped_on_open(tmp_path_factory: pytest.TempPathFactory, cut_seed: int) -> None:
+def test_a_torn_tail_is_dropped_on_open(
+    tmp_path_factory: pytest.TempPathFactory, cut_seed: int
+) -> None:
     path = tmp_path_factory.mktemp("torn") / "events.log"
     items = sample_events(6)
     write_log(path, items)
@@ -104,7 +108,10 @@ def test_a_gap_in_indexes_is_an_error(tmp_path: Path) -> None:
 
 
 def test_append_refuses_a_gap(tmp_path: Path) -> None:
-    with EventLog.open(tmp_path / "events.log") as log, pytest.raises(ValueError, match="expected 1"):
+    with (
+        EventLog.open(tmp_path / "events.log") as log,
+        pytest.raises(ValueError, match="expected 1"),
+    ):
         log.append([IndexedEvent(2, 1, MasterElected(NodeId("a"), 1))])
 
 

@@ -57,11 +57,18 @@ class NodeProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 — owned by the process
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "exo.cli", "node",
-                "--home", str(self.home),
-                "--api-port", str(self.api_port),
-                "--port", str(free_port()),
-                "--models-dir", str(self.models_dir),
+                sys.executable,
+                "-m",
+                "exo.cli",
+                "node",
+                "--home",
+                str(self.home),
+                "--api-port",
+                str(self.api_port),
+                "--port",
+                str(free_port()),
+                "--models-dir",
+                str(self.models_dir),
                 *self.extra,
             ],
             stdout=log,

@@ -22,7 +22,9 @@ MODEL = "smollm2-135m"
 
 
 def client(node: NodeProcess, timeout: float = 300) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.url + "/v1", api_key="unused", timeout=timeout, max_retries=0)
+    return openai.OpenAI(
+        base_url=node.url + "/v1", api_key="unused", timeout=timeout, max_retries=0
+    )
 
 
 def ask(node: NodeProcess, stream: bool, **extra: object) -> str:
@@ -34,7 +36,9 @@ def ask(node: NodeProcess, stream: bool, **extra: object) -> str:
         assert response.usage is not None and response.usage.completion_tokens > 0
         return response.choices[0].message.content or ""
     parts = []
-    for chunk in c.chat.completions.create(model=MODEL, messages=messages, temperature=0, stream=True, **extra):  # type: ignore[call-overload]
+    for chunk in c.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, stream=True, **extra
+    ):  # type: ignore[call-overload]
         if chunk.choices:
             parts.append(chunk.choices[0].delta.content or "")
     return "".join(parts)
@@ -52,7 +56,9 @@ def test_models_and_unknown_model(node: NodeProcess) -> None:
     c = client(node, timeout=30)
     assert MODEL in [m.id for m in c.models.list().data]
     with pytest.raises(openai.NotFoundError) as caught:
-        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        c.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
     assert "no-such-model" in str(caught.value)
 
 
@@ -74,15 +80,31 @@ def test_state_reports_the_node_and_the_ready_runner(node: NodeProcess) -> None:
 
 def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
     ask(node, stream=False, max_tokens=4)
-    view = wait_for(lambda: node.state() if not node.state()["state"]["requests"] else None, 10, "quiet state")
+    view = wait_for(
+        lambda: node.state() if not node.state()["state"]["requests"] else None, 10, "quiet state"
+    )
     replayed = subprocess.run(
-        [sys.executable, "-m", "exo.cli", "replay", "--home", str(node.home), "--until", str(view["index"])],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "exo.cli",
+            "replay",
+            "--home",
+            str(node.home),
+            "--until",
+            str(view["index"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert replayed.stdout.strip().splitlines()[-1] == f"state-hash: {view['hash']}"
 
 
-def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(node: NodeProcess) -> None:
+def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(
+    node: NodeProcess,
+) -> None:
     node.wait_ready()
     (pid,) = node.runner_pids()
     received: list[str] = []

@@ -1,0 +1,160 @@
+"""The HTTP app (quart-trio) and `serve`, which runs it on hypercorn's Trio worker.
+
+Every response is JSON or server-sent events: unknown routes, wrong methods, oversized
+bodies and unexpected exceptions all answer in OpenAI's error shape, never HTML, and never
+with a traceback (unexpected exceptions are logged here instead).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from exo.api.admin import register_admin
+from exo.api.backend import Backend
+from exo.api.errors import http_error_response, server_error_response
+from exo.api.openai import register_openai
+
+log = logging.getLogger(__name__)
+
+# Largest request body accepted; bigger ones get a 413 in OpenAI's error shape. Chat
+# requests are text, so 4 MiB is ~1M tokens of prompt, far past any bundled context.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Seconds a client may take to send its whole request body before a 408.
+BODY_TIMEOUT_S = 60.0
+# Seconds in-flight requests get to finish after `shutdown_trigger` fires.
+GRACEFUL_SHUTDOWN_S = 3.0
+LISTEN_BACKLOG = 128
+# Response header naming the node that answered.
+NODE_HEADER = "X-Exo-Node"
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+# Transport errors that only mean the client went away while hypercorn was still writing.
+_CLIENT_GONE = (
+    trio.BrokenResourceError,
+    trio.BusyResourceError,
+    trio.ClosedResourceError,
+    trio.Cancelled,
+)
+
+
+class _DropClientGoneRaces(logging.Filter):
+    """Drop hypercorn's "Error in ASGI Framework" when it is only a client-gone race.
+
+    hypercorn 0.17-0.18 closes a connection whose request body was not read (our 413s)
+    from its reading task without its send lock, so a client that hangs up right after
+    reading the response makes the app's final (empty) send fail with BusyResourceError,
+    logged with a traceback although the response was delivered.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            _, rest = error.split(_CLIENT_GONE)
+            return rest is not None
+        return not isinstance(error, _CLIENT_GONE)
+
+
+_hypercorn_log = logging.getLogger("exo.api.hypercorn")
+_hypercorn_log.addFilter(_DropClientGoneRaces())
+
+
+def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
+    """The HTTP app over `backend`: admin routes plus the OpenAI dialect."""
+    app = QuartTrio(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        BODY_TIMEOUT=BODY_TIMEOUT_S,
+        # quart-trio wraps sending each response in move_on_after(RESPONSE_TIMEOUT), 60 s by
+        # default, which would silently truncate a long stream; generations end on their own.
+        RESPONSE_TIMEOUT=None,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.config["EXO_NODE_LABEL"] = node_label
+
+    register_admin(app, backend)
+    register_openai(app, backend)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> TrioResponse:
+        if isinstance(error, RequestEntityTooLarge):
+            return http_error_response(
+                error, f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+            )
+        return http_error_response(error)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected_error(error: Exception) -> TrioResponse:
+        log.error("%s: unhandled error in an HTTP handler", node_label, exc_info=error)
+        return server_error_response()
+
+    @app.after_request
+    async def name_node(response: TrioResponse) -> TrioResponse:
+        response.headers[NODE_HEADER] = node_label
+        return response
+
+    return app
+
+
+async def _listen(host: str, port: int) -> tuple[int, tuple[str, int]]:
+    """A listening TCP socket on host:port: its file descriptor, detached, and its address.
+
+    Binding here, not in hypercorn, makes a taken port a plain OSError (hypercorn would
+    wrap it in exception groups and leak the socket) and gives the real port for port 0.
+    """
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        await sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        address = sock.getsockname()
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach(), (address[0], address[1])
+
+
+async def serve(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    *,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    graceful_timeout: float = GRACEFUL_SHUTDOWN_S,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` on host:port (port 0: any free port) until cancelled or shut down.
+
+    Reports the bound `(host, port)` through `task_status` once the socket is listening, so
+    `await nursery.start(serve, app, "127.0.0.1", 0)` returns the real port. Cancelling the
+    surrounding scope stops the server at once (open streams are cancelled, which ends their
+    generations); when `shutdown_trigger` returns instead, the server stops accepting and
+    gives in-flight requests `graceful_timeout` seconds before cancelling them.
+    """
+    fd, bound = await _listen(host, port)
+    config = HypercornConfig()
+    config.bind = [f"fd://{fd}"]  # hypercorn takes the socket over (and closes it)
+    config.backlog = LISTEN_BACKLOG
+    config.accesslog = None  # no per-request access log
+    config.errorlog = _hypercorn_log
+    config.graceful_timeout = graceful_timeout
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
+        )
+        log.info("%s: HTTP API listening on %s port %d", app.config["EXO_NODE_LABEL"], *bound)
+        task_status.started(bound)

@@ -1,0 +1,559 @@
+"""The OpenAI dialect: `/v1/models` and `/v1/chat/completions`, streamed or not.
+
+Request bodies are validated here, strictly, before the backend is asked for anything; each
+violation is a 400 naming the offending field in `param`. Streaming uses server-sent events
+with one `chat.completion.chunk` per token, flushed as it is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any
+
+from attrs import frozen
+from quart import request
+from quart.wrappers.response import ResponseBody
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+
+from exo.api.backend import (
+    Backend,
+    BackendError,
+    Chunk,
+    GenerationFailed,
+    InvalidRequest,
+    UnknownModel,
+)
+from exo.api.errors import (
+    as_backend_error,
+    backend_error_payload,
+    backend_error_response,
+    dumps,
+    error_response,
+    json_response,
+    server_error_payload,
+)
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.models.cards import ModelCard
+
+log = logging.getLogger(__name__)
+
+# Roles a client may send; `developer` is OpenAI's newer name for `system`.
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+MAX_STOP_SEQUENCES = 4
+# Text parts of a list-valued `content` are joined with this (as vLLM and llama.cpp do).
+CONTENT_PART_SEPARATOR = "\n"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Tells nginx-style reverse proxies not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+@frozen
+class ChatRequest:
+    """A validated `POST /v1/chat/completions` body."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _invalid(message: str, param: str | None) -> InvalidRequest:
+    return InvalidRequest(message, param)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json_body(raw: bytes) -> Any:
+    """Strict UTF-8 JSON (no NaN/Infinity); raises InvalidRequest with a clear message."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _invalid(f"The request body is not valid UTF-8 (byte {error.start}).", None) from None
+    if not text.strip():
+        raise _invalid("The request body is empty; expected a JSON object.", None)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise _invalid(
+            f"The request body is not valid JSON: {error.msg} "
+            f"(line {error.lineno}, column {error.colno}).",
+            None,
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise _invalid(f"The request body is not valid JSON: {error}.", None) from None
+
+
+def _optional_number(
+    body: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    if not _is_number(value) or not math.isfinite(value):
+        raise _invalid(f"'{name}' must be a number in {interval}.", name)
+    if value > high or value < low or (low_open and value == low):
+        raise _invalid(f"'{name}' must be in {interval}; got {value}.", name)
+    return float(value)
+
+
+def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise _invalid(f"'{name}' must be an integer of at least 1; got {value!r}.", name)
+    return value
+
+
+def _parse_stop(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > MAX_STOP_SEQUENCES:
+        raise _invalid(
+            f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", "stop"
+        )
+    stops: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise _invalid("Each 'stop' sequence must be a non-empty string.", "stop")
+        stops.append(item)
+    return tuple(stops)
+
+
+def _parse_content(value: object, role: str, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None and role == "assistant":
+        return ""
+    if isinstance(value, list) and value:
+        texts: list[str] = []
+        for j, part in enumerate(value):
+            at = f"{where}[{j}]"
+            if not isinstance(part, dict):
+                raise _invalid(f'\'{at}\' must be an object like {{"type": "text", ...}}.', at)
+            if part.get("type") != "text":
+                raise _invalid(
+                    f"'{at}.type' must be 'text'; got {part.get('type')!r} "
+                    "(only text content is supported).",
+                    f"{at}.type",
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _invalid(f"'{at}.text' must be a string.", f"{at}.text")
+            texts.append(text)
+        return CONTENT_PART_SEPARATOR.join(texts)
+    raise _invalid(f"'{where}' must be a string or a non-empty list of text parts.", where)
+
+
+def _parse_messages(value: object) -> tuple[ChatMessage, ...]:
+    if not isinstance(value, list) or not value:
+        raise _invalid("'messages' must be a non-empty list of messages.", "messages")
+    messages: list[ChatMessage] = []
+    for i, item in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise _invalid(f"'{where}' must be an object with 'role' and 'content'.", where)
+        role = item.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise _invalid(
+                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                f"{where}.role",
+            )
+        content = _parse_content(item.get("content"), role, f"{where}.content")
+        messages.append(ChatMessage(role=ROLES[role], content=content))
+    return tuple(messages)
+
+
+def parse_chat_request(body: object) -> ChatRequest:
+    """Validate a decoded chat-completions body; raises InvalidRequest naming the field."""
+    if not isinstance(body, dict):
+        raise _invalid("The request body must be a JSON object.", None)
+
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
+    messages = _parse_messages(body.get("messages"))
+
+    temperature = _optional_number(body, "temperature", 0.0, 2.0)
+    top_p = _optional_number(body, "top_p", 0.0, 1.0, low_open=True)
+    max_tokens = _optional_positive_int(body, "max_tokens")
+    max_completion_tokens = _optional_positive_int(body, "max_completion_tokens")
+    stop = _parse_stop(body.get("stop"))
+
+    seed = body.get("seed")
+    if seed is not None and (not _is_int(seed) or not _INT64_MIN <= seed <= _INT64_MAX):
+        raise _invalid("'seed' must be a 64-bit integer.", "seed")
+
+    n = body.get("n")
+    if n is not None and (not _is_int(n) or n != 1):
+        raise _invalid(f"Only n=1 is supported; got {n!r}.", "n")
+
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("'stream' must be a boolean.", "stream")
+    stream = bool(stream)
+
+    include_usage = False
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            raise _invalid(
+                "'stream_options' is only allowed when 'stream' is true.", "stream_options"
+            )
+        if not isinstance(stream_options, dict):
+            raise _invalid("'stream_options' must be an object.", "stream_options")
+        usage = stream_options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise _invalid(
+                "'stream_options.include_usage' must be a boolean.", "stream_options.include_usage"
+            )
+        include_usage = bool(usage)
+
+    # Features we do not implement are refused rather than silently ignored.
+    tools = body.get("tools")
+    if tools is not None and tools != []:
+        raise _invalid("Tool calling is not supported.", "tools")
+    if body.get("functions"):
+        raise _invalid("Function calling is not supported.", "functions")
+    if body.get("logprobs"):
+        raise _invalid("'logprobs' is not supported.", "logprobs")
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type") != "text"
+    ):
+        raise _invalid('Only response_format {"type": "text"} is supported.', "response_format")
+
+    params = SamplingParams(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
+        stop=stop,
+        seed=seed,
+    )
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def model_object(card: ModelCard) -> dict[str, Any]:
+    return {
+        "id": card.model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "exo",
+        "name": card.display_name,
+        "context_length": card.context_length,
+    }
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def _usage(finished: Finished) -> dict[str, int]:
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+
+
+_UNFINISHED = "The generation ended without finishing."
+
+
+def _check_finish(finished: Finished | None) -> Finished:
+    if finished is None:
+        raise BackendError(_UNFINISHED)
+    if finished.finish_reason == "cancelled":
+        raise GenerationFailed("The generation was cancelled before it finished.")
+    return finished
+
+
+def sse_event(data: Any) -> bytes:
+    return f"data: {dumps(data)}\n\n".encode()
+
+
+@frozen
+class _ChunkMaker:
+    completion_id: str
+    created: int
+    model: str
+    include_usage: bool
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if self.include_usage:
+            data["usage"] = None
+        return data
+
+    def usage_chunk(self, finished: Finished) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": _usage(finished),
+        }
+
+
+def _error_payload_for(error: Exception) -> dict[str, Any]:
+    backend_error = as_backend_error(error)
+    if backend_error is not None:
+        return backend_error_payload(backend_error)
+    log.error("unexpected error while streaming a chat completion", exc_info=error)
+    return server_error_payload()
+
+
+class ChatEventStream(ResponseBody):
+    """The SSE body of one streamed completion; always ends with `data: [DONE]`.
+
+    Quart sends a body as `async with body: async for data in body: send(data)`, so the
+    backend's generation is entered in `__aenter__` and left in `__aexit__` (or as soon as it
+    finishes), properly nested around quart's sends in the request task. An async generator
+    yielding from inside `async with backend.generate(...)` would instead leave the backend's
+    scopes open while quart runs between chunks: if the backend keeps a nursery there and a
+    task in it fails, the cancellation lands in quart's code, outside the generator. When the
+    client goes away, quart-trio cancels the request task: the Cancelled leaves through
+    `__aexit__` (or `_pull`), which cancels the generation on the runner straight away.
+
+    Errors (on entry or mid-stream) become one `data: {"error": ...}` event, then `[DONE]`:
+    the 200 status and headers are already on the wire by then.
+    """
+
+    def __init__(self, backend: Backend, chat: ChatRequest) -> None:
+        self._backend = backend
+        self._chat = chat
+        self._maker = _ChunkMaker(
+            new_completion_id(), int(time.time()), chat.model, chat.include_usage
+        )
+        self._generation: AbstractAsyncContextManager[AsyncIterator[Chunk]] | None = None
+        self._chunks: AsyncIterator[Chunk] | None = None
+        self._pending: deque[bytes] = deque(
+            [sse_event(self._maker.chunk({"role": "assistant", "content": ""}))]
+        )
+        self._ended = False
+
+    async def __aenter__(self) -> ChatEventStream:
+        chat = self._chat
+        try:
+            generation = self._backend.generate(chat.model, chat.messages, chat.params)
+            self._chunks = await generation.__aenter__()
+        except Exception as error:
+            self._end_with_error(error)
+        else:
+            self._generation = generation
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._leave(exc_type, exc_value, tb)
+
+    def __aiter__(self) -> ChatEventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._pull()
+        return self._pending.popleft()
+
+    async def _leave(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> bool:
+        """Leave the backend's context (once); True if it suppressed the exception."""
+        generation, self._generation = self._generation, None
+        if generation is None:
+            return False
+        return bool(await generation.__aexit__(exc_type, exc_value, tb))
+
+    async def _pull(self) -> None:
+        """Wait for the next chunk from the backend and queue its events."""
+        assert self._chunks is not None
+        try:
+            item = await anext(self._chunks, None)
+        except BaseException as error:
+            # Let the backend's context see the error, exactly as `async with` would. That
+            # includes Cancelled: if it came from a scope inside the backend (its nursery
+            # caught a failing task), leaving turns it into the backend's own error, which
+            # the client should hear about; the request's own cancellation propagates.
+            try:
+                suppressed = await self._leave(type(error), error, error.__traceback__)
+            except Exception as replaced:
+                self._end_with_error(replaced)
+                return
+            if not isinstance(error, Exception):
+                if suppressed:  # a backend swallowing its own cancellation: no Finished
+                    self._end_with_error(BackendError(_UNFINISHED))
+                    return
+                raise
+            self._end_with_error(error)
+            return
+        if isinstance(item, TokenOut):
+            if item.text:
+                self._pending.append(sse_event(self._maker.chunk({"content": item.text})))
+            return
+        try:
+            await self._leave()
+            finished = _check_finish(item)
+        except Exception as error:
+            self._end_with_error(error)
+            return
+        self._pending.append(sse_event(self._maker.chunk({}, finished.finish_reason)))
+        if self._chat.include_usage:
+            self._pending.append(sse_event(self._maker.usage_chunk(finished)))
+        self._pending.append(SSE_DONE)
+        self._ended = True
+
+    def _end_with_error(self, error: Exception) -> None:
+        self._pending.append(sse_event(_error_payload_for(error)))
+        self._pending.append(SSE_DONE)
+        self._ended = True
+
+
+async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
+    """A whole `chat.completion` object; raises BackendError."""
+    created = int(time.time())
+    texts: list[str] = []
+    finished: Finished | None = None
+    async with backend.generate(chat.model, chat.messages, chat.params) as chunks:
+        async for item in chunks:
+            if isinstance(item, TokenOut):
+                texts.append(item.text)
+            else:
+                finished = item
+                break
+    finished = _check_finish(finished)
+    return {
+        "id": new_completion_id(),
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(texts)},
+                "logprobs": None,
+                "finish_reason": finished.finish_reason,
+            }
+        ],
+        "usage": _usage(finished),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+
+
+def register_openai(app: QuartTrio, backend: Backend) -> None:
+    """Add `GET /v1/models`, `GET /v1/models/<id>` and `POST /v1/chat/completions`."""
+
+    @app.get("/v1/models")
+    async def list_models() -> TrioResponse:
+        return json_response(
+            {"object": "list", "data": [model_object(card) for card in backend.models()]}
+        )
+
+    @app.get("/v1/models/<path:model_id>")
+    async def get_model(model_id: str) -> TrioResponse:
+        for card in backend.models():
+            if card.model_id == model_id:
+                return json_response(model_object(card))
+        return error_response(
+            404,
+            f"The model '{model_id}' does not exist; see GET /v1/models.",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions() -> TrioResponse:
+        # get_data raises RequestEntityTooLarge (413) past MAX_CONTENT_LENGTH.
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        try:
+            chat = parse_chat_request(decode_json_body(raw))
+        except InvalidRequest as error:
+            return backend_error_response(error)
+        if not any(card.model_id == chat.model for card in backend.models()):
+            # Checked before a stream starts, so even a streaming client gets a real 404.
+            return backend_error_response(UnknownModel(chat.model))
+
+        if chat.stream:
+            return TrioResponse(
+                ChatEventStream(backend, chat),
+                status=200,
+                headers=SSE_HEADERS,
+                content_type=SSE_CONTENT_TYPE,
+            )
+        try:
+            completion = await complete_chat(backend, chat)
+        except Exception as error:
+            backend_error = as_backend_error(error)
+            if backend_error is None:
+                raise  # the app's catch-all logs it and answers a JSON 500
+            return backend_error_response(backend_error)
+        return json_response(completion)

@@ -1,0 +1,135 @@
+"""A scripted `Backend` for the HTTP tests: no actors, no runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from attrs import define, field, frozen
+
+from exo.api.backend import BackendError, Chunk
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.events.facts import FinishReason
+from exo.events.ids import ModelId
+from exo.models.cards import ModelCard
+
+MODEL = "fake-model"
+
+
+def fake_card(model_id: str = MODEL) -> ModelCard:
+    return ModelCard(
+        model_id=ModelId(model_id),
+        display_name=f"{model_id} (fake)",
+        source="bundled",
+        location="nowhere",
+        num_layers=2,
+        hidden_size=8,
+        num_heads=2,
+        num_kv_heads=1,
+        vocab_size=32,
+        context_length=128,
+        weight_bytes=1,
+        loaded_bytes=1,
+    )
+
+
+@frozen
+class Block:
+    """A step that never yields: the fake generation hangs until cancelled."""
+
+
+@frozen
+class Raise:
+    error: Exception
+
+
+Step = TokenOut | Finished | Block | Raise
+
+
+def tokens(*texts: str, finish: FinishReason = "stop", prompt_tokens: int = 7) -> list[Step]:
+    """A script that streams `texts` one token each, then finishes."""
+    steps: list[Step] = [TokenOut("r", text, i) for i, text in enumerate(texts)]
+    steps.append(Finished("r", finish, prompt_tokens, len(texts)))
+    return steps
+
+
+@define
+class Call:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+
+
+@define
+class FakeBackend:
+    """Streams `script` for every generate(); records calls and how each context was left."""
+
+    script: Sequence[Step] = ()
+    cards: list[ModelCard] = field(factory=lambda: [fake_card()])
+    entry_error: BackendError | None = None
+    state: dict[str, Any] = field(factory=lambda: {"node_id": "n1", "term": 3})
+    state_error: Exception | None = None
+    # Keep a nursery (with a background task) open around the yielded stream, as a backend
+    # pumping tokens from a runner might: the API must still nest it properly.
+    hold_nursery: bool = False
+    # With hold_nursery: the background task raises this once `fail_background` is set.
+    background_error: Exception | None = None
+    fail_background: trio.Event = field(factory=trio.Event)
+    calls: list[Call] = field(factory=list)
+    # Set when a generation's context is entered / left; `exit_errors` holds, per exit,
+    # the exception that left it (None: left normally).
+    entered: trio.Event = field(factory=trio.Event)
+    exited: trio.Event = field(factory=trio.Event)
+    exit_errors: list[BaseException | None] = field(factory=list)
+
+    def models(self) -> list[ModelCard]:
+        return list(self.cards)
+
+    def state_view(self) -> dict[str, Any]:
+        if self.state_error is not None:
+            raise self.state_error
+        return self.state
+
+    async def _stream(self) -> AsyncGenerator[Chunk, None]:
+        for step in self.script:
+            await trio.lowlevel.checkpoint()
+            if isinstance(step, Block):
+                await trio.sleep_forever()
+            elif isinstance(step, Raise):
+                raise step.error
+            else:
+                yield step
+
+    async def _background(self) -> None:
+        await self.fail_background.wait()
+        if self.background_error is not None:
+            raise self.background_error
+        await trio.sleep_forever()
+
+    @asynccontextmanager
+    async def generate(
+        self, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
+    ) -> AsyncIterator[AsyncIterator[Chunk]]:
+        self.calls.append(Call(model, messages, params))
+        if self.entry_error is not None:
+            raise self.entry_error
+        self.entered.set()
+        stream = self._stream()
+        try:
+            if self.hold_nursery:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._background)
+                    yield stream
+                    nursery.cancel_scope.cancel()
+            else:
+                yield stream
+        except BaseException as error:
+            self.exit_errors.append(error)
+            raise
+        else:
+            self.exit_errors.append(None)
+        finally:
+            await stream.aclose()
+            self.exited.set()

@@ -1,0 +1,285 @@
+"""Every malformed request gets the right status and OpenAI's error shape, never HTML."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from exo.api.app import MAX_REQUEST_BYTES
+from exo.api.backend import BackendError, Unavailable, UnknownModel
+
+from .fakes import MODEL, FakeBackend, tokens
+from .helpers import NODE_LABEL, assert_error_shape, raw_exchange, running
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "hi"}]
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps({"model": MODEL, "messages": USER, **fields}).encode()
+
+
+def without(name: str) -> bytes:
+    fields: dict[str, Any] = {"model": MODEL, "messages": USER}
+    del fields[name]
+    return json.dumps(fields).encode()
+
+
+def message(**fields: Any) -> bytes:
+    return body(messages=[{"role": "user", "content": "hi", **fields}])
+
+
+# (id, raw body, expected param)
+BAD_BODIES: list[tuple[str, bytes, str | None]] = [
+    ("malformed-json", b'{"model": "m", "messages": [', None),
+    ("invalid-utf8", b'{"model": "\xff\xfe", "messages": []}', None),
+    ("empty-body", b"", None),
+    ("not-an-object", b"[1, 2]", None),
+    ("nan-literal", b'{"model": "m", "messages": [], "temperature": NaN}', None),
+    ("missing-model", without("model"), "model"),
+    ("empty-model", body(model=""), "model"),
+    ("model-not-string", body(model=5), "model"),
+    ("missing-messages", without("messages"), "messages"),
+    ("empty-messages", body(messages=[]), "messages"),
+    ("messages-not-list", body(messages="hi"), "messages"),
+    ("message-not-object", body(messages=[5]), "messages[0]"),
+    ("unknown-role", message(role="wizard"), "messages[0].role"),
+    ("missing-role", body(messages=[{"content": "hi"}]), "messages[0].role"),
+    ("content-number", message(content=5), "messages[0].content"),
+    ("content-null-user", message(content=None), "messages[0].content"),
+    ("content-empty-list", message(content=[]), "messages[0].content"),
+    (
+        "content-image-part",
+        message(content=[{"type": "image_url", "image_url": {"url": "x"}}]),
+        "messages[0].content[0].type",
+    ),
+    (
+        "content-text-not-string",
+        message(content=[{"type": "text", "text": 5}]),
+        "messages[0].content[0].text",
+    ),
+    ("content-part-not-object", message(content=["hi"]), "messages[0].content[0]"),
+    ("temperature-negative", body(temperature=-0.1), "temperature"),
+    ("temperature-too-high", body(temperature=2.5), "temperature"),
+    ("temperature-string", body(temperature="1"), "temperature"),
+    ("temperature-bool", body(temperature=True), "temperature"),
+    ("top-p-zero", body(top_p=0), "top_p"),
+    ("top-p-too-high", body(top_p=1.5), "top_p"),
+    ("max-tokens-zero", body(max_tokens=0), "max_tokens"),
+    ("max-tokens-negative", body(max_tokens=-1), "max_tokens"),
+    ("max-tokens-float", body(max_tokens=1.5), "max_tokens"),
+    ("max-tokens-string", body(max_tokens="10"), "max_tokens"),
+    ("max-tokens-bool", body(max_tokens=True), "max_tokens"),
+    ("max-completion-tokens-zero", body(max_completion_tokens=0), "max_completion_tokens"),
+    ("stop-number", body(stop=5), "stop"),
+    ("stop-too-many", body(stop=["a", "b", "c", "d", "e"]), "stop"),
+    ("stop-empty-string", body(stop=""), "stop"),
+    ("stop-list-with-number", body(stop=["a", 1]), "stop"),
+    ("seed-float", body(seed=1.5), "seed"),
+    ("seed-string", body(seed="1"), "seed"),
+    ("seed-too-big", body(seed=2**64), "seed"),
+    ("n-two", body(n=2), "n"),
+    ("n-zero", body(n=0), "n"),
+    ("stream-string", body(stream="yes"), "stream"),
+    (
+        "stream-options-without-stream",
+        body(stream_options={"include_usage": True}),
+        "stream_options",
+    ),
+    ("stream-options-not-object", body(stream=True, stream_options=5), "stream_options"),
+    (
+        "include-usage-not-bool",
+        body(stream=True, stream_options={"include_usage": "yes"}),
+        "stream_options.include_usage",
+    ),
+    ("tools", body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    ("logprobs", body(logprobs=True), "logprobs"),
+    ("json-mode", body(response_format={"type": "json_object"}), "response_format"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [(raw, param) for _, raw, param in BAD_BODIES],
+    ids=[i for i, _, _ in BAD_BODIES],
+)
+async def test_bad_chat_body_is_400_with_param(raw: bytes, param: str | None) -> None:
+    backend = FakeBackend(tokens("x"))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as client:
+            response = await client.post(
+                CHAT, content=raw, headers={"Content-Type": "application/json"}
+            )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert_error_shape(response.json(), type="invalid_request_error", param=param)
+    assert backend.calls == []  # rejected before the backend is asked
+
+
+# (id, method, path, kwargs, status, type, param, code)
+BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None, str]] = [
+    ("unknown-route", "GET", "/nope", {}, 404, "not_found_error", None, "not_found"),
+    (
+        "unknown-v1-route",
+        "POST",
+        "/v1/completions",
+        {"content": body()},
+        404,
+        "not_found_error",
+        None,
+        "not_found",
+    ),
+    (
+        "unknown-model-card",
+        "GET",
+        "/v1/models/nope",
+        {},
+        404,
+        "not_found_error",
+        "model",
+        "model_not_found",
+    ),
+    (
+        "unknown-model-chat",
+        "POST",
+        CHAT,
+        {"content": body(model="nope")},
+        404,
+        "not_found_error",
+        "model",
+        "model_not_found",
+    ),
+    (
+        "unknown-model-chat-streamed",
+        "POST",
+        CHAT,
+        {"content": body(model="nope", stream=True)},
+        404,
+        "not_found_error",
+        "model",
+        "model_not_found",
+    ),
+    ("chat-get", "GET", CHAT, {}, 405, "invalid_request_error", None, "method_not_allowed"),
+    (
+        "models-post",
+        "POST",
+        "/v1/models",
+        {"content": body()},
+        405,
+        "invalid_request_error",
+        None,
+        "method_not_allowed",
+    ),
+    (
+        "healthz-delete",
+        "DELETE",
+        "/healthz",
+        {},
+        405,
+        "invalid_request_error",
+        None,
+        "method_not_allowed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "type_", "param", "code"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+async def test_bad_request_status_and_shape(
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    type_: str,
+    param: str | None,
+    code: str,
+) -> None:
+    backend = FakeBackend(tokens("x"))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as client:
+            response = await client.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["x-exo-node"] == NODE_LABEL
+    assert_error_shape(response.json(), type=type_, param=param, code=code)
+    if status == 405:
+        assert response.headers["allow"]
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "type_", "param", "code"),
+    [
+        (UnknownModel("nope"), 404, "not_found_error", "model", "model_not_found"),
+        (Unavailable("no instance is ready"), 503, "unavailable_error", None, None),
+    ],
+    ids=["unknown-model", "unavailable"],
+)
+async def test_backend_entry_error_maps_to_status(
+    error: BackendError, status: int, type_: str, param: str | None, code: str | None
+) -> None:
+    backend = FakeBackend(tokens("x"), entry_error=error)
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as client:
+            response = await client.post(CHAT, content=body())
+    assert response.status_code == status
+    assert_error_shape(response.json(), type=type_, param=param, code=code)
+
+
+async def test_unexpected_exception_is_json_500_without_traceback() -> None:
+    backend = FakeBackend(state_error=RuntimeError("secret internal detail"))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as client:
+            response = await client.get("/state")
+            # The server keeps serving afterwards.
+            health = await client.get("/healthz")
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/json")
+    assert_error_shape(response.json(), type="server_error")
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert health.status_code == 200
+
+
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+# Raw requests so that the client never sends more than the server reads: a client still
+# uploading when the server answers 413 and closes may see a reset instead of the answer.
+OVERSIZED = [
+    (
+        "declared-length",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (MAX_REQUEST_BYTES + 1),
+    ),
+    (
+        "chunked",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + _chunked(b"x" * (MAX_REQUEST_BYTES // 2))
+        + _chunked(b"x" * (MAX_REQUEST_BYTES // 2 + 1)),
+    ),
+]
+
+
+@pytest.mark.parametrize("raw", [raw for _, raw in OVERSIZED], ids=[i for i, _ in OVERSIZED])
+async def test_oversized_body_is_413(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    backend = FakeBackend(tokens("x"))
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            status, headers, content = await raw_exchange(url, raw)
+    assert status == 413, content
+    assert headers["content-type"].startswith("application/json")
+    assert_error_shape(json.loads(content), type="invalid_request_error", code="request_too_large")
+    assert str(MAX_REQUEST_BYTES) in json.loads(content)["error"]["message"]
+    assert backend.calls == []
+    # hypercorn's close race after a 413 is not logged as an application error.
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
