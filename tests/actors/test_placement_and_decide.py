@@ -48,7 +48,7 @@ def test_single_node_pipeline_takes_every_layer() -> None:
     placement = place(state_with(a=8), CARD, "pipeline")
     (shard,) = placement.shards
     assert (shard.node_id, shard.rank, shard.start_layer, shard.end_layer) == ("a", 0, 0, 30)
-    assert placement.memory_by_node["a"] == required_bytes(CARD, 30)
+    assert placement.memory_by_node[NodeId("a")] == required_bytes(CARD, 30)
 
 
 def test_a_node_without_room_is_refused_with_numbers() -> None:

@@ -35,10 +35,14 @@ def test_restart_keeps_identity_and_instances_and_drops_a_torn_record(
         assert again["term"] == first["term"] + 1
         assert again["index"] > first["index"]
         assert "dropped a torn last record" in node.log_text()
-        answer = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        response = answer.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
-        )
+        with openai.OpenAI(
+            base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=120
+        ) as answer:
+            response = answer.chat.completions.create(
+                model="smollm2-135m",
+                messages=[{"role": "user", "content": "Say hello."}],
+                max_tokens=8,
+            )
         assert response.choices[0].message.content
     finally:
         assert node.stop() == 0, node.log_text()[-4000:]

@@ -12,6 +12,7 @@ import time
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.nodes import NodeProcess, wait_for
 
@@ -27,21 +28,25 @@ def client(node: NodeProcess, timeout: float = 300) -> openai.OpenAI:
     )
 
 
-def ask(node: NodeProcess, stream: bool, **extra: object) -> str:
-    messages = [{"role": "user", "content": QUESTION}]
-    c = client(node)
-    if not stream:
-        response = c.chat.completions.create(model=MODEL, messages=messages, temperature=0, **extra)  # type: ignore[call-overload]
-        assert response.choices[0].finish_reason == ("length" if "max_tokens" in extra else "stop")
-        assert response.usage is not None and response.usage.completion_tokens > 0
-        return response.choices[0].message.content or ""
-    parts = []
-    for chunk in c.chat.completions.create(
-        model=MODEL, messages=messages, temperature=0, stream=True, **extra
-    ):  # type: ignore[call-overload]
-        if chunk.choices:
-            parts.append(chunk.choices[0].delta.content or "")
-    return "".join(parts)
+def ask(node: NodeProcess, stream: bool, max_tokens: int | None = None) -> str:
+    """Greedy answer to QUESTION, through a client that is closed afterwards."""
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+    with client(node) as c:
+        if not stream:
+            response = c.chat.completions.create(
+                model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens
+            )
+            assert response.choices[0].finish_reason == ("stop" if max_tokens is None else "length")
+            assert response.usage is not None and response.usage.completion_tokens > 0
+            return response.choices[0].message.content or ""
+        parts = []
+        with c.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens, stream=True
+        ) as chunks:
+            for chunk in chunks:
+                if chunk.choices:
+                    parts.append(chunk.choices[0].delta.content or "")
+        return "".join(parts)
 
 
 def test_first_request_places_the_model_and_answers_paris(node: NodeProcess) -> None:
@@ -53,9 +58,8 @@ def test_first_request_places_the_model_and_answers_paris(node: NodeProcess) -> 
 
 
 def test_models_and_unknown_model(node: NodeProcess) -> None:
-    c = client(node, timeout=30)
-    assert MODEL in [m.id for m in c.models.list().data]
-    with pytest.raises(openai.NotFoundError) as caught:
+    with client(node, timeout=30) as c, pytest.raises(openai.NotFoundError) as caught:
+        assert MODEL in [m.id for m in c.models.list().data]
         c.chat.completions.create(
             model="no-such-model", messages=[{"role": "user", "content": "hi"}]
         )
@@ -113,16 +117,19 @@ def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(
 
     def consume() -> None:
         try:
-            stream = client(node, timeout=60).chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": "Count from 1 to 500, one number per line."}],
-                temperature=0,
-                max_tokens=2000,
-                stream=True,
-            )
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    received.append(chunk.choices[0].delta.content)
+            with (
+                client(node, timeout=60) as c,
+                c.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": "Count from 1 to 500, one per line."}],
+                    temperature=0,
+                    max_tokens=2000,
+                    stream=True,
+                ) as stream,
+            ):
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        received.append(chunk.choices[0].delta.content)
                     first_token.set()
             outcome.append(None)
         except BaseException as exc:
