@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,32 +32,42 @@ PROMPT = "Count from 1 to 300, separated by commas."
 MODEL = "smollm2-135m"
 
 
-def raw_worker(model_dir: str, max_tokens: int, reps: int) -> None:
-    """Runs in a child with the runner's environment; prints one JSON line per repetition."""
-    import mlx.core as mx
-    import mlx_lm
-    from mlx_lm.sample_utils import make_sampler
+class RawMlx:
+    """Raw mlx-lm in this process, prepared as the CPU runner prepares its model."""
 
-    from exo.engine.blas import loaded_blas
-    from exo.engine.mlx_engine import _device_kind, dequantize_to_float32
+    def __init__(self, model_dir: Path) -> None:
+        import mlx_lm
+        from mlx_lm.sample_utils import make_sampler
 
-    model, tokenizer = mlx_lm.load(model_dir)  # type: ignore[misc]
-    if _device_kind() == "cpu":  # the same preparation the runner makes
-        dequantize_to_float32(model)
-    sampler = make_sampler(temp=0.0)
-    for rep in range(reps + 1):  # the first pass warms up, as the runner does at load
+        from exo.engine.mlx_engine import _device_kind, dequantize_to_float32
+
+        self.model, self.tokenizer = mlx_lm.load(str(model_dir))  # type: ignore[misc]
+        if _device_kind() == "cpu":
+            dequantize_to_float32(self.model)
+        self.sampler = make_sampler(temp=0.0)
+
+    def run(self, max_tokens: int) -> dict[str, Any]:
+        import mlx.core as mx
+        import mlx_lm
+
+        from exo.engine.blas import loaded_blas
+
         start = time.perf_counter()
-        text = tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
         )
-        prompt = tokenizer.encode(str(text), add_special_tokens=False)
-        times = []
-        for _ in mlx_lm.stream_generate(
-            model, tokenizer, mx.array(prompt), max_tokens=max_tokens, sampler=sampler
-        ):
-            times.append(time.perf_counter())
-        if rep:
-            print(json.dumps(_measure(start, times, len(times), loaded_blas())), flush=True)
+        prompt = self.tokenizer.encode(str(text), add_special_tokens=False)
+        times = [
+            time.perf_counter()
+            for _ in mlx_lm.stream_generate(
+                self.model,
+                self.tokenizer,
+                mx.array(prompt),
+                max_tokens=max_tokens,
+                sampler=self.sampler,
+            )
+        ]
+        return _measure(start, times, len(times), loaded_blas())
 
 
 def _measure(start: float, times: list[float], tokens: int, blas: str = "") -> dict[str, Any]:
@@ -102,11 +111,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--raw-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.raw_worker:
-        raw_worker(args.raw_worker[0], int(args.raw_worker[1]), int(args.raw_worker[2]))
-        return
+    # The raw side runs in this process: give it the BLAS a runner gets, by re-executing
+    # with the runner's environment (the node, which never imports MLX, inherits it harmlessly).
+    env = runner_env(os.environ)
+    if env.get("LD_PRELOAD") != os.environ.get("LD_PRELOAD"):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     work = Path(tempfile.mkdtemp(prefix="exo-bench-"))
     model_dir = ensure_bundled_model(work / "models")
@@ -114,24 +124,13 @@ def main() -> None:
     raw: list[dict[str, Any]] = []
     api: list[dict[str, Any]] = []
     try:
+        baseline = RawMlx(model_dir)
         node.wait_ready()
-        api_run(node.url, 8)  # first request through the node: not measured
+        # One unmeasured pass each: compile and first-call costs, as the runner's warm-up.
+        baseline.run(8)
+        api_run(node.url, 8)
         for _ in range(args.reps):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--raw-worker",
-                    str(model_dir),
-                    str(args.max_tokens),
-                    "1",
-                ],
-                env=runner_env(os.environ),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            raw.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            raw.append(baseline.run(args.max_tokens))
             api.append(api_run(node.url, args.max_tokens))
     finally:
         node.stop()
