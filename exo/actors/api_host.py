@@ -84,7 +84,7 @@ class NodeBackend:
                     continue
                 await self._replica.wait_changed()
         raise Unavailable(
-            f"model {card.model_id} was not ready within {self._ready_timeout:.0f} s "
+            f"model {card.model_id} was not ready within {self._ready_timeout:g} s "
             f"({self._progress(card.model_id)})"
         )
 

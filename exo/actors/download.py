@@ -64,10 +64,17 @@ class Downloader:
         return self.models_dir / model
 
     async def run(self) -> None:
+        # Most state changes (request lifecycle) touch neither the models placed here nor
+        # their download status; only a change in those is worth a look at the disk.
+        seen: object = None
         while True:
             state = self._replica.state
-            for model in models_needed(state, self._node_id):
-                await self._reconcile(state, model)
+            needed = models_needed(state, self._node_id)
+            view = [(m, state.download_status(self._node_id, m)) for m in needed]
+            if view != seen:
+                for model in needed:
+                    await self._reconcile(state, model)
+                seen = view
             await self._replica.wait_changed()
 
     async def _reconcile(self, state: State, model: ModelId) -> None:

@@ -46,3 +46,25 @@ def test_restart_keeps_identity_and_instances_and_drops_a_torn_record(
         assert response.choices[0].message.content
     finally:
         assert node.stop() == 0, node.log_text()[-4000:]
+
+
+def test_a_model_that_is_not_ready_in_time_is_a_clear_503(tmp_path: Path, models_dir: Path) -> None:
+    # Loading takes seconds; a 0.2 s budget cannot be met, and the client must hear why.
+    node = NodeProcess(tmp_path / "home", models_dir, "--preload", "", "--ready-timeout", "0.2")
+    node.start()
+    try:
+        with (
+            openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0, timeout=30) as c,
+            pytest.raises(openai.APIStatusError) as caught,
+        ):
+            c.chat.completions.create(
+                model="smollm2-135m", messages=[{"role": "user", "content": "Hi"}]
+            )
+        assert caught.value.status_code == 503
+        message = str(caught.value)
+        assert "smollm2-135m was not ready within 0.2 s" in message
+        assert "runner" in message or "download" in message
+        # The placement it made stands: the model finishes loading and is then served.
+        node.wait_ready()
+    finally:
+        assert node.stop() == 0, node.log_text()[-4000:]
