@@ -103,6 +103,3 @@ class Mailbox(Generic[T]):
 
     def __init__(self, capacity: int) -> None:
         self.send, self.receive = trio.open_memory_channel[T](capacity)
-
-    def send_nowait(self, message: T) -> None:
-        self.send.send_nowait(message)
