@@ -155,3 +155,56 @@ def test_malformed_request_gets_an_openai_error(node: NodeProcess) -> None:
     response = httpx.post(node.url + "/v1/chat/completions", content=b"{not json", timeout=10)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_concurrent_requests_each_get_their_own_answer(node: NodeProcess) -> None:
+    node.wait_ready()
+    answers: dict[int, str] = {}
+
+    def run(slot: int) -> None:
+        answers[slot] = ask(node, stream=bool(slot % 2))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(answers) == 3
+    assert all("Paris" in a for a in answers.values()), answers
+    assert len(set(answers.values())) == 1
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_runner(node: NodeProcess) -> None:
+    node.wait_ready()
+    before = node.state()["state"]["request_counters"]
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count from 1 to 500, one per line."}],
+        "temperature": 0,
+        "max_tokens": 2000,
+        "stream": True,
+    }
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", node.url + "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+    # Leaving cancels the generation on the runner: the next request is answered at once
+    # instead of after ~2000 tokens, and the abandoned request is recorded as failed.
+    started = time.monotonic()
+    assert "Paris" in ask(node, stream=False)
+    assert time.monotonic() - started < 30
+
+    def failed_count(counters: dict[str, dict[str, int]]) -> int:
+        return sum(c["failed"] for c in counters.values())
+
+    wait_for(
+        lambda: (
+            True
+            if failed_count(node.state()["state"]["request_counters"]) > failed_count(before)
+            else None
+        ),
+        10,
+        "the abandoned request recorded as failed",
+    )
