@@ -11,7 +11,7 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -41,6 +41,14 @@ class Environment(Protocol):
         ...
 
     def host_facts(self) -> HostFacts: ...
+
+    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
+        """A listening TCP socket: its detached file descriptor and bound address."""
+        ...
+
+    async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
+        """A connected TCP stream to host:port."""
+        ...
 
     def environ(self) -> dict[str, str]:
         """Environment variables handed to child processes."""
@@ -101,6 +109,12 @@ class RealEnvironment:
     def host_facts(self) -> HostFacts:
         return self._host
 
+    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
+        return await listen_tcp(host, port, backlog)
+
+    async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port)
+
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
 
@@ -128,3 +142,26 @@ def detect_accelerator() -> Accelerator:
     if sys.platform == "linux" and Path("/proc/driver/nvidia/version").exists():
         return "cuda"
     return "cpu"
+
+
+Listen = Callable[[str, int, int], Awaitable[tuple[int, tuple[str, int]]]]
+
+
+async def listen_tcp(host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
+    """A listening TCP socket on host:port: its file descriptor, detached, and its address.
+
+    Binding here rather than in a server library makes a taken port a plain OSError and
+    gives the real port for port 0.
+    """
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+        address = sock.getsockname()
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach(), (address[0], address[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -100,7 +101,9 @@ async def run_node(
                     "preload", lambda: _preload(replica, client, node_id, config.preload)
                 )
             app = create_app(backend, node_label=node_id)
-            host, port = await nursery.start(serve, app, config.api_host, config.api_port)
+            host, port = await nursery.start(
+                partial(serve, app, config.api_host, config.api_port, listen=env.listen_tcp)
+            )
             log.info("node %s serving http://%s:%d", node_id, host, port)
             task_status.started(RunningNode(node_id, host, port))
     finally:

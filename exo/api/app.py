@@ -18,6 +18,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from exo.actors.environment import Listen, listen_tcp
 from exo.api.admin import register_admin
 from exo.api.backend import Backend
 from exo.api.errors import http_error_response, server_error_response
@@ -107,26 +108,6 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     return app
 
 
-async def _listen(host: str, port: int) -> tuple[int, tuple[str, int]]:
-    """A listening TCP socket on host:port: its file descriptor, detached, and its address.
-
-    Binding here, not in hypercorn, makes a taken port a plain OSError (hypercorn would
-    wrap it in exception groups and leak the socket) and gives the real port for port 0.
-    """
-    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-        await sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-        address = sock.getsockname()
-    except BaseException:
-        sock.close()
-        raise
-    return sock.detach(), (address[0], address[1])
-
-
 async def serve(
     app: QuartTrio,
     host: str,
@@ -134,6 +115,7 @@ async def serve(
     *,
     shutdown_trigger: ShutdownTrigger | None = None,
     graceful_timeout: float = GRACEFUL_SHUTDOWN_S,
+    listen: Listen = listen_tcp,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on host:port (port 0: any free port) until cancelled or shut down.
@@ -142,9 +124,10 @@ async def serve(
     `await nursery.start(serve, app, "127.0.0.1", 0)` returns the real port. Cancelling the
     surrounding scope stops the server at once (open streams are cancelled, which ends their
     generations); when `shutdown_trigger` returns instead, the server stops accepting and
-    gives in-flight requests `graceful_timeout` seconds before cancelling them.
+    gives in-flight requests `graceful_timeout` seconds before cancelling them. `listen`
+    binds the socket: the node passes its environment's.
     """
-    fd, bound = await _listen(host, port)
+    fd, bound = await listen(host, port, LISTEN_BACKLOG)
     config = HypercornConfig()
     config.bind = [f"fd://{fd}"]  # hypercorn takes the socket over (and closes it)
     config.backlog = LISTEN_BACKLOG
