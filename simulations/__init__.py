@@ -1,0 +1,1 @@
+"""Deterministic cluster simulations: the production actors on a seeded, simulated network (issue 3)."""
