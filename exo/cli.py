@@ -31,9 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument(
         "--home", help="node home: identity, event log, models (env EXO_HOME; default ~/.exo)"
     )
-    node.add_argument("--api-host", default=os.environ.get("EXO_API_HOST", "127.0.0.1"))
-    node.add_argument("--api-port", type=int, default=int(os.environ.get("EXO_API_PORT", "52415")))
-    node.add_argument("--port", type=int, default=52416, help="peer port for node-to-node links")
+    node.add_argument(
+        "--api-host",
+        default=os.environ.get("EXO_API_HOST", "127.0.0.1"),
+        help="address the HTTP API listens on (env EXO_API_HOST; default 127.0.0.1)",
+    )
+    node.add_argument(
+        "--api-port",
+        type=int,
+        default=int(os.environ.get("EXO_API_PORT", "52415")),
+        help="port of the HTTP API (env EXO_API_PORT; default 52415)",
+    )
+    node.add_argument(
+        "--port", type=int, default=52416, help="peer port for node-to-node links (default 52416)"
+    )
     node.add_argument(
         "--models-dir", help="where model weights live (default HOME/models; env EXO_MODELS_DIR)"
     )
@@ -45,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds a request waits for its model"
     )
-    node.add_argument("--log-level", default=os.environ.get("EXO_LOG_LEVEL", "info"))
+    node.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        default=os.environ.get("EXO_LOG_LEVEL", "info").lower(),
+        help="log detail (env EXO_LOG_LEVEL; debug adds runner stderr)",
+    )
 
     rep = sub.add_parser(
         "replay", help="rebuild the state from an event log and print it with its hash"
@@ -81,13 +98,22 @@ def _node(args: argparse.Namespace) -> int:
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))
     except BaseExceptionGroup as group:
-        crash_loops, rest = group.split(CrashLoop)
-        if rest is not None or crash_loops is None:
+        # Failures a user can act on (a crash-looping actor, a taken port, an unwritable
+        # home) get one line; anything else is a bug and keeps its traceback.
+        known, rest = group.split((CrashLoop, OSError))
+        if rest is not None or known is None:
             raise
-        for error in crash_loops.exceptions:
+        for error in _leaves(known):
             print(f"exo node: stopping: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for error in group.exceptions:
+        out.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return out
 
 
 async def _run_until_signalled(run: Any, *args: Any) -> None:

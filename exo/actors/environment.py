@@ -161,6 +161,9 @@ async def listen_tcp(host: str, port: int, backlog: int) -> tuple[int, tuple[str
         await sock.bind((host, port))
         sock.listen(backlog)
         address = sock.getsockname()
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

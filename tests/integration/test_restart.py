@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import openai
@@ -68,3 +71,33 @@ def test_a_model_that_is_not_ready_in_time_is_a_clear_503(tmp_path: Path, models
         node.wait_ready()
     finally:
         assert node.stop() == 0, node.log_text()[-4000:]
+
+
+def test_a_taken_api_port_is_a_one_line_error(tmp_path: Path, models_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exo.cli",
+                "node",
+                "--home",
+                str(tmp_path / "home"),
+                "--api-port",
+                str(port),
+                "--preload",
+                "",
+                "--models-dir",
+                str(models_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("exo node: stopping:")
+    assert "Traceback" not in result.stderr
