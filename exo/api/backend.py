@@ -20,6 +20,8 @@ class BackendError(Exception):
 
     status = 500
     kind = "server_error"
+    # A machine-readable `code` for clients, where the kind alone does not say it.
+    code: str | None = None
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -35,6 +37,7 @@ class InvalidRequest(BackendError):
 class UnknownModel(BackendError):
     status = 404
     kind = "not_found_error"
+    code = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist; see GET /v1/models.", "model")

@@ -14,7 +14,7 @@ from typing import Any
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from exo.api.backend import BackendError, UnknownModel
+from exo.api.backend import BackendError
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -73,14 +73,8 @@ def as_backend_error(error: BaseException) -> BackendError | None:
     return error if isinstance(error, BackendError) else None
 
 
-def backend_error_code(error: BackendError) -> str | None:
-    return "model_not_found" if isinstance(error, UnknownModel) else None
-
-
 def backend_error_payload(error: BackendError) -> dict[str, Any]:
-    return error_payload(
-        error.message, type=error.kind, param=error.param, code=backend_error_code(error)
-    )
+    return error_payload(error.message, type=error.kind, param=error.param, code=error.code)
 
 
 def backend_error_response(error: BackendError) -> TrioResponse:

@@ -37,7 +37,6 @@ from exo.api.errors import (
     backend_error_payload,
     backend_error_response,
     dumps,
-    error_response,
     json_response,
     server_error_payload,
 )
@@ -517,18 +516,15 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             {"object": "list", "data": [model_object(card) for card in backend.models()]}
         )
 
+    def find_card(model_id: str) -> ModelCard | None:
+        return next((c for c in backend.models() if c.model_id == model_id), None)
+
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> TrioResponse:
-        for card in backend.models():
-            if card.model_id == model_id:
-                return json_response(model_object(card))
-        return error_response(
-            404,
-            f"The model '{model_id}' does not exist; see GET /v1/models.",
-            type="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
+        card = find_card(model_id)
+        if card is None:
+            return backend_error_response(UnknownModel(model_id))
+        return json_response(model_object(card))
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> TrioResponse:
@@ -538,7 +534,7 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             chat = parse_chat_request(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error_response(error)
-        if not any(card.model_id == chat.model for card in backend.models()):
+        if find_card(chat.model) is None:
             # Checked before a stream starts, so even a streaming client gets a real 404.
             return backend_error_response(UnknownModel(chat.model))
 
