@@ -141,10 +141,7 @@ class NodeBackend:
 
     def _lifecycle(self, command: StartRequest | FinishRequest | FailRequest) -> None:
         """Lifecycle reports never delay tokens: queued, not awaited."""
-        try:
-            self._commands.send_nowait(command)
-        except trio.WouldBlock:
-            log.warning("command queue full; dropped %s", type(command).__name__)
+        self._commands.send_nowait(command)
 
 
 async def _watch(chunks: AsyncIterator[Chunk], outcome: list[Finished]) -> AsyncIterator[Chunk]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import trio
 
 from exo.events.commands import Command, CommandOutcome, Envelope
 from exo.events.ids import CommandId, NodeId, new_command_id
+
+log = logging.getLogger("exo.commands")
 
 
 class CommandClient:
@@ -25,11 +28,19 @@ class CommandClient:
         await self._outbox.send(envelope)
         return envelope.command_id
 
-    def send_nowait(self, command: Command) -> CommandId:
-        """Send from synchronous code (callbacks, cleanup); raises `trio.WouldBlock` when full."""
+    def send_nowait(self, command: Command) -> bool:
+        """Send from synchronous code (callbacks, cleanup) without waiting.
+
+        When the master's queue is full the command is dropped with a warning and False is
+        returned: reports sent this way (status, lifecycle) must never delay their caller.
+        """
         envelope = Envelope(new_command_id(self._rng), self.node_id, command)
-        self._outbox.send_nowait(envelope)
-        return envelope.command_id
+        try:
+            self._outbox.send_nowait(envelope)
+        except trio.WouldBlock:
+            log.warning("command queue full; dropped %s", type(command).__name__)
+            return False
+        return True
 
     async def call(self, command: Command) -> CommandOutcome:
         """Send and wait for the master's outcome; callers bound the wait with a cancel scope."""

@@ -91,7 +91,4 @@ class RunnerSupervisor:
             await handle.run()
 
     def _report(self, instance_id: InstanceId, status: RunnerStatus) -> None:
-        try:
-            self._commands.send_nowait(ReportRunnerStatus(instance_id, status))
-        except trio.WouldBlock:
-            log.warning("command queue full; runner status %s not reported", status.phase)
+        self._commands.send_nowait(ReportRunnerStatus(instance_id, status))
