@@ -12,10 +12,12 @@ from attrs import frozen
 
 from exo.actors.placement import PlacementError, place
 from exo.events.commands import (
+    AdoptSuffix,
     DeleteInstance,
     Envelope,
     FailRequest,
     FinishRequest,
+    MarkNodeDown,
     PlaceInstance,
     RegisterNode,
     ReportDownload,
@@ -23,19 +25,22 @@ from exo.events.commands import (
     StartRequest,
 )
 from exo.events.events import (
+    AdoptedEvent,
     DownloadStatusChanged,
     Event,
     InstanceCreated,
     InstanceDeleted,
+    NodeDown,
     NodeProfiled,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     RunnerStatusChanged,
+    SuffixAdopted,
 )
 from exo.events.facts import Instance, RequestRecord
 from exo.events.ids import CommandId, InstanceId
-from exo.events.state import State
+from exo.events.state import State, apply_event
 from exo.models.cards import card_for
 
 
@@ -59,6 +64,12 @@ def decide(state: State, envelope: Envelope) -> Decision:
             if state.nodes.get(origin) == profile:
                 return []
             return [NodeProfiled(origin, profile)]
+        case MarkNodeDown(node_id=node_id):
+            if origin != state.master:
+                return Rejected("only the master marks nodes down")
+            return [NodeDown(node_id)] if node_id in state.nodes else []
+        case AdoptSuffix() as command:
+            return adopt(state, command)
         case PlaceInstance() as command:
             return _place(state, envelope.command_id, command)
         case DeleteInstance(instance_id=instance_id):
@@ -115,3 +126,39 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         instance_id_for(command_id), card.model_id, placement.strategy, placement.shards
     )
     return [InstanceCreated(instance)]
+
+
+def adopt(state: State, command: AdoptSuffix) -> Decision:
+    """Carry a deposed term's divergent events into this log, where they still make sense.
+
+    Client-visible decisions (instances, request lifecycle) are kept unless this log has
+    already made them moot; node-local facts (profiles, downloads, runner status) are left
+    out, because their owners re-assert the current ones to the new master.
+    """
+    through = state.adopted_through(command.term, command.master)
+    fresh = [e for e in command.events if e.term == command.term and e.index > through]
+    if not fresh:
+        return []
+    draft = state
+    kept: list[AdoptedEvent] = []
+    for indexed in fresh:
+        event = indexed.event
+        match event:
+            case InstanceCreated(instance=instance):
+                keep = instance.instance_id not in draft.instances
+            case InstanceDeleted(instance_id=instance_id):
+                keep = instance_id in draft.instances
+            case RequestStarted(request=request):
+                keep = (
+                    request.request_id not in draft.requests
+                    and request.instance_id in draft.instances
+                )
+            case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
+                keep = request_id in draft.requests
+            case _:
+                continue
+        if keep:
+            kept.append(AdoptedEvent(indexed.command_id, event))
+            draft = apply_event(draft, event)
+    through_index = max(e.index for e in fresh)
+    return [SuffixAdopted(command.term, command.master, through_index, tuple(kept))]

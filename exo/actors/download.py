@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
@@ -44,6 +45,31 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+class ModelStore(Protocol):
+    """Where weights come from; blocking methods run through `Environment.run_blocking`."""
+
+    def is_on_disk(self, card: ModelCard, target: Path) -> bool: ...
+
+    def fetch(self, card: ModelCard, models_dir: Path) -> None: ...
+
+    def size(self, target: Path) -> int: ...
+
+
+class BundledStore:
+    """Today's only source: the bundled model, converted from its package's GGUF."""
+
+    def is_on_disk(self, card: ModelCard, target: Path) -> bool:
+        return is_on_disk(card, target)
+
+    def fetch(self, card: ModelCard, models_dir: Path) -> None:
+        if card.source != "bundled":
+            raise RuntimeError(f"{card.model_id}: hub downloads are not available yet")
+        ensure_bundled_model(models_dir)
+
+    def size(self, target: Path) -> int:
+        return directory_bytes(target)
+
+
 class Downloader:
     def __init__(
         self,
@@ -52,12 +78,14 @@ class Downloader:
         replica: Replica,
         commands: CommandClient,
         models_dir: Path,
+        store: ModelStore | None = None,
     ) -> None:
         self._node_id = node_id
         self._env = env
         self._replica = replica
         self._commands = commands
         self.models_dir = models_dir
+        self._store: ModelStore = store or BundledStore()
         self._failed_here: set[ModelId] = set()
 
     def model_dir(self, model: ModelId) -> Path:
@@ -84,9 +112,9 @@ class Downloader:
         if card is None:
             await self._report(model, DownloadStatus("failed", detail=f"no model card for {model}"))
             return
-        if await self._env.run_blocking(lambda: is_on_disk(card, target)):
+        if await self._env.run_blocking(lambda: self._store.is_on_disk(card, target)):
             if reported is None or reported.phase != "complete":
-                size = await self._env.run_blocking(lambda: directory_bytes(target))
+                size = await self._env.run_blocking(lambda: self._store.size(target))
                 await self._report(model, DownloadStatus("complete", size, size))
             return
         if model in self._failed_here:
@@ -101,14 +129,12 @@ class Downloader:
                 model, DownloadStatus("failed", detail=f"{type(exc).__name__}: {exc}")
             )
             return
-        size = await self._env.run_blocking(lambda: directory_bytes(target))
+        size = await self._env.run_blocking(lambda: self._store.size(target))
         log.info("model %s ready at %s (%d bytes)", model, target, size)
         await self._report(model, DownloadStatus("complete", size, size))
 
     async def _fetch(self, card: ModelCard) -> None:
-        if card.source != "bundled":
-            raise RuntimeError(f"{card.model_id}: hub downloads are not available yet")
-        fetch: Callable[[], Path] = lambda: ensure_bundled_model(self.models_dir)  # noqa: E731
+        fetch: Callable[[], None] = lambda: self._store.fetch(card, self.models_dir)  # noqa: E731
         await self._env.run_blocking(fetch)
 
     async def _report(self, model: ModelId, status: DownloadStatus) -> None:

@@ -22,6 +22,23 @@ from exo.events.facts import Accelerator
 T = TypeVar("T")
 
 
+class ChildProcess(Protocol):
+    """What actors use of a child process (a `trio.Process`, or the simulator's fake)."""
+
+    @property
+    def stdin(self) -> trio.abc.SendStream | None: ...
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream | None: ...
+    @property
+    def stderr(self) -> trio.abc.ReceiveStream | None: ...
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class Environment(Protocol):
     home: Path
     random: random.Random
@@ -32,7 +49,7 @@ class Environment(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
-    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> trio.Process:
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> ChildProcess:
         """Start a child process with pipes on stdin, stdout and stderr."""
         ...
 

@@ -1,72 +1,49 @@
-"""The master: the sequencer that alone assigns indexes, persists, then publishes.
+"""The sequencer: what the master does with commands in one term.
 
-It keeps its own state (the log's fold) so each decision sees every event it already
-produced, and answers every command with an outcome, idempotently by command id.
+It decides a batch of commands against the state (each seeing the events of those before
+it), and remembers every outcome by command id, so a command retried after a lost answer
+or a failover is answered the same way instead of being applied twice. Persisting,
+publishing and answering are the control actor's job (`control.py`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 
-import trio
+from attrs import frozen
 
 from exo.actors.decide import Rejected, decide
-from exo.actors.environment import Environment
 from exo.events.commands import CommandOutcome, Envelope
-from exo.events.events import Event, IndexedEvent, MasterElected
-from exo.events.ids import CommandId, NodeId
-from exo.events.log import EventLog
-from exo.events.replay import replay
+from exo.events.events import Event, IndexedEvent, SuffixAdopted
+from exo.events.ids import CommandId
 from exo.events.state import State, apply
-
-log = logging.getLogger("exo.master")
 
 # Commands decided in one batch share one fsync.
 MAX_BATCH = 64
 REMEMBERED_OUTCOMES = 4096
 
 
-class Master:
-    def __init__(
-        self,
-        node_id: NodeId,
-        env: Environment,
-        event_log: EventLog,
-        publish: Callable[[list[IndexedEvent]], Awaitable[None]],
-        answer: Callable[[NodeId, CommandOutcome], None],
-    ) -> None:
-        self.node_id = node_id
-        self._env = env
-        self._log = event_log
-        self._publish = publish
-        self._answer = answer
-        self.state: State = replay(event_log)
-        self.term = 0
+@frozen
+class Decided:
+    """A batch's events (not yet indexed) and the answer to each command."""
+
+    events: list[tuple[Event, CommandId | None]]
+    answers: list[tuple[Envelope, CommandOutcome]]
+
+
+class Sequencer:
+    def __init__(self, term: int, log: Iterable[IndexedEvent] = ()) -> None:
+        self.term = term
         self._outcomes: OrderedDict[CommandId, CommandOutcome] = OrderedDict()
+        # The log already answers the commands it holds events of (a new master inherits
+        # them); commands that produced no event are harmless to decide again.
+        self.remember(log)
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope]) -> None:
-        """Take office for a new term, then sequence commands until cancelled."""
-        self.state = replay(self._log)
-        self.term = self._log.last_term + 1
-        await self._commit([(MasterElected(self.node_id, self.term), None)])
-        log.info("master of term %d at index %d", self.term, self.state.last_index)
-        async for envelope in inbox:
-            batch = [envelope]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(inbox.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._sequence(batch)
-
-    async def _sequence(self, batch: list[Envelope]) -> None:
-        pending: list[tuple[Event, CommandId | None]] = []
-        answers: list[tuple[Envelope, CommandOutcome | None]] = []
-        # Decide against the state including this batch's earlier events.
-        draft = self.state
-        next_index = draft.last_index + 1
+    def decide_batch(self, state: State, batch: list[Envelope]) -> Decided:
+        events: list[tuple[Event, CommandId | None]] = []
+        answers: list[tuple[Envelope, CommandOutcome]] = []
+        draft = state
         for envelope in batch:
             known = self._outcomes.get(envelope.command_id)
             if known is not None:
@@ -77,35 +54,30 @@ class Master:
                 outcome = CommandOutcome(
                     envelope.command_id, False, decision.reason, draft.last_index
                 )
-                answers.append((envelope, outcome))
-                self._remember(outcome)
-                continue
-            for event in decision:
-                indexed = IndexedEvent(next_index, self.term, event, envelope.command_id)
-                draft = apply(draft, indexed)
-                next_index += 1
-                pending.append((event, envelope.command_id))
-            outcome = CommandOutcome(envelope.command_id, True, "", draft.last_index)
+            else:
+                for event in decision:
+                    indexed = IndexedEvent(
+                        draft.last_index + 1, self.term, event, envelope.command_id
+                    )
+                    draft = apply(draft, indexed)
+                    events.append((event, envelope.command_id))
+                outcome = CommandOutcome(envelope.command_id, True, "", draft.last_index)
             answers.append((envelope, outcome))
-            self._remember(outcome)
-        if pending:
-            await self._commit(pending)
-        for envelope, answered in answers:
-            if answered is not None:
-                self._answer(envelope.origin, answered)
+            self._store(outcome)
+        return Decided(events, answers)
 
-    async def _commit(self, events: list[tuple[Event, CommandId | None]]) -> None:
-        start = self.state.last_index + 1
-        indexed = [
-            IndexedEvent(start + offset, self.term, event, command_id)
-            for offset, (event, command_id) in enumerate(events)
-        ]
-        await self._env.run_blocking(lambda: self._log.append(indexed))
-        for event in indexed:
-            self.state = apply(self.state, event)
-        await self._publish(indexed)
+    def remember(self, events: Iterable[IndexedEvent]) -> None:
+        """Record outcomes implied by committed events (including adopted ones)."""
+        for indexed in events:
+            if indexed.command_id is not None:
+                self._store(CommandOutcome(indexed.command_id, True, "", indexed.index))
+            if isinstance(indexed.event, SuffixAdopted):
+                for adopted in indexed.event.events:
+                    if adopted.command_id is not None:
+                        self._store(CommandOutcome(adopted.command_id, True, "", indexed.index))
 
-    def _remember(self, outcome: CommandOutcome) -> None:
+    def _store(self, outcome: CommandOutcome) -> None:
         self._outcomes[outcome.command_id] = outcome
+        self._outcomes.move_to_end(outcome.command_id)
         while len(self._outcomes) > REMEMBERED_OUTCOMES:
             self._outcomes.popitem(last=False)

@@ -1,8 +1,13 @@
-"""A node: wires the actors together under one supervisor and serves the API."""
+"""A node: wires the actors together under one supervisor and serves the API.
+
+`run_node` is what `exo node` runs and what the simulator runs for each simulated node;
+they differ only in the environment, the peer network and the model store passed in.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -11,17 +16,18 @@ from attrs import field, frozen
 
 from exo.actors.api_host import NodeBackend
 from exo.actors.command_client import CommandClient
-from exo.actors.download import Downloader
+from exo.actors.control import Control, Inbound
+from exo.actors.download import Downloader, ModelStore
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
-from exo.actors.master import Master
+from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
+from exo.actors.wire import PeerMessage
 from exo.api.app import create_app, serve
-from exo.events.commands import CommandOutcome, Envelope, PlaceInstance
-from exo.events.events import IndexedEvent
+from exo.events.commands import Envelope, PlaceInstance
 from exo.events.ids import ModelId, NodeId
 from exo.events.log import EventLog
 from exo.events.replay import replay
@@ -30,6 +36,12 @@ from exo.logs import set_log_context
 log = logging.getLogger("exo.node")
 
 LOG_FILE = "events.log"
+# Peer messages waiting for the control actor; beyond this they are dropped (and retried).
+PEER_INBOX = 4096
+
+Deliver = Callable[[NodeId, PeerMessage], None]
+# Joins the peer network as `node_id`; inbound messages go to `deliver`.
+Connect = Callable[[NodeId, Deliver], PeerNetwork]
 
 
 @frozen
@@ -45,6 +57,8 @@ class NodeConfig:
     ready_timeout: float = 300.0
     profile_interval: float = 5.0
     restart_policy: RestartPolicy = field(factory=RestartPolicy)
+    timings: ControlTimings = field(factory=ControlTimings)
+    serve_api: bool = True
 
 
 @frozen
@@ -52,33 +66,53 @@ class RunningNode:
     node_id: NodeId
     api_host: str
     api_port: int
+    control: Control
+    replica: Replica
+    backend: NodeBackend
+    commands: CommandClient
+    supervisor: Supervisor
+    event_log: EventLog
+
+
+def _isolated(node_id: NodeId, deliver: Deliver) -> PeerNetwork:
+    return NoPeers()
 
 
 async def run_node(
     config: NodeConfig,
     env: Environment,
     *,
+    connect: Connect = _isolated,
+    store: ModelStore | None = None,
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     node_id = load_or_create_node_id(config.home, env.random)
-    event_log = EventLog.open(config.home / LOG_FILE)
+    event_log = await env.run_blocking(lambda: EventLog.open(config.home / LOG_FILE))
     if event_log.dropped_tail:
         log.warning("event log: dropped a torn last record: %s", event_log.dropped_tail)
     replica = Replica(replay(event_log))
     set_log_context(lambda: (node_id, replica.state.term, replica.state.last_index))
     log.info("node %s starting at index %d", node_id, replica.state.last_index)
 
-    commands = Mailbox[Envelope](1024)
-    events = Mailbox[list[IndexedEvent]](1024)
-    client = CommandClient(node_id, env.random, commands.send)
+    inbox = Mailbox[Inbound](PEER_INBOX)
 
-    def answer(origin: NodeId, outcome: CommandOutcome) -> None:
-        if origin == node_id:
-            client.resolve(outcome)
+    def deliver(sender: NodeId, message: PeerMessage) -> None:
+        try:
+            inbox.send.send_nowait((sender, message))
+        except trio.WouldBlock:
+            log.warning("peer inbox full; dropped %s from %s", type(message).__name__, sender)
 
-    master = Master(node_id, env, event_log, events.send.send, answer)
+    network = connect(node_id, deliver)
+    control: Control | None = None
+
+    def submit(envelope: Envelope) -> None:
+        assert control is not None
+        control.submit(envelope)
+
+    client = CommandClient(node_id, env.random, submit, env.now, config.timings.command_retry)
+    control = Control(node_id, env, event_log, replica, network, client, config.timings)
     downloader = Downloader(
-        node_id, env, replica, client, config.models_dir or config.home / "models"
+        node_id, env, replica, client, config.models_dir or config.home / "models", store
     )
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
     backend = NodeBackend(node_id, replica, client, runners, env.random, config.ready_timeout)
@@ -86,12 +120,18 @@ async def run_node(
     try:
         async with trio.open_nursery() as nursery:
             supervisor = Supervisor(env, nursery, config.restart_policy)
-            supervisor.start("replica", lambda: replica.run(events.receive))
-            supervisor.start("master", lambda: master.run(commands.receive))
+            supervisor.start("control", lambda: control.run(inbox.receive))
+            supervisor.start("commands", lambda: client.run(env.sleep))
             supervisor.start(
                 "topology",
                 lambda: run_topology(
-                    env, client, config.api_port, config.peer_port, config.profile_interval
+                    env,
+                    replica,
+                    client,
+                    node_id,
+                    config.api_port,
+                    config.peer_port,
+                    config.profile_interval,
                 ),
             )
             supervisor.start("download", downloader.run)
@@ -100,12 +140,18 @@ async def run_node(
                 supervisor.start(
                     "preload", lambda: _preload(replica, client, node_id, config.preload)
                 )
-            app = create_app(backend, node_label=node_id)
-            host, port = await nursery.start(
-                partial(serve, app, config.api_host, config.api_port, listen=env.listen_tcp)
+            host, port = config.api_host, config.api_port
+            if config.serve_api:
+                app = create_app(backend, node_label=node_id)
+                host, port = await nursery.start(
+                    partial(serve, app, config.api_host, config.api_port, listen=env.listen_tcp)
+                )
+                log.info("node %s serving http://%s:%d", node_id, host, port)
+            task_status.started(
+                RunningNode(
+                    node_id, host, port, control, replica, backend, client, supervisor, event_log
+                )
             )
-            log.info("node %s serving http://%s:%d", node_id, host, port)
-            task_status.started(RunningNode(node_id, host, port))
     finally:
         event_log.close()
 

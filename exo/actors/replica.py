@@ -21,6 +21,8 @@ class Replica:
         self.state = state
         self._changed = trio.Event()
         self._hash: tuple[int, str] | None = None
+        # Counts `reset`s: a state that went back (a divergent suffix cut off).
+        self.resets = 0
 
     def apply_batch(self, events: list[IndexedEvent]) -> None:
         """Apply the events that continue the state; older ones are duplicates and are skipped."""
@@ -32,6 +34,14 @@ class Replica:
         if self.state.last_index != before:
             self._changed.set()
             self._changed = trio.Event()
+
+    def reset(self, state: State) -> None:
+        """Replace the state wholesale (after the log was truncated and replayed)."""
+        self.state = state
+        self._hash = None
+        self.resets += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
     def hash(self) -> str:
         """The state hash at the current index, computed once per index."""
@@ -49,7 +59,3 @@ class Replica:
             if result is not None:
                 return result
             await self._changed.wait()
-
-    async def run(self, inbox: trio.MemoryReceiveChannel[list[IndexedEvent]]) -> None:
-        async for batch in inbox:
-            self.apply_batch(batch)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from exo.actors.environment import Environment
+from exo.actors.environment import ChildProcess, Environment
 from exo.api.backend import Chunk, GenerationFailed, InvalidRequest, Unavailable
 from exo.engine import protocol
 from exo.engine.blas import runner_env
@@ -56,7 +56,7 @@ class RunnerHandle:
         self._report = report
         self.status = RunnerStatus("starting")
         self.info: protocol.EngineInfo | None = None
-        self._process: trio.Process | None = None
+        self._process: ChildProcess | None = None
         self._inflight: dict[str, trio.MemorySendChannel[Routed]] = {}
         self._write_lock = trio.Lock()
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -126,7 +126,7 @@ class RunnerHandle:
                     process.kill()
                 await process.wait()
 
-    async def _pump_stdout(self, process: trio.Process) -> str:
+    async def _pump_stdout(self, process: ChildProcess) -> str:
         assert process.stdout is not None
         async for line in _lines(process.stdout):
             try:
@@ -172,7 +172,7 @@ class RunnerHandle:
             channel.close()
         self._inflight.clear()
 
-    async def _pump_stderr(self, process: trio.Process) -> None:
+    async def _pump_stderr(self, process: ChildProcess) -> None:
         assert process.stderr is not None
         async for line in _lines(process.stderr):
             text = line.decode(errors="replace").rstrip()

@@ -61,8 +61,15 @@ class RunnerSupervisor:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                asserted: tuple[object, ...] = ()
                 while True:
-                    plan = plan_runners(self._replica.state, self._node_id, frozenset(self.handles))
+                    state = self._replica.state
+                    # A new master, or a log cut back, may lack what our runners are.
+                    era = (state.term, state.master, self._replica.resets)
+                    if era != asserted:
+                        self._reassert(state)
+                        asserted = era
+                    plan = plan_runners(state, self._node_id, frozenset(self.handles))
                     for instance_id in plan.stop:
                         log.info("stopping runner for %s", instance_id)
                         self._scopes.pop(instance_id).cancel()
@@ -89,6 +96,11 @@ class RunnerSupervisor:
             log.info("starting runner for %s (%s)", instance_id, instance.model)
             task_status.started()
             await handle.run()
+
+    def _reassert(self, state: State) -> None:
+        for instance_id, handle in sorted(self.handles.items()):
+            if state.runner_status(instance_id, self._node_id) != handle.status:
+                self._report(instance_id, handle.status)
 
     def _report(self, instance_id: InstanceId, status: RunnerStatus) -> None:
         self._commands.send_nowait(ReportRunnerStatus(instance_id, status))

@@ -1,13 +1,21 @@
-"""The topology actor: reports this node's profile, and again when it changes enough to matter."""
+"""The topology actor: keeps this node's profile in the replicated state.
+
+It compares the state with the machine: a profile missing (a new master that never heard
+of us, a node marked down, a log cut back) or out of date by enough to matter is
+reported again.
+"""
 
 from __future__ import annotations
 
+import trio
 from attrs import evolve
 
 from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
+from exo.actors.replica import Replica
 from exo.events.commands import RegisterNode
 from exo.events.facts import NodeProfile
+from exo.events.ids import NodeId
 
 # Free memory moves constantly; only a change this large is worth an event.
 MEMORY_REPORT_STEP = 256 * 1024 * 1024
@@ -37,12 +45,20 @@ def worth_reporting(previous: NodeProfile | None, current: NodeProfile) -> bool:
 
 
 async def run_topology(
-    env: Environment, commands: CommandClient, api_port: int, peer_port: int, interval: float
+    env: Environment,
+    replica: Replica,
+    commands: CommandClient,
+    node_id: NodeId,
+    api_port: int,
+    peer_port: int,
+    interval: float,
 ) -> None:
-    reported: NodeProfile | None = None
     while True:
         profile = read_profile(env, api_port, peer_port)
-        if worth_reporting(reported, profile):
-            await commands.send(RegisterNode(profile))
-            reported = profile
-        await env.sleep(interval)
+        if worth_reporting(replica.state.nodes.get(node_id), profile):
+            # Waiting for the answer keeps one report in flight, through elections too.
+            outcome = await commands.call(RegisterNode(profile))
+            if not outcome.accepted:
+                await env.sleep(interval)
+        with trio.move_on_after(interval):
+            await replica.wait_changed()

@@ -15,7 +15,7 @@ from cattrs.strategies import configure_tagged_union
 
 from exo.engine import protocol
 from exo.events.commands import Command, Envelope
-from exo.events.events import Event, IndexedEvent
+from exo.events.events import AdoptableEvent, Event, IndexedEvent
 
 
 class CodecError(ValueError):
@@ -36,9 +36,14 @@ def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     for kind in (int, float, str, bool):
         converter.register_structure_hook(kind, _strict_scalar(kind))
+    configure_tagged_union(AdoptableEvent, converter, tag_name="type")
     configure_tagged_union(Event, converter, tag_name="type")
     configure_tagged_union(Command, converter, tag_name="type")
     configure_tagged_union(protocol.ToRunner, converter, tag_name="type")
+    # Imported here: the wire module builds on the events package that imports this one.
+    from exo.actors.wire import PeerMessage
+
+    configure_tagged_union(PeerMessage, converter, tag_name="type")
     configure_tagged_union(protocol.FromRunner, converter, tag_name="type")
     return converter
 

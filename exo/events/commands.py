@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from exo.events.events import IndexedEvent
 from exo.events.facts import DownloadStatus, FinishReason, NodeProfile, RunnerStatus, Strategy
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
 
@@ -61,8 +62,27 @@ class FailRequest:
     error: str
 
 
+@frozen
+class MarkNodeDown:
+    """Sent by the master's own failure detector about a silent node."""
+
+    node_id: NodeId
+
+
+@frozen
+class AdoptSuffix:
+    """Sent by a node whose log diverges from the new master's: the events past the common
+    prefix from one deposed term, to be re-decided before the node truncates them."""
+
+    term: int
+    master: NodeId
+    events: tuple[IndexedEvent, ...]
+
+
 Command = (
     RegisterNode
+    | MarkNodeDown
+    | AdoptSuffix
     | PlaceInstance
     | DeleteInstance
     | ReportRunnerStatus

@@ -70,9 +70,46 @@ class RequestFailed:
     error: str
 
 
+@frozen
+class NodeDown:
+    """The master stopped hearing from a node; it returns by registering again."""
+
+    node_id: NodeId
+
+
+# Decisions a deposed master's clients may have been told about: what adoption carries over.
+AdoptableEvent = (
+    InstanceCreated | InstanceDeleted | RequestStarted | RequestFinished | RequestFailed
+)
+
+
+@frozen
+class AdoptedEvent:
+    """One event of a deposed master's log, re-decided by the master that won."""
+
+    command_id: CommandId | None
+    event: AdoptableEvent
+
+
+@frozen
+class SuffixAdopted:
+    """The part of a deposed term's log past the common prefix, carried into this log.
+
+    `term`/`master` name the deposed term and `through_index` the last of its indexes
+    adopted, so adopting the same suffix again (from another node) changes nothing.
+    """
+
+    term: int
+    master: NodeId
+    through_index: int
+    events: tuple[AdoptedEvent, ...]
+
+
 Event = (
     MasterElected
     | NodeProfiled
+    | NodeDown
+    | SuffixAdopted
     | InstanceCreated
     | InstanceDeleted
     | RunnerStatusChanged

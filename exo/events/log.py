@@ -68,6 +68,14 @@ def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
     return events, offset, None
 
 
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class EventLog:
     """An append-only log file of indexed events. Not thread-safe; one writer."""
 
@@ -75,6 +83,8 @@ class EventLog:
         self.path = path
         self._events = events
         self.dropped_tail = dropped_tail
+        # How many times a divergent suffix was cut off (observers re-read after a change).
+        self.truncations = 0
         self._file = open(path, "ab")  # noqa: SIM115 — held for the log's lifetime
 
     @classmethod
@@ -120,6 +130,29 @@ class EventLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._events.extend(batch)
+
+    def truncate_after(self, index: int) -> list[IndexedEvent]:
+        """Drop the records after `index` (a suffix that diverges from the master's log).
+
+        Rewrites the file through a temporary copy and a rename, so a crash leaves either
+        the old log or the new one. Returns the dropped events.
+        """
+        keep = [e for e in self._events if e.index <= index]
+        dropped = self._events[len(keep) :]
+        if not dropped:
+            return []
+        tmp = self.path.with_suffix(".truncating")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(encode_record(e) for e in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        _fsync_directory(self.path.parent)
+        self._file = open(self.path, "ab")  # noqa: SIM115 — held for the log's lifetime
+        self._events = keep
+        self.truncations += 1
+        return dropped
 
     def close(self) -> None:
         self._file.close()

@@ -17,11 +17,13 @@ from exo.events.events import (
     InstanceCreated,
     InstanceDeleted,
     MasterElected,
+    NodeDown,
     NodeProfiled,
     RequestFailed,
     RequestFinished,
     RequestStarted,
     RunnerStatusChanged,
+    SuffixAdopted,
 )
 from exo.events.facts import (
     DownloadStatus,
@@ -52,6 +54,8 @@ class State:
     downloads: dict[NodeId, dict[ModelId, DownloadStatus]] = field(factory=dict)
     requests: dict[RequestId, RequestRecord] = field(factory=dict)
     request_counters: dict[InstanceId, RequestCounters] = field(factory=dict)
+    # Deposed terms whose divergent suffix this log adopted: "term/master" -> last index.
+    adopted: dict[str, int] = field(factory=dict)
 
     def runner_status(self, instance_id: InstanceId, node_id: NodeId) -> RunnerStatus | None:
         return self.runners.get(instance_id, {}).get(node_id)
@@ -61,6 +65,13 @@ class State:
 
     def instances_of(self, model: ModelId) -> list[Instance]:
         return [i for i in self.instances.values() if i.model == model]
+
+    def adopted_through(self, term: int, master: NodeId) -> int:
+        return self.adopted.get(adoption_key(term, master), 0)
+
+
+def adoption_key(term: int, master: NodeId) -> str:
+    return f"{term}/{master}"
 
 
 def state_hash(state: State) -> str:
@@ -75,15 +86,23 @@ def apply(state: State, indexed: IndexedEvent) -> State:
     if indexed.term < state.term:
         raise ApplyError(f"event {indexed.index} has term {indexed.term} < current {state.term}")
     state = evolve(state, last_index=indexed.index, term=indexed.term)
-    return _apply_event(state, indexed.event)
+    return apply_event(state, indexed.event)
 
 
-def _apply_event(state: State, event: object) -> State:
+def apply_event(state: State, event: object) -> State:
+    """The effect of one event, without index bookkeeping (adoption re-applies inner events)."""
     match event:
         case MasterElected(node_id=node_id):
             return evolve(state, master=node_id)
         case NodeProfiled(node_id=node_id, profile=profile):
             return evolve(state, nodes={**state.nodes, node_id: profile})
+        case NodeDown(node_id=node_id):
+            return evolve(state, nodes=_without(state.nodes, node_id))
+        case SuffixAdopted(term=term, master=master, through_index=through):
+            for adopted in event.events:
+                state = apply_event(state, adopted.event)
+            key = adoption_key(term, master)
+            return evolve(state, adopted={**state.adopted, key: through})
         case InstanceCreated(instance=instance):
             return evolve(
                 state,

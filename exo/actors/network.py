@@ -1,0 +1,48 @@
+"""What the control actor needs from the network: best-effort sends to peers by node id,
+and the set of peers it may hear from. Inbound messages arrive on the control actor's
+mailbox as (sender, message). The simulator and real peer links both implement this."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from attrs import frozen
+
+from exo.actors.wire import PeerMessage
+from exo.events.ids import NodeId
+
+
+class PeerNetwork(Protocol):
+    def send(self, to: NodeId, message: PeerMessage) -> None:
+        """Queue `message` for `to`; never blocks, may be lost (the protocol retries)."""
+        ...
+
+    def peers(self) -> list[NodeId]:
+        """Peers known to exist (configured, discovered or heard from), sorted."""
+        ...
+
+
+class NoPeers:
+    """A node on its own: it leads at once and sends nothing."""
+
+    def send(self, to: NodeId, message: PeerMessage) -> None:
+        pass
+
+    def peers(self) -> list[NodeId]:
+        return []
+
+
+@frozen
+class ControlTimings:
+    """Every timing of election, failure detection and replication, in seconds."""
+
+    heartbeat_interval: float = 0.5
+    # A peer silent this long is down; a master silent this long starts an election.
+    failure_timeout: float = 2.0
+    sync_retry_initial: float = 0.25
+    sync_retry_max: float = 4.0
+    command_retry: float = 1.0
+    # Events per catch-up reply.
+    sync_batch: int = 256
+    # Out-of-order events a follower keeps while it asks for the gap.
+    buffer_limit: int = 4096

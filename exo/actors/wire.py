@@ -1,0 +1,76 @@
+"""Messages between the control actors of different nodes: one closed tagged union.
+
+They cross the simulated network in the simulator and peer links between machines; every
+one carries enough to be fenced by ballot and to update the sender's liveness.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from exo.actors.history import Ballot, Segment
+from exo.events.commands import CommandOutcome, Envelope
+from exo.events.events import IndexedEvent
+
+
+@frozen
+class Beat:
+    """Sent by every node to every peer each heartbeat interval."""
+
+    following: Ballot | None  # the ballot whose master this node follows (its own when leading)
+    leading: bool
+    seeking: bool  # no live master: this node takes part in an election
+    log_ballot: Ballot | None  # ballot of the last entry in its log
+    last_index: int
+    synced: bool  # its log is a prefix of the followed master's
+
+
+@frozen
+class Append:
+    """Master to followers: freshly committed events, in index order."""
+
+    ballot: Ballot
+    events: tuple[IndexedEvent, ...]
+
+
+@frozen
+class AppendAck:
+    """Follower to master: its log holds everything up to `last_index`, persisted."""
+
+    ballot: Ballot
+    last_index: int
+
+
+@frozen
+class SyncRequest:
+    """Follower to master: where my log stands; send what I lack (or tell me where we differ)."""
+
+    ballot: Ballot
+    segments: tuple[Segment, ...]
+    last_index: int
+
+
+@frozen
+class SyncReply:
+    """The logs agree through `common_index`; `events` continue from there (a bounded batch)."""
+
+    ballot: Ballot
+    common_index: int
+    events: tuple[IndexedEvent, ...]
+    last_index: int
+
+
+@frozen
+class Submit:
+    """A command for the master, from the node that originated it (retried until answered)."""
+
+    envelope: Envelope
+
+
+@frozen
+class Outcome:
+    outcome: CommandOutcome
+
+
+PeerMessage = Beat | Append | AppendAck | SyncRequest | SyncReply | Submit | Outcome
+PEER_MESSAGE_TYPES: tuple[type, ...] = PeerMessage.__args__  # type: ignore[attr-defined]
