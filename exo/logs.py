@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 
 Context = Callable[[], tuple[str, int, int]]
 
-_context: list[Context] = []
+# A context variable, so that in a simulation each node's tasks (which inherit the
+# context of the node task that spawned them) log with their own node's id.
+_context: ContextVar[Context | None] = ContextVar("exo_log_context", default=None)
 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if _context:
-            node, term, index = _context[-1]()
+        context = _context.get()
+        if context is not None:
+            node, term, index = context()
             record.exo_context = f"{node[-6:]} t{term} i{index}"
         else:
             record.exo_context = "-"
@@ -23,7 +27,13 @@ class _ContextFilter(logging.Filter):
 
 def set_log_context(context: Context) -> None:
     """Called once the node knows its id; later log lines carry its term and index."""
-    _context.append(context)
+    _context.set(context)
+
+
+def install_context_filter() -> None:
+    """Add the node context to the root logger's handlers (formats use %(exo_context)s)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ContextFilter())
 
 
 def configure_logging(level: str) -> None:

@@ -52,6 +52,7 @@ from exo.events.events import (
     Event,
     IndexedEvent,
     MasterElected,
+    SuffixAdopted,
 )
 from exo.events.ids import CommandId, NodeId, new_command_id
 from exo.events.log import EventLog
@@ -59,7 +60,10 @@ from exo.events.replay import replay
 
 log = logging.getLogger("exo.control")
 
-ADOPTABLE_TYPES: tuple[type, ...] = AdoptableEvent.__args__  # type: ignore[attr-defined]
+ADOPTABLE_TYPES: tuple[type, ...] = (
+    *AdoptableEvent.__args__,  # type: ignore[attr-defined]
+    SuffixAdopted,
+)
 # Commands queued for the sequencer; beyond this they are dropped and their senders retry.
 QUEUE_CAPACITY = 4096
 # Events per adoption command, so one message stays small.
@@ -114,9 +118,15 @@ class Control:
         self.adopted_commands = 0
         self._max_term = event_log.last_term
         self._started_at = 0.0
+        self._masterless_since: float | None = None
+        # (last index, truncations) of the latest catch-up request: only a reply to it
+        # can show that the log diverges.
+        self._asked: tuple[int, int] | None = None
         self._heard: dict[NodeId, float] = {}
         self._beats: dict[NodeId, Beat] = {}
         self._buffer: dict[int, IndexedEvent] = {}
+        # The master's last index as its heartbeats tell it.
+        self._master_last = 0
         self._sync_at = 0.0
         self._sync_backoff = timings.sync_retry_initial
         self._adopting: trio.CancelScope | None = None
@@ -189,9 +199,13 @@ class Control:
             if self._refused_by_seeking_peer(now):
                 log.info("a peer holds a newer ballot than %s; taking office above it", self.ballot)
                 self._take_office(now)
-        elif not self._master_alive(now):
+            return
+        if not self._master_alive(now):
             self._maybe_elect(now)
-        elif (not self.synced or self._buffer) and self._adopting is None and now >= self._sync_at:
+            return
+        self._masterless_since = None
+        behind = not self.synced or self._buffer or self._master_last > self._log.last_index
+        if behind and self._adopting is None and now >= self._sync_at:
             self._request_sync(now)
 
     async def _handle(self, sender: NodeId, message: PeerMessage) -> None:
@@ -248,7 +262,9 @@ class Control:
             if ballot is not None:
                 self._max_term = max(self._max_term, ballot.term)
         if beat.leading and beat.following is not None and beat.following.master == sender:
-            self._consider_master(beat.following, now)
+            if self._consider_master(beat.following, now):
+                # A lost Append shows here: the master's log is longer than ours.
+                self._master_last = max(self._master_last, beat.last_index)
         if self.leading and beat.following == self.ballot and beat.synced:
             self._match[sender] = max(self._match.get(sender, 0), beat.last_index)
             self._release_acks(now)
@@ -257,11 +273,20 @@ class Control:
         peers = self._network.peers()
         if peers and now - self._started_at < self._timings.failure_timeout:
             return  # give peers one timeout to be heard from before standing
+        if self._masterless_since is None:
+            self._masterless_since = now
+        # At first, peers that follow the master we lost count as candidates too: they
+        # are about to notice. After a timeout only peers that say they seek do, so a
+        # peer that still hears the old master (a one-way partition) cannot stall us.
+        patient = now - self._masterless_since < self._timings.failure_timeout
         mine = election_key(last_ballot(self._segments), self._log.last_index, self.node_id)
         best = mine
         for peer in peers:
             beat = self._beats.get(peer)
-            if beat is not None and beat.seeking and self._alive(peer, now):
+            if beat is None or not self._alive(peer, now):
+                continue
+            lost_same = beat.following is not None and not self._alive(beat.following.master, now)
+            if beat.seeking or (patient and (beat.following is None or lost_same)):
                 best = max(best, election_key(beat.log_ballot, beat.last_index, peer))
         if best == mine:
             self._take_office(now)
@@ -292,6 +317,7 @@ class Control:
         self._match.clear()
         self._acks.clear()
         self._led_since = now
+        self._masterless_since = None
         self.offices.append(ballot)
         log.info("taking office: ballot %s at index %d", ballot, self._log.last_index)
         scope = self._lead_scope = trio.CancelScope()
@@ -322,6 +348,8 @@ class Control:
         self._stop_adopting()
         self.ballot = ballot
         self.synced = False
+        self._masterless_since = None
+        self._master_last = 0
         self._buffer.clear()
         self._sync_backoff = self._timings.sync_retry_initial
         log.info("following %s", ballot)
@@ -359,8 +387,8 @@ class Control:
                     except trio.WouldBlock:
                         break
                 decided = sequencer.decide_batch(self._replica.state, batch)
-                if decided.events:
-                    await self._commit(ballot, decided.events, sequencer)
+                if decided.events and not await self._commit(ballot, decided.events, sequencer):
+                    return  # deposed before the events were written: answer nothing
                 now = self._env.now()
                 for envelope, outcome in decided.answers:
                     self._answer(envelope.origin, outcome, now)
@@ -370,12 +398,15 @@ class Control:
         ballot: Ballot,
         events: list[tuple[Event, CommandId | None]],
         sequencer: Sequencer,
-    ) -> None:
-        """Persist, apply, then broadcast: nothing leaves this node before it is on disk."""
+    ) -> bool:
+        """Persist, apply, then broadcast: nothing leaves this node before it is on disk.
+
+        False when this term ended first (nothing was written).
+        """
         async with self._log_lock:
             with trio.CancelScope(shield=True):
                 if self.ballot != ballot or not self.leading:
-                    return
+                    return False
                 start = self._log.last_index + 1
                 indexed = [
                     IndexedEvent(start + offset, ballot.term, event, command_id)
@@ -387,6 +418,7 @@ class Control:
                 message = Append(ballot, tuple(indexed))
                 for peer in self._network.peers():
                     self._network.send(peer, message)
+        return True
 
     def _answer(self, origin: NodeId, outcome: CommandOutcome, now: float) -> None:
         """Answer once every live follower holds the command's events, so that a failover
@@ -440,7 +472,7 @@ class Control:
             self._segments, self._log.last_index, request.segments, request.last_index
         )
         events = tuple(self._log.since(common)[: self._timings.sync_batch])
-        self._network.send(sender, SyncReply(ballot, common, events, self._log.last_index))
+        self._network.send(sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index))
 
     # -- follower ------------------------------------------------------------------
 
@@ -450,6 +482,7 @@ class Control:
         self._sync_at = now + self._sync_backoff
         self._sync_backoff = min(self._sync_backoff * 2, self._timings.sync_retry_max)
         request = SyncRequest(self.ballot, tuple(self._segments), self._log.last_index)
+        self._asked = (self._log.last_index, self._log.truncations)
         self._network.send(self.ballot.master, request)
 
     async def _on_append(self, events: tuple[IndexedEvent, ...]) -> None:
@@ -478,9 +511,10 @@ class Control:
     async def _on_sync_reply(self, reply: SyncReply, now: float) -> None:
         if self.leading or self._adopting is not None:
             return
-        if reply.common_index < self._log.last_index:
-            self._start_adoption(reply.common_index)
-            return
+        if reply.common_index < reply.asked_at:
+            if self._asked == (reply.asked_at, self._log.truncations):
+                self._start_adoption(reply.common_index)
+            return  # else a reply about a log that has been cut back since: ignore
         fresh = [e for e in reply.events if e.index > self._log.last_index]
         if fresh and fresh[0].index == self._log.last_index + 1:
             await self._append_as_follower(fresh)

@@ -39,7 +39,7 @@ from exo.events.events import (
     SuffixAdopted,
 )
 from exo.events.facts import Instance, RequestRecord
-from exo.events.ids import CommandId, InstanceId
+from exo.events.ids import CommandId, InstanceId, NodeId
 from exo.events.state import State, apply_event
 from exo.models.cards import card_for
 
@@ -133,7 +133,8 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
 
     Client-visible decisions (instances, request lifecycle) are kept unless this log has
     already made them moot; node-local facts (profiles, downloads, runner status) are left
-    out, because their owners re-assert the current ones to the new master.
+    out, because their owners re-assert the current ones to the new master. Adoptions
+    inside the suffix are carried too, so a decision survives any number of failovers.
     """
     through = state.adopted_through(command.term, command.master)
     fresh = [e for e in command.events if e.term == command.term and e.index > through]
@@ -141,24 +142,43 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
         return []
     draft = state
     kept: list[AdoptedEvent] = []
+    nested: list[tuple[int, NodeId, int]] = []
+
+    def consider(command_id: CommandId | None, event: Event) -> None:
+        nonlocal draft
+        if _still_applies(draft, event):
+            kept.append(AdoptedEvent(command_id, event))  # type: ignore[arg-type]
+            draft = apply_event(draft, event)
+
     for indexed in fresh:
         event = indexed.event
-        match event:
-            case InstanceCreated(instance=instance):
-                keep = instance.instance_id not in draft.instances
-            case InstanceDeleted(instance_id=instance_id):
-                keep = instance_id in draft.instances
-            case RequestStarted(request=request):
-                keep = (
-                    request.request_id not in draft.requests
-                    and request.instance_id in draft.instances
-                )
-            case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
-                keep = request_id in draft.requests
-            case _:
-                continue
-        if keep:
-            kept.append(AdoptedEvent(indexed.command_id, event))
-            draft = apply_event(draft, event)
+        if isinstance(event, SuffixAdopted):
+            mark = (event.term, event.master, event.through_index)
+            if draft.adopted_through(event.term, event.master) >= event.through_index:
+                continue  # adopted here directly already
+            nested.append(mark)
+            nested.extend(event.nested)
+            for inner in event.events:
+                consider(inner.command_id, inner.event)
+        else:
+            consider(indexed.command_id, event)
     through_index = max(e.index for e in fresh)
-    return [SuffixAdopted(command.term, command.master, through_index, tuple(kept))]
+    return [
+        SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))
+    ]
+
+
+def _still_applies(state: State, event: Event) -> bool:
+    match event:
+        case InstanceCreated(instance=instance):
+            return instance.instance_id not in state.instances
+        case InstanceDeleted(instance_id=instance_id):
+            return instance_id in state.instances
+        case RequestStarted(request=request):
+            return (
+                request.request_id not in state.requests
+                and request.instance_id in state.instances
+            )
+        case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
+            return request_id in state.requests
+    return False

@@ -160,7 +160,8 @@ class RunnerHandle:
         channel = self._inflight.get(message.request_id)
         if channel is None:
             return  # a request its client already left
-        channel.send_nowait(message)
+        with suppress(trio.BrokenResourceError):  # the client is leaving right now
+            channel.send_nowait(message)
         if not isinstance(message, protocol.TokenOut):
             del self._inflight[message.request_id]
             channel.close()
@@ -168,7 +169,8 @@ class RunnerHandle:
 
     def _fail_inflight(self, message: str) -> None:
         for channel in self._inflight.values():
-            channel.send_nowait(_RunnerGone(message + self._tail_text()))
+            with suppress(trio.BrokenResourceError):  # its client left at the same moment
+                channel.send_nowait(_RunnerGone(message + self._tail_text()))
             channel.close()
         self._inflight.clear()
 

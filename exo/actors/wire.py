@@ -52,9 +52,14 @@ class SyncRequest:
 
 @frozen
 class SyncReply:
-    """The logs agree through `common_index`; `events` continue from there (a bounded batch)."""
+    """The logs agree through `common_index`; `events` continue from there (a bounded batch).
+
+    `asked_at` echoes the request's `last_index`: the follower's log may have grown since
+    it asked, and only entries it held then can have been found to diverge.
+    """
 
     ballot: Ballot
+    asked_at: int
     common_index: int
     events: tuple[IndexedEvent, ...]
     last_index: int

@@ -103,6 +103,8 @@ class SuffixAdopted:
     master: NodeId
     through_index: int
     events: tuple[AdoptedEvent, ...]
+    # Earlier adoptions carried along inside this suffix: (term, master, through_index).
+    nested: tuple[tuple[int, NodeId, int], ...] = ()
 
 
 Event = (

@@ -101,8 +101,11 @@ def apply_event(state: State, event: object) -> State:
         case SuffixAdopted(term=term, master=master, through_index=through):
             for adopted in event.events:
                 state = apply_event(state, adopted.event)
-            key = adoption_key(term, master)
-            return evolve(state, adopted={**state.adopted, key: through})
+            adopted = dict(state.adopted)
+            for mark_term, mark_master, mark_through in ((term, master, through), *event.nested):
+                key = adoption_key(mark_term, mark_master)
+                adopted[key] = max(adopted.get(key, 0), mark_through)
+            return evolve(state, adopted=adopted)
         case InstanceCreated(instance=instance):
             return evolve(
                 state,

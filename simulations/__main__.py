@@ -1,0 +1,103 @@
+"""`python -m simulations run --seeds A..B | --seed S`: see docs/simulation.md."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from simulations.run import SeedResult, configure_worker, run_job, run_seed
+
+
+def parse_seeds(text: str) -> range:
+    first, sep, last = text.partition("..")
+    try:
+        if not sep:
+            return range(int(first), int(first) + 1)
+        return range(int(first), int(last) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A..B (inclusive), got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run simulated clusters, one per seed")
+    which = run.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seeds", type=parse_seeds, help="an inclusive range A..B")
+    which.add_argument("--seed", type=int, help="one seed; prints its trace hash")
+    run.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="seeds run in parallel processes"
+    )
+    run.add_argument(
+        "--keep",
+        type=Path,
+        default=Path("sim-failures"),
+        help="where a failing seed's node homes (event logs) are kept (default: sim-failures)",
+    )
+    run.add_argument("--keep-always", action="store_true", help="keep the homes of passing seeds too")
+    run.add_argument("--log-level", default="critical", help="log level of the simulated nodes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(levelname)-5s [%(exo_context)s] %(name)s: %(message)s",
+    )
+    from exo.logs import install_context_filter
+
+    install_context_filter()
+    if args.seed is not None:
+        result = run_seed(args.seed, keep_dir=args.keep, keep_always=args.keep_always)
+        report(result)
+        print(f"simulated {result.simulated_seconds:.1f} s: {result.description}")
+        print(f"trace-hash: {result.trace_hash}")
+        return 0 if result.passed else 1
+    started = time.perf_counter()
+    results = list(run_many(args.seeds, args.jobs, args.keep, args.keep_always))
+    wall = time.perf_counter() - started
+    simulated = sum(r.simulated_seconds for r in results)
+    failed = [r for r in results if not r.passed]
+    print(
+        f"simulated {simulated:.0f} s in {wall:.1f} s wall with {args.jobs} jobs "
+        f"({simulated / wall:.0f} simulated s per wall s)"
+    )
+    print(
+        f"seeds: {len(results)} passed: {len(results) - len(failed)} failed: {len(failed)} "
+        f"faults: {sum(r.faults for r in results)} elections: {sum(r.elections for r in results)}"
+    )
+    return 1 if failed else 0
+
+
+def run_many(seeds: range, jobs: int, keep: Path, keep_always: bool) -> Iterable[SeedResult]:
+    work = [(seed, keep, keep_always) for seed in seeds]
+    if jobs <= 1:
+        for job in work:
+            result = run_job(job)
+            report(result)
+            yield result
+        return
+    level = logging.getLogger().level
+    with multiprocessing.get_context("spawn").Pool(jobs, configure_worker, (level,)) as pool:
+        for result in pool.imap(run_job, work):
+            report(result)
+            yield result
+
+
+def report(result: SeedResult) -> None:
+    if result.passed:
+        return
+    print(f"FAILED {result.description}", flush=True)
+    for violation in result.violations:
+        print(f"  - {violation}", flush=True)
+    print(f"  replay: python -m simulations run --seed {result.seed}", flush=True)
+    if result.kept is not None:
+        print(f"  node logs: {result.kept}/node-*/events.log (exo replay --home DIR)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

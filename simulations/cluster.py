@@ -1,0 +1,168 @@
+"""Simulated nodes: real `run_node` incarnations on the simulated network and environment,
+crashed by cancelling them (their disk, the home directory, stays) and restarted."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+
+import trio
+from attrs import define, field
+
+from exo.actors.node import NodeConfig, RunningNode, run_node
+from exo.actors.wire import PeerMessage
+from exo.events.ids import NodeId
+from simulations.engine import SimModelStore, SimProcess
+from simulations.environment import SimEnvironment, SimHost
+from simulations.network import Deliver, Record, SimNetwork
+from simulations.scenario import NodeSpec, Scenario
+
+
+@define
+class SimNode:
+    index: int
+    node_id: NodeId
+    home: Path
+    host: SimHost
+    running: RunningNode | None = None
+    env: SimEnvironment | None = None
+    scope: trio.CancelScope | None = None
+    incarnations: list[RunningNode] = field(factory=list)
+    # Client operations in flight against this incarnation: a crash fails them, as a
+    # dropped connection would.
+    clients: set[trio.CancelScope] = field(factory=set)
+
+    @property
+    def up(self) -> bool:
+        return self.running is not None
+
+
+class Cluster:
+    def __init__(self, scenario: Scenario, root: Path, record: Record) -> None:
+        self.scenario = scenario
+        self._record = record
+        self.network = SimNetwork(random.Random(f"network-{scenario.seed}"), scenario.link, record)
+        id_rng = random.Random(f"ids-{scenario.seed}")
+        self.nodes: list[SimNode] = []
+        for index, spec in enumerate(scenario.nodes):
+            node_id = NodeId(f"node-{id_rng.getrandbits(48):012x}")
+            home = root / f"node-{index}"
+            home.mkdir(parents=True)
+            (home / "node_id").write_text(node_id + "\n")
+            self.nodes.append(SimNode(index, node_id, home, _host(index, spec)))
+            self.network.add_member(node_id)
+        self._nursery: trio.Nursery | None = None
+        self._current_tokens: dict[NodeId, object] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.network.run)
+            for node in self.nodes:
+                await self.start(node)
+            task_status.started()
+
+    async def start(self, node: SimNode) -> None:
+        assert self._nursery is not None and not node.up
+        self._record(f"{trio.current_time():.6f} start {node.node_id}")
+        await self._nursery.start(self._incarnation, node)
+
+    def crash(self, node: SimNode) -> None:
+        if node.scope is None:
+            return
+        self._record(f"{trio.current_time():.6f} crash {node.node_id}")
+        self.network.disconnect(node.node_id)
+        node.scope.cancel()
+        node.scope = None
+        node.running = None
+        node.env = None
+        for scope in node.clients:
+            scope.cancel()
+
+    def kill_runner(self, node: SimNode) -> bool:
+        """Kill the newest live runner process on `node`; False when there is none."""
+        if node.env is None:
+            return False
+        for process in reversed(node.env.spawned):
+            if process.returncode is None:
+                self._record(f"{trio.current_time():.6f} kill-runner {node.node_id}")
+                process.kill()
+                return True
+        return False
+
+    def shutdown(self) -> None:
+        for node in self.nodes:
+            if node.scope is not None:
+                node.scope.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _incarnation(self, node: SimNode, *, task_status: trio.TaskStatus[None]) -> None:
+        number = len(node.incarnations)
+        config = NodeConfig(
+            home=node.home,
+            models_dir=node.home / "models",
+            serve_api=False,
+            ready_timeout=20.0,
+            profile_interval=2.0,
+        )
+        with trio.CancelScope() as scope:
+            node.scope = scope
+            async with trio.open_nursery() as processes:
+                rng = random.Random(f"node-{self.scenario.seed}-{node.index}-{number}")
+                env = SimEnvironment(node.home, rng, node.host, processes)
+                running: RunningNode = await processes.start(
+                    partial(
+                        run_node,
+                        config,
+                        env,
+                        connect=self._connect,
+                        store=SimModelStore(),
+                    )
+                )
+                node.env = env
+                node.running = running
+                node.incarnations.append(running)
+                task_status.started()
+
+    def _connect(self, node_id: NodeId, deliver: Deliver) -> _Endpoint:
+        token = object()
+        self.network.connect(node_id, deliver)
+        return _Endpoint(self.network, node_id, token, self._current_tokens)
+
+
+class _Endpoint:
+    """A node incarnation's network endpoint; a crashed incarnation's sends go nowhere."""
+
+    def __init__(
+        self, network: SimNetwork, node_id: NodeId, token: object, tokens: dict[NodeId, object]
+    ) -> None:
+        self._network = network
+        self._node_id = node_id
+        self._token = token
+        self._tokens = tokens
+        tokens[node_id] = token
+
+    def send(self, to: NodeId, message: PeerMessage) -> None:
+        if self._tokens.get(self._node_id) is self._token and self._network.is_connected(
+            self._node_id
+        ):
+            self._network.send(self._node_id, to, message)
+
+    def peers(self) -> list[NodeId]:
+        return self._network.peers_of(self._node_id)
+
+
+def _host(index: int, spec: NodeSpec) -> SimHost:
+    return SimHost(
+        hostname=f"sim-{index}",
+        platform="linux-x86_64",
+        cpu_cores=spec.cpu_cores,
+        accelerator="cpu",
+        memory_total=spec.memory_total,
+        memory_available=spec.memory_available,
+    )
+
+
+__all__ = ["Cluster", "SimNode", "SimProcess"]

@@ -1,0 +1,135 @@
+"""A deterministic fake engine, so instances, runners and requests run in simulation too.
+
+`SimProcess` stands in for the runner process: the node's real `RunnerHandle` spawns it
+through the simulated environment and speaks the real runner protocol to it over
+in-memory streams. Tokens are a function of the prompt; load and decode take simulated
+time. Killing it is a runner crash, seen by the node exactly as a dead process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from exo.engine import protocol
+from exo.events.codec import CodecError, decode, encode
+from exo.models.cards import ModelCard
+
+LOAD_SECONDS = 0.5
+DECODE_SECONDS = 0.02
+MAX_TOKENS = 12
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+
+
+def fake_tokens(request: protocol.GenerateRequest) -> list[tuple[int, str]]:
+    """The completion the fake engine gives: a function of the messages only."""
+    prompt = "\n".join(f"{m.role}:{m.content}" for m in request.messages).encode()
+    digest = hashlib.sha256(prompt).digest()
+    limit = request.params.max_tokens or MAX_TOKENS
+    count = min(limit, 4 + digest[0] % (MAX_TOKENS - 3))
+    return [(digest[i % len(digest)], WORDS[digest[i % len(digest)] % len(WORDS)] + " ") for i in range(count)]
+
+
+class SimProcess:
+    """A runner 'process': a task in the node's nursery serving the runner protocol."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.stdin, self._stdin_out = trio.testing.memory_stream_one_way_pair()
+        self._stdout_in, self.stdout = trio.testing.memory_stream_one_way_pair()
+        self._stderr_in, self.stderr = trio.testing.memory_stream_one_way_pair()
+        self.returncode: int | None = None
+        self._done = trio.Event()
+        self._scope = trio.CancelScope()
+        self._cancelled: set[str] = set()
+        self._work_send, self._work_receive = trio.open_memory_channel[protocol.GenerateRequest](
+            1000
+        )
+        nursery.start_soon(self._main)
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        self._exit(-9)
+
+    def _exit(self, code: int) -> None:
+        if self.returncode is not None:
+            return
+        self.returncode = code
+        self._scope.cancel()
+        self._stdout_in.close()
+        self._stderr_in.close()
+        self._done.set()
+
+    async def _send(self, message: protocol.FromRunner) -> None:
+        await self._stdout_in.send_all(encode(message, protocol.FromRunner) + b"\n")
+
+    async def _main(self) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._generate_loop)
+                async for line in _lines(self._stdin_out):
+                    try:
+                        message = decode(line, protocol.ToRunner)
+                    except CodecError as exc:
+                        await self._send(protocol.RequestError(request_id="", message=str(exc)))
+                        continue
+                    match message:
+                        case protocol.Load():
+                            await self._send(protocol.Loading())
+                            await trio.sleep(LOAD_SECONDS)
+                            info = protocol.EngineInfo("sim", "float32", "none", "fake", 30, 8192)
+                            await self._send(protocol.Ready(info=info))
+                        case protocol.Generate(request=request):
+                            self._work_send.send_nowait(request)
+                        case protocol.Cancel(request_id=request_id):
+                            self._cancelled.add(request_id)
+                        case protocol.Shutdown():
+                            break
+                nursery.cancel_scope.cancel()
+        self._exit(0)
+
+    async def _generate_loop(self) -> None:
+        async for request in self._work_receive:
+            tokens = fake_tokens(request)
+            produced = 0
+            for token, text in tokens:
+                if request.request_id in self._cancelled:
+                    break
+                await trio.sleep(DECODE_SECONDS)
+                await self._send(protocol.TokenOut(request.request_id, text, token))
+                produced += 1
+            reason = "cancelled" if request.request_id in self._cancelled else "length"
+            await self._send(protocol.Finished(request.request_id, reason, 8, produced))
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    while data := await stream.receive_some(65536):
+        buffer += data
+        while (end := buffer.find(b"\n")) >= 0:
+            yield bytes(buffer[:end])
+            del buffer[: end + 1]
+
+
+class SimModelStore:
+    """Weights 'arrive' as a marker file: the download actor's logic runs unchanged."""
+
+    MARKER = "weights.sim"
+
+    def is_on_disk(self, card: ModelCard, target: Path) -> bool:
+        return (target / self.MARKER).exists()
+
+    def fetch(self, card: ModelCard, models_dir: Path) -> None:
+        target = models_dir / card.model_id
+        target.mkdir(parents=True, exist_ok=True)
+        (target / self.MARKER).write_text(card.model_id)
+
+    def size(self, target: Path) -> int:
+        return len((target / self.MARKER).read_bytes())

@@ -1,0 +1,74 @@
+"""The simulated outside world of one node incarnation: the Trio clock (virtual under
+`MockClock`), a seeded random generator, a home directory kept across restarts,
+synchronous disk work, fake runner processes and fixed host facts. No sockets."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+from attrs import frozen
+
+from exo.actors.environment import ChildProcess, HostFacts
+from exo.events.facts import Accelerator
+from simulations.engine import SimProcess
+
+T = TypeVar("T")
+
+
+@frozen
+class SimHost:
+    hostname: str
+    platform: str
+    cpu_cores: int
+    accelerator: Accelerator
+    memory_total: int
+    memory_available: int
+
+    def memory(self) -> tuple[int, int]:
+        return self.memory_total, self.memory_available
+
+
+class SimEnvironment:
+    def __init__(
+        self, home: Path, rng: random.Random, host: SimHost, processes: trio.Nursery
+    ) -> None:
+        self.home = home
+        self.random = rng
+        self._host = host
+        self._processes = processes
+        self.spawned: list[SimProcess] = []
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> ChildProcess:
+        process = SimProcess(self._processes)
+        self.spawned.append(process)
+        await trio.lowlevel.checkpoint()
+        return process
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        # Synchronous on purpose: a thread would finish at a wall-clock moment and make
+        # the schedule depend on the machine.
+        result = fn()
+        await trio.lowlevel.checkpoint()
+        return result
+
+    def host_facts(self) -> HostFacts:
+        return self._host
+
+    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
+        raise RuntimeError("simulated nodes have no sockets")
+
+    async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
+        raise RuntimeError("simulated nodes have no sockets")
+
+    def environ(self) -> dict[str, str]:
+        return {}

@@ -1,0 +1,146 @@
+"""What must hold in every simulated run, checked all along and at the end.
+
+- Ballots: no two nodes ever take office with the same ballot (term, node); a log's terms
+  never go back.
+- Log matching: an entry of one ballot at one index is the same in every log that holds
+  it, at every moment (so followers' logs are prefixes of their master's within a term).
+- After healing and a quiet period: one master, every node following it, in sync, with
+  the same last index and state hash.
+- Every client request is answered or failed within its bound; every answer is right.
+- A decision acknowledged to a client (an instance placed or deleted) is in the final log.
+- No actor crashed (a crash is a bug, not a fault the simulator injected).
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+
+from exo.actors.history import Ballot
+from exo.events.events import (
+    IndexedEvent,
+    InstanceCreated,
+    InstanceDeleted,
+    MasterElected,
+    SuffixAdopted,
+)
+from exo.events.ids import InstanceId, NodeId
+from exo.events.log import EventLog
+from simulations.cluster import Cluster
+from simulations.workload import Workload
+
+
+@define
+class _LogCursor:
+    log_id: int
+    truncations: int
+    checked: int = 0
+    master: NodeId | None = None
+    term: int = 0
+
+
+@define
+class Invariants:
+    violations: list[str] = field(factory=list)
+    _entries: dict[tuple[int, NodeId, int], IndexedEvent] = field(factory=dict)
+    _cursors: dict[int, _LogCursor] = field(factory=dict)
+    _offices: dict[Ballot, NodeId] = field(factory=dict)
+
+    def fail(self, message: str) -> None:
+        if message not in self.violations:
+            self.violations.append(message)
+
+    def check(self, cluster: Cluster) -> None:
+        """The invariants that hold at every moment."""
+        for node in cluster.nodes:
+            for running in node.incarnations:
+                for ballot in running.control.offices:
+                    holder = self._offices.setdefault(ballot, node.node_id)
+                    if holder != node.node_id:
+                        self.fail(f"ballot {ballot} taken by both {holder} and {node.node_id}")
+            if node.running is not None:
+                self._check_log(node.index, node.node_id, node.running.event_log)
+
+    def _check_log(self, index: int, node_id: NodeId, log: EventLog) -> None:
+        cursor = self._cursors.get(index)
+        if cursor is None or cursor.log_id != id(log) or cursor.truncations != log.truncations:
+            cursor = self._cursors[index] = _LogCursor(id(log), log.truncations)
+        for event in log.since(cursor.checked):
+            if event.term < cursor.term:
+                self.fail(f"{node_id}: index {event.index} has term {event.term} < {cursor.term}")
+            if event.term != cursor.term:
+                cursor.term = event.term
+                cursor.master = (
+                    event.event.node_id if isinstance(event.event, MasterElected) else None
+                )
+                if cursor.master is None:
+                    self.fail(f"{node_id}: term {event.term} does not start with MasterElected")
+            key = (event.term, cursor.master or NodeId("?"), event.index)
+            seen = self._entries.setdefault(key, event)
+            if seen != event:
+                self.fail(
+                    f"{node_id}: index {event.index} of ballot {event.term}/{cursor.master} "
+                    "differs from the same entry in another log"
+                )
+            cursor.checked = event.index
+
+    def converged(self, cluster: Cluster) -> str | None:
+        """None when the cluster agrees; otherwise what still differs."""
+        up = [n for n in cluster.nodes if n.running is not None]
+        leaders = [n for n in up if n.running is not None and n.running.control.leading]
+        if len(leaders) != 1:
+            return f"{len(leaders)} masters: {[n.node_id for n in leaders]}"
+        assert leaders[0].running is not None
+        ballot = leaders[0].running.control.ballot
+        views = []
+        for node in up:
+            assert node.running is not None
+            control, replica = node.running.control, node.running.replica
+            views.append((control.ballot == ballot, control.synced, replica.hash()))
+            if control.ballot != ballot or not control.synced:
+                return f"{node.node_id} follows {control.ballot} (synced {control.synced}), master {ballot}"
+        hashes = {v[2] for v in views}
+        if len(hashes) != 1:
+            indexes = [n.running.replica.state.last_index for n in up if n.running is not None]
+            return f"state hashes differ (indexes {indexes})"
+        return None
+
+    def check_final(self, cluster: Cluster, workload: Workload) -> None:
+        for node in cluster.nodes:
+            for running in node.incarnations:
+                for actor in running.supervisor.statistics():
+                    if actor.crashes:
+                        self.fail(f"{node.node_id}: actor {actor.name} crashed: {actor.last_error}")
+        for result in workload.results:
+            if result.outcome in ("hung", "wrong"):
+                self.fail(f"client op {result.op} {result.outcome}: {result.detail}")
+        leader = next(
+            (n for n in cluster.nodes if n.running is not None and n.running.control.leading),
+            None,
+        )
+        if leader is None or leader.running is None:
+            return
+        created, deleted = decisions(leader.running.event_log)
+        for instance_id in workload.acked_created:
+            if instance_id not in created:
+                self.fail(f"acknowledged placement of {instance_id} is lost")
+        for instance_id in workload.acked_deleted:
+            if instance_id not in deleted:
+                self.fail(f"acknowledged deletion of {instance_id} is lost")
+
+
+def decisions(log: EventLog) -> tuple[set[InstanceId], set[InstanceId]]:
+    """Instances created and deleted anywhere in a log, adopted ones included."""
+    created: set[InstanceId] = set()
+    deleted: set[InstanceId] = set()
+    for indexed in log:
+        events = (
+            [a.event for a in indexed.event.events]
+            if isinstance(indexed.event, SuffixAdopted)
+            else [indexed.event]
+        )
+        for event in events:
+            if isinstance(event, InstanceCreated):
+                created.add(event.instance.instance_id)
+            elif isinstance(event, InstanceDeleted):
+                deleted.add(event.instance_id)
+    return created, deleted

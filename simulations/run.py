@@ -1,0 +1,239 @@
+"""One seed, start to end: draw the scenario, run the cluster under `MockClock`, inject
+the faults, run the clients, heal, wait for quiet, check, and hash the whole trace."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+from attrs import evolve, frozen
+
+from simulations.cluster import Cluster
+from simulations.invariants import Invariants
+from simulations.scenario import Fault, Scenario, draw_scenario
+from simulations.workload import Workload
+
+CHECK_INTERVAL = 0.25
+# After the quiet period, how long the cluster may take to agree before it is a failure.
+CONVERGE_WITHIN = 30.0
+
+
+@frozen
+class SeedResult:
+    seed: int
+    passed: bool
+    faults: int
+    elections: int
+    trace_hash: str
+    violations: tuple[str, ...]
+    simulated_seconds: float
+    description: str
+    kept: Path | None
+
+
+class Trace:
+    """Everything that happened, in order, hashed as it goes."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.lines = 0
+
+    def record(self, line: str) -> None:
+        self._hash.update(line.encode() + b"\n")
+        self.lines += 1
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@contextmanager
+def deterministic_trio(seed: int) -> Iterator[None]:
+    """Make Trio's scheduler replayable: it shuffles each batch of runnable tasks with a
+    generator of its own; seed it, and have it sort the batch by task creation first."""
+    import trio._core._run as core
+
+    saved_flag = core._ALLOW_DETERMINISTIC_SCHEDULING
+    saved_state = core._r.getstate()
+    setattr(core, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 — a Final in trio
+    core._r.seed(f"trio-{seed}")
+    try:
+        yield
+    finally:
+        setattr(core, "_ALLOW_DETERMINISTIC_SCHEDULING", saved_flag)  # noqa: B010
+        core._r.setstate(saved_state)
+
+
+def sim_root() -> Path:
+    """Homes on tmpfs when there is one: fsync there costs nothing real."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="exo-sim-", dir=base))
+
+
+def run_seed(
+    seed: int,
+    *,
+    keep_dir: Path | None = None,
+    keep_always: bool = False,
+    scenario: Scenario | None = None,
+) -> SeedResult:
+    scenario = scenario or draw_scenario(seed)
+    root = sim_root()
+    trace = Trace()
+    trace.record(scenario.describe())
+    invariants = Invariants()
+    counters = {"faults": 0}
+    try:
+        with deterministic_trio(seed):
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            cluster = trio.run(
+                _simulate, scenario, root, trace, invariants, counters, clock=clock
+            )
+        elections = sum(
+            len(r.control.offices) for n in cluster.nodes for r in n.incarnations
+        )
+        for node in cluster.nodes:
+            log_bytes = (node.home / "events.log").read_bytes()
+            trace.record(f"log {node.node_id} {hashlib.sha256(log_bytes).hexdigest()}")
+        for violation in invariants.violations:
+            trace.record(f"violation {violation}")
+        passed = not invariants.violations
+        kept = None
+        if keep_dir is not None and (keep_always or not passed):
+            kept = keep_dir / f"seed-{seed}"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(root, kept)
+        return SeedResult(
+            seed,
+            passed,
+            counters["faults"],
+            elections,
+            trace.hexdigest(),
+            tuple(invariants.violations),
+            clock.current_time(),
+            scenario.describe(),
+            kept,
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def configure_worker(level: int) -> None:
+    """Logging for a worker process (spawned workers start with none)."""
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)-5s %(name)s: %(message)s")
+
+
+def run_job(job: tuple[int, Path, bool]) -> SeedResult:
+    """`run_seed` for a worker process: (seed, keep_dir, keep_always)."""
+    seed, keep_dir, keep_always = job
+    return run_seed(seed, keep_dir=keep_dir, keep_always=keep_always)
+
+
+async def _simulate(
+    scenario: Scenario,
+    root: Path,
+    trace: Trace,
+    invariants: Invariants,
+    counters: dict[str, int],
+) -> Cluster:
+    cluster = Cluster(scenario, root, trace.record)
+    workload = Workload(cluster)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        nursery.start_soon(_check_continuously, cluster, invariants)
+        clients_done = trio.Event()
+        nursery.start_soon(_run_clients, workload, scenario, clients_done)
+        async with trio.open_nursery() as active:
+            for fault in scenario.faults:
+                active.start_soon(_inject, cluster, fault, counters)
+            await trio.sleep(scenario.active)
+            active.cancel_scope.cancel()
+        # Heal: every partition lifted, every node back up, no more loss.
+        trace.record(f"{trio.current_time():.6f} heal")
+        cluster.network.heal()
+        cluster.network.link = evolve(cluster.network.link, drop=0.0, duplicate=0.0)
+        for node in cluster.nodes:
+            if not node.up:
+                await cluster.start(node)
+        await trio.sleep(scenario.quiet)
+        await clients_done.wait()
+        problem = await _wait_converged(cluster, invariants)
+        if problem is not None:
+            invariants.fail(f"no agreement {CONVERGE_WITHIN:g} s after healing: {problem}")
+        for result in workload.results:
+            trace.record(f"op {result.op.at:.6f} {result.op.node} {result.op.kind} {result.outcome}")
+        invariants.check(cluster)
+        invariants.check_final(cluster, workload)
+        cluster.shutdown()
+        nursery.cancel_scope.cancel()
+    return cluster
+
+
+async def _run_clients(workload: Workload, scenario: Scenario, done: trio.Event) -> None:
+    await workload.run(scenario.ops)
+    done.set()
+
+
+async def _wait_converged(cluster: Cluster, invariants: Invariants) -> str | None:
+    problem: str | None = "not checked"
+    with trio.move_on_after(CONVERGE_WITHIN):
+        while (problem := invariants.converged(cluster)) is not None:
+            await trio.sleep(CHECK_INTERVAL)
+    return problem
+
+
+async def _check_continuously(cluster: Cluster, invariants: Invariants) -> None:
+    while True:
+        invariants.check(cluster)
+        await trio.sleep(CHECK_INTERVAL)
+
+
+async def _inject(cluster: Cluster, fault: Fault, counters: dict[str, int]) -> None:
+    await trio.sleep(fault.at)
+    nodes = [cluster.nodes[i] for i in fault.nodes]
+    network = cluster.network
+    match fault.kind:
+        case "crash":
+            node = nodes[0]
+            if not node.up:
+                return
+            counters["faults"] += 1
+            cluster.crash(node)
+            await trio.sleep(fault.duration)
+            if not node.up:
+                await cluster.start(node)
+        case "runner_crash":
+            if cluster.kill_runner(nodes[0]):
+                counters["faults"] += 1
+        case "partition" | "isolate" | "one_way":
+            pairs = _blocked_pairs(cluster, fault)
+            if not pairs:
+                return
+            counters["faults"] += 1
+            for sender, receiver in pairs:
+                network.block(sender, receiver)
+            await trio.sleep(fault.duration)
+            for sender, receiver in pairs:
+                network.unblock(sender, receiver)
+
+
+def _blocked_pairs(cluster: Cluster, fault: Fault) -> list[tuple[str, str]]:
+    ids = [n.node_id for n in cluster.nodes]
+    side = {ids[i] for i in fault.nodes}
+    match fault.kind:
+        case "one_way":
+            return [(ids[s], ids[t]) for s in fault.nodes for t in fault.targets]
+        case _:
+            other = [i for i in ids if i not in side]
+            return [(a, b) for a in sorted(side) for b in other] + [
+                (b, a) for a in sorted(side) for b in other
+            ]

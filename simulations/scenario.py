@@ -1,0 +1,123 @@
+"""Swarm testing: one seed draws the whole scenario, cluster size, fault rates, the fault
+schedule and the client workload, from one random generator.
+
+Each fault kind is switched on or off per seed (and given its own rate), so some seeds
+hammer one weakness while others mix everything, which finds more than one fixed mix.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from attrs import frozen
+
+from simulations.network import LinkModel
+
+FaultKind = Literal["crash", "partition", "one_way", "isolate", "runner_crash"]
+OpKind = Literal["chat", "place", "delete"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("crash", "partition", "one_way", "isolate", "runner_crash")
+
+GIB = 1024**3
+
+
+@frozen
+class Fault:
+    at: float
+    kind: FaultKind
+    # crash/isolate/runner_crash: one node; partition: one side; one_way: senders.
+    nodes: tuple[int, ...]
+    duration: float
+    # one_way: the receivers that stop hearing `nodes`.
+    targets: tuple[int, ...] = ()
+
+
+@frozen
+class Op:
+    at: float
+    node: int
+    kind: OpKind
+
+
+@frozen
+class NodeSpec:
+    memory_total: int
+    memory_available: int
+    cpu_cores: int
+
+
+@frozen
+class Scenario:
+    seed: int
+    nodes: tuple[NodeSpec, ...]
+    link: LinkModel
+    active: float  # seconds of faults and workload
+    quiet: float  # seconds after healing before convergence must hold
+    faults: tuple[Fault, ...]
+    ops: tuple[Op, ...]
+
+    def describe(self) -> str:
+        kinds = sorted({f.kind for f in self.faults})
+        return (
+            f"seed {self.seed}: {len(self.nodes)} nodes, {len(self.faults)} faults "
+            f"({', '.join(kinds) or 'none'}), {len(self.ops)} client ops, "
+            f"drop {self.link.drop:.2f}, duplicate {self.link.duplicate:.2f}, "
+            f"latency {self.link.latency * 1000:.1f}+{self.link.jitter * 1000:.1f} ms"
+        )
+
+
+def draw_scenario(seed: int) -> Scenario:
+    rng = random.Random(f"scenario-{seed}")
+    size = rng.randint(2, 7)
+    nodes = tuple(
+        NodeSpec(
+            memory_total=(total := rng.choice((8, 16, 32, 64)) * GIB),
+            memory_available=int(total * rng.uniform(0.5, 0.9)),
+            cpu_cores=rng.choice((4, 8, 10, 16)),
+        )
+        for _ in range(size)
+    )
+    link = LinkModel(
+        latency=rng.uniform(0.0002, 0.02),
+        jitter=rng.choice((0.0005, 0.002, 0.01, 0.05)),
+        drop=rng.choice((0.0, 0.0, 0.01, 0.05, 0.15)),
+        duplicate=rng.choice((0.0, 0.02, 0.1)),
+    )
+    active = rng.uniform(15.0, 45.0)
+    enabled = [kind for kind in FAULT_KINDS if rng.random() < 0.6]
+    faults: list[Fault] = []
+    for kind in enabled:
+        for _ in range(rng.randint(1, 4)):
+            faults.append(_draw_fault(rng, kind, size, active))
+    faults.sort(key=lambda f: (f.at, f.kind, f.nodes))
+    ops = tuple(
+        sorted(
+            (
+                Op(
+                    at=rng.uniform(3.0, active),
+                    node=rng.randrange(size),
+                    kind=rng.choices(("chat", "place", "delete"), weights=(6, 2, 1))[0],
+                )
+                for _ in range(rng.randint(5, 30))
+            ),
+            key=lambda o: (o.at, o.node, o.kind),
+        )
+    )
+    return Scenario(seed, nodes, link, active, 15.0, tuple(faults), ops)
+
+
+def _draw_fault(rng: random.Random, kind: FaultKind, size: int, active: float) -> Fault:
+    at = rng.uniform(1.0, active - 1.0)
+    duration = rng.uniform(1.0, 12.0)
+    everyone = list(range(size))
+    match kind:
+        case "partition":
+            side = tuple(sorted(rng.sample(everyone, rng.randint(1, max(1, size - 1)))))
+            return Fault(at, kind, side, duration)
+        case "one_way":
+            senders = tuple(sorted(rng.sample(everyone, rng.randint(1, max(1, size - 1)))))
+            others = [n for n in everyone if n not in senders]
+            targets = tuple(sorted(rng.sample(others, rng.randint(1, len(others)))))
+            return Fault(at, kind, senders, duration, targets)
+        case _:
+            return Fault(at, kind, (rng.randrange(size),), duration)
