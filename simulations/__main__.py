@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("sim-failures"),
         help="where a failing seed's node homes (event logs) are kept (default: sim-failures)",
     )
-    run.add_argument("--keep-always", action="store_true", help="keep the homes of passing seeds too")
+    run.add_argument(
+        "--keep-always", action="store_true", help="keep the homes of passing seeds too"
+    )
     run.add_argument("--log-level", default="critical", help="log level of the simulated nodes")
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -9,12 +9,13 @@ time. Killing it is a runner crash, seen by the node exactly as a dead process.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import trio
 import trio.testing
 
+from exo.actors.runner_handle import read_lines
 from exo.engine import protocol
 from exo.events.codec import CodecError, decode, encode
 from exo.models.cards import ModelCard
@@ -31,7 +32,10 @@ def fake_tokens(request: protocol.GenerateRequest) -> list[tuple[int, str]]:
     digest = hashlib.sha256(prompt).digest()
     limit = request.params.max_tokens or MAX_TOKENS
     count = min(limit, 4 + digest[0] % (MAX_TOKENS - 3))
-    return [(digest[i % len(digest)], WORDS[digest[i % len(digest)] % len(WORDS)] + " ") for i in range(count)]
+    return [
+        (digest[i % len(digest)], WORDS[digest[i % len(digest)] % len(WORDS)] + " ")
+        for i in range(count)
+    ]
 
 
 class SimProcess:
@@ -74,24 +78,27 @@ class SimProcess:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._generate_loop)
-                async for line in _lines(self._stdin_out):
-                    try:
-                        message = decode(line, protocol.ToRunner)
-                    except CodecError as exc:
-                        await self._send(protocol.RequestError(request_id="", message=str(exc)))
-                        continue
-                    match message:
-                        case protocol.Load():
-                            await self._send(protocol.Loading())
-                            await trio.sleep(LOAD_SECONDS)
-                            info = protocol.EngineInfo("sim", "float32", "none", "fake", 30, 8192)
-                            await self._send(protocol.Ready(info=info))
-                        case protocol.Generate(request=request):
-                            self._work_send.send_nowait(request)
-                        case protocol.Cancel(request_id=request_id):
-                            self._cancelled.add(request_id)
-                        case protocol.Shutdown():
-                            break
+                async with aclosing(read_lines(self._stdin_out)) as lines:
+                    async for line in lines:
+                        try:
+                            message = decode(line, protocol.ToRunner)
+                        except CodecError as exc:
+                            await self._send(protocol.RequestError(request_id="", message=str(exc)))
+                            continue
+                        match message:
+                            case protocol.Load():
+                                await self._send(protocol.Loading())
+                                await trio.sleep(LOAD_SECONDS)
+                                info = protocol.EngineInfo(
+                                    "sim", "float32", "none", "fake", 30, 8192
+                                )
+                                await self._send(protocol.Ready(info=info))
+                            case protocol.Generate(request=request):
+                                self._work_send.send_nowait(request)
+                            case protocol.Cancel(request_id=request_id):
+                                self._cancelled.add(request_id)
+                            case protocol.Shutdown():
+                                break
                 nursery.cancel_scope.cancel()
         self._exit(0)
 
@@ -107,15 +114,6 @@ class SimProcess:
                 produced += 1
             reason = "cancelled" if request.request_id in self._cancelled else "length"
             await self._send(protocol.Finished(request.request_id, reason, 8, produced))
-
-
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
-    buffer = bytearray()
-    while data := await stream.receive_some(65536):
-        buffer += data
-        while (end := buffer.find(b"\n")) >= 0:
-            yield bytes(buffer[:end])
-            del buffer[: end + 1]
 
 
 class SimModelStore:

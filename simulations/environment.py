@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import trio
-from attrs import frozen
+from attrs import define
 
 from exo.actors.environment import ChildProcess, HostFacts
 from exo.events.facts import Accelerator
@@ -19,7 +19,7 @@ from simulations.engine import SimProcess
 T = TypeVar("T")
 
 
-@frozen
+@define
 class SimHost:
     hostname: str
     platform: str

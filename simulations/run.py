@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +17,7 @@ import trio
 import trio.testing
 from attrs import evolve, frozen
 
+from exo.events.ids import NodeId
 from simulations.cluster import Cluster
 from simulations.invariants import Invariants
 from simulations.scenario import Fault, Scenario, draw_scenario
@@ -38,6 +39,8 @@ class SeedResult:
     simulated_seconds: float
     description: str
     kept: Path | None
+    # (kind, outcome, detail) of every client operation, in the order they ended.
+    ops: tuple[tuple[str, str, str], ...] = ()
 
 
 class Trace:
@@ -92,15 +95,14 @@ def run_seed(
     trace.record(scenario.describe())
     invariants = Invariants()
     counters = {"faults": 0}
+    ops: list[tuple[str, str, str]] = []
     try:
         with deterministic_trio(seed):
             clock = trio.testing.MockClock(autojump_threshold=0)
             cluster = trio.run(
-                _simulate, scenario, root, trace, invariants, counters, clock=clock
+                _simulate, scenario, root, trace, invariants, counters, ops, clock=clock
             )
-        elections = sum(
-            len(r.control.offices) for n in cluster.nodes for r in n.incarnations
-        )
+        elections = sum(len(r.control.offices) for n in cluster.nodes for r in n.incarnations)
         for node in cluster.nodes:
             log_bytes = (node.home / "events.log").read_bytes()
             trace.record(f"log {node.node_id} {hashlib.sha256(log_bytes).hexdigest()}")
@@ -122,6 +124,7 @@ def run_seed(
             clock.current_time(),
             scenario.describe(),
             kept,
+            tuple(ops),
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -129,7 +132,9 @@ def run_seed(
 
 def configure_worker(level: int) -> None:
     """Logging for a worker process (spawned workers start with none)."""
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)-5s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(levelname)-5s %(name)s: %(message)s"
+    )
 
 
 def run_job(job: tuple[int, Path, bool]) -> SeedResult:
@@ -144,6 +149,7 @@ async def _simulate(
     trace: Trace,
     invariants: Invariants,
     counters: dict[str, int],
+    ops: list[tuple[str, str, str]],
 ) -> Cluster:
     cluster = Cluster(scenario, root, trace.record)
     workload = Workload(cluster)
@@ -170,7 +176,10 @@ async def _simulate(
         if problem is not None:
             invariants.fail(f"no agreement {CONVERGE_WITHIN:g} s after healing: {problem}")
         for result in workload.results:
-            trace.record(f"op {result.op.at:.6f} {result.op.node} {result.op.kind} {result.outcome}")
+            ops.append((result.op.kind, result.outcome, result.detail))
+            trace.record(
+                f"op {result.op.at:.6f} {result.op.node} {result.op.kind} {result.outcome}"
+            )
         invariants.check(cluster)
         invariants.check_final(cluster, workload)
         cluster.shutdown()
@@ -186,7 +195,7 @@ async def _run_clients(workload: Workload, scenario: Scenario, done: trio.Event)
 async def _wait_converged(cluster: Cluster, invariants: Invariants) -> str | None:
     problem: str | None = "not checked"
     with trio.move_on_after(CONVERGE_WITHIN):
-        while (problem := invariants.converged(cluster)) is not None:
+        while (problem := invariants.converged(cluster)) is not None:  # noqa: ASYNC110 — polls a predicate over many nodes
             await trio.sleep(CHECK_INTERVAL)
     return problem
 
@@ -226,7 +235,7 @@ async def _inject(cluster: Cluster, fault: Fault, counters: dict[str, int]) -> N
                 network.unblock(sender, receiver)
 
 
-def _blocked_pairs(cluster: Cluster, fault: Fault) -> list[tuple[str, str]]:
+def _blocked_pairs(cluster: Cluster, fault: Fault) -> list[tuple[NodeId, NodeId]]:
     ids = [n.node_id for n in cluster.nodes]
     side = {ids[i] for i in fault.nodes}
     match fault.kind:

@@ -84,7 +84,7 @@ def draw_scenario(seed: int) -> Scenario:
         duplicate=rng.choice((0.0, 0.02, 0.1)),
     )
     active = rng.uniform(15.0, 45.0)
-    enabled = [kind for kind in FAULT_KINDS if rng.random() < 0.6]
+    enabled: list[FaultKind] = [kind for kind in FAULT_KINDS if rng.random() < 0.6]
     faults: list[Fault] = []
     for kind in enabled:
         for _ in range(rng.randint(1, 4)):

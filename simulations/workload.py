@@ -4,9 +4,8 @@ a node crash fails the requests in flight against it, as a dropped connection wo
 
 from __future__ import annotations
 
-from attrs import frozen
-
 import trio
+from attrs import frozen
 
 from exo.actors.api_host import serving_instance
 from exo.actors.decide import instance_id_for

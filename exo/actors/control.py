@@ -261,10 +261,10 @@ class Control:
         for ballot in (beat.following, beat.log_ballot):
             if ballot is not None:
                 self._max_term = max(self._max_term, ballot.term)
-        if beat.leading and beat.following is not None and beat.following.master == sender:
-            if self._consider_master(beat.following, now):
-                # A lost Append shows here: the master's log is longer than ours.
-                self._master_last = max(self._master_last, beat.last_index)
+        leads = beat.leading and beat.following is not None and beat.following.master == sender
+        if leads and beat.following is not None and self._consider_master(beat.following, now):
+            # A lost Append shows here: the master's log is longer than ours.
+            self._master_last = max(self._master_last, beat.last_index)
         if self.leading and beat.following == self.ballot and beat.synced:
             self._match[sender] = max(self._match.get(sender, 0), beat.last_index)
             self._release_acks(now)
@@ -472,7 +472,9 @@ class Control:
             self._segments, self._log.last_index, request.segments, request.last_index
         )
         events = tuple(self._log.since(common)[: self._timings.sync_batch])
-        self._network.send(sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index))
+        self._network.send(
+            sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index)
+        )
 
     # -- follower ------------------------------------------------------------------
 
@@ -556,6 +558,13 @@ class Control:
         self, ballot: Ballot, common: int, scope: trio.CancelScope
     ) -> None:
         """Hand the events past the common prefix to the master, then cut them off."""
+        try:
+            await self._adopt_suffix(ballot, common, scope)
+        finally:
+            if self._adopting is scope:
+                self._adopting = None
+
+    async def _adopt_suffix(self, ballot: Ballot, common: int, scope: trio.CancelScope) -> None:
         with scope:
             suffix = self._log.since(common)
             log.warning(
@@ -571,10 +580,14 @@ class Control:
                 master = self._master_of_term(term)
                 for start in range(0, len(events), ADOPT_CHUNK):
                     chunk = tuple(events[start : start + ADOPT_CHUNK])
-                    outcome = await self._commands.call(AdoptSuffix(term, master, chunk))
+                    command = AdoptSuffix(term, master, chunk, ballot.term, ballot.master)
+                    outcome = await self._commands.call(command)
                     self.adopted_commands += 1
                     if not outcome.accepted:
-                        log.error("adoption refused: %s", outcome.reason)
+                        # Only a master other than `ballot` refuses; this task is being
+                        # cancelled, and the suffix stays until the next master adopts it.
+                        log.warning("adoption refused: %s", outcome.reason)
+                        return
             dropped: list[IndexedEvent] = []
             async with self._log_lock:
                 with trio.CancelScope(shield=True):
@@ -585,7 +598,6 @@ class Control:
                     self._segments = segments_of(self._log)
                     self._replica.reset(replay(self._log))
             log.warning("truncated %d divergent events after index %d", len(dropped), common)
-            self._adopting = None
             self._sync_backoff = self._timings.sync_retry_initial
             self._request_sync(self._env.now())
 

@@ -136,6 +136,8 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
     out, because their owners re-assert the current ones to the new master. Adoptions
     inside the suffix are carried too, so a decision survives any number of failovers.
     """
+    if (state.term, state.master) != (command.to_term, command.to_master):
+        return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
     through = state.adopted_through(command.term, command.master)
     fresh = [e for e in command.events if e.term == command.term and e.index > through]
     if not fresh:
@@ -163,9 +165,7 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
         else:
             consider(indexed.command_id, event)
     through_index = max(e.index for e in fresh)
-    return [
-        SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))
-    ]
+    return [SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))]
 
 
 def _still_applies(state: State, event: Event) -> bool:
@@ -176,8 +176,7 @@ def _still_applies(state: State, event: Event) -> bool:
             return instance_id in state.instances
         case RequestStarted(request=request):
             return (
-                request.request_id not in state.requests
-                and request.instance_id in state.instances
+                request.request_id not in state.requests and request.instance_id in state.instances
             )
         case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
             return request_id in state.requests

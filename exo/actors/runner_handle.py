@@ -11,8 +11,8 @@ import logging
 import math
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
@@ -128,30 +128,31 @@ class RunnerHandle:
 
     async def _pump_stdout(self, process: ChildProcess) -> str:
         assert process.stdout is not None
-        async for line in _lines(process.stdout):
-            try:
-                message = decode(line, protocol.FromRunner)
-            except CodecError as exc:
-                log.warning("runner sent an undecodable line: %s", exc)
-                continue
-            match message:
-                case protocol.Loading():
-                    self._set_status(RunnerStatus("loading", "", self.restarts))
-                case protocol.Ready(info=info):
-                    self.info = info
-                    log.info(
-                        "runner for %s ready: %s %s, BLAS %s, %d layers",
-                        self.instance.instance_id,
-                        info.device,
-                        info.dtype,
-                        info.blas,
-                        info.num_layers,
-                    )
-                    self._set_status(RunnerStatus("ready", _describe(info), self.restarts))
-                case protocol.Fatal(message=fatal):
-                    return f"runner could not start: {fatal}"
-                case protocol.TokenOut() | protocol.Finished() | protocol.RequestError():
-                    self._route(message)
+        async with aclosing(read_lines(process.stdout)) as lines:
+            async for line in lines:
+                try:
+                    message = decode(line, protocol.FromRunner)
+                except CodecError as exc:
+                    log.warning("runner sent an undecodable line: %s", exc)
+                    continue
+                match message:
+                    case protocol.Loading():
+                        self._set_status(RunnerStatus("loading", "", self.restarts))
+                    case protocol.Ready(info=info):
+                        self.info = info
+                        log.info(
+                            "runner for %s ready: %s %s, BLAS %s, %d layers",
+                            self.instance.instance_id,
+                            info.device,
+                            info.dtype,
+                            info.blas,
+                            info.num_layers,
+                        )
+                        self._set_status(RunnerStatus("ready", _describe(info), self.restarts))
+                    case protocol.Fatal(message=fatal):
+                        return f"runner could not start: {fatal}"
+                    case protocol.TokenOut() | protocol.Finished() | protocol.RequestError():
+                        self._route(message)
         return "runner process exited"
 
     def _route(
@@ -176,10 +177,11 @@ class RunnerHandle:
 
     async def _pump_stderr(self, process: ChildProcess) -> None:
         assert process.stderr is not None
-        async for line in _lines(process.stderr):
-            text = line.decode(errors="replace").rstrip()
-            self._stderr_tail.append(text)
-            log.debug("%s: %s", self.instance.instance_id, text)
+        async with aclosing(read_lines(process.stderr)) as lines:
+            async for line in lines:
+                text = line.decode(errors="replace").rstrip()
+                self._stderr_tail.append(text)
+                log.debug("%s: %s", self.instance.instance_id, text)
 
     async def _write(self, message: protocol.ToRunner) -> None:
         process = self._process
@@ -232,7 +234,7 @@ async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncIterator[C
     raise GenerationFailed("runner stream ended without a result")
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[bytes]:
+async def read_lines(stream: trio.abc.ReceiveStream) -> AsyncGenerator[bytes, None]:
     """Newline-delimited lines from a byte stream; the last partial line if it has no newline."""
     buffer = bytearray()
     while True:

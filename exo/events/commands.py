@@ -77,6 +77,10 @@ class AdoptSuffix:
     term: int
     master: NodeId
     events: tuple[IndexedEvent, ...]
+    # The master whose log the common prefix was computed against; another one refuses
+    # the command (its log may share a different prefix).
+    to_term: int
+    to_master: NodeId
 
 
 Command = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from exo.actors.wire import PEER_MESSAGE_TYPES
 from exo.events.commands import COMMAND_TYPES, Envelope
 from exo.events.events import EVENT_TYPES, IndexedEvent
 
@@ -22,3 +23,5 @@ indexed_events = st.builds(
 envelopes = st.builds(
     Envelope, command_id=st.text(max_size=12), origin=st.text(max_size=12), command=commands
 )
+
+peer_messages = st.one_of([st.from_type(t) for t in PEER_MESSAGE_TYPES])

@@ -3,10 +3,11 @@ import json
 import pytest
 from hypothesis import given
 
+from exo.actors.wire import PeerMessage
 from exo.events.codec import CodecError, decode, encode
 from exo.events.commands import Command, Envelope
 from exo.events.events import Event, IndexedEvent
-from tests.events.strategies import commands, envelopes, events, indexed_events
+from tests.events.strategies import commands, envelopes, events, indexed_events, peer_messages
 
 
 @given(events)
@@ -74,3 +75,10 @@ def test_literal_fields_reject_unknown_values() -> None:
 def test_non_json_is_rejected() -> None:
     with pytest.raises(CodecError, match="not JSON"):
         decode(b'{"index": 1', IndexedEvent)
+
+
+@given(peer_messages)
+def test_every_peer_message_round_trips_byte_for_byte(message: PeerMessage) -> None:
+    raw = encode(message, PeerMessage)
+    assert decode(raw, PeerMessage) == message
+    assert encode(decode(raw, PeerMessage), PeerMessage) == raw

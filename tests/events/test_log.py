@@ -142,3 +142,18 @@ def test_replay_until_stops_at_the_index() -> None:
     items = sample_events(8)
     assert replay(items, until=5).last_index == 5
     assert replay(items, until=5) == replay(items[:5])
+
+
+def test_truncate_after_drops_the_suffix_durably(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    items = sample_events(10)
+    write_log(path, items)
+    with EventLog.open(path) as log:
+        assert log.truncate_after(6) == items[6:]
+        assert log.truncations == 1
+        assert log.last_index == 6
+        assert log.truncate_after(6) == []
+        # Appends continue from the cut, and the file says the same.
+        log.append([IndexedEvent(7, 2, MasterElected(NodeId("b"), 2))])
+    assert read_records(path)[0] == [*items[:6], IndexedEvent(7, 2, MasterElected(NodeId("b"), 2))]
+    assert not (tmp_path / "events.truncating").exists()

@@ -1,0 +1,114 @@
+from exo.actors.decide import Rejected, adopt, decide
+from exo.events.commands import AdoptSuffix, Envelope, MarkNodeDown
+from exo.events.events import (
+    AdoptedEvent,
+    DownloadStatusChanged,
+    IndexedEvent,
+    InstanceCreated,
+    InstanceDeleted,
+    MasterElected,
+    NodeDown,
+    NodeProfiled,
+    SuffixAdopted,
+)
+from exo.events.facts import DownloadStatus, Instance, NodeProfile, Shard
+from exo.events.ids import CommandId, InstanceId, ModelId, NodeId
+from exo.events.state import State, apply
+
+WINNER, LOSER, OTHER = NodeId("w"), NodeId("l"), NodeId("o")
+PROFILE = NodeProfile("h", "linux-x86_64", 2, 16 * 2**30, 8 * 2**30, "cpu", 1, 2)
+
+
+def instance(name: str) -> Instance:
+    return Instance(InstanceId(name), ModelId("m"), "pipeline", (Shard(LOSER, 0, 0, 30),))
+
+
+def winner_state(*events: object) -> State:
+    state = apply(State(), IndexedEvent(1, 3, MasterElected(WINNER, 3)))
+    for event in events:
+        state = apply(state, IndexedEvent(state.last_index + 1, 3, event))  # type: ignore[arg-type]
+    return state
+
+
+def suffix(*events: object, term: int = 2, first: int = 5) -> tuple[IndexedEvent, ...]:
+    return tuple(
+        IndexedEvent(first + k, term, e, CommandId(f"c{first + k}"))  # type: ignore[arg-type]
+        for k, e in enumerate(events)
+    )
+
+
+def adopt_command(events: tuple[IndexedEvent, ...], to_master: NodeId = WINNER) -> AdoptSuffix:
+    return AdoptSuffix(2, LOSER, events, 3, to_master)
+
+
+def test_client_decisions_are_kept_and_local_facts_left_to_their_owners() -> None:
+    events = suffix(
+        InstanceCreated(instance("i1")),
+        NodeProfiled(LOSER, PROFILE),
+        DownloadStatusChanged(LOSER, ModelId("m"), DownloadStatus("complete")),
+        InstanceCreated(instance("i2")),
+        InstanceDeleted(InstanceId("i2")),
+    )
+    decision = adopt(winner_state(), adopt_command(events))
+    assert not isinstance(decision, Rejected)
+    [adopted] = decision
+    assert isinstance(adopted, SuffixAdopted)
+    assert adopted.through_index == 9
+    assert [a.event for a in adopted.events] == [
+        InstanceCreated(instance("i1")),
+        InstanceCreated(instance("i2")),
+        InstanceDeleted(InstanceId("i2")),
+    ]
+    assert adopted.events[0].command_id == "c5"
+
+
+def test_adopting_the_same_suffix_again_changes_nothing() -> None:
+    events = suffix(InstanceCreated(instance("i1")), InstanceDeleted(InstanceId("i1")))
+    first = adopt(winner_state(), adopt_command(events))
+    assert not isinstance(first, Rejected)
+    state = winner_state(*first)
+    assert state.adopted == {"2/l": 6}
+    assert adopt(state, adopt_command(events)) == []
+    # A longer copy of the same suffix (from the deposed master itself) adds only the rest.
+    longer = suffix(
+        InstanceCreated(instance("i1")),
+        InstanceDeleted(InstanceId("i1")),
+        InstanceCreated(instance("i3")),
+    )
+    [rest] = adopt(state, adopt_command(longer))  # type: ignore[misc]
+    assert isinstance(rest, SuffixAdopted)
+    assert [a.event for a in rest.events] == [InstanceCreated(instance("i3"))]
+
+
+def test_decisions_this_log_already_made_are_not_repeated() -> None:
+    state = winner_state(InstanceCreated(instance("i1")))
+    events = suffix(InstanceCreated(instance("i1")), InstanceDeleted(InstanceId("gone")))
+    [adopted] = adopt(state, adopt_command(events))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted)
+    assert adopted.events == ()
+
+
+def test_adoptions_inside_a_suffix_are_carried_on() -> None:
+    inner = SuffixAdopted(
+        1, OTHER, 4, (AdoptedEvent(CommandId("x"), InstanceCreated(instance("i9"))),)
+    )
+    [adopted] = adopt(winner_state(), adopt_command(suffix(inner)))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted)
+    assert [a.event for a in adopted.events] == [InstanceCreated(instance("i9"))]
+    assert adopted.nested == ((1, OTHER, 4),)
+    state = winner_state(adopted)
+    assert state.adopted == {"2/l": 5, "1/o": 4}
+    assert InstanceId("i9") in state.instances
+
+
+def test_an_adoption_meant_for_another_master_is_refused() -> None:
+    decision = adopt(winner_state(), adopt_command(suffix(InstanceCreated(instance("i1"))), OTHER))
+    assert isinstance(decision, Rejected)
+
+
+def test_only_the_master_marks_nodes_down() -> None:
+    state = winner_state(NodeProfiled(LOSER, PROFILE))
+    assert decide(state, Envelope(CommandId("a"), WINNER, MarkNodeDown(LOSER))) == [NodeDown(LOSER)]
+    refused = decide(state, Envelope(CommandId("b"), OTHER, MarkNodeDown(LOSER)))
+    assert isinstance(refused, Rejected)
+    assert LOSER not in winner_state(NodeProfiled(LOSER, PROFILE), NodeDown(LOSER)).nodes
