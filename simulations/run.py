@@ -41,6 +41,7 @@ class SeedResult:
     kept: Path | None
     # (kind, outcome, detail) of every client operation, in the order they ended.
     ops: tuple[tuple[str, str, str], ...] = ()
+    messages: int = 0  # peer messages delivered
 
 
 class Trace:
@@ -125,6 +126,7 @@ def run_seed(
             scenario.describe(),
             kept,
             tuple(ops),
+            cluster.network.delivered,
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
