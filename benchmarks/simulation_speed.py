@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes for the pool figure")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.CRITICAL)  # the nodes' own warnings are not figures
 
     per_seed: list[tuple[float, float, int, int]] = []
     serial_started = time.perf_counter()
