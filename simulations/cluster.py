@@ -54,6 +54,11 @@ class Cluster:
             self.network.add_member(node_id)
         self._nursery: trio.Nursery | None = None
         self._current_tokens: dict[NodeId, object] = {}
+        self._environments: list[SimEnvironment] = []
+
+    @property
+    def runner_starts(self) -> int:
+        return sum(len(env.spawned) for env in self._environments)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -112,6 +117,7 @@ class Cluster:
             async with trio.open_nursery() as processes:
                 rng = random.Random(f"node-{self.scenario.seed}-{node.index}-{number}")
                 env = SimEnvironment(node.home, rng, node.host, processes)
+                self._environments.append(env)
                 running: RunningNode = await processes.start(
                     partial(
                         run_node,

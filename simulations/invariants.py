@@ -98,6 +98,15 @@ class Invariants:
             views.append((control.ballot == ballot, control.synced, replica.hash()))
             if control.ballot != ballot or not control.synced:
                 return f"{node.node_id} follows {control.ballot} (synced {control.synced}), master {ballot}"
+        for node in up:
+            assert node.running is not None
+            state = node.running.replica.state
+            if node.node_id not in state.nodes:
+                return f"{node.node_id} is not registered"
+            # Local facts in the state match the nodes' reality (re-asserted after loss).
+            for instance_id, handle in node.running.runners.handles.items():
+                if state.runner_status(instance_id, node.node_id) != handle.status:
+                    return f"{node.node_id}: runner of {instance_id} is {handle.status.phase}, state says otherwise"
         hashes = {v[2] for v in views}
         if len(hashes) != 1:
             indexes = [n.running.replica.state.last_index for n in up if n.running is not None]

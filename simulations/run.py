@@ -42,6 +42,7 @@ class SeedResult:
     # (kind, outcome, detail) of every client operation, in the order they ended.
     ops: tuple[tuple[str, str, str], ...] = ()
     messages: int = 0  # peer messages delivered
+    runner_starts: int = 0  # runner processes spawned, over all nodes and incarnations
 
 
 class Trace:
@@ -127,6 +128,7 @@ def run_seed(
             kept,
             tuple(ops),
             cluster.network.delivered,
+            cluster.runner_starts,
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

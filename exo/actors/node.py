@@ -69,6 +69,7 @@ class RunningNode:
     control: Control
     replica: Replica
     backend: NodeBackend
+    runners: RunnerSupervisor
     commands: CommandClient
     supervisor: Supervisor
     event_log: EventLog
@@ -149,7 +150,16 @@ async def run_node(
                 log.info("node %s serving http://%s:%d", node_id, host, port)
             task_status.started(
                 RunningNode(
-                    node_id, host, port, control, replica, backend, client, supervisor, event_log
+                    node_id,
+                    host,
+                    port,
+                    control,
+                    replica,
+                    backend,
+                    runners,
+                    client,
+                    supervisor,
+                    event_log,
                 )
             )
     finally:

@@ -4,6 +4,7 @@ this node (once its weights are here), and stops runners whose instance is gone.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,16 +30,29 @@ class RunnerPlan:
 
 
 def plan_runners(state: State, node_id: NodeId, running: frozenset[InstanceId]) -> RunnerPlan:
-    """Which runners to start and stop so that this node runs exactly its placed shards."""
-    wanted: dict[InstanceId, tuple[Instance, Shard]] = {}
+    """Which runners to start and stop so that this node runs exactly its placed shards.
+
+    A runner starts once its weights are reported complete, and stops only when its
+    instance (or its shard here) is gone: weights on disk do not vanish, so a download
+    status that reads older for a moment (reports reordered on the way) stops nothing.
+    """
+    placed: dict[InstanceId, tuple[Instance, Shard]] = {}
     for instance in state.instances.values():
         shard = instance.shard_on(node_id)
-        download = state.download_status(node_id, instance.model)
-        if shard is not None and download is not None and download.phase == "complete":
-            wanted[instance.instance_id] = (instance, shard)
-    start = tuple(wanted[i] for i in sorted(wanted) if i not in running)
-    stop = tuple(sorted(i for i in running if i not in wanted))
+        if shard is not None:
+            placed[instance.instance_id] = (instance, shard)
+    start = tuple(
+        placed[i]
+        for i in sorted(placed)
+        if i not in running and _weights_here(state, node_id, placed[i][0])
+    )
+    stop = tuple(sorted(i for i in running if i not in placed))
     return RunnerPlan(start, stop)
+
+
+def _weights_here(state: State, node_id: NodeId, instance: Instance) -> bool:
+    download = state.download_status(node_id, instance.model)
+    return download is not None and download.phase == "complete"
 
 
 class RunnerSupervisor:
@@ -57,18 +71,14 @@ class RunnerSupervisor:
         self._model_dir = model_dir
         self.handles: dict[InstanceId, RunnerHandle] = {}
         self._scopes: dict[InstanceId, trio.CancelScope] = {}
+        self._reported: dict[InstanceId, tuple[RunnerStatus, float]] = {}
 
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                asserted: tuple[object, ...] = ()
                 while True:
                     state = self._replica.state
-                    # A new master, or a log cut back, may lack what our runners are.
-                    era = (state.term, state.master, self._replica.resets)
-                    if era != asserted:
-                        self._reassert(state)
-                        asserted = era
+                    differs = self._reassert(state)
                     plan = plan_runners(state, self._node_id, frozenset(self.handles))
                     for instance_id in plan.stop:
                         log.info("stopping runner for %s", instance_id)
@@ -76,7 +86,9 @@ class RunnerSupervisor:
                         del self.handles[instance_id]
                     for instance, shard in plan.start:
                         await nursery.start(self._keep_runner, instance, shard)
-                    await self._replica.wait_changed()
+                    # While the state is wrong about a runner, look again within a second.
+                    with trio.move_on_after(1.0 if differs else math.inf):
+                        await self._replica.wait_changed()
         finally:
             self.handles.clear()
             self._scopes.clear()
@@ -97,10 +109,21 @@ class RunnerSupervisor:
             task_status.started()
             await handle.run()
 
-    def _reassert(self, state: State) -> None:
+    def _reassert(self, state: State) -> bool:
+        """Report again what the state has wrong about our runners (a new master that
+        never heard, a log cut back, reports that arrived out of order), at most once a
+        second per runner while the difference lasts."""
+        now = self._env.now()
+        differs = False
         for instance_id, handle in sorted(self.handles.items()):
-            if state.runner_status(instance_id, self._node_id) != handle.status:
+            if state.runner_status(instance_id, self._node_id) == handle.status:
+                continue
+            differs = True
+            reported = self._reported.get(instance_id)
+            if reported is None or reported[0] != handle.status or now - reported[1] >= 1.0:
                 self._report(instance_id, handle.status)
+        return differs
 
     def _report(self, instance_id: InstanceId, status: RunnerStatus) -> None:
+        self._reported[instance_id] = (status, self._env.now())
         self._commands.send_nowait(ReportRunnerStatus(instance_id, status))

@@ -1,6 +1,7 @@
 """The simulator itself: determinism, scripted failovers, regression seeds, and proof that
 its checks fail when the control plane is broken on purpose."""
 
+import random
 import re
 import subprocess
 import sys
@@ -73,6 +74,31 @@ def test_a_two_node_cluster_survives_losing_either_node(victim: int) -> None:
     result = run_seed(1000 + victim, scenario=two_nodes(victim))
     assert result.passed, result.violations
     assert [(kind, outcome) for kind, outcome, _ in result.ops] == [("place", "ok"), ("chat", "ok")]
+
+
+def test_instances_keep_serving_through_a_failover() -> None:
+    """Three nodes; the first master (the highest id, all logs being empty) is killed
+    while another node serves an instance; that node's runner is never restarted and
+    serves before, during and after the election."""
+    id_rng = random.Random("ids-2000")  # as the cluster draws its node ids
+    ids = [id_rng.getrandbits(48) for _ in range(3)]
+    master = ids.index(max(ids))
+    server = (master + 1) % 3
+    spec = NodeSpec(16 * GIB, 12 * GIB, 8)
+    scenario = Scenario(
+        seed=2000,
+        nodes=(spec, spec, spec),
+        link=LinkModel(),
+        active=30.0,
+        quiet=15.0,
+        faults=(Fault(10.0, "crash", (master,), 60.0),),
+        ops=(Op(5.0, server, "chat"), Op(10.5, server, "chat"), Op(16.0, server, "chat")),
+    )
+    result = run_seed(2000, scenario=scenario)
+    assert result.passed, result.violations
+    assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok", "ok"]
+    assert result.runner_starts == 1
+    assert result.elections == 2
 
 
 def no_fencing(self: Control, ballot: Ballot, now: float) -> bool:
