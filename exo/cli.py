@@ -46,6 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=52416, help="peer port for node-to-node links (default 52416)"
     )
     node.add_argument(
+        "--peer-host",
+        default=os.environ.get("EXO_PEER_HOST", "0.0.0.0"),
+        help="address peer links listen on (env EXO_PEER_HOST; default all interfaces)",
+    )
+    node.add_argument(
+        "--peers",
+        default=os.environ.get("EXO_PEERS", ""),
+        help="comma-separated HOST:PORT of other nodes' peer ports to dial (env EXO_PEERS)",
+    )
+    node.add_argument(
+        "--namespace",
+        default=os.environ.get("EXO_NAMESPACE", "exo"),
+        help="cluster name: nodes of other namespaces never join (env EXO_NAMESPACE)",
+    )
+    node.add_argument(
+        "--cluster-key",
+        default=os.environ.get("EXO_CLUSTER_KEY"),
+        help="shared secret every node of the cluster holds; without one, any node that "
+        "knows the namespace may join (env EXO_CLUSTER_KEY)",
+    )
+    node.add_argument(
         "--models-dir", help="where model weights live (default HOME/models; env EXO_MODELS_DIR)"
     )
     node.add_argument(
@@ -94,6 +115,10 @@ def _node(args: argparse.Namespace) -> int:
         models_dir=Path(models_dir).expanduser() if models_dir else None,
         preload=tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip()),
         ready_timeout=args.ready_timeout,
+        peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()),
+        namespace=args.namespace,
+        cluster_key=args.cluster_key or None,
+        peer_host=args.peer_host,
     )
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))

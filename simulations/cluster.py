@@ -159,6 +159,9 @@ class _Endpoint:
     def peers(self) -> list[NodeId]:
         return self._network.peers_of(self._node_id)
 
+    def expecting_peers(self) -> bool:
+        return bool(self.peers())
+
 
 def _host(index: int, spec: NodeSpec) -> SimHost:
     return SimHost(

@@ -271,7 +271,8 @@ class Control:
 
     def _maybe_elect(self, now: float) -> None:
         peers = self._network.peers()
-        if peers and now - self._started_at < self._timings.failure_timeout:
+        expecting = self._network.expecting_peers()
+        if expecting and now - self._started_at < self._timings.failure_timeout:
             return  # give peers one timeout to be heard from before standing
         if self._masterless_since is None:
             self._masterless_since = now

@@ -21,6 +21,11 @@ class PeerNetwork(Protocol):
         """Peers known to exist (configured, discovered or heard from), sorted."""
         ...
 
+    def expecting_peers(self) -> bool:
+        """Whether peers may show up: if so, a starting node waits one failure timeout
+        to hear from them before it stands for election."""
+        ...
+
 
 class NoPeers:
     """A node on its own: it leads at once and sends nothing."""
@@ -30,6 +35,9 @@ class NoPeers:
 
     def peers(self) -> list[NodeId]:
         return []
+
+    def expecting_peers(self) -> bool:
+        return False
 
 
 @frozen

@@ -20,6 +20,7 @@ from exo.actors.control import Control, Inbound
 from exo.actors.download import Downloader, ModelStore
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
+from exo.actors.links import LinkNetwork
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
@@ -59,6 +60,11 @@ class NodeConfig:
     restart_policy: RestartPolicy = field(factory=RestartPolicy)
     timings: ControlTimings = field(factory=ControlTimings)
     serve_api: bool = True
+    # Peer links (when `run_node` is given no network of its own).
+    peers: tuple[str, ...] = ()
+    namespace: str = "exo"
+    cluster_key: str | None = None
+    peer_host: str = "0.0.0.0"
 
 
 @frozen
@@ -75,7 +81,8 @@ class RunningNode:
     event_log: EventLog
 
 
-def _isolated(node_id: NodeId, deliver: Deliver) -> PeerNetwork:
+def isolated(node_id: NodeId, deliver: Deliver) -> PeerNetwork:
+    """A node with no peers at all (tests of one node's behaviour)."""
     return NoPeers()
 
 
@@ -83,7 +90,7 @@ async def run_node(
     config: NodeConfig,
     env: Environment,
     *,
-    connect: Connect = _isolated,
+    connect: Connect | None = None,
     store: ModelStore | None = None,
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -103,6 +110,17 @@ async def run_node(
         except trio.WouldBlock:
             log.warning("peer inbox full; dropped %s from %s", type(message).__name__, sender)
 
+    links: LinkNetwork | None = None
+    if connect is None:
+        links = LinkNetwork(
+            node_id,
+            config.home,
+            config.namespace,
+            config.cluster_key,
+            config.peer_port,
+            config.peers,
+        )
+        connect = links.connect
     network = connect(node_id, deliver)
     control: Control | None = None
 
@@ -121,6 +139,9 @@ async def run_node(
     try:
         async with trio.open_nursery() as nursery:
             supervisor = Supervisor(env, nursery, config.restart_policy)
+            if links is not None:
+                # Bound before anything else starts, so a taken peer port stops the node.
+                await nursery.start(links.run, config.peer_host)
             supervisor.start("control", lambda: control.run(inbox.receive))
             supervisor.start("commands", lambda: client.run(env.sleep))
             supervisor.start(

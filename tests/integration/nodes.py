@@ -44,6 +44,7 @@ class NodeProcess:
         self.home = home
         self.models_dir = models_dir
         self.api_port = free_port()
+        self.peer_port = free_port()
         self.extra = extra
         self.log_path = home.parent / f"{home.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +67,7 @@ class NodeProcess:
                 "--api-port",
                 str(self.api_port),
                 "--port",
-                str(free_port()),
+                str(self.peer_port),
                 "--models-dir",
                 str(self.models_dir),
                 *self.extra,

@@ -1,0 +1,305 @@
+"""Peer links between real nodes: WebSockets (trio-websocket) carrying typed frames.
+
+Each link starts with a mutual challenge-response on the cluster key: both sides send a
+random nonce, and each proves it holds the key with an HMAC over both nonces, both node
+ids and its role; the key itself never crosses the wire. A peer with another namespace or
+key is dropped before it can send a single command or event, and the log says why.
+
+`LinkNetwork` is the `PeerNetwork` of a real node: sends go to a bounded queue per link
+(dropped when full or when there is no link: the control protocol retries), frames
+arriving on any link go to the control actor. Configured peers (`--peers`) and peers met
+before (remembered in HOME/peers.json) are dialled, and redialled with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+import trio
+from attrs import frozen
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket,
+    serve_websocket,
+)
+
+from exo.actors.wire import PeerMessage
+from exo.events.codec import CodecError, decode, encode
+from exo.events.ids import NodeId
+
+log = logging.getLogger("exo.links")
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+SEND_QUEUE = 1024
+HANDSHAKE_TIMEOUT = 5.0
+REDIAL_INITIAL = 0.5
+REDIAL_MAX = 10.0
+PEERS_FILE = "peers.json"
+
+Deliver = Callable[[NodeId, PeerMessage], None]
+
+
+class AuthError(Exception):
+    """The peer is not of this cluster: another namespace, or not holding the key."""
+
+
+@frozen
+class Hello:
+    namespace: str
+    node_id: str
+    nonce: str
+    peer_port: int
+    proof: str = ""  # set by the listener: it answers the dialer's nonce at once
+
+
+def cluster_secret(namespace: str, cluster_key: str | None) -> bytes:
+    """The HMAC key: the cluster key when given; without one, anyone who knows the
+    namespace may join (an open home cluster), which the docs spell out."""
+    material = cluster_key if cluster_key is not None else f"exo-open-cluster:{namespace}"
+    return hashlib.sha256(material.encode()).digest()
+
+
+def proof(secret: bytes, role: str, dialer: Hello, listener: Hello) -> str:
+    text = "|".join((role, dialer.node_id, listener.node_id, dialer.nonce, listener.nonce))
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+
+
+class LinkNetwork:
+    def __init__(
+        self,
+        node_id: NodeId,
+        home: Path,
+        namespace: str,
+        cluster_key: str | None,
+        peer_port: int,
+        peers: tuple[str, ...],
+    ) -> None:
+        self.node_id = node_id
+        self._home = home
+        self._namespace = namespace
+        self._secret = cluster_secret(namespace, cluster_key)
+        self._peer_port = peer_port
+        self._configured = peers
+        self._links: dict[NodeId, trio.MemorySendChannel[bytes]] = {}
+        self._dialers: dict[NodeId, NodeId] = {}
+        self._known: set[NodeId] = set()
+        self._addresses: dict[str, NodeId] = {}
+        self._deliver: Deliver | None = None
+        self.refused = 0
+
+    # -- PeerNetwork ---------------------------------------------------------------
+
+    def send(self, to: NodeId, message: PeerMessage) -> None:
+        channel = self._links.get(to)
+        if channel is None:
+            return
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            channel.send_nowait(encode(message, PeerMessage))
+
+    def peers(self) -> list[NodeId]:
+        return sorted(self._known)
+
+    def expecting_peers(self) -> bool:
+        return bool(self._known) or bool(self._dial_list())
+
+    def connect(self, node_id: NodeId, deliver: Deliver) -> LinkNetwork:
+        """The `Connect` hook of `run_node`: remember where inbound frames go."""
+        assert node_id == self.node_id
+        self._deliver = deliver
+        return self
+
+    # -- running -------------------------------------------------------------------
+
+    async def run(
+        self, host: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._accept,
+                    host,
+                    self._peer_port,
+                    None,
+                    max_message_size=MAX_FRAME_BYTES,
+                    handler_nursery=nursery,
+                    task_status=task_status,
+                )
+            )
+            port = server.port
+            log.info("peer links listening on %s:%d", host, port)
+            for address in self._dial_list():
+                nursery.start_soon(self._keep_dialing, address)
+            task_status.started(port)
+
+    def _dial_list(self) -> list[str]:
+        remembered: list[str] = []
+        path = self._home / PEERS_FILE
+        if path.exists():
+            try:
+                remembered = [str(a) for a in json.loads(path.read_text())]
+            except (ValueError, TypeError):
+                log.warning("%s is not a list of addresses; ignoring it", path)
+        return sorted(set(self._configured) | set(remembered))
+
+    def _remember(self, address: str) -> None:
+        path = self._home / PEERS_FILE
+        known = set(self._dial_list()) | {address}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(known)))
+        tmp.replace(path)
+
+    async def _keep_dialing(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        backoff = REDIAL_INITIAL
+        while True:
+            try:
+                async with open_websocket(
+                    host.strip("[]"),
+                    int(port),
+                    "/exo",
+                    use_ssl=False,
+                    max_message_size=MAX_FRAME_BYTES,
+                    connect_timeout=HANDSHAKE_TIMEOUT,
+                    disconnect_timeout=1,
+                ) as ws:
+                    peer = await self._dialer_handshake(ws)
+                    backoff = REDIAL_INITIAL
+                    self._addresses[address] = peer
+                    self._remember(address)
+                    await self._serve_link(peer, ws, dialed_by=self.node_id)
+            except AuthError as exc:
+                self.refused += 1
+                log.error("peer %s refused: %s", address, exc)
+                backoff = REDIAL_MAX
+            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
+                log.debug("peer %s unreachable: %s", address, exc)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, REDIAL_MAX)
+
+    async def _accept(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            peer = await self._listener_handshake(ws)
+        except AuthError as exc:
+            self.refused += 1
+            log.error("peer at %s refused: %s", ws.remote, exc)
+            await ws.aclose(code=4001, reason=str(exc)[:100])
+            return
+        except (ConnectionClosed, trio.TooSlowError, CodecError):
+            return
+        await self._serve_link(peer, ws, dialed_by=peer)
+
+    # -- handshake -----------------------------------------------------------------
+
+    def _hello(self, nonce: str, proof_text: str = "") -> Hello:
+        return Hello(self._namespace, self.node_id, nonce, self._peer_port, proof_text)
+
+    async def _dialer_handshake(self, ws: WebSocketConnection) -> NodeId:
+        mine = self._hello(secrets.token_hex(16))
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await ws.send_message(encode(mine).decode())
+            theirs = self._check_hello(await _receive_json(ws, Hello))
+            if not hmac.compare_digest(theirs.proof, proof(self._secret, "listener", mine, theirs)):
+                await ws.send_message("wrong cluster key")  # so that its log says why too
+                raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
+            await ws.send_message(proof(self._secret, "dialer", mine, theirs))
+            verdict = await ws.get_message()
+        if verdict != "ok":
+            raise AuthError(f"node {theirs.node_id} refused us: {verdict}")
+        return NodeId(theirs.node_id)
+
+    async def _listener_handshake(self, ws: WebSocketConnection) -> NodeId:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            theirs = self._check_hello(await _receive_json(ws, Hello))
+            nonce = secrets.token_hex(16)
+            mine = self._hello(nonce, proof(self._secret, "listener", theirs, self._hello(nonce)))
+            await ws.send_message(encode(mine).decode())
+            answer = await ws.get_message()
+            if not hmac.compare_digest(str(answer), proof(self._secret, "dialer", theirs, mine)):
+                await ws.send_message("wrong cluster key")
+                raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
+            await ws.send_message("ok")
+        return NodeId(theirs.node_id)
+
+    def _check_hello(self, hello: Hello) -> Hello:
+        if hello.namespace != self._namespace:
+            raise AuthError(
+                f"node {hello.node_id} is in namespace {hello.namespace!r}, "
+                f"we are in {self._namespace!r}"
+            )
+        if hello.node_id == self.node_id:
+            raise AuthError("that is this node itself")
+        return hello
+
+    # -- a live link ---------------------------------------------------------------
+
+    async def _serve_link(self, peer: NodeId, ws: WebSocketConnection, dialed_by: NodeId) -> None:
+        """Frames both ways until the link breaks.
+
+        One link per pair: when both nodes dial each other, the link the lower id dialled
+        wins on both sides; a redial (the same dialer, the old link lost) replaces the old.
+        """
+        preferred = min(self.node_id, peer)
+        current = self._links.get(peer)
+        if current is not None and self._dialers.get(peer) == preferred != dialed_by:
+            await ws.aclose(code=1000, reason="duplicate link")
+            return
+        send, receive = trio.open_memory_channel[bytes](SEND_QUEUE)
+        if current is not None:
+            current.close()
+        self._links[peer] = send
+        self._dialers[peer] = dialed_by
+        self._known.add(peer)
+        log.info("linked with %s", peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, ws, receive, nursery.cancel_scope)
+                await self._read(peer, ws)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._links.get(peer) is send:
+                del self._links[peer]
+            send.close()
+
+    async def _read(self, peer: NodeId, ws: WebSocketConnection) -> None:
+        try:
+            while True:
+                frame = await ws.get_message()
+                try:
+                    message = decode(frame, PeerMessage)
+                except CodecError as exc:
+                    log.warning("undecodable frame from %s: %s", peer, exc)
+                    continue
+                if self._deliver is not None:
+                    self._deliver(peer, message)
+        except ConnectionClosed:
+            log.info("link with %s closed", peer)
+
+    async def _write(
+        self,
+        ws: WebSocketConnection,
+        receive: trio.MemoryReceiveChannel[bytes],
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            async for frame in receive:
+                await ws.send_message(frame.decode())
+        except ConnectionClosed:
+            pass
+        scope.cancel()
+
+
+async def _receive_json(ws: WebSocketConnection, kind: type[Hello]) -> Hello:
+    message = await ws.get_message()
+    hello: Hello = decode(message, kind)
+    return hello

@@ -1,0 +1,114 @@
+"""Real `exo node` processes on 127.0.0.1 forming one cluster over authenticated peer
+links: agreement, failover after SIGKILL of the master, identity across restarts, and a
+node with the wrong key kept out."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.nodes import NodeProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+KEY = "correct horse battery staple"
+
+
+def start_cluster(root: Path, models_dir: Path, count: int) -> list[NodeProcess]:
+    nodes = [NodeProcess(root / f"n{i}", models_dir) for i in range(count)]
+    for node in nodes:
+        peers = ",".join(f"127.0.0.1:{o.peer_port}" for o in nodes if o is not node)
+        node.extra = (
+            "--peers",
+            peers,
+            "--peer-host",
+            "127.0.0.1",
+            "--cluster-key",
+            KEY,
+            "--preload",
+            "",
+        )
+    for node in nodes:
+        node.start()
+    return nodes
+
+
+def agreement(nodes: list[NodeProcess], size: int) -> dict[str, Any] | None:
+    """The common view when every node shows `size` nodes, one master, one term, one hash."""
+    states = [n.state() for n in nodes]
+    views = {(s["master"], s["term"], s["hash"]) for s in states}
+    if len(views) != 1 or any(len(s["state"]["nodes"]) != size for s in states):
+        return None
+    return states[0]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, models_dir: Path) -> Iterator[list[NodeProcess]]:
+    nodes = start_cluster(tmp_path, models_dir, 3)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop(signal.SIGKILL)
+
+
+def test_three_nodes_agree_fail_over_and_keep_their_ids(cluster: list[NodeProcess]) -> None:
+    first = wait_for(lambda: agreement(cluster, 3), 30, "three nodes in agreement")
+    master = next(n for n in cluster if n.state()["node_id"] == first["master"])
+    master_id = first["master"]
+    assert master.process is not None
+    master.process.kill()  # SIGKILL: no goodbye
+    killed_at = time.monotonic()
+    others = [n for n in cluster if n is not master]
+
+    def new_master() -> dict[str, Any] | None:
+        states = [n.state() for n in others]
+        views = {(s["master"], s["term"]) for s in states}
+        if len(views) == 1 and states[0]["master"] != master_id:
+            return states[0]
+        return None
+
+    after = wait_for(new_master, 10, "a new master agreed by the other two")
+    failover = time.monotonic() - killed_at
+    assert after["term"] > first["term"]
+    assert after["master"] in {n.state()["node_id"] for n in others}
+    print(f"failover in {failover:.2f} s")
+
+    master.process.wait(10)
+    master.start()  # same home and ports
+    assert master.state()["node_id"] == master_id
+    again = wait_for(lambda: agreement(cluster, 3), 30, "agreement after the restart")
+    assert master_id in again["state"]["nodes"]
+
+
+def test_a_node_with_the_wrong_key_is_refused(tmp_path: Path, models_dir: Path) -> None:
+    [good] = start_cluster(tmp_path / "good", models_dir, 1)
+    intruder = NodeProcess(
+        tmp_path / "intruder",
+        models_dir,
+        "--peers",
+        f"127.0.0.1:{good.peer_port}",
+        "--peer-host",
+        "127.0.0.1",
+        "--cluster-key",
+        "wrong",
+        "--preload",
+        "",
+    )
+    intruder.start()
+    try:
+        wait_for(lambda: "does not hold our cluster key" in good.log_text() or None, 15, "refusal")
+        wait_for(lambda: "refused" in intruder.log_text() or None, 15, "intruder told")
+        # Each goes on alone: its own master, knowing only itself.
+        for node in (good, intruder):
+            alone = wait_for(lambda n=node: n.state()["state"]["nodes"] or None, 15, "registered")
+            assert list(alone) == [node.state()["node_id"]]
+        assert good.state()["master"] != intruder.state()["master"]
+    finally:
+        intruder.stop(signal.SIGKILL)
+        good.stop(signal.SIGKILL)
