@@ -19,20 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exo.actors.network import ControlTimings
-from tests.integration.nodes import NodeProcess, wait_for
-
-
-def agreed(nodes: list[NodeProcess], size: int) -> dict[str, Any] | None:
-    states = [n.state() for n in nodes]
-    views = {(s["master"], s["term"], s["hash"]) for s in states}
-    if len(views) != 1 or any(len(s["state"]["nodes"]) != size for s in states):
-        return None
-    return states[0]
+from tests.integration.nodes import NodeProcess, agreement, wait_for
 
 
 def once(root: Path) -> tuple[float, float]:
@@ -44,7 +35,7 @@ def once(root: Path) -> tuple[float, float]:
         launched = time.monotonic()
         for node in nodes:
             node.start()
-        first = wait_for(lambda: agreed(nodes, 3), 60, "formation")
+        first = wait_for(lambda: agreement(nodes, 3), 60, "formation")
         formation = time.monotonic() - launched
         master = next(n for n in nodes if n.state()["node_id"] == first["master"])
         assert master.process is not None

@@ -129,3 +129,12 @@ class NodeProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def agreement(nodes: list[NodeProcess], size: int) -> dict[str, Any] | None:
+    """The common /state when every node shows `size` nodes, one master, term and hash."""
+    states = [n.state() for n in nodes]
+    views = {(s["master"], s["term"], s["hash"]) for s in states}
+    if len(views) != 1 or any(len(s["state"]["nodes"]) != size for s in states):
+        return None
+    return states[0]

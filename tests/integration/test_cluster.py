@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nodes import NodeProcess, wait_for
+from tests.integration.nodes import NodeProcess, agreement, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +36,6 @@ def start_cluster(root: Path, models_dir: Path, count: int) -> list[NodeProcess]
     for node in nodes:
         node.start()
     return nodes
-
-
-def agreement(nodes: list[NodeProcess], size: int) -> dict[str, Any] | None:
-    """The common view when every node shows `size` nodes, one master, one term, one hash."""
-    states = [n.state() for n in nodes]
-    views = {(s["master"], s["term"], s["hash"]) for s in states}
-    if len(views) != 1 or any(len(s["state"]["nodes"]) != size for s in states):
-        return None
-    return states[0]
 
 
 @pytest.fixture
