@@ -56,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated HOST:PORT of other nodes' peer ports to dial (env EXO_PEERS)",
     )
     node.add_argument(
+        "--discovery-port",
+        type=int,
+        default=int(os.environ.get("EXO_DISCOVERY_PORT", "52417")),
+        help="UDP port of multicast discovery beacons (env EXO_DISCOVERY_PORT; default 52417)",
+    )
+    node.add_argument(
+        "--no-discovery",
+        action="store_true",
+        help="do not announce this node or listen for others (use --peers)",
+    )
+    node.add_argument(
         "--namespace",
         default=os.environ.get("EXO_NAMESPACE", "exo"),
         help="cluster name: nodes of other namespaces never join (env EXO_NAMESPACE)",
@@ -119,6 +130,7 @@ def _node(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         cluster_key=args.cluster_key or None,
         peer_host=args.peer_host,
+        discovery_port=None if args.no_discovery else args.discovery_port,
     )
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))

@@ -95,7 +95,11 @@ class LinkNetwork:
         self._known: set[NodeId] = set()
         self._addresses: dict[str, NodeId] = {}
         self._deliver: Deliver | None = None
+        self._nursery: trio.Nursery | None = None
+        self._dialing: set[str] = set()
         self.refused = 0
+        # Set while multicast discovery runs: peers may appear without being configured.
+        self.discovering = False
 
     # -- PeerNetwork ---------------------------------------------------------------
 
@@ -110,7 +114,7 @@ class LinkNetwork:
         return sorted(self._known)
 
     def expecting_peers(self) -> bool:
-        return bool(self._known) or bool(self._dial_list())
+        return self.discovering or bool(self._known) or bool(self._dial_list())
 
     def connect(self, node_id: NodeId, deliver: Deliver) -> LinkNetwork:
         """The `Connect` hook of `run_node`: remember where inbound frames go."""
@@ -137,8 +141,9 @@ class LinkNetwork:
             )
             port = server.port
             log.info("peer links listening on %s:%d", host, port)
+            self._nursery = nursery
             for address in self._dial_list():
-                nursery.start_soon(self._keep_dialing, address)
+                self.dial(address)
             task_status.started(port)
 
     def _dial_list(self) -> list[str]:
@@ -157,6 +162,13 @@ class LinkNetwork:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(sorted(known)))
         tmp.replace(path)
+
+    def dial(self, address: str) -> None:
+        """Keep a link to HOST:PORT (configured, remembered or discovered) from now on."""
+        if address in self._dialing or self._nursery is None:
+            return
+        self._dialing.add(address)
+        self._nursery.start_soon(self._keep_dialing, address)
 
     async def _keep_dialing(self, address: str) -> None:
         host, _, port = address.rpartition(":")

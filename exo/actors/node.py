@@ -17,10 +17,12 @@ from attrs import field, frozen
 from exo.actors.api_host import NodeBackend
 from exo.actors.command_client import CommandClient
 from exo.actors.control import Control, Inbound
+from exo.actors.discovery import DEFAULT_PORT as DEFAULT_DISCOVERY_PORT
+from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
-from exo.actors.links import LinkNetwork
+from exo.actors.links import LinkNetwork, cluster_secret
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
@@ -65,6 +67,8 @@ class NodeConfig:
     namespace: str = "exo"
     cluster_key: str | None = None
     peer_host: str = "0.0.0.0"
+    # UDP multicast discovery on this port; None turns it off.
+    discovery_port: int | None = DEFAULT_DISCOVERY_PORT
 
 
 @frozen
@@ -141,7 +145,18 @@ async def run_node(
             supervisor = Supervisor(env, nursery, config.restart_policy)
             if links is not None:
                 # Bound before anything else starts, so a taken peer port stops the node.
-                await nursery.start(links.run, config.peer_host)
+                peer_port = await nursery.start(links.run, config.peer_host)
+                if config.discovery_port is not None:
+                    discovery = Discovery(
+                        node_id,
+                        config.namespace,
+                        cluster_secret(config.namespace, config.cluster_key),
+                        peer_port,
+                        config.discovery_port,
+                        links.dial,
+                    )
+                    links.discovering = True
+                    supervisor.start("discovery", discovery.run)
             supervisor.start("control", lambda: control.run(inbox.receive))
             supervisor.start("commands", lambda: client.run(env.sleep))
             supervisor.start(

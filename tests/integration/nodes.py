@@ -40,12 +40,23 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
 
 
 class NodeProcess:
-    def __init__(self, home: Path, models_dir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        models_dir: Path,
+        *extra: str,
+        discovery: bool = False,
+        netns: str | None = None,
+    ) -> None:
         self.home = home
         self.models_dir = models_dir
         self.api_port = free_port()
         self.peer_port = free_port()
         self.extra = extra
+        # Off unless asked for: nodes of different tests on this machine must not meet.
+        self.discovery = discovery
+        # Run inside this network namespace (and reach its API from inside it too).
+        self.netns = netns
         self.log_path = home.parent / f"{home.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,8 +67,10 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 — owned by the process
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "exo.cli",
@@ -70,6 +83,7 @@ class NodeProcess:
                 str(self.peer_port),
                 "--models-dir",
                 str(self.models_dir),
+                *(() if self.discovery else ("--no-discovery",)),
                 *self.extra,
             ],
             stdout=log,
@@ -81,6 +95,8 @@ class NodeProcess:
         return self
 
     def get(self, path: str) -> Any:
+        if self.netns is not None:
+            return json.loads(_get_in_namespace(self.netns, self.url + path))
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())
 
@@ -138,3 +154,21 @@ def agreement(nodes: list[NodeProcess], size: int) -> dict[str, Any] | None:
     if len(views) != 1 or any(len(s["state"]["nodes"]) != size for s in states):
         return None
     return states[0]
+
+
+_FETCH = (
+    "import sys, urllib.request\n"
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+)
+
+
+def _get_in_namespace(netns: str, url: str) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _FETCH, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        raise OSError(f"GET {url} in {netns}: {done.stderr.strip().splitlines()[-1:]}")
+    return done.stdout

@@ -1,0 +1,175 @@
+"""Zero-configuration discovery: UDP multicast beacons on every usable IPv4 interface.
+
+A beacon says "node N of namespace S takes peer links on port P" and carries an HMAC of
+those fields under the cluster secret, so nodes without the key are not even dialled.
+(A recorded beacon can be replayed, but all it can do is make nodes dial the real
+node's peer port, where the link handshake authenticates both sides.) A node that hears
+a valid beacon from a lower id than its own leaves the dialling to that node; the lower
+id dials, so each pair gets one link.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import struct
+import sys
+from collections.abc import Callable
+
+import trio
+from attrs import frozen
+
+from exo.events.ids import NodeId
+
+log = logging.getLogger("exo.discovery")
+
+GROUP = "239.255.77.76"
+DEFAULT_PORT = 52417
+INTERVAL = 1.0
+MAX_BEACON = 1024
+SIOCGIFADDR = 0x8915
+
+
+@frozen
+class Beacon:
+    namespace: str
+    node_id: str
+    peer_port: int
+    proof: str
+
+
+def beacon_proof(secret: bytes, namespace: str, node_id: str, peer_port: int) -> str:
+    text = f"beacon|{namespace}|{node_id}|{peer_port}"
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+
+
+def encode_beacon(beacon: Beacon) -> bytes:
+    return json.dumps(
+        {
+            "ns": beacon.namespace,
+            "id": beacon.node_id,
+            "port": beacon.peer_port,
+            "proof": beacon.proof,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_beacon(data: bytes) -> Beacon | None:
+    """A beacon, or None for anything else (other software shares multicast groups)."""
+    try:
+        raw = json.loads(data)
+        beacon = Beacon(str(raw["ns"]), str(raw["id"]), int(raw["port"]), str(raw["proof"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return beacon if 0 < beacon.peer_port < 65536 else None
+
+
+def interface_addresses() -> list[str]:
+    """IPv4 addresses of the interfaces that are up (loopback included, so that nodes on
+    one machine find each other too)."""
+    if sys.platform != "linux":
+        return ["0.0.0.0"]  # let the OS pick the interface
+    addresses: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(
+                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
+                )
+            except OSError:
+                continue  # no IPv4 address, or down
+            addresses.append(socket.inet_ntoa(packed[20:24]))
+    return sorted(set(addresses))
+
+
+class Discovery:
+    def __init__(
+        self,
+        node_id: NodeId,
+        namespace: str,
+        secret: bytes,
+        peer_port: int,
+        port: int,
+        found: Callable[[str], None],
+    ) -> None:
+        self._node_id = node_id
+        self._namespace = namespace
+        self._secret = secret
+        self._peer_port = peer_port
+        self._port = port
+        self._found = found
+        self._seen: set[str] = set()
+        self._beacon = encode_beacon(
+            Beacon(
+                namespace, node_id, peer_port, beacon_proof(secret, namespace, node_id, peer_port)
+            )
+        )
+
+    async def run(self) -> None:
+        receiver = await self._open_receiver()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_beacons)
+            with receiver:
+                while True:
+                    data, (host, _) = await receiver.recvfrom(MAX_BEACON)
+                    self._on_beacon(data, host)
+
+    async def _open_receiver(self) -> trio.socket.SocketType:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if hasattr(trio.socket, "SO_REUSEPORT"):
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind(("", self._port))
+        self._join(sock)
+        return sock
+
+    def _join(self, sock: trio.socket.SocketType) -> None:
+        for address in interface_addresses():
+            mreq = socket.inet_aton(GROUP) + socket.inet_aton(address)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            except OSError as exc:
+                log.debug("cannot join %s on %s: %s", GROUP, address, exc)
+
+    async def _send_beacons(self) -> None:
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            while True:
+                for address in interface_addresses():
+                    try:
+                        sock.setsockopt(
+                            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
+                        )
+                        await sock.sendto(self._beacon, (GROUP, self._port))
+                    except OSError as exc:
+                        log.debug("no beacon on %s: %s", address, exc)
+                await trio.sleep(INTERVAL)
+
+    def _on_beacon(self, data: bytes, host: str) -> None:
+        beacon = decode_beacon(data)
+        if beacon is None or beacon.node_id == self._node_id:
+            return
+        if beacon.namespace != self._namespace:
+            return  # another cluster on the same network: not ours, not an error
+        expected = beacon_proof(self._secret, beacon.namespace, beacon.node_id, beacon.peer_port)
+        address = f"{host}:{beacon.peer_port}"
+        if not hmac.compare_digest(beacon.proof, expected):
+            if address not in self._seen:
+                self._seen.add(address)
+                log.warning(
+                    "node %s at %s announces namespace %r without our cluster key; ignoring it",
+                    beacon.node_id,
+                    host,
+                    beacon.namespace,
+                )
+            return
+        if self._node_id < beacon.node_id and address not in self._seen:
+            self._seen.add(address)
+            log.info("discovered node %s at %s", beacon.node_id, address)
+            self._found(address)
