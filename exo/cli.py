@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         help="do not announce this node or listen for others (use --peers)",
     )
     node.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="coordinator only: take part in election and serve the API, host no runners",
+    )
+    node.add_argument(
         "--namespace",
         default=os.environ.get("EXO_NAMESPACE", "exo"),
         help="cluster name: nodes of other namespaces never join (env EXO_NAMESPACE)",
@@ -118,19 +123,21 @@ def _node(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     home = _home(args.home)
     models_dir = args.models_dir or os.environ.get("EXO_MODELS_DIR")
+    preload = tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip())
     config = NodeConfig(
         home=home,
         api_host=args.api_host,
         api_port=args.api_port,
         peer_port=args.port,
         models_dir=Path(models_dir).expanduser() if models_dir else None,
-        preload=tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip()),
         ready_timeout=args.ready_timeout,
         peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()),
         namespace=args.namespace,
         cluster_key=args.cluster_key or None,
         peer_host=args.peer_host,
         discovery_port=None if args.no_discovery else args.discovery_port,
+        worker=not args.no_worker,
+        preload=() if args.no_worker else preload,
     )
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))

@@ -45,6 +45,7 @@ class NodeBackend:
         runners: RunnerSupervisor,
         rng: random.Random,
         ready_timeout: float,
+        worker: bool = True,
     ) -> None:
         self._node_id = node_id
         self._replica = replica
@@ -52,6 +53,7 @@ class NodeBackend:
         self._runners = runners
         self._rng = rng
         self._ready_timeout = ready_timeout
+        self._worker = worker
 
     def models(self) -> list[ModelCard]:
         return list(CARDS.values())
@@ -69,6 +71,12 @@ class NodeBackend:
 
     async def ready_runner(self, card: ModelCard) -> RunnerHandle:
         """A ready runner for the model, placing an instance first if there is none."""
+        if not self._worker:
+            # Serving through another node's runner is the data plane of issue 5.
+            raise Unavailable(
+                f"this node is coordinator-only (--no-worker) and runs no model; send "
+                f"requests for {card.model_id} to a worker node"
+            )
         placed = False
         with trio.move_on_after(self._ready_timeout):
             while True:

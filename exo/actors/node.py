@@ -69,6 +69,8 @@ class NodeConfig:
     peer_host: str = "0.0.0.0"
     # UDP multicast discovery on this port; None turns it off.
     discovery_port: int | None = DEFAULT_DISCOVERY_PORT
+    # False: a coordinator-only node (takes part in election, serves the API, no runners).
+    worker: bool = True
 
 
 @frozen
@@ -138,7 +140,9 @@ async def run_node(
         node_id, env, replica, client, config.models_dir or config.home / "models", store
     )
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
-    backend = NodeBackend(node_id, replica, client, runners, env.random, config.ready_timeout)
+    backend = NodeBackend(
+        node_id, replica, client, runners, env.random, config.ready_timeout, config.worker
+    )
 
     try:
         async with trio.open_nursery() as nursery:
@@ -169,6 +173,7 @@ async def run_node(
                     config.api_port,
                     config.peer_port,
                     config.profile_interval,
+                    config.worker,
                 ),
             )
             supervisor.start("download", downloader.run)

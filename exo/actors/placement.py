@@ -73,10 +73,15 @@ def place(
 
 def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[NodeId, NodeProfile]]:
     if nodes is None:
-        return sorted(state.nodes.items())
+        return sorted((n, p) for n, p in state.nodes.items() if p.worker)
     unknown = [n for n in nodes if n not in state.nodes]
     if unknown:
         raise PlacementError(f"unknown nodes: {', '.join(unknown)}")
+    coordinators = [n for n in nodes if not state.nodes[n].worker]
+    if coordinators:
+        raise PlacementError(
+            f"coordinator-only nodes (--no-worker) host no runners: {', '.join(coordinators)}"
+        )
     return [(n, state.nodes[n]) for n in nodes]
 
 

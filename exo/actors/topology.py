@@ -21,7 +21,9 @@ from exo.events.ids import NodeId
 MEMORY_REPORT_STEP = 256 * 1024 * 1024
 
 
-def read_profile(env: Environment, api_port: int, peer_port: int) -> NodeProfile:
+def read_profile(
+    env: Environment, api_port: int, peer_port: int, worker: bool = True
+) -> NodeProfile:
     facts = env.host_facts()
     total, available = facts.memory()
     return NodeProfile(
@@ -33,6 +35,7 @@ def read_profile(env: Environment, api_port: int, peer_port: int) -> NodeProfile
         accelerator=facts.accelerator,
         api_port=api_port,
         peer_port=peer_port,
+        worker=worker,
     )
 
 
@@ -52,9 +55,10 @@ async def run_topology(
     api_port: int,
     peer_port: int,
     interval: float,
+    worker: bool = True,
 ) -> None:
     while True:
-        profile = read_profile(env, api_port, peer_port)
+        profile = read_profile(env, api_port, peer_port, worker)
         if worth_reporting(replica.state.nodes.get(node_id), profile):
             # Waiting for the answer keeps one report in flight, through elections too.
             outcome = await commands.call(RegisterNode(profile))

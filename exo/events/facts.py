@@ -27,6 +27,9 @@ class NodeProfile:
     accelerator: Accelerator
     api_port: int
     peer_port: int
+    # False for a coordinator-only node (`--no-worker`): it votes and serves the API but
+    # is never placed on.
+    worker: bool = True
 
 
 @frozen

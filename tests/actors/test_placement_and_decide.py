@@ -126,3 +126,18 @@ def test_request_lifecycle_counts_tokens() -> None:
     assert state.requests == {}
     counters = state.request_counters[instance_id]
     assert (counters.finished, counters.prompt_tokens, counters.completion_tokens) == (1, 7, 9)
+
+
+def test_coordinator_only_nodes_are_never_placed_on() -> None:
+    coordinator = NodeProfile("h", "linux-x86_64", 2, 64 * GIB, 60 * GIB, "cpu", 1, 2, worker=False)
+    state = apply(state_with(a=4), IndexedEvent(2, 1, NodeProfiled(NodeId("c"), coordinator)))
+    # The coordinator has the most memory, yet the worker gets the model.
+    assert [s.node_id for s in place(state, CARD, "pipeline").shards] == ["a"]
+    with pytest.raises(PlacementError, match="no nodes are available"):
+        place(
+            apply(State(), IndexedEvent(1, 1, NodeProfiled(NodeId("c"), coordinator))),
+            CARD,
+            "pipeline",
+        )
+    with pytest.raises(PlacementError, match=r"coordinator-only nodes .* host no runners: c"):
+        place(state, CARD, "pipeline", nodes=(NodeId("c"),))

@@ -4,8 +4,11 @@ node with the wrong key kept out."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +106,32 @@ def test_a_node_with_the_wrong_key_is_refused(tmp_path: Path, models_dir: Path) 
     finally:
         intruder.stop(signal.SIGKILL)
         good.stop(signal.SIGKILL)
+
+
+def test_a_coordinator_only_node_votes_and_serves_but_is_never_placed_on(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    nodes = start_cluster(tmp_path, models_dir, 2)
+    coordinator = nodes[1]
+    coordinator.stop(signal.SIGKILL)
+    coordinator.extra = (*coordinator.extra, "--no-worker")
+    coordinator.start()
+    try:
+        state = wait_for(lambda: agreement(nodes, 2), 30, "two nodes in agreement")
+        me = coordinator.state()["node_id"]
+        assert state["state"]["nodes"][me]["worker"] is False
+        # Its API answers, and says plainly that it runs no model.
+        request = urllib.request.Request(
+            coordinator.url + "/v1/chat/completions",
+            data=json.dumps(
+                {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}]}
+            ).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 503
+        assert "coordinator-only" in json.loads(refused.value.read())["error"]["message"]
+    finally:
+        for node in nodes:
+            node.stop(signal.SIGKILL)
