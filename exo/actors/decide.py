@@ -21,6 +21,7 @@ from exo.events.commands import (
     PlaceInstance,
     RegisterNode,
     ReportDownload,
+    ReportLinks,
     ReportRunnerStatus,
     StartRequest,
 )
@@ -30,6 +31,7 @@ from exo.events.events import (
     Event,
     InstanceCreated,
     InstanceDeleted,
+    LinksMeasured,
     NodeDown,
     NodeProfiled,
     RequestFailed,
@@ -68,6 +70,11 @@ def decide(state: State, envelope: Envelope) -> Decision:
             if origin != state.master:
                 return Rejected("only the master marks nodes down")
             return [NodeDown(node_id)] if node_id in state.nodes else []
+        case ReportLinks(links=links):
+            current = state.links.get(origin, {})
+            if {link.peer: link for link in links} == current:
+                return []
+            return [LinksMeasured(origin, links)]
         case AdoptSuffix() as command:
             return adopt(state, command)
         case PlaceInstance() as command:

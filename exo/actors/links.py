@@ -33,7 +33,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from exo.actors.wire import PeerMessage
+from exo.actors.wire import PeerMessage, Ping, Pong
 from exo.events.codec import CodecError, decode, encode
 from exo.events.ids import NodeId
 
@@ -100,6 +100,8 @@ class LinkNetwork:
         self.refused = 0
         # Set while multicast discovery runs: peers may appear without being configured.
         self.discovering = False
+        # Where link-measurement answers go (the probe actor).
+        self.on_pong: Callable[[NodeId, Pong], None] | None = None
 
     # -- PeerNetwork ---------------------------------------------------------------
 
@@ -112,6 +114,10 @@ class LinkNetwork:
 
     def peers(self) -> list[NodeId]:
         return sorted(self._known)
+
+    def linked(self) -> list[NodeId]:
+        """Peers with a live link now."""
+        return sorted(self._links)
 
     def expecting_peers(self) -> bool:
         return self.discovering or bool(self._known) or bool(self._dial_list())
@@ -292,7 +298,12 @@ class LinkNetwork:
                 except CodecError as exc:
                     log.warning("undecodable frame from %s: %s", peer, exc)
                     continue
-                if self._deliver is not None:
+                if isinstance(message, Ping):  # answered here: it times the link itself
+                    self.send(peer, Pong(message.nonce, len(message.padding)))
+                elif isinstance(message, Pong):
+                    if self.on_pong is not None:
+                        self.on_pong(peer, message)
+                elif self._deliver is not None:
                     self._deliver(peer, message)
         except ConnectionClosed:
             log.info("link with %s closed", peer)

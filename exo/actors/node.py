@@ -22,6 +22,7 @@ from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
+from exo.actors.link_probe import LinkProbe
 from exo.actors.links import LinkNetwork, cluster_secret
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
@@ -150,6 +151,9 @@ async def run_node(
             if links is not None:
                 # Bound before anything else starts, so a taken peer port stops the node.
                 peer_port = await nursery.start(links.run, config.peer_host)
+                probe = LinkProbe(env, client, links.send, links.linked)
+                links.on_pong = probe.on_pong
+                supervisor.start("link-probe", probe.run)
                 if config.discovery_port is not None:
                     discovery = Discovery(
                         node_id,

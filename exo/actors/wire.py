@@ -77,5 +77,20 @@ class Outcome:
     outcome: CommandOutcome
 
 
-PeerMessage = Beat | Append | AppendAck | SyncRequest | SyncReply | Submit | Outcome
+@frozen
+class Ping:
+    """Link measurement, answered by the peer's link layer at once (never by its actors).
+    `padding` makes a large ping for the throughput estimate."""
+
+    nonce: int
+    padding: str = ""
+
+
+@frozen
+class Pong:
+    nonce: int
+    size: int  # bytes of padding the ping carried
+
+
+PeerMessage = Beat | Append | AppendAck | SyncRequest | SyncReply | Submit | Outcome | Ping | Pong
 PEER_MESSAGE_TYPES: tuple[type, ...] = PeerMessage.__args__  # type: ignore[attr-defined]

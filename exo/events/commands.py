@@ -5,7 +5,14 @@ from __future__ import annotations
 from attrs import frozen
 
 from exo.events.events import IndexedEvent
-from exo.events.facts import DownloadStatus, FinishReason, NodeProfile, RunnerStatus, Strategy
+from exo.events.facts import (
+    DownloadStatus,
+    FinishReason,
+    LinkStats,
+    NodeProfile,
+    RunnerStatus,
+    Strategy,
+)
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
 
 
@@ -63,6 +70,11 @@ class FailRequest:
 
 
 @frozen
+class ReportLinks:
+    links: tuple[LinkStats, ...]
+
+
+@frozen
 class MarkNodeDown:
     """Sent by the master's own failure detector about a silent node."""
 
@@ -86,6 +98,7 @@ class AdoptSuffix:
 Command = (
     RegisterNode
     | MarkNodeDown
+    | ReportLinks
     | AdoptSuffix
     | PlaceInstance
     | DeleteInstance

@@ -8,6 +8,7 @@ from exo.events.facts import (
     DownloadStatus,
     FinishReason,
     Instance,
+    LinkStats,
     NodeProfile,
     RequestRecord,
     RunnerStatus,
@@ -71,6 +72,14 @@ class RequestFailed:
 
 
 @frozen
+class LinksMeasured:
+    """A node's current measurements of its links, one per peer it is linked with."""
+
+    node_id: NodeId
+    links: tuple[LinkStats, ...]
+
+
+@frozen
 class NodeDown:
     """The master stopped hearing from a node; it returns by registering again."""
 
@@ -111,6 +120,7 @@ Event = (
     MasterElected
     | NodeProfiled
     | NodeDown
+    | LinksMeasured
     | SuffixAdopted
     | InstanceCreated
     | InstanceDeleted

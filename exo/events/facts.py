@@ -33,6 +33,16 @@ class NodeProfile:
 
 
 @frozen
+class LinkStats:
+    """What one node measured of its link to `peer`: round-trip time, and a cheap
+    throughput estimate (bits per second) once one was taken."""
+
+    peer: NodeId
+    latency_us: int
+    bandwidth_bps: int | None = None
+
+
+@frozen
 class Shard:
     """One rank's slice of a model: layers [start_layer, end_layer)."""
 
@@ -96,6 +106,7 @@ __all__ = [
     "DownloadStatus",
     "FinishReason",
     "Instance",
+    "LinkStats",
     "NodeProfile",
     "RequestCounters",
     "RequestRecord",

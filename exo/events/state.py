@@ -16,6 +16,7 @@ from exo.events.events import (
     IndexedEvent,
     InstanceCreated,
     InstanceDeleted,
+    LinksMeasured,
     MasterElected,
     NodeDown,
     NodeProfiled,
@@ -28,6 +29,7 @@ from exo.events.events import (
 from exo.events.facts import (
     DownloadStatus,
     Instance,
+    LinkStats,
     NodeProfile,
     RequestCounters,
     RequestRecord,
@@ -54,6 +56,8 @@ class State:
     downloads: dict[NodeId, dict[ModelId, DownloadStatus]] = field(factory=dict)
     requests: dict[RequestId, RequestRecord] = field(factory=dict)
     request_counters: dict[InstanceId, RequestCounters] = field(factory=dict)
+    # Measured links: from node -> to node -> stats (the topology placement can use).
+    links: dict[NodeId, dict[NodeId, LinkStats]] = field(factory=dict)
     # Deposed terms whose divergent suffix this log adopted: "term/master" -> last index.
     adopted: dict[str, int] = field(factory=dict)
 
@@ -97,7 +101,12 @@ def apply_event(state: State, event: object) -> State:
         case NodeProfiled(node_id=node_id, profile=profile):
             return evolve(state, nodes={**state.nodes, node_id: profile})
         case NodeDown(node_id=node_id):
-            return evolve(state, nodes=_without(state.nodes, node_id))
+            return evolve(
+                state, nodes=_without(state.nodes, node_id), links=_without(state.links, node_id)
+            )
+        case LinksMeasured(node_id=node_id, links=links):
+            per_peer = {link.peer: link for link in links}
+            return evolve(state, links={**state.links, node_id: per_peer})
         case SuffixAdopted(term=term, master=master, through_index=through):
             for adopted in event.events:
                 state = apply_event(state, adopted.event)

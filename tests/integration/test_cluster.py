@@ -53,6 +53,20 @@ def cluster(tmp_path: Path, models_dir: Path) -> Iterator[list[NodeProcess]]:
 
 def test_three_nodes_agree_fail_over_and_keep_their_ids(cluster: list[NodeProcess]) -> None:
     first = wait_for(lambda: agreement(cluster, 3), 30, "three nodes in agreement")
+
+    def measured() -> dict[str, Any] | None:
+        state = agreement(cluster, 3)
+        links = state["state"]["links"] if state else {}
+        pairs = [(a, b) for a, per_peer in links.items() for b in per_peer]
+        with_bandwidth = [s for per in links.values() for s in per.values() if s["bandwidth_bps"]]
+        return state if len(pairs) == 6 and len(with_bandwidth) == 6 else None
+
+    # Every ordered pair's latency and throughput estimate land in the replicated state.
+    first = wait_for(measured, 30, "link measurements for every pair")
+    for per_peer in first["state"]["links"].values():
+        for stats in per_peer.values():
+            assert 0 < stats["latency_us"] < 1_000_000
+            assert stats["bandwidth_bps"] > 1_000_000  # loopback: far above 1 Mbit/s
     master = next(n for n in cluster if n.state()["node_id"] == first["master"])
     master_id = first["master"]
     assert master.process is not None
