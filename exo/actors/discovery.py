@@ -111,6 +111,16 @@ class Discovery:
         )
 
     async def run(self) -> None:
+        """Announce and listen; a network without multicast only delays discovery (it is
+        retried every 30 s), it never stops the node."""
+        while True:
+            try:
+                await self._run_once()
+            except OSError as exc:
+                log.warning("multicast discovery unavailable (%s); retrying in 30 s", exc)
+            await trio.sleep(30)
+
+    async def _run_once(self) -> None:
         receiver = await self._open_receiver()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_beacons)
