@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from exo.actors.command_client import CommandClient
+from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import RunnerHandle
 from exo.actors.runners import RunnerSupervisor
@@ -36,7 +37,7 @@ def serving_instance(state: State, node_id: NodeId, model: ModelId) -> Instance 
     return None
 
 
-class NodeBackend:
+class NodeBackend(InstanceManager):
     def __init__(
         self,
         node_id: NodeId,
@@ -47,6 +48,7 @@ class NodeBackend:
         ready_timeout: float,
         worker: bool = True,
     ) -> None:
+        super().__init__(replica, commands)
         self._node_id = node_id
         self._replica = replica
         self._commands = commands

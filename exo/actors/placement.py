@@ -58,8 +58,13 @@ def place(
         raise PlacementError(f"{min_nodes} nodes requested, {len(candidates)} available")
     reasons: list[str] = []
     for count in range(min_nodes, len(candidates) + 1):
-        # Most free memory first; ties broken by id so the choice is deterministic.
-        chosen = sorted(candidates, key=lambda n: (-n[1].memory_available, n[0]))[:count]
+        # Most free memory first, ties broken by id, so the choice is deterministic; nodes
+        # named by the caller keep the caller's order (it is the rank order).
+        chosen = (
+            candidates[:count]
+            if nodes is not None
+            else sorted(candidates, key=lambda n: (-n[1].memory_available, n[0]))[:count]
+        )
         try:
             if strategy == "pipeline":
                 return _pipeline(card, chosen)

@@ -22,6 +22,7 @@ from exo.actors.environment import Listen, listen_tcp
 from exo.api.admin import register_admin
 from exo.api.backend import Backend
 from exo.api.errors import http_error_response, server_error_response
+from exo.api.instances import register_instances
 from exo.api.openai import register_openai
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
 
     register_admin(app, backend)
     register_openai(app, backend)
+    register_instances(app, backend)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> TrioResponse:

@@ -44,6 +44,15 @@ class UnknownModel(BackendError):
         self.model = model
 
 
+class UnknownInstance(BackendError):
+    status = 404
+    kind = "not_found_error"
+    code = "instance_not_found"
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"There is no instance '{instance_id}'; see GET /instances.")
+
+
 class Unavailable(BackendError):
     """No instance could serve in time (placement or loading timed out, runner restarting)."""
 
@@ -63,6 +72,26 @@ class Backend(Protocol):
 
     def state_view(self) -> dict[str, Any]:
         """`{"node_id", "master", "term", "index", "hash", "state"}` for GET /state."""
+        ...
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every instance: `{"id", "model", "strategy", "status", "shards"}`."""
+        ...
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        """One instance, or `UnknownInstance`."""
+        ...
+
+    async def create_instance(
+        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+    ) -> dict[str, Any]:
+        """Place an instance; `UnknownModel`, or `InvalidRequest` saying why it cannot be placed."""
+        ...
+
+    async def delete_instance(self, instance_id: str) -> None: ...
+
+    def previews(self, model: str) -> list[dict[str, Any]]:
+        """Every candidate placement of `model`, valid or not, with reasons and predictions."""
         ...
 
     def generate(

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from exo.api.backend import BackendError, Chunk
+from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
 from exo.events.facts import FinishReason
 from exo.events.ids import ModelId
@@ -84,8 +84,51 @@ class FakeBackend:
     exited: trio.Event = field(factory=trio.Event)
     exit_errors: list[BaseException | None] = field(factory=list)
 
+    instances_by_id: dict[str, dict[str, Any]] = field(factory=dict)
+
     def models(self) -> list[ModelCard]:
         return list(self.cards)
+
+    def _card(self, model: str) -> ModelCard:
+        card = next((c for c in self.cards if c.model_id == model), None)
+        if card is None:
+            raise UnknownModel(model)
+        return card
+
+    def instances(self) -> list[dict[str, Any]]:
+        return [self.instances_by_id[i] for i in sorted(self.instances_by_id)]
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        if instance_id not in self.instances_by_id:
+            raise UnknownInstance(instance_id)
+        return self.instances_by_id[instance_id]
+
+    async def create_instance(
+        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+    ) -> dict[str, Any]:
+        self._card(model)
+        if self.entry_error is not None:
+            raise self.entry_error
+        instance_id = f"inst-{len(self.instances_by_id) + 1}"
+        shards = [{"node_id": n, "rank": r} for r, n in enumerate(nodes or ("n1",))]
+        view = {
+            "id": instance_id,
+            "model": model,
+            "strategy": strategy,
+            "status": "placing",
+            "shards": shards,
+            "min_nodes": min_nodes,
+        }
+        self.instances_by_id[instance_id] = view
+        return view
+
+    async def delete_instance(self, instance_id: str) -> None:
+        self.instance(instance_id)
+        del self.instances_by_id[instance_id]
+
+    def previews(self, model: str) -> list[dict[str, Any]]:
+        self._card(model)
+        return [{"strategy": "pipeline", "valid": True, "reason": ""}]
 
     def state_view(self) -> dict[str, Any]:
         if self.state_error is not None:

@@ -67,6 +67,13 @@ def test_three_nodes_agree_fail_over_and_keep_their_ids(cluster: list[NodeProces
         for stats in per_peer.values():
             assert 0 < stats["latency_us"] < 1_000_000
             assert stats["bandwidth_bps"] > 1_000_000  # loopback: far above 1 Mbit/s
+    # Previews see all three nodes: SmolLM2's 9 heads rule tensor parallelism out, with why.
+    previews = cluster[0].get("/instances/previews?model=smollm2-135m")
+    by_kind = {(p["strategy"], p["node_count"]): p for p in previews}
+    assert by_kind[("tensor", 2)]["valid"] is False
+    assert by_kind[("tensor", 2)]["reason"] == "9 attention heads do not divide by 2 nodes"
+    assert by_kind[("pipeline", 3)]["valid"] is True
+    assert [s["rank"] for s in by_kind[("pipeline", 3)]["shards"]] == [0, 1, 2]
     master = next(n for n in cluster if n.state()["node_id"] == first["master"])
     master_id = first["master"]
     assert master.process is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.integration.nodes import NodeProcess
+from tests.integration.nodes import NodeProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,9 @@ def test_a_taken_api_port_is_a_one_line_error(tmp_path: Path, models_dir: Path) 
                 str(tmp_path / "home"),
                 "--api-port",
                 str(port),
+                "--port",
+                str(free_port()),
+                "--no-discovery",
                 "--preload",
                 "",
                 "--models-dir",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from typing import Any
 
 import httpx
 import openai
@@ -208,3 +212,42 @@ def test_a_client_that_leaves_mid_stream_frees_the_runner(node: NodeProcess) -> 
         10,
         "the abandoned request recorded as failed",
     )
+
+
+def test_instances_api_places_reports_and_deletes(node: NodeProcess) -> None:
+    me = node.state()["node_id"]
+    assert "Paris" in ask(node, stream=False)  # the request places the model if needed
+    [serving] = node.get("/instances")["instances"]
+    assert serving["status"] == "ready" and serving["model"] == "smollm2-135m"
+    previews = node.get("/instances/previews?model=smollm2-135m")
+    one = next(p for p in previews if p["strategy"] == "pipeline" and p["node_count"] == 1)
+    assert one["valid"] and one["predicted_tokens_per_second"] > 0
+    assert one["shards"] == [{"node_id": me, "rank": 0, "start_layer": 0, "end_layer": 30}]
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            node.url + path, data=data, method=method, headers={"content-type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    status, created = call("POST", "/instances", {"model": "smollm2-135m", "nodes": [me]})
+    assert status == 201, created
+    assert created["status"] in ("downloading", "loading", "ready")
+    wait_for(
+        lambda: node.get(f"/instances/{created['id']}")["status"] == "ready" or None,
+        120,
+        "the second instance ready",
+    )
+    assert call("DELETE", f"/instances/{created['id']}") == (
+        200,
+        {"id": created["id"], "deleted": True},
+    )
+    status, error = call("GET", f"/instances/{created['id']}")
+    assert status == 404 and error["error"]["code"] == "instance_not_found"
+    status, error = call("POST", "/instances", {"model": "smollm2-135m", "nodes": ["node-x"]})
+    assert status == 400 and "unknown nodes: node-x" in error["error"]["message"]

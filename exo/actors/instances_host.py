@@ -1,0 +1,115 @@
+"""The node's side of the `/instances` API: views of instances derived from the state,
+placement through the master, and previews (`previews.py`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+import trio
+
+from exo.actors.command_client import CommandClient
+from exo.actors.decide import instance_id_for
+from exo.actors.previews import previews
+from exo.actors.replica import Replica
+from exo.api.backend import InvalidRequest, Unavailable, UnknownInstance, UnknownModel
+from exo.events.codec import to_plain
+from exo.events.commands import DeleteInstance, PlaceInstance
+from exo.events.facts import Instance, Strategy
+from exo.events.ids import InstanceId, NodeId
+from exo.events.state import State
+from exo.models.cards import card_for
+
+InstanceStatus = Literal["placing", "downloading", "loading", "ready", "failed"]
+# How long an /instances call waits for the master (an election may be under way).
+COMMAND_TIMEOUT = 30.0
+
+
+def instance_status(state: State, instance: Instance) -> InstanceStatus:
+    downloads = [state.download_status(s.node_id, instance.model) for s in instance.shards]
+    runners = [state.runner_status(instance.instance_id, s.node_id) for s in instance.shards]
+    if any(d is not None and d.phase == "failed" for d in downloads) or any(
+        r is not None and r.phase == "failed" for r in runners
+    ):
+        return "failed"
+    if any(d is None or d.phase != "complete" for d in downloads):
+        return "downloading"
+    if all(r is not None and r.phase in ("ready", "running") for r in runners):
+        return "ready"
+    return "loading"
+
+
+def instance_view(state: State, instance: Instance) -> dict[str, Any]:
+    return {
+        "id": instance.instance_id,
+        "model": instance.model,
+        "strategy": instance.strategy,
+        "status": instance_status(state, instance),
+        "shards": [to_plain(s) for s in instance.shards],
+    }
+
+
+class InstanceManager:
+    def __init__(self, replica: Replica, commands: CommandClient) -> None:
+        self._replica = replica
+        self._commands = commands
+
+    def instances(self) -> list[dict[str, Any]]:
+        state = self._replica.state
+        return [instance_view(state, state.instances[i]) for i in sorted(state.instances)]
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        state = self._replica.state
+        instance = state.instances.get(InstanceId(instance_id))
+        if instance is None:
+            raise UnknownInstance(instance_id)
+        return instance_view(state, instance)
+
+    async def create_instance(
+        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+    ) -> dict[str, Any]:
+        card = card_for(model)
+        if card is None:
+            raise UnknownModel(model)
+        command = PlaceInstance(
+            card.model_id,
+            cast(Strategy, strategy),
+            min_nodes,
+            tuple(NodeId(n) for n in nodes) if nodes is not None else None,
+        )
+        with trio.move_on_after(COMMAND_TIMEOUT):
+            outcome = await self._commands.call(command)
+            if not outcome.accepted:
+                raise InvalidRequest(f"cannot place {card.model_id}: {outcome.reason}")
+            instance_id = instance_id_for(outcome.command_id)
+            instance = await self._replica.wait_until(lambda s: s.instances.get(instance_id))
+            return instance_view(self._replica.state, instance)
+        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
+
+    async def delete_instance(self, instance_id: str) -> None:
+        self.instance(instance_id)  # UnknownInstance when there is none
+        with trio.move_on_after(COMMAND_TIMEOUT):
+            outcome = await self._commands.call(DeleteInstance(InstanceId(instance_id)))
+            if not outcome.accepted:
+                raise UnknownInstance(instance_id)
+            await self._replica.wait_until(
+                lambda s: True if instance_id not in s.instances else None
+            )
+            return
+        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
+
+    def previews(self, model: str) -> list[dict[str, Any]]:
+        card = card_for(model)
+        if card is None:
+            raise UnknownModel(model)
+        return [
+            {
+                "strategy": p.strategy,
+                "node_count": p.node_count,
+                "shards": [to_plain(s) for s in p.shards],
+                "memory_by_node": p.memory_by_node,
+                "predicted_tokens_per_second": p.predicted_tokens_per_second,
+                "valid": p.valid,
+                "reason": p.reason,
+            }
+            for p in previews(self._replica.state, card)
+        ]

@@ -1,0 +1,136 @@
+"""Placement previews: every candidate placement of a model on the cluster as it is, with
+its memory per node, a predicted decode speed, and why it is invalid when it is.
+
+Pure, like `placement.py`: a function of the state and the model card.
+
+The speed model is deliberately simple. Decoding one token reads every weight once, so a
+rank holding a share of the weights needs share / memory bandwidth seconds; a pipeline
+runs its ranks one after another and pays one link latency per hop (around the ring,
+back to rank 0); tensor parallelism runs the ranks side by side and pays two
+all-reduces per layer. Memory bandwidth is not measured yet, so it is a typical figure
+for the node's accelerator; link latency is measured (`state.links`), with 1 ms assumed
+for a pair not measured yet.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from exo.actors.placement import Placement, PlacementError, place
+from exo.events.facts import Accelerator, Shard, Strategy
+from exo.events.ids import NodeId
+from exo.events.state import State
+from exo.models.cards import ModelCard
+
+# Typical memory bandwidth in bytes per second, by accelerator.
+MEMORY_BANDWIDTH: dict[Accelerator, float] = {
+    "cpu": 20e9,
+    "metal": 200e9,
+    "cuda": 2000e9,
+}
+UNMEASURED_LATENCY_S = 1e-3
+STRATEGIES: tuple[Strategy, ...] = ("pipeline", "tensor")
+
+
+@frozen
+class Preview:
+    strategy: Strategy
+    node_count: int
+    shards: tuple[Shard, ...]
+    memory_by_node: dict[NodeId, int]
+    predicted_tokens_per_second: float | None
+    valid: bool
+    reason: str
+
+
+def previews(state: State, card: ModelCard) -> list[Preview]:
+    """One candidate per (strategy, node count), for 1 to every worker node."""
+    workers = sorted(n for n, p in state.nodes.items() if p.worker)
+    out: list[Preview] = []
+    for strategy in STRATEGIES:
+        for count in range(1, max(len(workers), 1) + 1):
+            out.append(_preview(state, card, strategy, count, workers))
+    return out
+
+
+def _preview(
+    state: State, card: ModelCard, strategy: Strategy, count: int, workers: list[NodeId]
+) -> Preview:
+    if count > len(workers):
+        return Preview(
+            strategy,
+            count,
+            (),
+            {},
+            None,
+            False,
+            f"{count} nodes requested, {len(workers)} available",
+        )
+    try:
+        chosen = _by_link_order(state, _most_memory(state, workers, count))
+        placement = place(state, card, strategy, count, chosen)
+    except PlacementError as exc:
+        return Preview(strategy, count, (), {}, None, False, str(exc))
+    speed = predicted_tokens_per_second(state, card, placement)
+    return Preview(
+        strategy, count, placement.shards, placement.memory_by_node, round(speed, 2), True, ""
+    )
+
+
+def _most_memory(state: State, workers: list[NodeId], count: int) -> list[NodeId]:
+    ranked = sorted(workers, key=lambda n: (-state.nodes[n].memory_available, n))
+    return ranked[:count]
+
+
+def _by_link_order(state: State, nodes: list[NodeId]) -> tuple[NodeId, ...]:
+    """Rank order along the fastest links: start at the node with the most memory, then
+    always go to the nearest node not yet in the chain (fewest slow hops)."""
+    if len(nodes) <= 2:
+        return tuple(nodes)
+    chain = [nodes[0]]
+    rest = nodes[1:]
+    while rest:
+        here = chain[-1]
+        nearest = min(rest, key=lambda n: (link_latency(state, here, n), n))
+        chain.append(nearest)
+        rest.remove(nearest)
+    return tuple(chain)
+
+
+def link_latency(state: State, a: NodeId, b: NodeId) -> float:
+    """One-way latency in seconds: half the measured round trip (either direction)."""
+    for x, y in ((a, b), (b, a)):
+        stats = state.links.get(x, {}).get(y)
+        if stats is not None:
+            return stats.latency_us / 2e6
+    return UNMEASURED_LATENCY_S
+
+
+def predicted_tokens_per_second(state: State, card: ModelCard, placement: Placement) -> float:
+    shards = placement.shards
+    count = len(shards)
+    if placement.strategy == "pipeline":
+        compute = sum(
+            card.loaded_bytes
+            * (s.end_layer - s.start_layer)
+            / card.num_layers
+            / _bandwidth(state, s.node_id)
+            for s in shards
+        )
+        hops = count if count > 1 else 0  # around the ring: the token returns to rank 0
+        links = sum(
+            link_latency(state, shards[i].node_id, shards[(i + 1) % count].node_id)
+            for i in range(hops)
+        )
+        return 1 / (compute + links)
+    compute = max(card.loaded_bytes / count / _bandwidth(state, s.node_id) for s in shards)
+    if count == 1:
+        return 1 / compute
+    slowest_link = max(
+        link_latency(state, a.node_id, b.node_id) for a in shards for b in shards if a != b
+    )
+    return 1 / (compute + 2 * card.num_layers * slowest_link)
+
+
+def _bandwidth(state: State, node_id: NodeId) -> float:
+    return MEMORY_BANDWIDTH[state.nodes[node_id].accelerator]

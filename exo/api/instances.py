@@ -1,0 +1,110 @@
+"""`/instances`: place, list, inspect and delete model instances, and preview where a
+model could go. Errors use the same JSON error shape as the rest of the API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from attrs import frozen
+from quart import request
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+
+from exo.api.backend import Backend, InvalidRequest
+from exo.api.errors import as_backend_error, backend_error_response, json_response
+from exo.api.openai import decode_json_body
+
+STRATEGIES = ("pipeline", "tensor")
+
+
+@frozen
+class PlaceRequest:
+    model: str
+    strategy: str
+    nodes: tuple[str, ...] | None
+    min_nodes: int
+
+
+def parse_place_request(body: object) -> PlaceRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    unknown = sorted(set(body) - {"model", "strategy", "nodes", "min_nodes"})
+    if unknown:
+        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
+    strategy = body.get("strategy", "pipeline")
+    if strategy not in STRATEGIES:
+        raise InvalidRequest("'strategy' must be 'pipeline' or 'tensor'.", "strategy")
+    nodes = body.get("nodes")
+    if nodes is not None and (
+        not isinstance(nodes, list)
+        or not nodes
+        or not all(isinstance(n, str) and n for n in nodes)
+        or len(set(nodes)) != len(nodes)
+    ):
+        raise InvalidRequest("'nodes' must be a non-empty list of distinct node ids.", "nodes")
+    min_nodes = body.get("min_nodes", len(nodes) if nodes else 1)
+    if type(min_nodes) is not int or min_nodes < 1:
+        raise InvalidRequest("'min_nodes' must be an integer of at least 1.", "min_nodes")
+    return PlaceRequest(model, strategy, tuple(nodes) if nodes else None, min_nodes)
+
+
+def register_instances(app: QuartTrio, backend: Backend) -> None:
+    """Add `POST/GET /instances`, `GET/DELETE /instances/<id>`, `GET /instances/previews`."""
+
+    async def answer(work: Callable[[], Awaitable[Any]], status: int = 200) -> TrioResponse:
+        try:
+            return json_response(await work(), status)
+        except Exception as error:
+            backend_error = as_backend_error(error)
+            if backend_error is None:
+                raise  # the app's catch-all logs it and answers a JSON 500
+            return backend_error_response(backend_error)
+
+    @app.post("/instances")
+    async def create_instance() -> TrioResponse:
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+
+        async def work() -> Any:
+            place = parse_place_request(decode_json_body(raw))
+            return await backend.create_instance(
+                place.model, place.strategy, place.nodes, place.min_nodes
+            )
+
+        return await answer(work, 201)
+
+    @app.get("/instances")
+    async def list_instances() -> TrioResponse:
+        async def work() -> Any:
+            return {"instances": backend.instances()}
+
+        return await answer(work)
+
+    @app.get("/instances/previews")
+    async def instance_previews() -> TrioResponse:
+        model = request.args.get("model")
+
+        async def work() -> Any:
+            if not model:
+                raise InvalidRequest("Give the model to preview: ?model=<id>.", "model")
+            return backend.previews(model)
+
+        return await answer(work)
+
+    @app.get("/instances/<instance_id>")
+    async def get_instance(instance_id: str) -> TrioResponse:
+        async def work() -> Any:
+            return backend.instance(instance_id)
+
+        return await answer(work)
+
+    @app.delete("/instances/<instance_id>")
+    async def delete_instance(instance_id: str) -> TrioResponse:
+        async def work() -> Any:
+            await backend.delete_instance(instance_id)
+            return {"id": instance_id, "deleted": True}
+
+        return await answer(work)

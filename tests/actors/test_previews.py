@@ -1,0 +1,69 @@
+from exo.actors.placement import place
+from exo.actors.previews import link_latency, predicted_tokens_per_second, previews
+from exo.events.events import IndexedEvent, LinksMeasured, NodeProfiled
+from exo.events.facts import LinkStats, NodeProfile
+from exo.events.ids import NodeId
+from exo.events.state import State, apply
+from exo.models.cards import BUNDLED_MODEL, CARDS
+
+GIB = 2**30
+CARD = CARDS[BUNDLED_MODEL]
+A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
+
+
+def cluster(links: dict[tuple[NodeId, NodeId], int] | None = None) -> State:
+    state = State()
+    events: list[object] = [
+        NodeProfiled(n, NodeProfile("h", "linux-x86_64", 4, 32 * GIB, free * GIB, "cpu", 1, 2))
+        for n, free in ((A, 16), (B, 12), (C, 8))
+    ]
+    by_source: dict[NodeId, list[LinkStats]] = {}
+    for (x, y), latency in (links or {}).items():
+        by_source.setdefault(x, []).append(LinkStats(y, latency))
+    for x, stats in sorted(by_source.items()):
+        events.append(LinksMeasured(x, tuple(stats)))  # a report replaces the node's last
+    for index, event in enumerate(events, start=1):
+        state = apply(state, IndexedEvent(index, 1, event))  # type: ignore[arg-type]
+    return state
+
+
+def test_every_strategy_and_size_is_a_candidate_with_a_reason_when_invalid() -> None:
+    candidates = previews(cluster(), CARD)
+    assert [(p.strategy, p.node_count) for p in candidates] == [
+        ("pipeline", 1),
+        ("pipeline", 2),
+        ("pipeline", 3),
+        ("tensor", 1),
+        ("tensor", 2),
+        ("tensor", 3),
+    ]
+    by_kind = {(p.strategy, p.node_count): p for p in candidates}
+    assert by_kind[("tensor", 2)].reason == "9 attention heads do not divide by 2 nodes"
+    assert not by_kind[("tensor", 2)].valid and by_kind[("tensor", 2)].shards == ()
+    assert by_kind[("tensor", 3)].valid  # 9 heads, 3 KV heads and 576 divide by 3
+    single = by_kind[("pipeline", 1)]
+    # One CPU node: 540 MB of float32 weights read per token at 20 GB/s.
+    assert single.predicted_tokens_per_second == round(20e9 / CARD.loaded_bytes, 2)
+    assert [s.node_id for s in single.shards] == [A]  # the most free memory
+
+
+def test_more_hops_predict_slower_decoding() -> None:
+    state = cluster()
+    speeds = [
+        p.predicted_tokens_per_second for p in previews(state, CARD) if p.strategy == "pipeline"
+    ]
+    assert speeds[0] is not None and speeds[1] is not None and speeds[2] is not None
+    assert speeds[0] > speeds[1] > speeds[2]
+
+
+def test_rank_order_follows_the_fastest_links() -> None:
+    # a-c is fast, a-b slow: the chain goes a, c, b rather than by memory (a, b, c).
+    state = cluster({(A, C): 100, (A, B): 5000, (B, C): 200})
+    three = next(p for p in previews(state, CARD) if (p.strategy, p.node_count) == ("pipeline", 3))
+    assert [s.node_id for s in three.shards] == [A, C, B]
+    assert link_latency(state, C, A) == 100 / 2e6  # either direction's measurement
+    slow = place(state, CARD, "pipeline", 3, (A, B, C))
+    fast = place(state, CARD, "pipeline", 3, (A, C, B))
+    assert predicted_tokens_per_second(state, CARD, fast) >= predicted_tokens_per_second(
+        state, CARD, slow
+    )
