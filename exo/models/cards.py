@@ -51,4 +51,10 @@ CARDS: dict[ModelId, ModelCard] = {
 
 
 def card_for(model: str) -> ModelCard | None:
-    return CARDS.get(ModelId(model))
+    """The card of a model this cluster can serve or plan for (bundled or catalogued)."""
+    card = CARDS.get(ModelId(model))
+    if card is not None:
+        return card
+    from exo.models.catalog import HUB_CARDS  # the catalogue imports this module
+
+    return next((c for c in HUB_CARDS if c.model_id == model), None)

@@ -11,11 +11,13 @@ CARD = CARDS[BUNDLED_MODEL]
 A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
 
 
-def cluster(links: dict[tuple[NodeId, NodeId], int] | None = None) -> State:
+def cluster(
+    links: dict[tuple[NodeId, NodeId], int] | None = None, free: tuple[int, ...] = (16, 12, 8)
+) -> State:
     state = State()
     events: list[object] = [
-        NodeProfiled(n, NodeProfile("h", "linux-x86_64", 4, 32 * GIB, free * GIB, "cpu", 1, 2))
-        for n, free in ((A, 16), (B, 12), (C, 8))
+        NodeProfiled(n, NodeProfile("h", "linux-x86_64", 4, 128 * GIB, gib * GIB, "cpu", 1, 2))
+        for n, gib in zip((A, B, C), free, strict=True)
     ]
     by_source: dict[NodeId, list[LinkStats]] = {}
     for (x, y), latency in (links or {}).items():
@@ -67,3 +69,20 @@ def test_rank_order_follows_the_fastest_links() -> None:
     assert predicted_tokens_per_second(state, CARD, fast) >= predicted_tokens_per_second(
         state, CARD, slow
     )
+
+
+def test_catalogued_hub_models_can_be_previewed() -> None:
+    from exo.models.cards import card_for
+
+    llama = card_for("llama-3.1-8b")
+    assert llama is not None and llama.location == "mlx-community/Meta-Llama-3.1-8B-Instruct-4bit"
+    # Placement plans the KV cache of the full 128k context: 34 GiB in float32.
+    by_kind = {(p.strategy, p.node_count): p for p in previews(cluster(free=(40, 40, 40)), llama)}
+    assert by_kind[("pipeline", 1)].valid
+    assert by_kind[("tensor", 2)].valid  # 32 heads, 8 KV heads, 4096 all divide by 2
+    assert not by_kind[("tensor", 3)].valid
+    assert by_kind[("tensor", 3)].reason == "32 attention heads do not divide by 3 nodes"
+    deepseek = card_for("deepseek-v3")
+    assert deepseek is not None
+    assert not any(p.valid for p in previews(cluster(), deepseek))
+    assert "free, needs" in previews(cluster(), deepseek)[2].reason
