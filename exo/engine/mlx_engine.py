@@ -30,7 +30,7 @@ import mlx_lm
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from exo.engine import protocol
+from exo.engine import pipeline, protocol
 from exo.engine.blas import loaded_blas
 
 _WARMUP_MESSAGES = ({"role": "user", "content": "Hi"},)
@@ -57,27 +57,48 @@ class MlxEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
+        self.group: mx.distributed.Group | None = None
+        self.full_model: nn.Module = model
+        self.hidden_size = 0
 
     @classmethod
-    def load(cls, model_dir: Path, start_layer: int, end_layer: int) -> MlxEngine:
+    def load(
+        cls,
+        model_dir: Path,
+        start_layer: int,
+        end_layer: int,
+        rank: int = 0,
+        hosts: Sequence[str] = (),
+    ) -> MlxEngine:
         """Load layers [start_layer, end_layer) of the model in `model_dir`.
 
-        Only the whole model is supported until pipeline sharding exists.
+        With `hosts` (one "ip:port" per pipeline rank), join the MLX ring first and keep
+        only this rank's layers; rank 0 then drives the whole pipeline as one model, and
+        the other ranks serve it (`serve_follower`).
         """
         config = json.loads((model_dir / "config.json").read_text())
         num_layers = int(config["num_hidden_layers"])
-        if (start_layer, end_layer) != (0, num_layers):
+        if not 0 <= start_layer < end_layer <= num_layers:
             raise ValueError(
-                f"layers [{start_layer}, {end_layer}) requested but only the whole model "
-                f"[0, {num_layers}) can be loaded: pipeline sharding is not implemented yet"
+                f"layers [{start_layer}, {end_layer}) are not within [0, {num_layers})"
             )
-        model, tokenizer = mlx_lm.load(str(model_dir))  # type: ignore[misc]
+        pipelined = len(hosts) > 1
+        if not pipelined and (start_layer, end_layer) != (0, num_layers):
+            raise ValueError(
+                f"layers [{start_layer}, {end_layer}) of {num_layers} are a pipeline shard: "
+                "loading one needs every rank's host"
+            )
+        group = pipeline.init_ring(rank, list(hosts)) if pipelined else None
+        model, tokenizer = mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[misc]
+        if group is not None:
+            pipeline.keep_layers(model, start_layer, end_layer, last=rank == group.size() - 1)
         device = _device_kind()
         if device == "cpu":
             dequantize_to_float32(model)
             dtype = "float32"
         else:
             dtype = _stored_dtype(config)
+        mx.eval(model.parameters())
         info = protocol.EngineInfo(
             device=device,
             dtype=dtype,
@@ -86,9 +107,30 @@ class MlxEngine:
             num_layers=num_layers,
             context_length=int(config.get("max_position_embeddings") or 4096),
         )
-        engine = cls(model, tokenizer, info)
-        engine.warm_up()
+        runs: nn.Module | pipeline.PipelineHead = model
+        if group is not None and rank == 0:
+            runs = pipeline.PipelineHead(model, group, int(config["vocab_size"]))
+        engine = cls(runs, tokenizer, info)  # type: ignore[arg-type]
+        engine.group = group
+        engine.full_model = model
+        engine.hidden_size = int(config["hidden_size"])
+        if rank == 0:
+            engine.warm_up()
         return engine
+
+    @property
+    def follower(self) -> bool:
+        """A pipeline rank after the first: it serves rank 0, not requests."""
+        return self.group is not None and self.group.rank() > 0
+
+    def serve_follower(self) -> None:
+        assert self.group is not None
+        pipeline.serve_follower(self.full_model, self.group, self.hidden_size)
+
+    def close(self) -> None:
+        """Release the other ranks (rank 0 of a pipeline)."""
+        if isinstance(self.model, pipeline.PipelineHead):
+            self.model.stop()
 
     def warm_up(self) -> None:
         """Run tiny generations so the first real request does not pay first-call costs.

@@ -44,6 +44,10 @@ class Load:
     model_dir: str
     start_layer: int
     end_layer: int
+    # Pipeline ranks: this runner's rank and every rank's "ip:port" for the MLX ring
+    # (empty for a single runner holding the whole model).
+    rank: int = 0
+    hosts: tuple[str, ...] = ()
 
 
 @frozen

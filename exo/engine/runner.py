@@ -103,12 +103,16 @@ class Runner:
 
     def run(self) -> int:
         """Serve until Shutdown or EOF (exit status 0) or a failed load (1)."""
-        while not self.stopping:
-            item = self.pending.popleft() if self.pending else self.inbox.get()
-            status = self.handle(item)
-            if status is not None:
-                return status
-        return 0
+        try:
+            while not self.stopping:
+                item = self.pending.popleft() if self.pending else self.inbox.get()
+                status = self.handle(item)
+                if status is not None:
+                    return status
+            return 0
+        finally:
+            if self.engine is not None and not self.engine.follower:
+                self.engine.close()
 
     def handle(self, item: protocol.ToRunner | BadLine | EndOfInput) -> int | None:
         """Act on one message; an int is the exit status when the runner must stop."""
@@ -131,7 +135,13 @@ class Runner:
         self.send(protocol.Loading())
         started = time.perf_counter()
         try:
-            engine = MlxEngine.load(Path(request.model_dir), request.start_layer, request.end_layer)
+            engine = MlxEngine.load(
+                Path(request.model_dir),
+                request.start_layer,
+                request.end_layer,
+                request.rank,
+                request.hosts,
+            )
         except Exception as exc:
             log.error("load failed:\n%s", traceback.format_exc())
             self.send(
@@ -153,6 +163,11 @@ class Runner:
         )
         self.engine = engine
         self.send(protocol.Ready(info=info))
+        if engine.follower:
+            # A later pipeline rank serves rank 0 until it says stop; no requests here.
+            engine.serve_follower()
+            log.info("pipeline rank done")
+            return 0
         return None
 
     def generate(self, request: protocol.GenerateRequest) -> None:

@@ -141,7 +141,7 @@ def test_load_failure_is_fatal(case: str, model_dir: Path, tmp_path: Path) -> No
     if case == "missing directory":
         load, expected = protocol.Load(str(tmp_path / "nowhere"), 0, 30), "nowhere"
     else:
-        load, expected = protocol.Load(str(model_dir), 0, 15), "sharding"
+        load, expected = protocol.Load(str(model_dir), 0, 15), "pipeline shard"
     process = RunnerProcess(tmp_path / "stderr.log")
     process.send(load)
     assert isinstance(process.recv(), protocol.Loading)
