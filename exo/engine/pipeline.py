@@ -24,6 +24,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
+from exo.engine.blas import set_blas_threads
+
 STOP, CONTINUE, NEW_SEQUENCE = 0, 1, 2
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
@@ -37,6 +39,10 @@ def init_ring(rank: int, hosts: list[str]) -> mx.distributed.Group:
     group = mx.distributed.init(strict=True, backend="ring")
     if group.size() != len(hosts) or group.rank() != rank:
         raise RuntimeError(f"ring formed as rank {group.rank()} of {group.size()}")
+    # Ranks that share this machine share its cores.
+    here = hosts[rank].rpartition(":")[0]
+    sharing = sum(1 for h in hosts if h.rpartition(":")[0] == here)
+    set_blas_threads((os.cpu_count() or 1) // sharing)
     return group
 
 
