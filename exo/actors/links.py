@@ -93,11 +93,11 @@ class LinkNetwork:
         self._links: dict[NodeId, trio.MemorySendChannel[bytes]] = {}
         self._dialers: dict[NodeId, NodeId] = {}
         self._known: set[NodeId] = set()
-        self._addresses: dict[str, NodeId] = {}
+        # Addresses linked with before, read once: `expecting_peers` runs every tick.
+        self._remembered: set[str] = _read_remembered(home / PEERS_FILE)
         self._deliver: Deliver | None = None
         self._nursery: trio.Nursery | None = None
         self._dialing: set[str] = set()
-        self.refused = 0
         # Set while multicast discovery runs: peers may appear without being configured.
         self.discovering = False
         # Where link-measurement answers go (the probe actor).
@@ -153,20 +153,16 @@ class LinkNetwork:
             task_status.started(port)
 
     def _dial_list(self) -> list[str]:
-        remembered: list[str] = []
-        path = self._home / PEERS_FILE
-        if path.exists():
-            try:
-                remembered = [str(a) for a in json.loads(path.read_text())]
-            except (ValueError, TypeError):
-                log.warning("%s is not a list of addresses; ignoring it", path)
-        return sorted(set(self._configured) | set(remembered))
+        return sorted(set(self._configured) | self._remembered)
 
     def _remember(self, address: str) -> None:
+        """Add a peer address to HOME/peers.json (written only when it is new)."""
+        if address in self._remembered:
+            return
+        self._remembered.add(address)
         path = self._home / PEERS_FILE
-        known = set(self._dial_list()) | {address}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(known)))
+        tmp.write_text(json.dumps(sorted(self._remembered)))
         tmp.replace(path)
 
     def dial(self, address: str) -> None:
@@ -192,11 +188,9 @@ class LinkNetwork:
                 ) as ws:
                     peer = await self._dialer_handshake(ws)
                     backoff = REDIAL_INITIAL
-                    self._addresses[address] = peer
                     self._remember(address)
                     await self._serve_link(peer, ws, dialed_by=self.node_id)
             except AuthError as exc:
-                self.refused += 1
                 log.error("peer %s refused: %s", address, exc)
                 backoff = REDIAL_MAX
             except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
@@ -209,7 +203,6 @@ class LinkNetwork:
         try:
             peer = await self._listener_handshake(ws)
         except AuthError as exc:
-            self.refused += 1
             log.error("peer at %s refused: %s", ws.remote, exc)
             await ws.aclose(code=4001, reason=str(exc)[:100])
             return
@@ -320,6 +313,16 @@ class LinkNetwork:
         except ConnectionClosed:
             pass
         scope.cancel()
+
+
+def _read_remembered(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    try:
+        return {str(a) for a in json.loads(path.read_text())}
+    except (ValueError, TypeError):
+        log.warning("%s is not a list of addresses; ignoring it", path)
+        return set()
 
 
 async def _receive_json(ws: WebSocketConnection, kind: type[Hello]) -> Hello:
