@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=52416, help="peer port for node-to-node links (default 52416)"
     )
     node.add_argument(
+        "--ring-port",
+        type=int,
+        default=int(os.environ.get("EXO_RING_PORT", "31700")),
+        help="first of 64 TCP ports offered to the MLX rings of multi-node instances "
+        "(env EXO_RING_PORT; default 31700)",
+    )
+    node.add_argument(
         "--peer-host",
         default=os.environ.get("EXO_PEER_HOST", "0.0.0.0"),
         help="address peer links listen on (env EXO_PEER_HOST; default all interfaces)",
@@ -137,6 +144,7 @@ def _node(args: argparse.Namespace) -> int:
         peer_host=args.peer_host,
         discovery_port=None if args.no_discovery else args.discovery_port,
         worker=not args.no_worker,
+        ring_port=args.ring_port,
         preload=() if args.no_worker else preload,
     )
     try:

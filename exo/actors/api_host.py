@@ -1,5 +1,6 @@
 """The node's side of the HTTP API: finds (or places) an instance for a model, waits until
-its runner is ready, streams the request through it, and reports the request's lifecycle."""
+it is ready, streams the request through its runner here or through the data plane to the
+node running its rank 0, and reports the request's lifecycle."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import trio
 
 from exo.actors.command_client import CommandClient
+from exo.actors.data_plane import DataPlane
 from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import RunnerHandle
@@ -37,6 +39,20 @@ def serving_instance(state: State, node_id: NodeId, model: ModelId) -> Instance 
     return None
 
 
+def ready_remote_instance(state: State, node_id: NodeId, model: ModelId) -> Instance | None:
+    """An instance of `model` whose rank 0 runs on another node and is ready there."""
+    for instance in sorted(state.instances_of(model), key=lambda i: i.instance_id):
+        entry = instance.shards[0].node_id
+        status = state.runner_status(instance.instance_id, entry)
+        if entry != node_id and status is not None and status.phase in ("ready", "running"):
+            return instance
+    return None
+
+
+# A ready runner on this node, or (node, instance) of a ready instance elsewhere.
+Route = RunnerHandle | tuple[NodeId, Instance]
+
+
 class NodeBackend(InstanceManager):
     def __init__(
         self,
@@ -47,6 +63,7 @@ class NodeBackend(InstanceManager):
         rng: random.Random,
         ready_timeout: float,
         worker: bool = True,
+        data_plane: DataPlane | None = None,
     ) -> None:
         super().__init__(replica, commands)
         self._node_id = node_id
@@ -56,6 +73,7 @@ class NodeBackend(InstanceManager):
         self._rng = rng
         self._ready_timeout = ready_timeout
         self._worker = worker
+        self._data_plane = data_plane
 
     def models(self) -> list[ModelCard]:
         return list(CARDS.values())
@@ -72,23 +90,38 @@ class NodeBackend(InstanceManager):
         }
 
     async def ready_runner(self, card: ModelCard) -> RunnerHandle:
-        """A ready runner for the model, placing an instance first if there is none."""
-        if not self._worker:
-            # Serving through another node's runner is the data plane of issue 5.
-            raise Unavailable(
-                f"this node is coordinator-only (--no-worker) and runs no model; send "
-                f"requests for {card.model_id} to a worker node"
-            )
+        """A ready runner here for the model (tests and the local path of `generate`)."""
+        route = await self._ready_route(card)
+        if not isinstance(route, RunnerHandle):
+            raise Unavailable(f"model {card.model_id} is served by node {route[0]}, not here")
+        return route
+
+    async def _ready_route(self, card: ModelCard) -> Route:
+        """Where a request for the model runs: a ready rank-0 runner on this node, or else
+        the node of a ready instance elsewhere (through the data plane). With no instance
+        anywhere, one is placed first."""
         placed = False
         with trio.move_on_after(self._ready_timeout):
             while True:
                 state = self._replica.state
-                instance = serving_instance(state, self._node_id, card.model_id)
-                if instance is not None:
-                    handle = self._runners.handles.get(instance.instance_id)
+                local = serving_instance(state, self._node_id, card.model_id)
+                if local is not None:
+                    handle = self._runners.handles.get(local.instance_id)
                     if handle is not None and handle.ready:
                         return handle
-                elif not placed:
+                remote = (
+                    ready_remote_instance(state, self._node_id, card.model_id)
+                    if self._data_plane is not None
+                    else None
+                )
+                if remote is not None:
+                    return remote.shards[0].node_id, remote
+                if not state.instances_of(card.model_id) and not placed:
+                    if not self._worker and self._data_plane is None:
+                        raise Unavailable(
+                            f"this node is coordinator-only (--no-worker) and runs no model; "
+                            f"send requests for {card.model_id} to a worker node"
+                        )
                     await self._place(card)
                     placed = True
                     continue
@@ -109,7 +142,12 @@ class NodeBackend(InstanceManager):
         download = state.download_status(self._node_id, model)
         instance = serving_instance(state, self._node_id, model)
         if instance is None:
-            return "no instance placed on this node"
+            others = state.instances_of(model)
+            if not others:
+                return "no instance placed"
+            entry = others[0].shards[0].node_id
+            runner = state.runner_status(others[0].instance_id, entry)
+            return f"instance on node {entry}, runner {runner.phase if runner else 'not started'}"
         runner = state.runner_status(instance.instance_id, self._node_id)
         parts = [f"download {download.phase if download else 'not started'}"]
         parts.append(f"runner {runner.phase if runner else 'not started'}")
@@ -124,13 +162,22 @@ class NodeBackend(InstanceManager):
         card = card_for(model)
         if card is None:
             raise UnknownModel(model)
-        handle = await self.ready_runner(card)
+        route = await self._ready_route(card)
         request_id = new_request_id(self._rng)
-        self._lifecycle(StartRequest(request_id, handle.instance.instance_id))
+        request = GenerateRequest(request_id, messages, params)
+        if isinstance(route, RunnerHandle):
+            instance_id = route.instance.instance_id
+            stream = route.stream(request)
+        else:
+            assert self._data_plane is not None
+            peer, instance = route
+            instance_id = instance.instance_id
+            stream = self._data_plane.relay(peer, instance_id, request)
+        self._lifecycle(StartRequest(request_id, instance_id))
         outcome: list[Finished] = []
         error = "ended before completion (client left)"
         try:
-            async with handle.stream(GenerateRequest(request_id, messages, params)) as chunks:
+            async with stream as chunks:
                 yield _watch(chunks, outcome)
         except BackendError as exc:
             error = exc.message

@@ -10,7 +10,7 @@ import hashlib
 
 from attrs import frozen
 
-from exo.actors.placement import PlacementError, place
+from exo.actors.placement import PlacementError, place, ring_addresses
 from exo.events.commands import (
     AdoptSuffix,
     DeleteInstance,
@@ -69,7 +69,7 @@ def decide(state: State, envelope: Envelope) -> Decision:
         case MarkNodeDown(node_id=node_id):
             if origin != state.master:
                 return Rejected("only the master marks nodes down")
-            return [NodeDown(node_id)] if node_id in state.nodes else []
+            return node_down(state, envelope.command_id, node_id)
         case ReportLinks(links=links):
             current = state.links.get(origin, {})
             if {link.peer: link for link in links} == current:
@@ -127,12 +127,51 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         return []
     try:
         placement = place(state, card, command.strategy, command.min_nodes, command.nodes)
+        ring = ring_addresses(state, placement.shards, state.last_index)
     except PlacementError as exc:
         return Rejected(str(exc))
     instance = Instance(
-        instance_id_for(command_id), card.model_id, placement.strategy, placement.shards
+        instance_id_for(command_id), card.model_id, placement.strategy, placement.shards, ring
     )
     return [InstanceCreated(instance)]
+
+
+def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Event]:
+    """The node leaves the state, every instance with a shard on it is deleted (its ring
+    is broken), and each is placed again, with the same strategy, on the nodes left when
+    they fit and no other instance of the model remains."""
+    if node_id not in state.nodes:
+        return []
+    events: list[Event] = [NodeDown(node_id)]
+    draft = apply_event(state, events[0])
+    broken = sorted(
+        (i for i in state.instances.values() if i.shard_on(node_id) is not None),
+        key=lambda i: i.instance_id,
+    )
+    for instance in broken:
+        deleted = InstanceDeleted(instance.instance_id)
+        events.append(deleted)
+        draft = apply_event(draft, deleted)
+    for instance in broken:
+        card = card_for(instance.model)
+        if card is None or draft.instances_of(instance.model):
+            continue
+        try:
+            placement = place(draft, card, instance.strategy)
+            ring = ring_addresses(draft, placement.shards, state.last_index)
+        except PlacementError:
+            continue  # nowhere to go now; the next request for the model places it again
+        replacement = Instance(
+            instance_id_for(CommandId(f"{command_id}/{instance.instance_id}")),
+            card.model_id,
+            placement.strategy,
+            placement.shards,
+            ring,
+        )
+        created = InstanceCreated(replacement)
+        events.append(created)
+        draft = apply_event(draft, created)
+    return events
 
 
 def adopt(state: State, command: AdoptSuffix) -> Decision:

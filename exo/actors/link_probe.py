@@ -24,6 +24,8 @@ from exo.events.ids import NodeId
 log = logging.getLogger("exo.links")
 
 INTERVAL = 5.0
+# How long a round waits for its pongs before reporting.
+ANSWER_WAIT = 1.0
 BANDWIDTH_EVERY = 6  # rounds: a large ping every 30 s
 PADDING_BYTES = 256 * 1024
 # A change smaller than this fraction (or, for latency, than 200 µs) is not reported.
@@ -45,7 +47,7 @@ class _Measured:
 
 
 def worth_reporting(old: LinkStats | None, new: LinkStats) -> bool:
-    if old is None:
+    if old is None or old.address != new.address:
         return True
     latency_delta = abs(new.latency_us - old.latency_us)
     if latency_delta >= max(MIN_LATENCY_CHANGE_US, REPORT_CHANGE * old.latency_us):
@@ -64,11 +66,13 @@ class LinkProbe:
         commands: CommandClient,
         send: Callable[[NodeId, PeerMessage], None],
         linked: Callable[[], list[NodeId]],
+        address_of: Callable[[NodeId], str] = lambda _: "",
     ) -> None:
         self._env = env
         self._commands = commands
         self._send = send
         self._linked = linked
+        self._address_of = address_of
         self._nonce = 0
         self._sent: dict[int, _Sent] = {}
         self._measured: dict[NodeId, _Measured] = {}
@@ -96,9 +100,11 @@ class LinkProbe:
                 self._ping(peer, 0, now)
                 if rounds % BANDWIDTH_EVERY == 1:
                     self._ping(peer, PADDING_BYTES, now)
-            await self._report(peers)
+            # Report this round's answers (a new link is placeable within a second).
+            await self._env.sleep(ANSWER_WAIT)
+            await self._report(self._linked())
             rounds += 1
-            await self._env.sleep(INTERVAL)
+            await self._env.sleep(INTERVAL - ANSWER_WAIT)
 
     def _ping(self, peer: NodeId, size: int, now: float) -> None:
         self._nonce += 1
@@ -110,7 +116,9 @@ class LinkProbe:
         for peer in sorted(peers):
             measured = self._measured.get(peer)
             if measured is not None and measured.latency_us is not None:
-                current[peer] = LinkStats(peer, measured.latency_us, measured.bandwidth_bps)
+                current[peer] = LinkStats(
+                    peer, measured.latency_us, measured.bandwidth_bps, self._address_of(peer)
+                )
         changed = set(current) != set(self._reported) or any(
             worth_reporting(self._reported.get(p), s) for p, s in current.items()
         )

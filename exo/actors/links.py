@@ -26,6 +26,7 @@ import trio
 from attrs import frozen
 from trio_websocket import (
     ConnectionClosed,
+    Endpoint,
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
@@ -33,6 +34,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from exo.actors.network import PeerLost
 from exo.actors.wire import PeerMessage, Ping, Pong
 from exo.events.codec import CodecError, decode, encode
 from exo.events.ids import NodeId
@@ -102,6 +104,10 @@ class LinkNetwork:
         self.discovering = False
         # Where link-measurement answers go (the probe actor).
         self.on_pong: Callable[[NodeId, Pong], None] | None = None
+        # Told when a live link to a peer is gone (the data plane fails what used it).
+        self.on_link_lost: Callable[[NodeId], None] | None = None
+        # The IP address each linked peer is reached at (its side of the TCP connection).
+        self._addresses: dict[NodeId, str] = {}
 
     # -- PeerNetwork ---------------------------------------------------------------
 
@@ -111,6 +117,21 @@ class LinkNetwork:
             return
         with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             channel.send_nowait(encode(message, PeerMessage))
+
+    async def send_data(self, to: NodeId, message: PeerMessage) -> None:
+        """Send in order, waiting while the link's queue is full (data-plane frames must
+        not be dropped); raises `PeerLost` when there is no live link."""
+        channel = self._links.get(to)
+        if channel is None:
+            raise PeerLost(to)
+        try:
+            await channel.send(encode(message, PeerMessage))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise PeerLost(to) from None
+
+    def address_of(self, peer: NodeId) -> str:
+        """The IP address the live link to `peer` reaches it at ("" without a link)."""
+        return self._addresses.get(peer, "")
 
     def peers(self) -> list[NodeId]:
         return sorted(self._known)
@@ -271,6 +292,7 @@ class LinkNetwork:
         self._links[peer] = send
         self._dialers[peer] = dialed_by
         self._known.add(peer)
+        self._addresses[peer] = str(ws.remote.address) if isinstance(ws.remote, Endpoint) else ""
         log.info("linked with %s", peer)
         try:
             async with trio.open_nursery() as nursery:
@@ -280,6 +302,9 @@ class LinkNetwork:
         finally:
             if self._links.get(peer) is send:
                 del self._links[peer]
+                self._addresses.pop(peer, None)
+                if self.on_link_lost is not None:
+                    self.on_link_lost(peer)
             send.close()
 
     async def _read(self, peer: NodeId, ws: WebSocketConnection) -> None:

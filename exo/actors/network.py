@@ -27,6 +27,18 @@ class PeerNetwork(Protocol):
         ...
 
 
+class PeerLost(Exception):
+    """No live link to the peer (or it broke while sending)."""
+
+
+class DataLinks(Protocol):
+    """What the data plane needs: reliable, ordered sends (real peer links have them)."""
+
+    async def send_data(self, to: NodeId, message: PeerMessage) -> None:
+        """Send in order with the link's backpressure; raises `PeerLost` without a link."""
+        ...
+
+
 class NoPeers:
     """A node on its own: it leads at once and sends nothing."""
 

@@ -17,6 +17,7 @@ from attrs import field, frozen
 from exo.actors.api_host import NodeBackend
 from exo.actors.command_client import CommandClient
 from exo.actors.control import Control, Inbound
+from exo.actors.data_plane import DataPlane
 from exo.actors.discovery import DEFAULT_PORT as DEFAULT_DISCOVERY_PORT
 from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore
@@ -29,7 +30,7 @@ from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
-from exo.actors.wire import PeerMessage
+from exo.actors.wire import DATA_MESSAGE_TYPES, PeerMessage
 from exo.api.app import create_app, serve
 from exo.events.commands import Envelope, PlaceInstance
 from exo.events.ids import ModelId, NodeId
@@ -72,6 +73,8 @@ class NodeConfig:
     discovery_port: int | None = DEFAULT_DISCOVERY_PORT
     # False: a coordinator-only node (takes part in election, serves the API, no runners).
     worker: bool = True
+    # First port offered to the MLX rings of multi-node instances (see placement).
+    ring_port: int = 31700
 
 
 @frozen
@@ -112,6 +115,10 @@ async def run_node(
     inbox = Mailbox[Inbound](PEER_INBOX)
 
     def deliver(sender: NodeId, message: PeerMessage) -> None:
+        if isinstance(message, DATA_MESSAGE_TYPES):
+            if data_plane is not None:
+                data_plane.deliver(sender, message)  # type: ignore[arg-type]
+            return
         try:
             inbox.send.send_nowait((sender, message))
         except trio.WouldBlock:
@@ -130,6 +137,7 @@ async def run_node(
         connect = links.connect
     network = connect(node_id, deliver)
     control: Control | None = None
+    data_plane: DataPlane | None = None
 
     def submit(envelope: Envelope) -> None:
         assert control is not None
@@ -141,8 +149,18 @@ async def run_node(
         node_id, env, replica, client, config.models_dir or config.home / "models", store
     )
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
+    if links is not None:
+        data_plane = DataPlane(node_id, replica, runners, links)
+        links.on_link_lost = data_plane.link_lost
     backend = NodeBackend(
-        node_id, replica, client, runners, env.random, config.ready_timeout, config.worker
+        node_id,
+        replica,
+        client,
+        runners,
+        env.random,
+        config.ready_timeout,
+        config.worker,
+        data_plane,
     )
 
     try:
@@ -151,9 +169,11 @@ async def run_node(
             if links is not None:
                 # Bound before anything else starts, so a taken peer port stops the node.
                 peer_port = await nursery.start(links.run, config.peer_host)
-                probe = LinkProbe(env, client, links.send, links.linked)
+                probe = LinkProbe(env, client, links.send, links.linked, links.address_of)
                 links.on_pong = probe.on_pong
                 supervisor.start("link-probe", probe.run)
+                if data_plane is not None:
+                    supervisor.start("data-plane", data_plane.run)
                 if config.discovery_port is not None:
                     discovery = Discovery(
                         node_id,
@@ -178,6 +198,7 @@ async def run_node(
                     config.peer_port,
                     config.profile_interval,
                     config.worker,
+                    config.ring_port,
                 ),
             )
             supervisor.start("download", downloader.run)

@@ -1,7 +1,9 @@
 """Placement: which nodes run which layers of a model. A pure function of state and request.
 
 Memory-aware from the start: a node must hold its share of the weights (as loaded),
-its share of the KV cache for the model's full context, and a headroom.
+its share of the KV cache for the model's full context, and a headroom. Topology-aware:
+ranks follow the fastest measured links, and a multi-node instance gets its MLX ring
+addresses from where the nodes reach each other (`state.links`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from exo.events.state import State
 from exo.models.cards import ModelCard
 
 HEADROOM_BYTES = 256 * 1024 * 1024
+# One-way latency assumed for a pair of nodes whose link is not measured yet.
+UNMEASURED_LATENCY_S = 1e-3
+# Ring ports rotate through ring_port + [0, RING_SLOTS): a new instance does not reuse the
+# ports of one just deleted (its sockets may linger) nor those of a live one.
+RING_SLOTS = 64
 # Runners on CPU compute in float32: 4 bytes per cached key/value element.
 KV_BYTES_PER_ELEMENT = 4
 
@@ -60,11 +67,12 @@ def place(
     for count in range(min_nodes, len(candidates) + 1):
         # Most free memory first, ties broken by id, so the choice is deterministic; nodes
         # named by the caller keep the caller's order (it is the rank order).
-        chosen = (
-            candidates[:count]
-            if nodes is not None
-            else sorted(candidates, key=lambda n: (-n[1].memory_available, n[0]))[:count]
-        )
+        if nodes is not None:
+            chosen = candidates[:count]
+        else:
+            most_memory = sorted(candidates, key=lambda n: (-n[1].memory_available, n[0]))
+            order = by_link_order(state, [n for n, _ in most_memory[:count]])
+            chosen = [(n, state.nodes[n]) for n in order]
         try:
             if strategy == "pipeline":
                 return _pipeline(card, chosen)
@@ -152,3 +160,57 @@ def split_layers(num_layers: int, weights: list[int]) -> list[int]:
     for i in by_remainder[: spare - sum(counts)]:
         counts[i] += 1
     return [c + 1 for c in counts]
+
+
+def by_link_order(state: State, nodes: list[NodeId]) -> tuple[NodeId, ...]:
+    """Rank order along the fastest links: start at the first node (the most memory), then
+    always go to the nearest node not yet in the chain (fewest slow hops)."""
+    if len(nodes) <= 2:
+        return tuple(nodes)
+    chain = [nodes[0]]
+    rest = nodes[1:]
+    while rest:
+        here = chain[-1]
+        nearest = min(rest, key=lambda n: (link_latency(state, here, n), n))
+        chain.append(nearest)
+        rest.remove(nearest)
+    return tuple(chain)
+
+
+def link_latency(state: State, a: NodeId, b: NodeId) -> float:
+    """One-way latency in seconds: half the measured round trip (either direction)."""
+    for x, y in ((a, b), (b, a)):
+        stats = state.links.get(x, {}).get(y)
+        if stats is not None:
+            return stats.latency_us / 2e6
+    return UNMEASURED_LATENCY_S
+
+
+def ring_addresses(state: State, shards: tuple[Shard, ...], seed: int) -> tuple[str, ...]:
+    """ "ip:port" per rank for the MLX ring of a multi-node placement (empty for one node).
+
+    Each rank's IP is where the rank before it reaches its node over their peer link; its
+    port is the node's `ring_port` plus a slot that starts at `seed` (the log index, so
+    consecutive instances rotate) and skips addresses live instances hold.
+    """
+    if len(shards) < 2:
+        return ()
+    hosts = [_ring_host(state, shards[i - 1].node_id, s.node_id) for i, s in enumerate(shards)]
+    taken = {address for instance in state.instances.values() for address in instance.ring}
+    for attempt in range(RING_SLOTS):
+        ring = tuple(
+            f"{host}:{state.nodes[s.node_id].ring_port + (seed + attempt + rank) % RING_SLOTS}"
+            for rank, (host, s) in enumerate(zip(hosts, shards, strict=True))
+        )
+        if len(set(ring)) == len(ring) and not taken.intersection(ring):
+            return ring
+    raise PlacementError(f"no free ring ports: {RING_SLOTS} slots are all in use")
+
+
+def _ring_host(state: State, before: NodeId, node: NodeId) -> str:
+    observers = [before, *sorted(n for n in state.links if n != before)]
+    for observer in observers:
+        stats = state.links.get(observer, {}).get(node)
+        if stats is not None and stats.address:
+            return stats.address
+    raise PlacementError(f"no address known for node {node}: no peer has measured a link to it")

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from exo.actors.placement import Placement, PlacementError, place
+from exo.actors.placement import (
+    Placement,
+    PlacementError,
+    by_link_order,
+    link_latency,
+    place,
+)
 from exo.events.facts import Accelerator, Shard, Strategy
 from exo.events.ids import NodeId
 from exo.events.state import State
@@ -28,7 +34,6 @@ MEMORY_BANDWIDTH: dict[Accelerator, float] = {
     "metal": 200e9,
     "cuda": 2000e9,
 }
-UNMEASURED_LATENCY_S = 1e-3
 STRATEGIES: tuple[Strategy, ...] = ("pipeline", "tensor")
 
 
@@ -67,7 +72,7 @@ def _preview(
             f"{count} nodes requested, {len(workers)} available",
         )
     try:
-        chosen = _by_link_order(state, _most_memory(state, workers, count))
+        chosen = by_link_order(state, _most_memory(state, workers, count))
         placement = place(state, card, strategy, count, chosen)
     except PlacementError as exc:
         return Preview(strategy, count, (), {}, None, False, str(exc))
@@ -80,30 +85,6 @@ def _preview(
 def _most_memory(state: State, workers: list[NodeId], count: int) -> list[NodeId]:
     ranked = sorted(workers, key=lambda n: (-state.nodes[n].memory_available, n))
     return ranked[:count]
-
-
-def _by_link_order(state: State, nodes: list[NodeId]) -> tuple[NodeId, ...]:
-    """Rank order along the fastest links: start at the node with the most memory, then
-    always go to the nearest node not yet in the chain (fewest slow hops)."""
-    if len(nodes) <= 2:
-        return tuple(nodes)
-    chain = [nodes[0]]
-    rest = nodes[1:]
-    while rest:
-        here = chain[-1]
-        nearest = min(rest, key=lambda n: (link_latency(state, here, n), n))
-        chain.append(nearest)
-        rest.remove(nearest)
-    return tuple(chain)
-
-
-def link_latency(state: State, a: NodeId, b: NodeId) -> float:
-    """One-way latency in seconds: half the measured round trip (either direction)."""
-    for x, y in ((a, b), (b, a)):
-        stats = state.links.get(x, {}).get(y)
-        if stats is not None:
-            return stats.latency_us / 2e6
-    return UNMEASURED_LATENCY_S
 
 
 def predicted_tokens_per_second(state: State, card: ModelCard, placement: Placement) -> float:

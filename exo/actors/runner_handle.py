@@ -110,7 +110,12 @@ class RunnerHandle:
                 nursery.start_soon(self._pump_stderr, process)
                 await self._write(
                     protocol.Load(
-                        str(self._model_dir), self.shard.start_layer, self.shard.end_layer
+                        str(self._model_dir),
+                        self.shard.start_layer,
+                        self.shard.end_layer,
+                        self.shard.rank,
+                        self.instance.ring,
+                        self.instance.strategy,
                     )
                 )
                 reason = await self._pump_stdout(process)
@@ -227,6 +232,8 @@ async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncIterator[C
                 case protocol.Finished():
                     yield message
                     return
+                case protocol.RequestError(message=text, failed=True):
+                    raise GenerationFailed(text)
                 case protocol.RequestError(message=text):
                     raise InvalidRequest(text)
                 case _RunnerGone(message=text):

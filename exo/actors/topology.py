@@ -22,7 +22,7 @@ MEMORY_REPORT_STEP = 256 * 1024 * 1024
 
 
 def read_profile(
-    env: Environment, api_port: int, peer_port: int, worker: bool = True
+    env: Environment, api_port: int, peer_port: int, worker: bool = True, ring_port: int = 31700
 ) -> NodeProfile:
     facts = env.host_facts()
     total, available = facts.memory()
@@ -36,6 +36,7 @@ def read_profile(
         api_port=api_port,
         peer_port=peer_port,
         worker=worker,
+        ring_port=ring_port,
     )
 
 
@@ -56,9 +57,10 @@ async def run_topology(
     peer_port: int,
     interval: float,
     worker: bool = True,
+    ring_port: int = 31700,
 ) -> None:
     while True:
-        profile = read_profile(env, api_port, peer_port, worker)
+        profile = read_profile(env, api_port, peer_port, worker, ring_port)
         if worth_reporting(replica.state.nodes.get(node_id), profile):
             # Waiting for the answer keeps one report in flight, through elections too.
             outcome = await commands.call(RegisterNode(profile))

@@ -1,4 +1,4 @@
-"""Messages between the control actors of different nodes: one closed tagged union.
+"""Messages between nodes: the control actors' and the data plane's, one closed tagged union.
 
 They cross the simulated network in the simulator and peer links between machines; every
 one carries enough to be fenced by ballot and to update the sender's liveness.
@@ -9,8 +9,11 @@ from __future__ import annotations
 from attrs import frozen
 
 from exo.actors.history import Ballot, Segment
+from exo.engine.protocol import GenerateRequest
 from exo.events.commands import CommandOutcome, Envelope
 from exo.events.events import IndexedEvent
+from exo.events.facts import FinishReason
+from exo.events.ids import InstanceId
 
 
 @frozen
@@ -92,5 +95,64 @@ class Pong:
     size: int  # bytes of padding the ping carried
 
 
-PeerMessage = Beat | Append | AppendAck | SyncRequest | SyncReply | Submit | Outcome | Ping | Pong
+# The data plane: a request relayed from the node whose API took it to the node running
+# its instance's rank 0, and the tokens back. Never in the replicated log.
+
+
+@frozen
+class RelayRequest:
+    instance_id: InstanceId
+    request: GenerateRequest
+
+
+@frozen
+class RelayToken:
+    request_id: str
+    text: str
+    token: int
+
+
+@frozen
+class RelayFinished:
+    request_id: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@frozen
+class RelayFailed:
+    """The serving node could not finish the request; `invalid`: the request's own fault."""
+
+    request_id: str
+    message: str
+    invalid: bool
+
+
+@frozen
+class RelayCancel:
+    """The client left: stop generating."""
+
+    request_id: str
+
+
+DataMessage = RelayRequest | RelayToken | RelayFinished | RelayFailed | RelayCancel
+DATA_MESSAGE_TYPES: tuple[type, ...] = DataMessage.__args__  # type: ignore[attr-defined]
+
+PeerMessage = (
+    Beat
+    | Append
+    | AppendAck
+    | SyncRequest
+    | SyncReply
+    | Submit
+    | Outcome
+    | Ping
+    | Pong
+    | RelayRequest
+    | RelayToken
+    | RelayFinished
+    | RelayFailed
+    | RelayCancel
+)
 PEER_MESSAGE_TYPES: tuple[type, ...] = PeerMessage.__args__  # type: ignore[attr-defined]

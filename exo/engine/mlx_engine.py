@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import mlx_lm
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from exo.engine import pipeline, protocol
+from exo.engine import pipeline, protocol, tensor
 from exo.engine.blas import loaded_blas
 
 _WARMUP_MESSAGES = ({"role": "user", "content": "Hi"},)
@@ -59,6 +60,7 @@ class MlxEngine:
         self.info = info
         self.group: mx.distributed.Group | None = None
         self.full_model: nn.Module = model
+        self.strategy = "pipeline"
         self.hidden_size = 0
 
     @classmethod
@@ -69,12 +71,14 @@ class MlxEngine:
         end_layer: int,
         rank: int = 0,
         hosts: Sequence[str] = (),
+        strategy: str = "pipeline",
     ) -> MlxEngine:
         """Load layers [start_layer, end_layer) of the model in `model_dir`.
 
-        With `hosts` (one "ip:port" per pipeline rank), join the MLX ring first and keep
-        only this rank's layers; rank 0 then drives the whole pipeline as one model, and
-        the other ranks serve it (`serve_follower`).
+        With `hosts` (one "ip:port" per rank), join the MLX ring first. A pipeline rank
+        keeps only its layers; a tensor rank keeps its slice of every layer. Rank 0 then
+        drives the whole group as one model, and the other ranks serve it
+        (`serve_follower`).
         """
         config = json.loads((model_dir / "config.json").read_text())
         num_layers = int(config["num_hidden_layers"])
@@ -82,15 +86,17 @@ class MlxEngine:
             raise ValueError(
                 f"layers [{start_layer}, {end_layer}) are not within [0, {num_layers})"
             )
-        pipelined = len(hosts) > 1
-        if not pipelined and (start_layer, end_layer) != (0, num_layers):
+        distributed = len(hosts) > 1
+        if strategy not in ("pipeline", "tensor"):
+            raise ValueError(f"unknown strategy {strategy!r}")
+        if not distributed and (start_layer, end_layer) != (0, num_layers):
             raise ValueError(
                 f"layers [{start_layer}, {end_layer}) of {num_layers} are a pipeline shard: "
                 "loading one needs every rank's host"
             )
-        group = pipeline.init_ring(rank, list(hosts)) if pipelined else None
+        group = pipeline.init_ring(rank, list(hosts)) if distributed else None
         model, tokenizer = mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[misc]
-        if group is not None:
+        if group is not None and strategy == "pipeline":
             pipeline.keep_layers(model, start_layer, end_layer, last=rank == group.size() - 1)
         device = _device_kind()
         if device == "cpu":
@@ -98,6 +104,8 @@ class MlxEngine:
             dtype = "float32"
         else:
             dtype = _stored_dtype(config)
+        if group is not None and strategy == "tensor":
+            tensor.shard_model(model, group)
         mx.eval(model.parameters())
         info = protocol.EngineInfo(
             device=device,
@@ -107,11 +115,16 @@ class MlxEngine:
             num_layers=num_layers,
             context_length=int(config.get("max_position_embeddings") or 4096),
         )
-        runs: nn.Module | pipeline.PipelineHead = model
+        runs: nn.Module | pipeline.PipelineHead | tensor.TensorHead = model
         if group is not None and rank == 0:
-            runs = pipeline.PipelineHead(model, group, int(config["vocab_size"]))
+            runs = (
+                pipeline.PipelineHead(model, group, int(config["vocab_size"]))
+                if strategy == "pipeline"
+                else tensor.TensorHead(model, group)
+            )
         engine = cls(runs, tokenizer, info)  # type: ignore[arg-type]
         engine.group = group
+        engine.strategy = strategy
         engine.full_model = model
         engine.hidden_size = int(config["hidden_size"])
         if rank == 0:
@@ -120,17 +133,21 @@ class MlxEngine:
 
     @property
     def follower(self) -> bool:
-        """A pipeline rank after the first: it serves rank 0, not requests."""
+        """A rank after the first: it serves rank 0, not requests."""
         return self.group is not None and self.group.rank() > 0
 
     def serve_follower(self) -> None:
         assert self.group is not None
-        pipeline.serve_follower(self.full_model, self.group, self.hidden_size)
+        if self.strategy == "tensor":
+            tensor.serve_follower(self.full_model, self.group)
+        else:
+            pipeline.serve_follower(self.full_model, self.group, self.hidden_size)
 
     def close(self) -> None:
-        """Release the other ranks (rank 0 of a pipeline)."""
-        if isinstance(self.model, pipeline.PipelineHead):
-            self.model.stop()
+        """Release the other ranks (rank 0 of a group)."""
+        if isinstance(self.model, pipeline.PipelineHead | tensor.TensorHead):
+            with suppress(RuntimeError):  # a broken ring: nobody is left to tell
+                self.model.stop()
 
     def warm_up(self) -> None:
         """Run tiny generations so the first real request does not pay first-call costs.

@@ -36,7 +36,10 @@ def init_ring(rank: int, hosts: list[str]) -> mx.distributed.Group:
         json.dump(hosts, hostfile)
     os.environ["MLX_HOSTFILE"] = hostfile.name
     os.environ["MLX_RANK"] = str(rank)
-    group = mx.distributed.init(strict=True, backend="ring")
+    try:
+        group = mx.distributed.init(strict=True, backend="ring")
+    finally:
+        os.unlink(hostfile.name)
     if group.size() != len(hosts) or group.rank() != rank:
         raise RuntimeError(f"ring formed as rank {group.rank()} of {group.size()}")
     # Ranks that share this machine share its cores.

@@ -44,10 +44,11 @@ class Load:
     model_dir: str
     start_layer: int
     end_layer: int
-    # Pipeline ranks: this runner's rank and every rank's "ip:port" for the MLX ring
-    # (empty for a single runner holding the whole model).
+    # Ranks of a multi-node instance: this runner's rank and every rank's "ip:port" for
+    # the MLX ring (empty for a single runner holding the whole model).
     rank: int = 0
     hosts: tuple[str, ...] = ()
+    strategy: str = "pipeline"
 
 
 @frozen
@@ -110,10 +111,12 @@ class Finished:
 
 @frozen
 class RequestError:
-    """A request the engine could not run (bad input, context too long); the runner keeps going."""
+    """A request the engine could not run. `failed` False: bad input (context too long,
+    bad parameters), the runner keeps going; True: the engine or its ring broke."""
 
     request_id: str
     message: str
+    failed: bool = False
 
 
 @frozen

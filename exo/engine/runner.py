@@ -33,6 +33,9 @@ from exo.events.codec import CodecError, decode, encode
 
 log = logging.getLogger("exo.engine.runner")
 
+# After stdin closes, a runner still busy this long is ended (a wedged ring, a hung peer).
+EXIT_GRACE = 10.0
+
 
 @frozen
 class BadLine:
@@ -57,7 +60,7 @@ def claim_stdout() -> BinaryIO:
     return os.fdopen(protocol_fd, "wb")
 
 
-def read_stdin(fd: int, inbox: Inbox) -> None:
+def read_stdin(fd: int, inbox: Inbox, on_eof: Callable[[], None] = lambda: None) -> None:
     """Decode input lines into the inbox until EOF; undecodable lines become `BadLine`.
 
     Reads the raw fd rather than `sys.stdin.buffer`: a daemon thread blocked inside a
@@ -75,6 +78,7 @@ def read_stdin(fd: int, inbox: Inbox) -> None:
         log.error("reading stdin failed: %s", exc)
     finally:
         inbox.put(EndOfInput())
+        on_eof()
 
 
 def _decode_line(raw: bytes, inbox: Inbox) -> None:
@@ -96,6 +100,7 @@ class Runner:
         self.engine: MlxEngine | None = None
         self.pending: deque[protocol.ToRunner] = deque()
         self.stopping = False
+        self.exit_status = 0
 
     def send(self, message: protocol.FromRunner) -> None:
         self.out.write(encode(message, protocol.FromRunner) + b"\n")
@@ -109,9 +114,10 @@ class Runner:
                 status = self.handle(item)
                 if status is not None:
                     return status
-            return 0
+            return self.exit_status
         finally:
-            if self.engine is not None and not self.engine.follower:
+            # Release the other ranks, unless the ring is what broke (it could hang).
+            if self.engine is not None and not self.engine.follower and not self.exit_status:
                 self.engine.close()
 
     def handle(self, item: protocol.ToRunner | BadLine | EndOfInput) -> int | None:
@@ -141,6 +147,7 @@ class Runner:
                 request.end_layer,
                 request.rank,
                 request.hosts,
+                request.strategy,
             )
         except Exception as exc:
             log.error("load failed:\n%s", traceback.format_exc())
@@ -164,11 +171,26 @@ class Runner:
         self.engine = engine
         self.send(protocol.Ready(info=info))
         if engine.follower:
-            # A later pipeline rank serves rank 0 until it says stop; no requests here.
-            engine.serve_follower()
-            log.info("pipeline rank done")
+            # A later rank serves rank 0 until it says stop; no requests here.
+            try:
+                engine.serve_follower()
+            except RuntimeError as exc:  # the ring broke: a peer rank died
+                log.error("rank %d of the ring stops: %s", request.rank, exc)
+                return 1
+            log.info("rank %d done", request.rank)
             return 0
         return None
+
+    def end_of_input(self) -> None:
+        """Stdin closed: the node is gone or done with us. The main thread may never read
+        the EndOfInput queued for it (a follower serves the ring; a rank may be joining
+        one, or waiting on a peer that hangs), so no runner outlives its node for long."""
+        if self.engine is not None and self.engine.follower:
+            log.info("the node closed stdin; leaving the ring")
+            os._exit(0)
+        timer = threading.Timer(EXIT_GRACE, os._exit, (1,))
+        timer.daemon = True  # a runner that stops in time is not held up by it
+        timer.start()
 
     def generate(self, request: protocol.GenerateRequest) -> None:
         if self.engine is None:
@@ -193,8 +215,14 @@ class Runner:
                 protocol.RequestError(
                     request_id=request.request_id,
                     message=f"engine error: {type(exc).__name__}: {exc}",
+                    failed=True,
                 )
             )
+            if self.engine.group is not None and isinstance(exc, RuntimeError):
+                # A broken ring does not mend: leave, and let the node start this rank again.
+                log.error("the ring of this instance broke; the runner exits")
+                self.stopping = True
+                self.exit_status = 1
             return
         log.info(
             "request %s %s in %.2fs", request.request_id, outcome, time.perf_counter() - started
@@ -252,13 +280,17 @@ def main() -> int:
     out = claim_stdout()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="runner: %(message)s")
     inbox: Inbox = queue.Queue()
+    runner = Runner(out, inbox)
     reader = threading.Thread(
-        target=read_stdin, args=(sys.stdin.fileno(), inbox), name="stdin", daemon=True
+        target=read_stdin,
+        args=(sys.stdin.fileno(), inbox, runner.end_of_input),
+        name="stdin",
+        daemon=True,
     )
     reader.start()
     log.info("started, pid %d", os.getpid())
     try:
-        return Runner(out, inbox).run()
+        return runner.run()
     except BrokenPipeError:
         log.error("the node closed the protocol pipe")
         return 1

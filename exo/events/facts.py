@@ -30,6 +30,9 @@ class NodeProfile:
     # False for a coordinator-only node (`--no-worker`): it votes and serves the API but
     # is never placed on.
     worker: bool = True
+    # First TCP port this node offers to the MLX ring of multi-node instances; placement
+    # hands out ring_port + k.
+    ring_port: int = 31700
 
 
 @frozen
@@ -40,6 +43,8 @@ class LinkStats:
     peer: NodeId
     latency_us: int
     bandwidth_bps: int | None = None
+    # The peer's IP address as this node reaches it (where the MLX ring dials it).
+    address: str = ""
 
 
 @frozen
@@ -60,6 +65,8 @@ class Instance:
     model: ModelId
     strategy: Strategy
     shards: tuple[Shard, ...]
+    # "ip:port" per rank for the MLX ring of a multi-node instance; empty for one node.
+    ring: tuple[str, ...] = ()
 
     def shard_on(self, node_id: NodeId) -> Shard | None:
         return next((s for s in self.shards if s.node_id == node_id), None)

@@ -18,6 +18,29 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+KEY = "correct horse battery staple"
+
+
+def start_cluster(root: Path, models_dir: Path, count: int) -> list[NodeProcess]:
+    """`count` nodes on 127.0.0.1 that dial each other with a shared key, no preload."""
+    nodes = [NodeProcess(root / f"n{i}", models_dir) for i in range(count)]
+    for node in nodes:
+        peers = ",".join(f"127.0.0.1:{o.peer_port}" for o in nodes if o is not node)
+        node.extra = (
+            "--peers",
+            peers,
+            "--peer-host",
+            "127.0.0.1",
+            "--cluster-key",
+            KEY,
+            "--preload",
+            "",
+        )
+    for node in nodes:
+        node.start()
+    return nodes
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,30 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nodes import NodeProcess, agreement, wait_for
+from tests.integration.nodes import NodeProcess, agreement, start_cluster, wait_for
 
 pytestmark = pytest.mark.slow
-
-KEY = "correct horse battery staple"
-
-
-def start_cluster(root: Path, models_dir: Path, count: int) -> list[NodeProcess]:
-    nodes = [NodeProcess(root / f"n{i}", models_dir) for i in range(count)]
-    for node in nodes:
-        peers = ",".join(f"127.0.0.1:{o.peer_port}" for o in nodes if o is not node)
-        node.extra = (
-            "--peers",
-            peers,
-            "--peer-host",
-            "127.0.0.1",
-            "--cluster-key",
-            KEY,
-            "--preload",
-            "",
-        )
-    for node in nodes:
-        node.start()
-    return nodes
 
 
 @pytest.fixture
@@ -129,7 +108,7 @@ def test_a_node_with_the_wrong_key_is_refused(tmp_path: Path, models_dir: Path) 
         good.stop(signal.SIGKILL)
 
 
-def test_a_coordinator_only_node_votes_and_serves_but_is_never_placed_on(
+def test_a_coordinator_only_node_is_never_placed_on_but_relays_chat(
     tmp_path: Path, models_dir: Path
 ) -> None:
     nodes = start_cluster(tmp_path, models_dir, 2)
@@ -141,18 +120,25 @@ def test_a_coordinator_only_node_votes_and_serves_but_is_never_placed_on(
         state = wait_for(lambda: agreement(nodes, 2), 30, "two nodes in agreement")
         me = coordinator.state()["node_id"]
         assert state["state"]["nodes"][me]["worker"] is False
-        # Its API answers, and says plainly that it runs no model.
+        # A chat sent to it is placed on the worker and its tokens relayed back.
         request = urllib.request.Request(
             coordinator.url + "/v1/chat/completions",
             data=json.dumps(
-                {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}]}
+                {
+                    "model": "smollm2-135m",
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    "temperature": 0,
+                    "max_tokens": 16,
+                }
             ).encode(),
             headers={"content-type": "application/json"},
         )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 503
-        assert "coordinator-only" in json.loads(refused.value.read())["error"]["message"]
+        with urllib.request.urlopen(request, timeout=240) as response:
+            answer = json.loads(response.read())
+        assert "Paris" in answer["choices"][0]["message"]["content"]
+        worker = nodes[0].state()["node_id"]
+        (instance,) = coordinator.get("/instances")["instances"]
+        assert [s["node_id"] for s in instance["shards"]] == [worker]
     finally:
         for node in nodes:
             node.stop(signal.SIGKILL)

@@ -19,17 +19,11 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.integration.nodes import NodeProcess, wait_for
+from tests.integration.streams import MODEL, LongStream, client
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France? Answer in one sentence."
-MODEL = "smollm2-135m"
-
-
-def client(node: NodeProcess, timeout: float = 300) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=node.url + "/v1", api_key="unused", timeout=timeout, max_retries=0
-    )
 
 
 def ask(node: NodeProcess, stream: bool, max_tokens: int | None = None) -> str:
@@ -115,39 +109,11 @@ def test_a_runner_killed_mid_stream_fails_the_stream_and_the_node_recovers(
 ) -> None:
     node.wait_ready()
     (pid,) = node.runner_pids()
-    received: list[str] = []
-    first_token = threading.Event()
-    outcome: list[BaseException | None] = []
-
-    def consume() -> None:
-        try:
-            with (
-                client(node, timeout=60) as c,
-                c.chat.completions.create(
-                    model=MODEL,
-                    messages=[{"role": "user", "content": "Count from 1 to 500, one per line."}],
-                    temperature=0,
-                    max_tokens=2000,
-                    stream=True,
-                ) as stream,
-            ):
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        received.append(chunk.choices[0].delta.content)
-                    first_token.set()
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=consume)
-    thread.start()
-    assert first_token.wait(60), "no token arrived"
+    stream = LongStream(node)
+    assert stream.started.wait(60), "no token arrived"
     os.kill(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    thread.join(10)
-    assert not thread.is_alive(), "the stream hung after the runner died"
-    assert time.monotonic() - killed_at < 2.0
-    (error,) = outcome
+    assert stream.ended_within(2.0) < 2.0
+    (error,) = stream.outcome
     assert isinstance(error, openai.APIError), error
     assert "runner" in str(error)
     # The runner restarts and the next request is served.

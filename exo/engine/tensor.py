@@ -1,0 +1,77 @@
+"""Tensor parallelism across runner processes over `mlx.core.distributed` (ring backend).
+
+Every rank holds a slice of every layer (mlx-lm's `model.shard(group)`: attention heads
+and MLP columns split, two all-reduces per layer), so all ranks must run every forward
+pass together. Rank 0 drives mlx-lm's generation loop as for one model; before each
+forward pass it broadcasts a header `[kind, n]` and the `n` input token ids, and the
+other ranks run the same pass on them. The all-reduces leave identical logits on every
+rank; only rank 0 samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
+
+from exo.engine.pipeline import CONTINUE, NEW_SEQUENCE, STOP
+
+
+def shard_model(model: nn.Module, group: mx.distributed.Group) -> None:
+    """Split every layer across the group, in place (mlx-lm's own sharding)."""
+    shard = getattr(model, "shard", None)
+    if shard is None:
+        raise ValueError(
+            f"mlx-lm has no tensor-parallel sharding for {type(model).__module__}; "
+            "place this model with the pipeline strategy"
+        )
+    shard(group)
+
+
+def _broadcast(values: mx.array, group: mx.distributed.Group) -> mx.array:
+    """Rank 0's `values` on every rank: the others contribute zeros to a sum."""
+    if group.rank() != 0:
+        values = mx.zeros_like(values)
+    return mx.distributed.all_sum(values, group=group)
+
+
+class TensorHead:
+    """What rank 0 hands to mlx-lm's generation loop in place of the model."""
+
+    def __init__(self, model: nn.Module, group: mx.distributed.Group) -> None:
+        self._model = model
+        self._group = group
+        self.layers = cast(Any, model).layers  # make_prompt_cache builds caches for these
+
+    def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **_: Any) -> mx.array:
+        assert cache is not None
+        kind = NEW_SEQUENCE if cache[0].offset == 0 else CONTINUE
+        mx.eval(_broadcast(mx.array([kind, inputs.shape[1]], dtype=mx.int32), self._group))
+        shared = _broadcast(inputs.astype(mx.int32), self._group)
+        logits = cast(mx.array, self._model(shared, cache=cache))
+        # Evaluate the whole pass now, as the other ranks do: mlx-lm evaluates only the
+        # caches after a prefill chunk, which would skip the last layer's all-reduces
+        # here while the other ranks wait in them.
+        mx.eval(logits)
+        return logits
+
+    def stop(self) -> None:
+        """Tell the other ranks to leave their loops (the runner is shutting down)."""
+        mx.eval(_broadcast(mx.array([STOP, 0], dtype=mx.int32), self._group))
+
+
+def serve_follower(model: nn.Module, group: mx.distributed.Group) -> None:
+    """The loop of every rank after the first, until rank 0 says stop."""
+    cache: list[Any] = make_prompt_cache(model)
+    while True:
+        header = _broadcast(mx.zeros((2,), dtype=mx.int32), group)
+        mx.eval(header)
+        kind, length = (int(v) for v in header.tolist())  # type: ignore[union-attr]
+        if kind == STOP:
+            return
+        if kind == NEW_SEQUENCE:
+            cache = make_prompt_cache(model)
+        inputs = _broadcast(mx.zeros((1, length), dtype=mx.int32), group)
+        mx.eval(model(inputs, cache=cache))
