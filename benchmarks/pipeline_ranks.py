@@ -34,7 +34,7 @@ LAYERS = 30
 def start(model_dir: Path, ranks: int, logs: Path) -> list[RunnerProcess]:
     hosts = tuple(f"127.0.0.1:{free_port()}" for _ in range(ranks)) if ranks > 1 else ()
     share = LAYERS // ranks
-    processes = [RunnerProcess(logs / f"{ranks}-rank{r}.log") for r in range(ranks)]
+    processes = [RunnerProcess(logs / f"{ranks}-rank{r}.log", ranks > 1) for r in range(ranks)]
     for rank, process in enumerate(processes):
         end = LAYERS if rank == ranks - 1 else (rank + 1) * share
         process.send(protocol.Load(str(model_dir), rank * share, end, rank=rank, hosts=hosts))
@@ -69,8 +69,7 @@ def main() -> None:
         root = Path(tmp)
         model_dir = ensure_bundled_model(root / "models")
         results: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 3: []}
-        # One configuration alive at a time: waiting ranks poll their sockets, and on a
-        # small machine an idle group would slow the one being measured.
+        # One configuration alive at a time, so that none takes cores from another.
         for rep in range(args.reps):
             for ranks in results:
                 processes = start(model_dir, ranks, root)

@@ -45,6 +45,7 @@ def instance_view(state: State, instance: Instance) -> dict[str, Any]:
         "strategy": instance.strategy,
         "status": instance_status(state, instance),
         "shards": [to_plain(s) for s in instance.shards],
+        "ring": list(instance.ring),
     }
 
 

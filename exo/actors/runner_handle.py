@@ -102,7 +102,8 @@ class RunnerHandle:
         self._stderr_tail.clear()
         self._set_status(RunnerStatus("starting", "", self.restarts))
         process = await self._env.spawn(
-            [sys.executable, "-m", "exo.engine.runner"], runner_env(self._env.environ())
+            [sys.executable, "-m", "exo.engine.runner"],
+            runner_env(self._env.environ(), ranked=bool(self.instance.ring)),
         )
         self._process = process
         try:

@@ -37,12 +37,18 @@ def find_openblas() -> Path | None:
     return next((path for path in OPENBLAS_CANDIDATES if path.is_file()), None)
 
 
-def runner_env(base: Mapping[str, str]) -> dict[str, str]:
+def runner_env(base: Mapping[str, str], ranked: bool = False) -> dict[str, str]:
     """The environment for a runner process: `base` plus LD_PRELOAD of OpenBLAS on Linux.
 
     An existing LD_PRELOAD is kept after ours. `EXO_BLAS=reference` in `base` disables it.
+    `ranked`: a rank of a multi-node instance. Its OpenBLAS threads then go to sleep soon
+    after each call instead of spinning for a while: pipeline ranks on one machine compute
+    in turn, and a finished rank's spinning threads took the cores of the next one
+    (`benchmarks/pipeline_ranks.py`, 2 cores: 2 ranks 0.71x of one runner, 0.95x with this).
     """
     env = dict(base)
+    if ranked:
+        env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2**4 cycles, OpenBLAS's least
     if base.get(BLAS_ENV, "").lower() == "reference":
         return env
     openblas = find_openblas()
@@ -56,9 +62,8 @@ def runner_env(base: Mapping[str, str]) -> dict[str, str]:
 def set_blas_threads(threads: int) -> bool:
     """Set the thread count of the loaded OpenBLAS, if it is OpenBLAS; False otherwise.
 
-    Several pipeline ranks on one machine each start a full set of OpenBLAS threads that
-    spin while they wait; on a 2-core machine three ranks decode about 3x slower that way
-    than with one thread each.
+    Tensor ranks on one machine compute at the same time, so they split its cores;
+    pipeline ranks compute in turn, so each may use all of them.
     """
     try:
         setter = ctypes.CDLL(None).openblas_set_num_threads

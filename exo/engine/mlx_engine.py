@@ -33,6 +33,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from exo.engine import pipeline, protocol, tensor
 from exo.engine.blas import loaded_blas
+from exo.engine.doorbell import Doorbells
 
 _WARMUP_MESSAGES = ({"role": "user", "content": "Hi"},)
 
@@ -59,6 +60,7 @@ class MlxEngine:
         self.tokenizer = tokenizer
         self.info = info
         self.group: mx.distributed.Group | None = None
+        self.doorbells: Doorbells | None = None
         self.full_model: nn.Module = model
         self.strategy = "pipeline"
         self.hidden_size = 0
@@ -94,7 +96,9 @@ class MlxEngine:
                 f"layers [{start_layer}, {end_layer}) of {num_layers} are a pipeline shard: "
                 "loading one needs every rank's host"
             )
-        group = pipeline.init_ring(rank, list(hosts)) if distributed else None
+        group, doorbells = (
+            pipeline.init_ring(rank, list(hosts), strategy) if distributed else (None, None)
+        )
         model, tokenizer = mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[misc]
         if group is not None and strategy == "pipeline":
             pipeline.keep_layers(model, start_layer, end_layer, last=rank == group.size() - 1)
@@ -117,13 +121,15 @@ class MlxEngine:
         )
         runs: nn.Module | pipeline.PipelineHead | tensor.TensorHead = model
         if group is not None and rank == 0:
+            assert doorbells is not None
             runs = (
-                pipeline.PipelineHead(model, group, int(config["vocab_size"]))
+                pipeline.PipelineHead(model, group, doorbells, int(config["vocab_size"]))
                 if strategy == "pipeline"
-                else tensor.TensorHead(model, group)
+                else tensor.TensorHead(model, group, doorbells)
             )
         engine = cls(runs, tokenizer, info)  # type: ignore[arg-type]
         engine.group = group
+        engine.doorbells = doorbells
         engine.strategy = strategy
         engine.full_model = model
         engine.hidden_size = int(config["hidden_size"])
@@ -137,11 +143,11 @@ class MlxEngine:
         return self.group is not None and self.group.rank() > 0
 
     def serve_follower(self) -> None:
-        assert self.group is not None
+        assert self.group is not None and self.doorbells is not None
         if self.strategy == "tensor":
-            tensor.serve_follower(self.full_model, self.group)
+            tensor.serve_follower(self.full_model, self.group, self.doorbells)
         else:
-            pipeline.serve_follower(self.full_model, self.group, self.hidden_size)
+            pipeline.serve_follower(self.full_model, self.group, self.doorbells, self.hidden_size)
 
     def close(self) -> None:
         """Release the other ranks (rank 0 of a group)."""

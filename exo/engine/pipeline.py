@@ -7,8 +7,9 @@ passes them on; the last rank applies the final norm and the head and sends the 
 the last position back to rank 0, its ring neighbour. Rank 0 samples, detokenizes and
 streams, through mlx-lm's own generation loop: to it the whole pipeline is one model.
 
-Between ranks, every forward pass is a header `[kind, n, dtype]` (kind 2: a new sequence, reset
-the caches; 1: continue; 0: stop) followed by the hidden states `[1, n, hidden]`.
+Between ranks, every forward pass is a doorbell `[kind, n, dtype]` (kind 2: a new sequence,
+reset the caches; 1: continue; 0: stop; see `doorbell.py`), rung once the hidden states
+`[1, n, hidden]` are computed, which then follow through the ring.
 This works for mlx-lm models whose inner model takes `input_embeddings` (Llama, Qwen,
 Mistral and most decoder-only families).
 """
@@ -25,13 +26,18 @@ import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
 from exo.engine.blas import set_blas_threads
+from exo.engine.doorbell import Doorbells
 
 STOP, CONTINUE, NEW_SEQUENCE = 0, 1, 2
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
-def init_ring(rank: int, hosts: list[str]) -> mx.distributed.Group:
-    """Join the ring of `hosts` ("ip:port" per rank) as `rank`; blocks until all joined."""
+def init_ring(
+    rank: int, hosts: list[str], strategy: str = "pipeline"
+) -> tuple[mx.distributed.Group, Doorbells]:
+    """Join the ring of `hosts` ("ip:port" per rank) as `rank`; blocks until all joined.
+    Also returns this rank's doorbells (listening before the ring forms)."""
+    doorbells = Doorbells(rank, hosts)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as hostfile:
         json.dump(hosts, hostfile)
     os.environ["MLX_HOSTFILE"] = hostfile.name
@@ -42,11 +48,12 @@ def init_ring(rank: int, hosts: list[str]) -> mx.distributed.Group:
         os.unlink(hostfile.name)
     if group.size() != len(hosts) or group.rank() != rank:
         raise RuntimeError(f"ring formed as rank {group.rank()} of {group.size()}")
-    # Ranks that share this machine share its cores.
+    # Tensor ranks that share this machine compute at once and share its cores; pipeline
+    # ranks compute in turn, each with every core.
     here = hosts[rank].rpartition(":")[0]
     sharing = sum(1 for h in hosts if h.rpartition(":")[0] == here)
-    set_blas_threads((os.cpu_count() or 1) // sharing)
-    return group
+    set_blas_threads((os.cpu_count() or 1) // (sharing if strategy == "tensor" else 1))
+    return group, doorbells
 
 
 def keep_layers(model: nn.Module, start: int, end: int, last: bool) -> None:
@@ -60,10 +67,17 @@ def keep_layers(model: nn.Module, start: int, end: int, last: bool) -> None:
 class PipelineHead:
     """What rank 0 hands to mlx-lm's generation loop in place of the model."""
 
-    def __init__(self, model: nn.Module, group: mx.distributed.Group, vocab_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        group: mx.distributed.Group,
+        doorbells: Doorbells,
+        vocab_size: int,
+    ) -> None:
         self._model = model
         self._inner: Any = cast(Any, model).model
         self._group = group
+        self._doorbells = doorbells
         self._vocab = vocab_size
         self.layers = self._inner.layers  # make_prompt_cache builds caches for these
 
@@ -71,36 +85,34 @@ class PipelineHead:
         assert cache is not None
         kind = NEW_SEQUENCE if cache[0].offset == 0 else CONTINUE
         hidden = self._inner(inputs, cache)
-        header = [kind, inputs.shape[1], DTYPES.index(hidden.dtype)]
-        self._forward(mx.array(header, dtype=mx.int32), hidden)
+        mx.eval(hidden)
+        self._doorbells.ring(1, (kind, inputs.shape[1], DTYPES.index(hidden.dtype)))
+        mx.eval(mx.distributed.send(hidden, 1, group=self._group))
         last = self._group.size() - 1
+        self._doorbells.wait(last)  # the last rank has the logits ready
         logits = mx.distributed.recv((1, 1, self._vocab), hidden.dtype, last, group=self._group)
         mx.eval(logits)
         return logits
 
     def stop(self) -> None:
         """Tell the other ranks to leave their loops (the runner is shutting down)."""
-        mx.eval(mx.distributed.send(mx.array([STOP, 0, 0], dtype=mx.int32), 1, group=self._group))
-
-    def _forward(self, header: mx.array, hidden: mx.array) -> None:
-        mx.eval(mx.distributed.send(header, 1, group=self._group))
-        mx.eval(mx.distributed.send(hidden, 1, group=self._group))
+        self._doorbells.ring(1, (STOP, 0, 0))
 
 
-def serve_follower(model: nn.Module, group: mx.distributed.Group, hidden_size: int) -> None:
+def serve_follower(
+    model: nn.Module, group: mx.distributed.Group, doorbells: Doorbells, hidden_size: int
+) -> None:
     """The loop of every rank after the first, until rank 0 says stop."""
     rank, size = group.rank(), group.size()
     inner: Any = cast(Any, model).model
     last = rank == size - 1
     cache: list[Any] = make_prompt_cache(model)
     while True:
-        header = mx.distributed.recv((3,), mx.int32, rank - 1, group=group)
-        mx.eval(header)
-        kind, length, dtype_code = (int(v) for v in header.tolist())  # type: ignore[union-attr]
+        kind, length, dtype_code = doorbells.wait(rank - 1)
         dtype = DTYPES[dtype_code]
         if kind == STOP:
             if not last:
-                mx.eval(mx.distributed.send(header, rank + 1, group=group))
+                doorbells.ring(rank + 1, (kind, length, dtype_code))
             return
         if kind == NEW_SEQUENCE:
             cache = make_prompt_cache(model)
@@ -108,8 +120,12 @@ def serve_follower(model: nn.Module, group: mx.distributed.Group, hidden_size: i
         placeholder = mx.zeros((1, length), dtype=mx.int32)
         if last:
             logits = model(placeholder, cache=cache, input_embeddings=hidden)[:, -1:, :]
-            mx.eval(mx.distributed.send(logits.astype(dtype), 0, group=group))
+            logits = logits.astype(dtype)
+            mx.eval(logits)
+            doorbells.ring(0, (CONTINUE, 1, dtype_code))
+            mx.eval(mx.distributed.send(logits, 0, group=group))
         else:
             out = inner(placeholder, cache, input_embeddings=hidden)
-            mx.eval(mx.distributed.send(header, rank + 1, group=group))
+            mx.eval(out)
+            doorbells.ring(rank + 1, (kind, length, dtype_code))
             mx.eval(mx.distributed.send(out, rank + 1, group=group))

@@ -16,6 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
+from exo.engine.doorbell import Doorbells
 from exo.engine.pipeline import CONTINUE, NEW_SEQUENCE, STOP
 
 
@@ -40,15 +41,16 @@ def _broadcast(values: mx.array, group: mx.distributed.Group) -> mx.array:
 class TensorHead:
     """What rank 0 hands to mlx-lm's generation loop in place of the model."""
 
-    def __init__(self, model: nn.Module, group: mx.distributed.Group) -> None:
+    def __init__(self, model: nn.Module, group: mx.distributed.Group, doorbells: Doorbells) -> None:
         self._model = model
         self._group = group
+        self._doorbells = doorbells
         self.layers = cast(Any, model).layers  # make_prompt_cache builds caches for these
 
     def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **_: Any) -> mx.array:
         assert cache is not None
         kind = NEW_SEQUENCE if cache[0].offset == 0 else CONTINUE
-        mx.eval(_broadcast(mx.array([kind, inputs.shape[1]], dtype=mx.int32), self._group))
+        self._ring_all((kind, inputs.shape[1], 0))
         shared = _broadcast(inputs.astype(mx.int32), self._group)
         logits = cast(mx.array, self._model(shared, cache=cache))
         # Evaluate the whole pass now, as the other ranks do: mlx-lm evaluates only the
@@ -59,16 +61,18 @@ class TensorHead:
 
     def stop(self) -> None:
         """Tell the other ranks to leave their loops (the runner is shutting down)."""
-        mx.eval(_broadcast(mx.array([STOP, 0], dtype=mx.int32), self._group))
+        self._ring_all((STOP, 0, 0))
+
+    def _ring_all(self, message: tuple[int, int, int]) -> None:
+        for rank in range(1, self._group.size()):
+            self._doorbells.ring(rank, message)
 
 
-def serve_follower(model: nn.Module, group: mx.distributed.Group) -> None:
+def serve_follower(model: nn.Module, group: mx.distributed.Group, doorbells: Doorbells) -> None:
     """The loop of every rank after the first, until rank 0 says stop."""
     cache: list[Any] = make_prompt_cache(model)
     while True:
-        header = _broadcast(mx.zeros((2,), dtype=mx.int32), group)
-        mx.eval(header)
-        kind, length = (int(v) for v in header.tolist())  # type: ignore[union-attr]
+        kind, length, _ = doorbells.wait(0)
         if kind == STOP:
             return
         if kind == NEW_SEQUENCE:

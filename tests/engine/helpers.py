@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class RunnerProcess:
     """A real `python -m exo.engine.runner` child with line-level send / receive."""
 
-    def __init__(self, stderr_path: Path) -> None:
+    def __init__(self, stderr_path: Path, ranked: bool = False) -> None:
         self.stderr_path = stderr_path
         self.info: protocol.EngineInfo | None = None
         self._stderr = stderr_path.open("wb")
@@ -30,7 +30,7 @@ class RunnerProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=runner_env(os.environ),
+            env=runner_env(os.environ, ranked),
             cwd=REPO_ROOT,
         )
         self.lines: queue.Queue[bytes] = queue.Queue()

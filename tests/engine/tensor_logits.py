@@ -20,7 +20,7 @@ PROMPT = "The capital of France is"
 
 
 def main(model_dir: Path, hosts: list[str], rank: int) -> None:
-    group = pipeline.init_ring(rank, hosts)
+    group, _ = pipeline.init_ring(rank, hosts, "tensor")
     sharded, tokenizer = mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[misc]
     dequantize_to_float32(sharded)
     tensor.shard_model(sharded, group)

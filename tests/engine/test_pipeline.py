@@ -38,7 +38,7 @@ def tokens_of(process: RunnerProcess, request_id: str) -> tuple[list[int], str, 
 
 def start_ranks(model_dir: Path, tmp_path: Path, strategy: str) -> list[RunnerProcess]:
     hosts = tuple(f"127.0.0.1:{free_port()}" for _ in range(3))
-    ranks = [RunnerProcess(tmp_path / f"{strategy}-rank{r}.log") for r in range(3)]
+    ranks = [RunnerProcess(tmp_path / f"{strategy}-rank{r}.log", ranked=True) for r in range(3)]
     for rank, process in enumerate(ranks):
         start, end = (rank * 10, rank * 10 + 10) if strategy == "pipeline" else (0, 30)
         process.send(
@@ -87,7 +87,7 @@ def test_a_dead_rank_fails_the_request_and_the_ring(ranks: list[RunnerProcess]) 
         if not isinstance(message, protocol.TokenOut):
             break
     assert isinstance(message, protocol.RequestError) and message.failed, message
-    assert "ring" in message.message or "peer" in message.message, message.message
+    assert "[ring" in message.message and "lost" in message.message, message.message
     # A broken ring does not mend: rank 0 and the surviving follower exit with status 1.
     assert ranks[0].proc.wait(timeout=20) == 1
     assert ranks[1].proc.wait(timeout=20) == 1
@@ -111,7 +111,7 @@ def test_tensor_logits_match_one_model_within_tolerance(model_dir: Path, tmp_pat
             [sys.executable, "-m", "tests.engine.tensor_logits", str(model_dir), hosts, str(r)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=runner_env(os.environ),
+            env=runner_env(os.environ, ranked=True),
             cwd=REPO_ROOT,
             text=True,
         )
