@@ -6,9 +6,10 @@ configuration — pipeline on 1, 2 and 3 nodes, tensor on 3 — the instance is 
 to the API of the node running rank 0. The 3-node pipeline is also asked through the API
 of the last rank's node, so the data-plane relay is measured too. Next to each
 measurement: the placement model's prediction from `GET /instances/previews`. The
-baseline is the 1-node instance, measured in the same run.
+baseline is the 1-node instance, measured first and again last in the same run (the
+mean of both, so that drift of the machine during the run shows and cancels).
 
-    .venv/bin/python benchmarks/distributed_nodes.py --reps 3
+    .venv/bin/python benchmarks/distributed_nodes.py --reps 5 --tensor-reps 1
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def one_request(api: NodeProcess) -> tuple[float, float]:
 def run_config(
     nodes: list[NodeProcess], ids: list[str], strategy: str, count: int, reps: int
 ) -> list[dict[str, Any]]:
+    """Medians of `reps` requests through each API of one freshly placed instance."""
     entry = nodes[0]
     instance = place(entry, strategy, ids[:count])
     apis = [("rank 0's node", entry)]
@@ -113,7 +115,10 @@ def run_config(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="pipeline and tensor across real nodes")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--tensor-reps", type=int, default=1, help="tensor requests (slow on a small machine)"
+    )
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,11 +130,13 @@ def main() -> None:
             rows: list[dict[str, Any]] = []
             for strategy, count in (("pipeline", 1), ("pipeline", 2), ("pipeline", 3)):
                 rows += run_config(nodes, ids, strategy, count, args.reps)
-            rows += run_config(nodes, ids, "tensor", 3, args.reps)
+            rows += run_config(nodes, ids, "tensor", 3, args.tensor_reps)
+            rows += run_config(nodes, ids, "pipeline", 1, args.reps)
+            rows[-1]["api"] += " (again, last)"
         finally:
             for node in nodes:
                 node.stop(signal.SIGKILL)
-    base = rows[0]["decode_tps"]
+    base = (rows[0]["decode_tps"] + rows[-1]["decode_tps"]) / 2
     print("| strategy | nodes | API on | decode tok/s | vs 1 node | predicted | TTFT | per hop |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:

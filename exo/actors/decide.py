@@ -126,12 +126,24 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
     if command.if_absent and state.instances_of(card.model_id):
         return []
     try:
-        placement = place(state, card, command.strategy, command.min_nodes, command.nodes)
+        placement = place(
+            state,
+            card,
+            command.strategy,
+            command.min_nodes,
+            command.nodes,
+            command.context_length,
+        )
         ring = ring_addresses(state, placement.shards, state.last_index)
     except PlacementError as exc:
         return Rejected(str(exc))
     instance = Instance(
-        instance_id_for(command_id), card.model_id, placement.strategy, placement.shards, ring
+        instance_id_for(command_id),
+        card.model_id,
+        placement.strategy,
+        placement.shards,
+        ring,
+        command.context_length,
     )
     return [InstanceCreated(instance)]
 
@@ -157,7 +169,7 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
         if card is None or draft.instances_of(instance.model):
             continue
         try:
-            placement = place(draft, card, instance.strategy)
+            placement = place(draft, card, instance.strategy, context=instance.context_length)
             ring = ring_addresses(draft, placement.shards, state.last_index)
         except PlacementError:
             continue  # nowhere to go now; the next request for the model places it again
@@ -167,6 +179,7 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
             placement.strategy,
             placement.shards,
             ring,
+            instance.context_length,
         )
         created = InstanceCreated(replacement)
         events.append(created)

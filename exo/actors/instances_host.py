@@ -46,6 +46,7 @@ def instance_view(state: State, instance: Instance) -> dict[str, Any]:
         "status": instance_status(state, instance),
         "shards": [to_plain(s) for s in instance.shards],
         "ring": list(instance.ring),
+        "context_length": instance.context_length,
     }
 
 
@@ -66,7 +67,12 @@ class InstanceManager:
         return instance_view(state, instance)
 
     async def create_instance(
-        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+        self,
+        model: str,
+        strategy: str,
+        nodes: tuple[str, ...] | None,
+        min_nodes: int,
+        context_length: int | None = None,
     ) -> dict[str, Any]:
         card = card_for(model)
         if card is None:
@@ -76,6 +82,7 @@ class InstanceManager:
             cast(Strategy, strategy),
             min_nodes,
             tuple(NodeId(n) for n in nodes) if nodes is not None else None,
+            context_length=context_length,
         )
         with trio.move_on_after(COMMAND_TIMEOUT):
             outcome = await self._commands.call(command)

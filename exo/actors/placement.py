@@ -1,7 +1,8 @@
 """Placement: which nodes run which layers of a model. A pure function of state and request.
 
-Memory-aware from the start: a node must hold its share of the weights (as loaded),
-its share of the KV cache for the model's full context, and a headroom. Topology-aware:
+Memory-aware from the start: a node must hold its share of the weights (as its
+accelerator holds them), its share of the KV cache for the requested context (the
+model's whole context unless asked for less), and a headroom. Topology-aware:
 ranks follow the fastest measured links, and a multi-node instance gets its MLX ring
 addresses from where the nodes reach each other (`state.links`).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from exo.events.facts import NodeProfile, Shard, Strategy
+from exo.events.facts import Accelerator, NodeProfile, Shard, Strategy
 from exo.events.ids import NodeId
 from exo.events.state import State
 from exo.models.cards import ModelCard
@@ -21,8 +22,10 @@ UNMEASURED_LATENCY_S = 1e-3
 # Ring ports rotate through ring_port + [0, RING_SLOTS): a new instance does not reuse the
 # ports of one just deleted (its sockets may linger) nor those of a live one.
 RING_SLOTS = 64
-# Runners on CPU compute in float32: 4 bytes per cached key/value element.
-KV_BYTES_PER_ELEMENT = 4
+# Runners on CPU compute in float32 (4 bytes per cached key/value element, weights
+# dequantized: `loaded_bytes`); on a GPU they keep the weights as stored and cache in
+# half precision (2 bytes).
+KV_BYTES_PER_ELEMENT: dict[Accelerator, int] = {"cpu": 4, "metal": 2, "cuda": 2}
 
 
 class PlacementError(ValueError):
@@ -36,15 +39,25 @@ class Placement:
     memory_by_node: dict[NodeId, int]
 
 
-def kv_cache_bytes(card: ModelCard, layers: int) -> int:
+def kv_cache_bytes(
+    card: ModelCard, layers: int, context: int | None = None, accelerator: Accelerator = "cpu"
+) -> int:
     head_dim = card.hidden_size // card.num_heads
-    return 2 * layers * card.num_kv_heads * head_dim * card.context_length * KV_BYTES_PER_ELEMENT
+    tokens = context or card.context_length
+    return 2 * layers * card.num_kv_heads * head_dim * tokens * KV_BYTES_PER_ELEMENT[accelerator]
 
 
-def required_bytes(card: ModelCard, layers: int, fraction_of_width: float = 1.0) -> int:
+def required_bytes(
+    card: ModelCard,
+    layers: int,
+    fraction_of_width: float = 1.0,
+    context: int | None = None,
+    accelerator: Accelerator = "cpu",
+) -> int:
     """Memory a rank holding `layers` layers (of `fraction_of_width` of each) needs."""
-    weights = card.loaded_bytes * layers / card.num_layers
-    kv = kv_cache_bytes(card, layers)
+    stored = card.loaded_bytes if accelerator == "cpu" else card.weight_bytes
+    weights = stored * layers / card.num_layers
+    kv = kv_cache_bytes(card, layers, context, accelerator)
     return int((weights + kv) * fraction_of_width) + HEADROOM_BYTES
 
 
@@ -54,8 +67,16 @@ def place(
     strategy: Strategy,
     min_nodes: int = 1,
     nodes: tuple[NodeId, ...] | None = None,
+    context: int | None = None,
 ) -> Placement:
-    """The placement on the fewest nodes (at least `min_nodes`) that fits, or `PlacementError`."""
+    """The placement on the fewest nodes (at least `min_nodes`) that fits, or `PlacementError`.
+
+    `context`: tokens of KV cache to plan for (default: the model's whole context)."""
+    if context is not None and not 0 < context <= card.context_length:
+        raise PlacementError(
+            f"context_length {context} is not within the model's context of "
+            f"{card.context_length} tokens"
+        )
     candidates = _candidates(state, nodes)
     if not candidates:
         raise PlacementError("no nodes are available to place on")
@@ -75,8 +96,8 @@ def place(
             chosen = [(n, state.nodes[n]) for n in order]
         try:
             if strategy == "pipeline":
-                return _pipeline(card, chosen)
-            return _tensor(card, chosen)
+                return _pipeline(card, chosen, context)
+            return _tensor(card, chosen, context)
         except PlacementError as exc:
             reasons.append(str(exc))
             if nodes is not None:
@@ -98,7 +119,9 @@ def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[No
     return [(n, state.nodes[n]) for n in nodes]
 
 
-def _pipeline(card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]]) -> Placement:
+def _pipeline(
+    card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]], context: int | None
+) -> Placement:
     if len(chosen) > card.num_layers:
         raise PlacementError(f"{card.num_layers} layers cannot span {len(chosen)} nodes")
     layer_counts = split_layers(card.num_layers, [p.memory_available for _, p in chosen])
@@ -106,7 +129,7 @@ def _pipeline(card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]]) -> Plac
     memory: dict[NodeId, int] = {}
     start = 0
     for rank, ((node_id, profile), layers) in enumerate(zip(chosen, layer_counts, strict=True)):
-        need = required_bytes(card, layers)
+        need = required_bytes(card, layers, 1.0, context, profile.accelerator)
         _check_fits(node_id, profile, need)
         shards.append(Shard(node_id, rank, start, start + layers))
         memory[node_id] = need
@@ -114,7 +137,9 @@ def _pipeline(card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]]) -> Plac
     return Placement("pipeline", tuple(shards), memory)
 
 
-def _tensor(card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]]) -> Placement:
+def _tensor(
+    card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]], context: int | None
+) -> Placement:
     count = len(chosen)
     for what, value in (
         ("attention heads", card.num_heads),
@@ -126,7 +151,7 @@ def _tensor(card: ModelCard, chosen: list[tuple[NodeId, NodeProfile]]) -> Placem
     shards: list[Shard] = []
     memory: dict[NodeId, int] = {}
     for rank, (node_id, profile) in enumerate(chosen):
-        need = required_bytes(card, card.num_layers, 1 / count)
+        need = required_bytes(card, card.num_layers, 1 / count, context, profile.accelerator)
         _check_fits(node_id, profile, need)
         shards.append(Shard(node_id, rank, 0, card.num_layers))
         memory[node_id] = need

@@ -117,6 +117,7 @@ class RunnerHandle:
                         self.shard.rank,
                         self.instance.ring,
                         self.instance.strategy,
+                        self.instance.context_length,
                     )
                 )
                 reason = await self._pump_stdout(process)

@@ -83,7 +83,12 @@ class Backend(Protocol):
         ...
 
     async def create_instance(
-        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+        self,
+        model: str,
+        strategy: str,
+        nodes: tuple[str, ...] | None,
+        min_nodes: int,
+        context_length: int | None = None,
     ) -> dict[str, Any]:
         """Place an instance; `UnknownModel`, or `InvalidRequest` saying why it cannot be placed."""
         ...

@@ -24,12 +24,13 @@ class PlaceRequest:
     strategy: str
     nodes: tuple[str, ...] | None
     min_nodes: int
+    context_length: int | None = None
 
 
 def parse_place_request(body: object) -> PlaceRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - {"model", "strategy", "nodes", "min_nodes"})
+    unknown = sorted(set(body) - {"model", "strategy", "nodes", "min_nodes", "context_length"})
     if unknown:
         raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
     model = body.get("model")
@@ -49,7 +50,12 @@ def parse_place_request(body: object) -> PlaceRequest:
     min_nodes = body.get("min_nodes", len(nodes) if nodes else 1)
     if type(min_nodes) is not int or min_nodes < 1:
         raise InvalidRequest("'min_nodes' must be an integer of at least 1.", "min_nodes")
-    return PlaceRequest(model, strategy, tuple(nodes) if nodes else None, min_nodes)
+    context_length = body.get("context_length")
+    if context_length is not None and (type(context_length) is not int or context_length < 1):
+        raise InvalidRequest(
+            "'context_length' must be an integer of at least 1 (tokens).", "context_length"
+        )
+    return PlaceRequest(model, strategy, tuple(nodes) if nodes else None, min_nodes, context_length)
 
 
 def register_instances(app: QuartTrio, backend: Backend) -> None:
@@ -71,7 +77,7 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
         async def work() -> Any:
             place = parse_place_request(decode_json_body(raw))
             return await backend.create_instance(
-                place.model, place.strategy, place.nodes, place.min_nodes
+                place.model, place.strategy, place.nodes, place.min_nodes, place.context_length
             )
 
         return await answer(work, 201)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -74,6 +75,7 @@ class MlxEngine:
         rank: int = 0,
         hosts: Sequence[str] = (),
         strategy: str = "pipeline",
+        context_length: int | None = None,
     ) -> MlxEngine:
         """Load layers [start_layer, end_layer) of the model in `model_dir`.
 
@@ -117,7 +119,10 @@ class MlxEngine:
             blas=loaded_blas(),
             model_type=str(config.get("model_type", "unknown")),
             num_layers=num_layers,
-            context_length=int(config.get("max_position_embeddings") or 4096),
+            context_length=min(
+                int(config.get("max_position_embeddings") or 4096),
+                context_length or sys.maxsize,
+            ),
         )
         runs: nn.Module | pipeline.PipelineHead | tensor.TensorHead = model
         if group is not None and rank == 0:

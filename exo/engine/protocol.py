@@ -49,6 +49,8 @@ class Load:
     rank: int = 0
     hosts: tuple[str, ...] = ()
     strategy: str = "pipeline"
+    # Cap on prompt + reply tokens (the context placement planned memory for).
+    context_length: int | None = None
 
 
 @frozen

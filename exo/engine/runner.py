@@ -148,6 +148,7 @@ class Runner:
                 request.rank,
                 request.hosts,
                 request.strategy,
+                request.context_length,
             )
         except Exception as exc:
             log.error("load failed:\n%s", traceback.format_exc())

@@ -30,6 +30,9 @@ class PlaceInstance:
     # Accept without placing when the model already has an instance (a chat request's
     # implicit placement), so concurrent requests never place twice.
     if_absent: bool = False
+    # Tokens of context to plan KV-cache memory for (and cap requests at); None: the
+    # model's whole context.
+    context_length: int | None = None
 
 
 @frozen

@@ -67,6 +67,8 @@ class Instance:
     shards: tuple[Shard, ...]
     # "ip:port" per rank for the MLX ring of a multi-node instance; empty for one node.
     ring: tuple[str, ...] = ()
+    # The context its memory was planned for (requests are capped at it); None: the model's.
+    context_length: int | None = None
 
     def shard_on(self, node_id: NodeId) -> Shard | None:
         return next((s for s in self.shards if s.node_id == node_id), None)

@@ -1,7 +1,13 @@
 import pytest
 
 from exo.actors.decide import Rejected, decide, instance_id_for
-from exo.actors.placement import PlacementError, place, required_bytes, split_layers
+from exo.actors.placement import (
+    HEADROOM_BYTES,
+    PlacementError,
+    place,
+    required_bytes,
+    split_layers,
+)
 from exo.events.commands import (
     DeleteInstance,
     Envelope,
@@ -141,3 +147,31 @@ def test_coordinator_only_nodes_are_never_placed_on() -> None:
         )
     with pytest.raises(PlacementError, match=r"coordinator-only nodes .* host no runners: c"):
         place(state, CARD, "pipeline", nodes=(NodeId("c"),))
+
+
+def test_memory_is_planned_for_the_requested_context() -> None:
+    full = required_bytes(CARD, 30)
+    short = required_bytes(CARD, 30, context=1024)
+    assert short < full
+    # A node with room for the short context but not the whole one.
+    room_gib = (short + full) / 2 / GIB
+    with pytest.raises(PlacementError, match="needs"):
+        place(state_with(a=room_gib), CARD, "pipeline")
+    placement = place(state_with(a=room_gib), CARD, "pipeline", context=1024)
+    assert placement.memory_by_node[NodeId("a")] == short
+    with pytest.raises(PlacementError, match="not within the model's context of 8192"):
+        place(state_with(a=8), CARD, "pipeline", context=8193)
+    # The instance remembers the context, so its runners cap requests at it.
+    (created,) = decide(
+        state_with(a=room_gib), envelope(PlaceInstance(BUNDLED_MODEL, context_length=1024))
+    )  # type: ignore[misc]
+    assert isinstance(created, InstanceCreated) and created.instance.context_length == 1024
+
+
+def test_a_gpu_node_holds_the_weights_as_stored_and_a_half_precision_cache() -> None:
+    cpu = required_bytes(CARD, 30, accelerator="cpu")
+    gpu = required_bytes(CARD, 30, accelerator="cuda")
+    assert gpu < cpu
+    head_dim = CARD.hidden_size // CARD.num_heads
+    kv = 2 * 30 * CARD.num_kv_heads * head_dim * CARD.context_length * 2
+    assert gpu == int(CARD.weight_bytes + kv) + HEADROOM_BYTES

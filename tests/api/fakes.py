@@ -104,7 +104,12 @@ class FakeBackend:
         return self.instances_by_id[instance_id]
 
     async def create_instance(
-        self, model: str, strategy: str, nodes: tuple[str, ...] | None, min_nodes: int
+        self,
+        model: str,
+        strategy: str,
+        nodes: tuple[str, ...] | None,
+        min_nodes: int,
+        context_length: int | None = None,
     ) -> dict[str, Any]:
         self._card(model)
         if self.entry_error is not None:

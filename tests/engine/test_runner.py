@@ -159,3 +159,23 @@ def test_stdin_eof_exits_cleanly(tmp_path: Path) -> None:
     assert process.proc.wait(timeout=30) == 0
     assert "shutting down" in process.stderr()
     process.close()
+
+
+def test_an_instance_context_caps_prompt_and_reply(model_dir: Path, tmp_path: Path) -> None:
+    """A runner loaded for a 64-token context (what placement planned memory for) holds
+    requests to it: a longer prompt is refused and replies stop at the cap."""
+    process = RunnerProcess(tmp_path / "stderr.log")
+    try:
+        process.send(protocol.Load(str(model_dir), 0, 30, context_length=64))
+        assert isinstance(process.recv(), protocol.Loading)
+        ready = process.recv(timeout=180)
+        assert isinstance(ready, protocol.Ready) and ready.info.context_length == 64
+        process.send(chat("long", "word " * 80))
+        error = process.recv()
+        assert isinstance(error, protocol.RequestError) and "holds 64" in error.message
+        process.send(chat("short", "Count from 1 to 100."))
+        _, finished = process.collect("short")
+        assert finished.finish_reason == "length"
+        assert finished.prompt_tokens + finished.completion_tokens == 64
+    finally:
+        assert process.close() == 0, process.stderr()
