@@ -11,6 +11,7 @@ import hashlib
 from attrs import frozen
 
 from exo.actors.placement import PlacementError, place, ring_addresses
+from exo.actors.previews import best_placement
 from exo.events.commands import (
     AdoptSuffix,
     DeleteInstance,
@@ -126,14 +127,19 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
     if command.if_absent and state.instances_of(card.model_id):
         return []
     try:
-        placement = place(
-            state,
-            card,
-            command.strategy,
-            command.min_nodes,
-            command.nodes,
-            command.context_length,
-        )
+        if command.nodes is None:
+            placement = best_placement(
+                state, card, command.strategy, command.min_nodes, command.context_length
+            )
+        else:
+            placement = place(
+                state,
+                card,
+                command.strategy,
+                command.min_nodes,
+                command.nodes,
+                command.context_length,
+            )
         ring = ring_addresses(state, placement.shards, state.last_index)
     except PlacementError as exc:
         return Rejected(str(exc))
@@ -169,7 +175,9 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
         if card is None or draft.instances_of(instance.model):
             continue
         try:
-            placement = place(draft, card, instance.strategy, context=instance.context_length)
+            placement = best_placement(
+                draft, card, instance.strategy, context=instance.context_length
+            )
             ring = ring_addresses(draft, placement.shards, state.last_index)
         except PlacementError:
             continue  # nowhere to go now; the next request for the model places it again

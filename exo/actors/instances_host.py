@@ -105,7 +105,7 @@ class InstanceManager:
             return
         raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
 
-    def previews(self, model: str) -> list[dict[str, Any]]:
+    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         card = card_for(model)
         if card is None:
             raise UnknownModel(model)
@@ -119,5 +119,5 @@ class InstanceManager:
                 "valid": p.valid,
                 "reason": p.reason,
             }
-            for p in previews(self._replica.state, card)
+            for p in previews(self._replica.state, card, context_length)
         ]

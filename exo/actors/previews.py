@@ -48,18 +48,69 @@ class Preview:
     reason: str
 
 
-def previews(state: State, card: ModelCard) -> list[Preview]:
-    """One candidate per (strategy, node count), for 1 to every worker node."""
+def previews(state: State, card: ModelCard, context: int | None = None) -> list[Preview]:
+    """One candidate per (strategy, node count), for 1 to every worker node, with memory
+    planned for `context` tokens (default: the model's whole context)."""
     workers = sorted(n for n, p in state.nodes.items() if p.worker)
     out: list[Preview] = []
     for strategy in STRATEGIES:
         for count in range(1, max(len(workers), 1) + 1):
-            out.append(_preview(state, card, strategy, count, workers))
+            out.append(_preview(state, card, strategy, count, workers, context))
     return out
 
 
+def best_placement(
+    state: State,
+    card: ModelCard,
+    strategy: Strategy,
+    min_nodes: int = 1,
+    context: int | None = None,
+) -> Placement:
+    """The valid placement on at least `min_nodes` workers with the highest predicted
+    decode speed; ties go to fewer nodes. Per node count the candidates are the workers
+    with the most free memory and those with the fastest accelerator, in link order."""
+    workers = sorted(n for n, p in state.nodes.items() if p.worker)
+    if not workers:
+        raise PlacementError("no nodes are available to place on")
+    if min_nodes < 1:
+        raise PlacementError("min_nodes must be at least 1")
+    if min_nodes > len(workers):
+        raise PlacementError(f"{min_nodes} nodes requested, {len(workers)} available")
+    best: tuple[float, Placement] | None = None
+    reason = ""
+    for count in range(min_nodes, len(workers) + 1):
+        for subset in _candidate_sets(state, workers, count):
+            try:
+                placement = place(state, card, strategy, count, subset, context)
+            except PlacementError as exc:
+                reason = str(exc)
+                continue
+            speed = predicted_tokens_per_second(state, card, placement)
+            if best is None or speed > best[0]:
+                best = (speed, placement)
+    if best is None:
+        raise PlacementError(reason)
+    return best[1]
+
+
+def _candidate_sets(state: State, workers: list[NodeId], count: int) -> list[tuple[NodeId, ...]]:
+    fastest = sorted(
+        workers, key=lambda n: (-_bandwidth(state, n), -state.nodes[n].memory_available, n)
+    )[:count]
+    sets = [
+        by_link_order(state, _most_memory(state, workers, count)),
+        by_link_order(state, fastest),
+    ]
+    return list(dict.fromkeys(sets))
+
+
 def _preview(
-    state: State, card: ModelCard, strategy: Strategy, count: int, workers: list[NodeId]
+    state: State,
+    card: ModelCard,
+    strategy: Strategy,
+    count: int,
+    workers: list[NodeId],
+    context: int | None,
 ) -> Preview:
     if count > len(workers):
         return Preview(
@@ -73,7 +124,7 @@ def _preview(
         )
     try:
         chosen = by_link_order(state, _most_memory(state, workers, count))
-        placement = place(state, card, strategy, count, chosen)
+        placement = place(state, card, strategy, count, chosen, context)
     except PlacementError as exc:
         return Preview(strategy, count, (), {}, None, False, str(exc))
     speed = predicted_tokens_per_second(state, card, placement)

@@ -95,7 +95,7 @@ class Backend(Protocol):
 
     async def delete_instance(self, instance_id: str) -> None: ...
 
-    def previews(self, model: str) -> list[dict[str, Any]]:
+    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         """Every candidate placement of `model`, valid or not, with reasons and predictions."""
         ...
 

@@ -92,11 +92,17 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
     @app.get("/instances/previews")
     async def instance_previews() -> TrioResponse:
         model = request.args.get("model")
+        context = request.args.get("context_length")
 
         async def work() -> Any:
             if not model:
                 raise InvalidRequest("Give the model to preview: ?model=<id>.", "model")
-            return backend.previews(model)
+            if context is not None and not (context.isdigit() and int(context) > 0):
+                raise InvalidRequest(
+                    "'context_length' must be an integer of at least 1 (tokens).",
+                    "context_length",
+                )
+            return backend.previews(model, int(context) if context else None)
 
         return await answer(work)
 

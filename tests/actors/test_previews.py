@@ -1,5 +1,10 @@
 from exo.actors.placement import place
-from exo.actors.previews import link_latency, predicted_tokens_per_second, previews
+from exo.actors.previews import (
+    best_placement,
+    link_latency,
+    predicted_tokens_per_second,
+    previews,
+)
 from exo.events.events import IndexedEvent, LinksMeasured, NodeProfiled
 from exo.events.facts import LinkStats, NodeProfile
 from exo.events.ids import NodeId
@@ -8,7 +13,7 @@ from exo.models.cards import BUNDLED_MODEL, CARDS
 
 GIB = 2**30
 CARD = CARDS[BUNDLED_MODEL]
-A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
+A, B, C, D = NodeId("a"), NodeId("b"), NodeId("c"), NodeId("d")
 
 
 def cluster(
@@ -86,3 +91,25 @@ def test_catalogued_hub_models_can_be_previewed() -> None:
     assert deepseek is not None
     assert not any(p.valid for p in previews(cluster(), deepseek))
     assert "free, needs" in previews(cluster(), deepseek)[2].reason
+
+
+def test_the_master_picks_the_fastest_predicted_placement() -> None:
+    # Equal CPU nodes, slow links: one node is fastest (no hops); ties go to fewer nodes.
+    slow = cluster({(A, B): 5000, (B, C): 5000, (A, C): 5000}, free=(8, 8, 8))
+    assert [s.node_id for s in best_placement(slow, CARD, "pipeline").shards] == [A]
+    assert len(best_placement(slow, CARD, "tensor").shards) == 1
+    # Fast links make three tensor ranks, each reading a third of the weights, fastest.
+    fast = cluster({(A, B): 20, (B, C): 20, (A, C): 20}, free=(8, 8, 8))
+    assert len(best_placement(fast, CARD, "tensor").shards) == 3
+    # A GPU node with less free memory beats the CPU node with the most.
+    gpu = NodeProfile("h", "linux", 4, 128 * GIB, 4 * GIB, "cuda", 1, 2)
+    with_gpu = apply(slow, IndexedEvent(slow.last_index + 1, 1, NodeProfiled(D, gpu)))
+    assert [s.node_id for s in best_placement(with_gpu, CARD, "pipeline").shards] == [D]
+
+
+def test_previews_plan_for_the_context_asked_for() -> None:
+    small = cluster(free=(1, 1, 1))
+    full = {(p.strategy, p.node_count): p for p in previews(small, CARD)}
+    short = {(p.strategy, p.node_count): p for p in previews(small, CARD, context=512)}
+    assert not full[("pipeline", 1)].valid and "needs" in full[("pipeline", 1)].reason
+    assert short[("pipeline", 1)].valid

@@ -131,7 +131,7 @@ class FakeBackend:
         self.instance(instance_id)
         del self.instances_by_id[instance_id]
 
-    def previews(self, model: str) -> list[dict[str, Any]]:
+    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         self._card(model)
         return [{"strategy": "pipeline", "valid": True, "reason": ""}]
 

@@ -48,6 +48,8 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/instances", {"model": MODEL, "min_nodes": 0}, 400, "'min_nodes'"),
     ("POST", "/instances", {"model": MODEL, "min_nodes": True}, 400, "'min_nodes'"),
     ("POST", "/instances", {"model": MODEL, "context_length": 0}, 400, "'context_length'"),
+    ("GET", f"/instances/previews?model={MODEL}&context_length=x", None, 400, "'context_length'"),
+    ("GET", f"/instances/previews?model={MODEL}&context_length=0", None, 400, "'context_length'"),
     ("POST", "/instances", {"model": MODEL, "context_length": "4k"}, 400, "'context_length'"),
     ("POST", "/instances", {"model": MODEL, "colour": "red"}, 400, "Unknown field 'colour'"),
     ("POST", "/instances", {"model": "nope"}, 404, "does not exist"),

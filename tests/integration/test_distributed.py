@@ -103,9 +103,13 @@ def test_pipeline_and_tensor_on_three_nodes_answer_as_one_node(
     assert greedy(b) == expected
     assert greedy(a) == expected
     delete(c, tensor["id"])
+
     # The request lifecycle is in the log on the API nodes; the tokens never were.
-    state = agreement(cluster, 3)
-    assert state is not None and state["state"]["requests"] == {}
+    def settled() -> dict[str, Any] | None:
+        state = agreement(cluster, 3)
+        return state if state is not None and not state["state"]["requests"] else None
+
+    wait_for(settled, 15, "every node agreeing, no request left open")
 
 
 def test_losing_a_node_mid_stream_fails_the_stream_and_places_the_instance_again(
