@@ -61,6 +61,8 @@ class DataPlane:
             math.inf
         )
         self._streams: dict[str, _Stream] = {}
+        # Streams failed here while their server may still be generating: cancel on exit.
+        self._abandoned: set[str] = set()
         self._serving: dict[tuple[NodeId, str], trio.CancelScope] = {}
 
     # -- inbound (called from the link layer) ----------------------------------------
@@ -138,7 +140,10 @@ class DataPlane:
                 raise GenerationFailed(f"no link to node {peer}, which serves it") from None
             yield _chunks(receive)
         finally:
-            if self._streams.pop(request_id, None) is not None:  # left before the end
+            left_early = self._streams.pop(request_id, None) is not None
+            abandoned = request_id in self._abandoned
+            self._abandoned.discard(request_id)
+            if left_early or abandoned:
                 with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(PeerLost):
                     await self._links.send_data(peer, RelayCancel(request_id))
 
@@ -156,6 +161,7 @@ class DataPlane:
         for request_id, stream in list(self._streams.items()):
             if broken(stream):
                 log.warning("relayed request %s fails: %s", request_id, why)
+                self._abandoned.add(request_id)
                 self._route(stream.peer, request_id, GenerationFailed(f"generation stopped: {why}"))
 
     # -- the serving node's side -----------------------------------------------------

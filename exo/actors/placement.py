@@ -78,12 +78,7 @@ def place(
             f"{card.context_length} tokens"
         )
     candidates = _candidates(state, nodes)
-    if not candidates:
-        raise PlacementError("no nodes are available to place on")
-    if min_nodes < 1:
-        raise PlacementError("min_nodes must be at least 1")
-    if min_nodes > len(candidates):
-        raise PlacementError(f"{min_nodes} nodes requested, {len(candidates)} available")
+    check_node_count(len(candidates), min_nodes)
     reasons: list[str] = []
     for count in range(min_nodes, len(candidates) + 1):
         # Most free memory first, ties broken by id, so the choice is deterministic; nodes
@@ -103,6 +98,15 @@ def place(
             if nodes is not None:
                 break
     raise PlacementError(reasons[-1])
+
+
+def check_node_count(available: int, min_nodes: int) -> None:
+    if not available:
+        raise PlacementError("no nodes are available to place on")
+    if min_nodes < 1:
+        raise PlacementError("min_nodes must be at least 1")
+    if min_nodes > available:
+        raise PlacementError(f"{min_nodes} nodes requested, {available} available")
 
 
 def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[NodeId, NodeProfile]]:

@@ -20,6 +20,7 @@ from exo.actors.placement import (
     Placement,
     PlacementError,
     by_link_order,
+    check_node_count,
     link_latency,
     place,
 )
@@ -70,12 +71,7 @@ def best_placement(
     decode speed; ties go to fewer nodes. Per node count the candidates are the workers
     with the most free memory and those with the fastest accelerator, in link order."""
     workers = sorted(n for n, p in state.nodes.items() if p.worker)
-    if not workers:
-        raise PlacementError("no nodes are available to place on")
-    if min_nodes < 1:
-        raise PlacementError("min_nodes must be at least 1")
-    if min_nodes > len(workers):
-        raise PlacementError(f"{min_nodes} nodes requested, {len(workers)} available")
+    check_node_count(len(workers), min_nodes)
     best: tuple[float, Placement] | None = None
     reason = ""
     for count in range(min_nodes, len(workers) + 1):

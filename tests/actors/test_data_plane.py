@@ -129,6 +129,8 @@ async def test_a_broken_relay_fails_the_stream(breakage: str) -> None:
             append(r, NodeDown(PEER))
         with trio.fail_after(1), pytest.raises(GenerationFailed, match="generation stopped"):
             await collect(chunks)
+    # The server may still be generating: it is told to stop.
+    assert links.sent[-1] == (PEER, RelayCancel("req-1"))
 
 
 async def test_no_link_fails_at_once_and_leaving_early_cancels() -> None:
