@@ -14,6 +14,7 @@ from functools import partial
 import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
+from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -21,8 +22,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from exo.actors.environment import Listen, listen_tcp
 from exo.api.admin import register_admin
 from exo.api.backend import Backend
-from exo.api.errors import http_error_response, server_error_response
+from exo.api.errors import (
+    SERVER_ERROR_MESSAGE,
+    http_error_parts,
+    http_error_response,
+    json_response,
+    server_error_response,
+)
 from exo.api.instances import register_instances
+from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
 
 log = logging.getLogger(__name__)
@@ -88,18 +96,23 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     register_admin(app, backend)
     register_openai(app, backend)
     register_instances(app, backend)
+    register_ollama(app, backend)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> TrioResponse:
+        message = None
         if isinstance(error, RequestEntityTooLarge):
-            return http_error_response(
-                error, f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
-            )
-        return http_error_response(error)
+            message = f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+        if is_ollama_path(request.path):
+            status, text, headers = http_error_parts(error, message)
+            return json_response({"error": text}, status, headers)
+        return http_error_response(error, message)
 
     @app.errorhandler(Exception)
     async def on_unexpected_error(error: Exception) -> TrioResponse:
         log.error("%s: unhandled error in an HTTP handler", node_label, exc_info=error)
+        if is_ollama_path(request.path):
+            return ollama_error(500, SERVER_ERROR_MESSAGE)
         return server_error_response()
 
     @app.after_request

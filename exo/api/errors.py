@@ -92,17 +92,26 @@ def server_error_response() -> TrioResponse:
     return json_response(server_error_payload(), 500)
 
 
-def http_error_response(error: HTTPException, message: str | None = None) -> TrioResponse:
-    """A werkzeug HTTPException (404, 405, 408, 413, ...) in the OpenAI shape."""
+def http_error_parts(
+    error: HTTPException, message: str | None = None
+) -> tuple[int, str, dict[str, str]]:
+    """Status, message and headers for a werkzeug HTTPException, in any dialect."""
     status = error.code or 500
     if status >= 500:
         # Never echo the description of a server-side failure; it may name internals.
-        return json_response(server_error_payload(), status)
-    type_ = _TYPE_FOR_STATUS.get(status, "invalid_request_error")
+        return status, SERVER_ERROR_MESSAGE, {}
     headers: dict[str, str] = {}
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
-    message = message or _HTTP_MESSAGES.get(status) or error.description or error.name
+    return status, message or _HTTP_MESSAGES.get(status) or error.description or error.name, headers
+
+
+def http_error_response(error: HTTPException, message: str | None = None) -> TrioResponse:
+    """A werkzeug HTTPException (404, 405, 408, 413, ...) in the OpenAI shape."""
+    status, message, headers = http_error_parts(error, message)
+    if status >= 500:
+        return json_response(server_error_payload(), status)
+    type_ = _TYPE_FOR_STATUS.get(status, "invalid_request_error")
     return error_response(
         status, message, type=type_, code=_CODE_FOR_STATUS.get(status), headers=headers
     )

@@ -12,23 +12,16 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
 from quart import request
-from quart.wrappers.response import ResponseBody
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import (
     Backend,
-    BackendError,
-    Chunk,
-    GenerationFailed,
     InvalidRequest,
     UnknownModel,
 )
@@ -40,6 +33,7 @@ from exo.api.errors import (
     json_response,
     server_error_payload,
 )
+from exo.api.streaming import GenerationStream, whole_generation
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
 from exo.models.cards import ModelCard
 
@@ -183,7 +177,7 @@ def _parse_content(value: object, role: str, where: str) -> str:
     raise _invalid(f"'{where}' must be a string or a non-empty list of text parts.", where)
 
 
-def _parse_messages(value: object) -> tuple[ChatMessage, ...]:
+def parse_messages(value: object) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not value:
         raise _invalid("'messages' must be a non-empty list of messages.", "messages")
     messages: list[ChatMessage] = []
@@ -210,7 +204,7 @@ def parse_chat_request(body: object) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
-    messages = _parse_messages(body.get("messages"))
+    messages = parse_messages(body.get("messages"))
 
     temperature = _optional_number(body, "temperature", 0.0, 2.0)
     top_p = _optional_number(body, "top_p", 0.0, 1.0, low_open=True)
@@ -304,17 +298,6 @@ def _usage(finished: Finished) -> dict[str, int]:
     }
 
 
-_UNFINISHED = "The generation ended without finishing."
-
-
-def _check_finish(finished: Finished | None) -> Finished:
-    if finished is None:
-        raise BackendError(_UNFINISHED)
-    if finished.finish_reason == "cancelled":
-        raise GenerationFailed("The generation was cancelled before it finished.")
-    return finished
-
-
 def sse_event(data: Any) -> bytes:
     return f"data: {dumps(data)}\n\n".encode()
 
@@ -359,133 +342,35 @@ def _error_payload_for(error: Exception) -> dict[str, Any]:
     return server_error_payload()
 
 
-class ChatEventStream(ResponseBody):
-    """The SSE body of one streamed completion; always ends with `data: [DONE]`.
+class SseFormat:
+    """OpenAI's chat-completion chunks as server-sent events, ending with `[DONE]`."""
 
-    Quart sends a body as `async with body: async for data in body: send(data)`, so the
-    backend's generation is entered in `__aenter__` and left in `__aexit__` (or as soon as it
-    finishes), properly nested around quart's sends in the request task. An async generator
-    yielding from inside `async with backend.generate(...)` would instead leave the backend's
-    scopes open while quart runs between chunks: if the backend keeps a nursery there and a
-    task in it fails, the cancellation lands in quart's code, outside the generator. When the
-    client goes away, quart-trio cancels the request task: the Cancelled leaves through
-    `__aexit__` (or `_pull`), which cancels the generation on the runner straight away.
-
-    Errors (on entry or mid-stream) become one `data: {"error": ...}` event, then `[DONE]`:
-    the 200 status and headers are already on the wire by then.
-    """
-
-    def __init__(self, backend: Backend, chat: ChatRequest) -> None:
-        self._backend = backend
-        self._chat = chat
+    def __init__(self, chat: ChatRequest) -> None:
         self._maker = _ChunkMaker(
             new_completion_id(), int(time.time()), chat.model, chat.include_usage
         )
-        self._generation: AbstractAsyncContextManager[AsyncIterator[Chunk]] | None = None
-        self._chunks: AsyncIterator[Chunk] | None = None
-        self._pending: deque[bytes] = deque(
-            [sse_event(self._maker.chunk({"role": "assistant", "content": ""}))]
-        )
-        self._ended = False
+        self._include_usage = chat.include_usage
 
-    async def __aenter__(self) -> ChatEventStream:
-        chat = self._chat
-        try:
-            generation = self._backend.generate(chat.model, chat.messages, chat.params)
-            self._chunks = await generation.__aenter__()
-        except Exception as error:
-            self._end_with_error(error)
-        else:
-            self._generation = generation
-        return self
+    def start(self) -> list[bytes]:
+        return [sse_event(self._maker.chunk({"role": "assistant", "content": ""}))]
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._leave(exc_type, exc_value, tb)
+    def token(self, chunk: TokenOut) -> list[bytes]:
+        return [sse_event(self._maker.chunk({"content": chunk.text}))] if chunk.text else []
 
-    def __aiter__(self) -> ChatEventStream:
-        return self
+    def finish(self, finished: Finished) -> list[bytes]:
+        events = [sse_event(self._maker.chunk({}, finished.finish_reason))]
+        if self._include_usage:
+            events.append(sse_event(self._maker.usage_chunk(finished)))
+        return [*events, SSE_DONE]
 
-    async def __anext__(self) -> bytes:
-        while not self._pending:
-            if self._ended:
-                raise StopAsyncIteration
-            await self._pull()
-        return self._pending.popleft()
-
-    async def _leave(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> bool:
-        """Leave the backend's context (once); True if it suppressed the exception."""
-        generation, self._generation = self._generation, None
-        if generation is None:
-            return False
-        return bool(await generation.__aexit__(exc_type, exc_value, tb))
-
-    async def _pull(self) -> None:
-        """Wait for the next chunk from the backend and queue its events."""
-        assert self._chunks is not None
-        try:
-            item = await anext(self._chunks, None)
-        except BaseException as error:
-            # Let the backend's context see the error, exactly as `async with` would. That
-            # includes Cancelled: if it came from a scope inside the backend (its nursery
-            # caught a failing task), leaving turns it into the backend's own error, which
-            # the client should hear about; the request's own cancellation propagates.
-            try:
-                suppressed = await self._leave(type(error), error, error.__traceback__)
-            except Exception as replaced:
-                self._end_with_error(replaced)
-                return
-            if not isinstance(error, Exception):
-                if suppressed:  # a backend swallowing its own cancellation: no Finished
-                    self._end_with_error(BackendError(_UNFINISHED))
-                    return
-                raise
-            self._end_with_error(error)
-            return
-        if isinstance(item, TokenOut):
-            if item.text:
-                self._pending.append(sse_event(self._maker.chunk({"content": item.text})))
-            return
-        try:
-            await self._leave()
-            finished = _check_finish(item)
-        except Exception as error:
-            self._end_with_error(error)
-            return
-        self._pending.append(sse_event(self._maker.chunk({}, finished.finish_reason)))
-        if self._chat.include_usage:
-            self._pending.append(sse_event(self._maker.usage_chunk(finished)))
-        self._pending.append(SSE_DONE)
-        self._ended = True
-
-    def _end_with_error(self, error: Exception) -> None:
-        self._pending.append(sse_event(_error_payload_for(error)))
-        self._pending.append(SSE_DONE)
-        self._ended = True
+    def error(self, error: Exception) -> list[bytes]:
+        return [sse_event(_error_payload_for(error)), SSE_DONE]
 
 
 async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object; raises BackendError."""
     created = int(time.time())
-    texts: list[str] = []
-    finished: Finished | None = None
-    async with backend.generate(chat.model, chat.messages, chat.params) as chunks:
-        async for item in chunks:
-            if isinstance(item, TokenOut):
-                texts.append(item.text)
-            else:
-                finished = item
-                break
-    finished = _check_finish(finished)
+    text, finished = await whole_generation(backend, chat.model, chat.messages, chat.params)
     return {
         "id": new_completion_id(),
         "object": "chat.completion",
@@ -494,7 +379,7 @@ async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(texts)},
+                "message": {"role": "assistant", "content": text},
                 "logprobs": None,
                 "finish_reason": finished.finish_reason,
             }
@@ -540,7 +425,7 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
 
         if chat.stream:
             return TrioResponse(
-                ChatEventStream(backend, chat),
+                GenerationStream(backend, chat.model, chat.messages, chat.params, SseFormat(chat)),
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

@@ -217,3 +217,23 @@ def test_instances_api_places_reports_and_deletes(node: NodeProcess) -> None:
     assert status == 404 and error["error"]["code"] == "instance_not_found"
     status, error = call("POST", "/instances", {"model": "smollm2-135m", "nodes": ["node-x"]})
     assert status == 400 and "unknown nodes: node-x" in error["error"]["message"]
+
+
+def test_the_ollama_client_works_unchanged(node: NodeProcess) -> None:
+    import ollama
+
+    question = [{"role": "user", "content": QUESTION}]
+    greedy = {"temperature": 0}
+    with ollama.Client(host=node.url) as client:
+        reply = client.chat(model=MODEL, messages=question, options=greedy).message.content
+        assert reply is not None and "Paris" in reply
+        parts = client.chat(model=MODEL, messages=question, options=greedy, stream=True)
+        assert "".join(part.message.content or "" for part in parts) == reply
+        generated = client.generate(model=MODEL, prompt=QUESTION, options=greedy).response
+        assert generated is not None and "Paris" in generated
+        listed = [m.model for m in client.list().models]
+        assert MODEL in listed
+        assert MODEL in [m.model for m in client.ps().models]
+    # Also under exo's /ollama prefix, as OpenWebUI may be pointed at it.
+    with ollama.Client(host=node.url + "/ollama") as prefixed:
+        assert [m.model for m in prefixed.list().models] == listed

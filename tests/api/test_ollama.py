@@ -1,0 +1,184 @@
+"""The Ollama dialect through the official `ollama` client and raw HTTP, against the real
+server over a fake backend: every endpoint, streamed and not, at the root and under
+/ollama, and errors in Ollama's `{"error": ...}` shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+import trio
+
+from exo.api.app import MAX_REQUEST_BYTES
+from exo.api.backend import GenerationFailed
+from exo.api.ollama import OLLAMA_API_VERSION
+
+from .fakes import MODEL, FakeBackend, Raise, tokens
+from .helpers import raw_exchange, running
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def ollama_client(url: str) -> ollama.AsyncClient:
+    # Without keep-alive connections, nothing is left open when a test's server stops.
+    return ollama.AsyncClient(host=url, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+async def test_chat_streamed_and_not() -> None:
+    backend = FakeBackend(tokens("Hel", "lo", "!", prompt_tokens=5))
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            client = ollama_client(url)
+            reply = await client.chat(model=MODEL, messages=USER, stream=False)
+            assert reply.message.content == "Hello!"
+            assert reply.done and reply.done_reason == "stop"
+            assert (reply.prompt_eval_count, reply.eval_count) == (5, 3)
+            parts = [
+                part async for part in await client.chat(model=MODEL, messages=USER, stream=True)
+            ]
+    assert "".join(p.message.content or "" for p in parts) == "Hello!"
+    assert [p.done for p in parts] == [False, False, False, True]
+    assert parts[-1].eval_count == 3
+    # Options map onto sampling: num_predict is max_tokens.
+    call = backend.calls[0]
+    assert call.messages[0].content == "hi"
+
+
+async def test_options_and_generate() -> None:
+    backend = FakeBackend(tokens("Paris", finish="length", prompt_tokens=9))
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            client = ollama_client(url)
+            reply = await client.generate(
+                model=MODEL,
+                prompt="Capital of France?",
+                system="Be brief.",
+                stream=False,
+                options={
+                    "temperature": 0,
+                    "top_p": 0.5,
+                    "num_predict": 4,
+                    "stop": ["\n"],
+                    "seed": 3,
+                },
+            )
+            assert reply.response == "Paris" and reply.done_reason == "length"
+            streamed = [
+                p async for p in await client.generate(model=MODEL, prompt="Capital?", stream=True)
+            ]
+            loaded = await client.generate(model=MODEL, prompt="", stream=False)
+    assert "".join(p.response or "" for p in streamed) == "Paris" and streamed[-1].done
+    assert loaded.done and loaded.done_reason == "load"
+    first = backend.calls[0]
+    assert [(m.role, m.content) for m in first.messages] == [
+        ("system", "Be brief."),
+        ("user", "Capital of France?"),
+    ]
+    params = first.params
+    assert (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed) == (
+        0.0,
+        0.5,
+        4,
+        ("\n",),
+        3,
+    )
+
+
+async def test_tags_show_ps_version_and_head() -> None:
+    backend = FakeBackend()
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            client = ollama_client(url)
+            listed = await client.list()
+            assert [m.model for m in listed.models] == [MODEL]
+            shown = await client.show(MODEL)
+            assert shown.modelinfo is not None
+            assert shown.modelinfo["llama.block_count"] > 0
+            assert (await client.ps()).models == []
+            async with httpx.AsyncClient(base_url=url) as raw:
+                for prefix in ("", "/ollama"):
+                    version = await raw.get(f"{prefix}/api/version")
+                    assert version.json() == {"version": OLLAMA_API_VERSION}
+                    head = await raw.head(f"{prefix}/")
+                    assert head.status_code == 200
+                    tags = await raw.get(f"{prefix}/api/tags")
+                    assert tags.json()["models"][0]["name"] == MODEL
+
+
+async def test_the_ollama_prefix_serves_chat() -> None:
+    backend = FakeBackend(tokens("ok"))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as raw:
+            response = await raw.post(
+                "/ollama/api/chat", json={"model": MODEL, "messages": USER, "stream": False}
+            )
+    assert response.json()["message"] == {"role": "assistant", "content": "ok"}
+
+
+BAD: list[tuple[str, str, Any, int, str]] = [
+    ("POST", "/api/chat", b"{not json", 400, "not valid JSON"),
+    ("POST", "/api/chat", b"\xff\xfe", 400, "UTF-8"),
+    ("POST", "/api/chat", {"messages": USER}, 400, "model is required"),
+    ("POST", "/api/chat", {"model": MODEL, "messages": []}, 400, "messages"),
+    ("POST", "/api/chat", {"model": MODEL, "messages": USER, "stream": "yes"}, 400, "stream"),
+    ("POST", "/api/chat", {"model": MODEL, "messages": USER, "options": 3}, 400, "options"),
+    (
+        "POST",
+        "/api/chat",
+        {"model": MODEL, "messages": USER, "options": {"num_predict": "x"}},
+        400,
+        "num_predict",
+    ),
+    ("POST", "/api/chat", {"model": MODEL, "messages": USER, "format": "json"}, 400, "format"),
+    ("POST", "/api/chat", {"model": "nope", "messages": USER}, 404, "model 'nope' not found"),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": 3}, 400, "prompt"),
+    ("POST", "/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
+    ("POST", "/api/show", {"model": "nope"}, 404, "not found"),
+    ("POST", "/api/show", {}, 400, "model is required"),
+    ("GET", "/api/chat", None, 405, "not allowed"),
+    ("POST", "/api/tags", None, 405, "not allowed"),
+    ("GET", "/api/nothing", None, 404, ""),
+    ("POST", "/ollama/api/chat", {"model": "nope", "messages": USER}, 404, "not found"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "text"), BAD)
+async def test_bad_input_gets_an_ollama_error(
+    method: str, path: str, body: Any, status: int, text: str
+) -> None:
+    backend = FakeBackend(tokens("x"))
+    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body)
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as raw:
+            response = await raw.request(method, path, content=content)
+            alive = await raw.get("/api/version")
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert set(payload) == {"error"} and isinstance(payload["error"], str), payload
+    assert text in payload["error"], payload
+    assert alive.status_code == 200  # the node keeps serving
+
+
+async def test_a_body_over_the_limit_is_413_in_ollama_shape() -> None:
+    declared = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % (MAX_REQUEST_BYTES + 1)
+    )
+    with trio.fail_after(10):
+        async with running(FakeBackend()) as url:
+            status, _, content = await raw_exchange(url, declared)
+    assert status == 413
+    assert str(MAX_REQUEST_BYTES) in json.loads(content)["error"]
+
+
+async def test_an_error_mid_stream_is_an_error_line() -> None:
+    backend = FakeBackend([*tokens("a", "b")[:1], Raise(GenerationFailed("runner died"))])
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as raw:
+            response = await raw.post("/api/chat", json={"model": MODEL, "messages": USER})
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[0]["message"]["content"] == "a" and not lines[0]["done"]
+    assert lines[-1] == {"error": "runner died"}
