@@ -89,13 +89,6 @@ class NodeBackend(InstanceManager):
             "state": to_plain(state),
         }
 
-    async def ready_runner(self, card: ModelCard) -> RunnerHandle:
-        """A ready runner here for the model (tests and the local path of `generate`)."""
-        route = await self._ready_route(card)
-        if not isinstance(route, RunnerHandle):
-            raise Unavailable(f"model {card.model_id} is served by node {route[0]}, not here")
-        return route
-
     async def _ready_route(self, card: ModelCard) -> Route:
         """Where a request for the model runs: a ready rank-0 runner on this node, or else
         the node of a ready instance elsewhere (through the data plane). With no instance
