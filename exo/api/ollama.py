@@ -126,6 +126,16 @@ def _stats(finished: Finished, started: float) -> dict[str, Any]:
     }
 
 
+def reply(model: str, chat: bool, text: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """One answer object: text as a chat `message` or as a generate `response`."""
+    body: dict[str, Any] = {"model": model, "created_at": _now()}
+    if chat:
+        body["message"] = {"role": "assistant", "content": text}
+    else:
+        body["response"] = text
+    return {**body, **extra}
+
+
 class NdjsonFormat:
     """One JSON object per line: a piece of text per token, then the statistics."""
 
@@ -135,12 +145,7 @@ class NdjsonFormat:
         self._started = time.perf_counter()
 
     def _line(self, text: str, extra: Mapping[str, Any]) -> bytes:
-        body: dict[str, Any] = {"model": self._model, "created_at": _now()}
-        if self._chat:
-            body["message"] = {"role": "assistant", "content": text}
-        else:
-            body["response"] = text
-        return (dumps({**body, **extra}) + "\n").encode()
+        return (dumps(reply(self._model, self._chat, text, extra)) + "\n").encode()
 
     def start(self) -> list[bytes]:
         return []
@@ -221,12 +226,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
             if known is None:
                 raise
             return backend_error(known)
-        body_out: dict[str, Any] = {"model": model, "created_at": _now()}
-        if chat:
-            body_out["message"] = {"role": "assistant", "content": text}
-        else:
-            body_out["response"] = text
-        return json_response({**body_out, **_stats(finished, started)})
+        return json_response(reply(model, chat, text, _stats(finished, started)))
 
     async def chat_route() -> TrioResponse:
         return await generation(chat=True)
