@@ -19,7 +19,7 @@ from exo.actors.replica import Replica
 from exo.actors.runner_handle import RunnerHandle
 from exo.actors.runners import RunnerSupervisor
 from exo.api.backend import BackendError, Chunk, Unavailable, UnknownModel
-from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams
+from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams, Tool
 from exo.events.codec import to_plain
 from exo.events.commands import FailRequest, FinishRequest, PlaceInstance, StartRequest
 from exo.events.facts import Instance
@@ -150,14 +150,19 @@ class NodeBackend(InstanceManager):
 
     @asynccontextmanager
     async def generate(
-        self, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
+        self,
+        model: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        tools: tuple[Tool, ...] = (),
+        text: str | None = None,
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
         card = card_for(model)
         if card is None:
             raise UnknownModel(model)
         route = await self._ready_route(card)
         request_id = new_request_id(self._rng)
-        request = GenerateRequest(request_id, messages, params)
+        request = GenerateRequest(request_id, messages, params, tools, text)
         if isinstance(route, RunnerHandle):
             instance_id = route.instance.instance_id
             stream = route.stream(request)

@@ -92,19 +92,10 @@ class DataPlane:
                         scope = self._serving.get((peer, request_id))
                         if scope is not None:
                             scope.cancel()
-                    case RelayToken(request_id=rid, text=text, token=token):
-                        self._route(peer, rid, TokenOut(rid, text, token))
-                    case RelayFinished() as done:
-                        self._route(
-                            peer,
-                            done.request_id,
-                            Finished(
-                                done.request_id,
-                                done.finish_reason,
-                                done.prompt_tokens,
-                                done.completion_tokens,
-                            ),
-                        )
+                    case RelayToken(chunk=chunk):
+                        self._route(peer, chunk.request_id, chunk)
+                    case RelayFinished(finished=finished):
+                        self._route(peer, finished.request_id, finished)
                     case RelayFailed(request_id=rid, message=text, invalid=invalid):
                         error = InvalidRequest(text) if invalid else GenerationFailed(text)
                         self._route(peer, rid, error)
@@ -194,20 +185,10 @@ class DataPlane:
         try:
             async with handle.stream(request) as chunks:
                 async for chunk in chunks:
-                    if isinstance(chunk, TokenOut):
-                        await self._links.send_data(
-                            peer, RelayToken(request_id, chunk.text, chunk.token)
-                        )
-                    else:
-                        await self._links.send_data(
-                            peer,
-                            RelayFinished(
-                                request_id,
-                                chunk.finish_reason,
-                                chunk.prompt_tokens,
-                                chunk.completion_tokens,
-                            ),
-                        )
+                    relayed = (
+                        RelayToken(chunk) if isinstance(chunk, TokenOut) else RelayFinished(chunk)
+                    )
+                    await self._links.send_data(peer, relayed)
         except BackendError as exc:
             invalid = isinstance(exc, InvalidRequest)
             await self._links.send_data(peer, RelayFailed(request_id, exc.message, invalid))

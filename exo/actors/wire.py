@@ -9,10 +9,9 @@ from __future__ import annotations
 from attrs import frozen
 
 from exo.actors.history import Ballot, Segment
-from exo.engine.protocol import GenerateRequest
+from exo.engine.protocol import Finished, GenerateRequest, TokenOut
 from exo.events.commands import CommandOutcome, Envelope
 from exo.events.events import IndexedEvent
-from exo.events.facts import FinishReason
 from exo.events.ids import InstanceId
 
 
@@ -107,17 +106,12 @@ class RelayRequest:
 
 @frozen
 class RelayToken:
-    request_id: str
-    text: str
-    token: int
+    chunk: TokenOut
 
 
 @frozen
 class RelayFinished:
-    request_id: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
+    finished: Finished
 
 
 @frozen

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.models.cards import ModelCard
 
 Chunk = TokenOut | Finished
@@ -100,9 +100,17 @@ class Backend(Protocol):
         ...
 
     def generate(
-        self, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
+        self,
+        model: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        tools: tuple[Tool, ...] = (),
+        text: str | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Chunk]]:
         """Stream one completion; leaving the context early cancels it on the runner.
+
+        `tools` are offered to the model through its chat template; `text` is a raw
+        prompt used instead of the chat (`messages` then empty).
 
         Raises `UnknownModel`, `Unavailable` or `InvalidRequest` on entry, and
         `GenerationFailed` or `InvalidRequest` while iterating.

@@ -13,7 +13,7 @@ from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, InvalidRequest
 from exo.api.errors import as_backend_error, backend_error_response, json_response
-from exo.api.openai import decode_json_body
+from exo.api.validation import decode_json_body
 
 STRATEGIES = ("pipeline", "tensor")
 

@@ -20,8 +20,9 @@ from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, InvalidRequest
 from exo.api.errors import as_backend_error, dumps, json_response
-from exo.api.openai import decode_json_body, parse_messages
+from exo.api.openai import parse_messages
 from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.validation import decode_json_body
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
 from exo.models.cards import ModelCard
 
@@ -220,7 +221,8 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
             )
         started = time.perf_counter()
         try:
-            text, finished = await whole_generation(backend, card.model_id, messages, params)
+            whole = await whole_generation(backend, card.model_id, messages, params)
+            text, finished = whole.text, whole.finished
         except Exception as error:
             known = as_backend_error(error)
             if known is None:

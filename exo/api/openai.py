@@ -7,12 +7,9 @@ with one `chat.completion.chunk` per token, flushed as it is produced.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import secrets
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
@@ -34,6 +31,16 @@ from exo.api.errors import (
     server_error_payload,
 )
 from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.validation import (
+    INT64_MAX,
+    INT64_MIN,
+    decode_json_body,
+    invalid,
+    is_int,
+    optional_number,
+    optional_positive_int,
+    parse_stop,
+)
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
 from exo.models.cards import ModelCard
 
@@ -47,10 +54,8 @@ ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
-MAX_STOP_SEQUENCES = 4
 # Text parts of a list-valued `content` are joined with this (as vLLM and llama.cpp do).
 CONTENT_PART_SEPARATOR = "\n"
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -76,82 +81,6 @@ class ChatRequest:
 # Validation
 
 
-def _invalid(message: str, param: str | None) -> InvalidRequest:
-    return InvalidRequest(message, param)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def decode_json_body(raw: bytes) -> Any:
-    """Strict UTF-8 JSON (no NaN/Infinity); raises InvalidRequest with a clear message."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise _invalid(f"The request body is not valid UTF-8 (byte {error.start}).", None) from None
-    if not text.strip():
-        raise _invalid("The request body is empty; expected a JSON object.", None)
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as error:
-        raise _invalid(
-            f"The request body is not valid JSON: {error.msg} "
-            f"(line {error.lineno}, column {error.colno}).",
-            None,
-        ) from None
-    except (ValueError, RecursionError) as error:
-        raise _invalid(f"The request body is not valid JSON: {error}.", None) from None
-
-
-def _optional_number(
-    body: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
-) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    if not _is_number(value) or not math.isfinite(value):
-        raise _invalid(f"'{name}' must be a number in {interval}.", name)
-    if value > high or value < low or (low_open and value == low):
-        raise _invalid(f"'{name}' must be in {interval}; got {value}.", name)
-    return float(value)
-
-
-def _optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not _is_int(value) or value < 1:
-        raise _invalid(f"'{name}' must be an integer of at least 1; got {value!r}.", name)
-    return value
-
-
-def _parse_stop(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or len(value) > MAX_STOP_SEQUENCES:
-        raise _invalid(
-            f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", "stop"
-        )
-    stops: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise _invalid("Each 'stop' sequence must be a non-empty string.", "stop")
-        stops.append(item)
-    return tuple(stops)
-
-
 def _parse_content(value: object, role: str, where: str) -> str:
     if isinstance(value, str):
         return value
@@ -162,32 +91,32 @@ def _parse_content(value: object, role: str, where: str) -> str:
         for j, part in enumerate(value):
             at = f"{where}[{j}]"
             if not isinstance(part, dict):
-                raise _invalid(f'\'{at}\' must be an object like {{"type": "text", ...}}.', at)
+                raise invalid(f'\'{at}\' must be an object like {{"type": "text", ...}}.', at)
             if part.get("type") != "text":
-                raise _invalid(
+                raise invalid(
                     f"'{at}.type' must be 'text'; got {part.get('type')!r} "
                     "(only text content is supported).",
                     f"{at}.type",
                 )
             text = part.get("text")
             if not isinstance(text, str):
-                raise _invalid(f"'{at}.text' must be a string.", f"{at}.text")
+                raise invalid(f"'{at}.text' must be a string.", f"{at}.text")
             texts.append(text)
         return CONTENT_PART_SEPARATOR.join(texts)
-    raise _invalid(f"'{where}' must be a string or a non-empty list of text parts.", where)
+    raise invalid(f"'{where}' must be a string or a non-empty list of text parts.", where)
 
 
 def parse_messages(value: object) -> tuple[ChatMessage, ...]:
     if not isinstance(value, list) or not value:
-        raise _invalid("'messages' must be a non-empty list of messages.", "messages")
+        raise invalid("'messages' must be a non-empty list of messages.", "messages")
     messages: list[ChatMessage] = []
     for i, item in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(item, dict):
-            raise _invalid(f"'{where}' must be an object with 'role' and 'content'.", where)
+            raise invalid(f"'{where}' must be an object with 'role' and 'content'.", where)
         role = item.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise _invalid(
+            raise invalid(
                 f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
                 f"{where}.role",
             )
@@ -199,44 +128,44 @@ def parse_messages(value: object) -> tuple[ChatMessage, ...]:
 def parse_chat_request(body: object) -> ChatRequest:
     """Validate a decoded chat-completions body; raises InvalidRequest naming the field."""
     if not isinstance(body, dict):
-        raise _invalid("The request body must be a JSON object.", None)
+        raise invalid("The request body must be a JSON object.", None)
 
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
+        raise invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
     messages = parse_messages(body.get("messages"))
 
-    temperature = _optional_number(body, "temperature", 0.0, 2.0)
-    top_p = _optional_number(body, "top_p", 0.0, 1.0, low_open=True)
-    max_tokens = _optional_positive_int(body, "max_tokens")
-    max_completion_tokens = _optional_positive_int(body, "max_completion_tokens")
-    stop = _parse_stop(body.get("stop"))
+    temperature = optional_number(body, "temperature", 0.0, 2.0)
+    top_p = optional_number(body, "top_p", 0.0, 1.0, low_open=True)
+    max_tokens = optional_positive_int(body, "max_tokens")
+    max_completion_tokens = optional_positive_int(body, "max_completion_tokens")
+    stop = parse_stop(body.get("stop"))
 
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not _INT64_MIN <= seed <= _INT64_MAX):
-        raise _invalid("'seed' must be a 64-bit integer.", "seed")
+    if seed is not None and (not is_int(seed) or not INT64_MIN <= seed <= INT64_MAX):
+        raise invalid("'seed' must be a 64-bit integer.", "seed")
 
     n = body.get("n")
-    if n is not None and (not _is_int(n) or n != 1):
-        raise _invalid(f"Only n=1 is supported; got {n!r}.", "n")
+    if n is not None and (not is_int(n) or n != 1):
+        raise invalid(f"Only n=1 is supported; got {n!r}.", "n")
 
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _invalid("'stream' must be a boolean.", "stream")
+        raise invalid("'stream' must be a boolean.", "stream")
     stream = bool(stream)
 
     include_usage = False
     stream_options = body.get("stream_options")
     if stream_options is not None:
         if not stream:
-            raise _invalid(
+            raise invalid(
                 "'stream_options' is only allowed when 'stream' is true.", "stream_options"
             )
         if not isinstance(stream_options, dict):
-            raise _invalid("'stream_options' must be an object.", "stream_options")
+            raise invalid("'stream_options' must be an object.", "stream_options")
         usage = stream_options.get("include_usage")
         if usage is not None and not isinstance(usage, bool):
-            raise _invalid(
+            raise invalid(
                 "'stream_options.include_usage' must be a boolean.", "stream_options.include_usage"
             )
         include_usage = bool(usage)
@@ -244,16 +173,16 @@ def parse_chat_request(body: object) -> ChatRequest:
     # Features we do not implement are refused rather than silently ignored.
     tools = body.get("tools")
     if tools is not None and tools != []:
-        raise _invalid("Tool calling is not supported.", "tools")
+        raise invalid("Tool calling is not supported.", "tools")
     if body.get("functions"):
-        raise _invalid("Function calling is not supported.", "functions")
+        raise invalid("Function calling is not supported.", "functions")
     if body.get("logprobs"):
-        raise _invalid("'logprobs' is not supported.", "logprobs")
+        raise invalid("'logprobs' is not supported.", "logprobs")
     response_format = body.get("response_format")
     if response_format is not None and (
         not isinstance(response_format, dict) or response_format.get("type") != "text"
     ):
-        raise _invalid('Only response_format {"type": "text"} is supported.', "response_format")
+        raise invalid('Only response_format {"type": "text"} is supported.', "response_format")
 
     params = SamplingParams(
         temperature=1.0 if temperature is None else temperature,
@@ -370,7 +299,8 @@ class SseFormat:
 async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object; raises BackendError."""
     created = int(time.time())
-    text, finished = await whole_generation(backend, chat.model, chat.messages, chat.params)
+    whole = await whole_generation(backend, chat.model, chat.messages, chat.params)
+    text, finished = whole.text, whole.finished
     return {
         "id": new_completion_id(),
         "object": "chat.completion",

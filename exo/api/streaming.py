@@ -25,10 +25,11 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
+from attrs import frozen
 from quart.wrappers.response import ResponseBody
 
 from exo.api.backend import Backend, BackendError, Chunk, GenerationFailed
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 
 UNFINISHED = "The generation ended without finishing."
 
@@ -42,20 +43,34 @@ def check_finish(finished: Finished | None) -> Finished:
     return finished
 
 
+@frozen
+class Whole:
+    """A generation that was not streamed: its text, its chunks, and how it ended."""
+
+    text: str
+    chunks: tuple[TokenOut, ...]
+    finished: Finished
+
+
 async def whole_generation(
-    backend: Backend, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
-) -> tuple[str, Finished]:
+    backend: Backend,
+    model: str,
+    messages: tuple[ChatMessage, ...],
+    params: SamplingParams,
+    tools: tuple[Tool, ...] = (),
+    text: str | None = None,
+) -> Whole:
     """The whole reply of a generation that is not streamed, and how it ended."""
-    texts: list[str] = []
+    chunks: list[TokenOut] = []
     finished: Finished | None = None
-    async with backend.generate(model, messages, params) as chunks:
-        async for item in chunks:
+    async with backend.generate(model, messages, params, tools, text) as stream:
+        async for item in stream:
             if isinstance(item, TokenOut):
-                texts.append(item.text)
+                chunks.append(item)
             else:
                 finished = item
                 break
-    return "".join(texts), check_finish(finished)
+    return Whole("".join(c.text for c in chunks), tuple(chunks), check_finish(finished))
 
 
 class StreamFormat(Protocol):
@@ -78,9 +93,11 @@ class GenerationStream(ResponseBody):
         messages: tuple[ChatMessage, ...],
         params: SamplingParams,
         form: StreamFormat,
+        tools: tuple[Tool, ...] = (),
+        text: str | None = None,
     ) -> None:
         self._backend = backend
-        self._request = (model, messages, params)
+        self._request = (model, messages, params, tools, text)
         self._form = form
         self._generation: AbstractAsyncContextManager[AsyncIterator[Chunk]] | None = None
         self._chunks: AsyncIterator[Chunk] | None = None

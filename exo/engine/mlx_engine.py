@@ -36,7 +36,7 @@ from exo.engine import pipeline, protocol, tensor
 from exo.engine.blas import loaded_blas
 from exo.engine.doorbell import Doorbells
 
-_WARMUP_MESSAGES = ({"role": "user", "content": "Hi"},)
+_WARMUP_MESSAGES = (protocol.ChatMessage("user", "Hi"),)
 
 
 # Prompt tokens per forward pass while prefilling; between passes a cancel is noticed.
@@ -166,7 +166,7 @@ class MlxEngine:
         Both a greedy and a sampled pass: the temperature / top-p samplers are compiled
         MLX functions whose first call costs about a second on CPU.
         """
-        messages = tuple(protocol.ChatMessage(**m) for m in _WARMUP_MESSAGES)
+        messages = _WARMUP_MESSAGES
         for params in (
             protocol.SamplingParams(temperature=0.0, max_tokens=2),
             protocol.SamplingParams(temperature=1.0, top_p=0.9, max_tokens=2),

@@ -11,27 +11,68 @@ from exo.events.facts import FinishReason
 
 
 @frozen
+class ToolCall:
+    """A function call the assistant made; `arguments` is JSON text, as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@frozen
 class ChatMessage:
     role: str
     content: str
+    # An assistant turn's calls, and which call a `tool` turn answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@frozen
+class Tool:
+    """A function the model may call; `parameters` is its JSON schema as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
 
 
 @frozen
 class SamplingParams:
-    """Sampling controls; temperature 0 means greedy. `max_tokens` None: up to the context."""
+    """Sampling controls; temperature 0 means greedy. `max_tokens` None: up to the context.
+
+    Zero (or None) switches a control off. Penalties follow OpenAI's meaning: presence
+    subtracts a constant from every token already generated, frequency subtracts it once
+    per occurrence. `logprobs`: None for none, else how many top alternatives to report
+    with each token's own log-probability. `json_schema` (JSON text) constrains the reply
+    to JSON that the schema accepts.
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    json_schema: str | None = None
 
 
 @frozen
 class GenerateRequest:
+    """One generation: a chat rendered by the model's template, or with `text`, that raw
+    text as the whole prompt (a plain completion; `messages` is then empty)."""
+
     request_id: str
     messages: tuple[ChatMessage, ...]
     params: SamplingParams
+    tools: tuple[Tool, ...] = ()
+    text: str | None = None
 
 
 # node -> runner
@@ -97,10 +138,29 @@ class Ready:
 
 
 @frozen
+class TopLogprob:
+    text: str
+    logprob: float
+
+
+@frozen
+class TokenLogprob:
+    """One generated token's log-probability and, if asked for, the likeliest alternatives."""
+
+    text: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@frozen
 class TokenOut:
+    """New reply text. It may span several tokens (text held back while it could be the
+    start of a stop string); `logprobs` then has one entry per token, when asked for."""
+
     request_id: str
     text: str
     token: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @frozen
@@ -109,6 +169,8 @@ class Finished:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # The stop string that ended the reply (finish_reason "stop"), None for end of sequence.
+    stop_sequence: str | None = None
 
 
 @frozen

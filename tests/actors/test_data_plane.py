@@ -90,10 +90,10 @@ async def test_tokens_arrive_in_order_then_the_finish() -> None:
     links, r = FakeLinks(), replica()
     async with plane(links, r) as data, data.relay(PEER, INSTANCE, REQUEST) as chunks:
         assert links.sent == [(PEER, RelayRequest(INSTANCE, REQUEST))]
-        data.deliver(PEER, RelayToken("req-1", "Hel", 1))
-        data.deliver(NodeId("stranger"), RelayToken("req-1", "XX", 9))  # not its server
-        data.deliver(PEER, RelayToken("req-1", "lo", 2))
-        data.deliver(PEER, RelayFinished("req-1", "stop", 3, 2))
+        data.deliver(PEER, RelayToken(TokenOut("req-1", "Hel", 1)))
+        data.deliver(NodeId("stranger"), RelayToken(TokenOut("req-1", "XX", 9)))  # not its server
+        data.deliver(PEER, RelayToken(TokenOut("req-1", "lo", 2)))
+        data.deliver(PEER, RelayFinished(Finished("req-1", "stop", 3, 2)))
         assert await collect(chunks) == [
             TokenOut("req-1", "Hel", 1),
             TokenOut("req-1", "lo", 2),
@@ -119,7 +119,7 @@ async def test_the_servers_verdict_keeps_its_class() -> None:
 async def test_a_broken_relay_fails_the_stream(breakage: str) -> None:
     links, r = FakeLinks(), replica()
     async with plane(links, r) as data, data.relay(PEER, INSTANCE, REQUEST) as chunks:
-        data.deliver(PEER, RelayToken("req-1", "a", 1))
+        data.deliver(PEER, RelayToken(TokenOut("req-1", "a", 1)))
         await trio.testing.wait_all_tasks_blocked()
         if breakage == "link":
             data.link_lost(PEER)
@@ -142,7 +142,7 @@ async def test_no_link_fails_at_once_and_leaving_early_cancels() -> None:
                 pass
         links.down.clear()
         async with data.relay(PEER, INSTANCE, REQUEST) as chunks:
-            data.deliver(PEER, RelayToken("req-1", "a", 1))
+            data.deliver(PEER, RelayToken(TokenOut("req-1", "a", 1)))
             async with aclosing(cast(AsyncGenerator[Any, None], chunks)) as stream:
                 assert await stream.__anext__() == TokenOut("req-1", "a", 1)
         assert links.sent[-1] == (PEER, RelayCancel("req-1"))

@@ -10,7 +10,7 @@ import trio
 from attrs import define, field, frozen
 
 from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.events.facts import FinishReason
 from exo.events.ids import ModelId
 from exo.models.cards import ModelCard
@@ -60,6 +60,8 @@ class Call:
     model: str
     messages: tuple[ChatMessage, ...]
     params: SamplingParams
+    tools: tuple[Tool, ...] = ()
+    text: str | None = None
 
 
 @define
@@ -158,9 +160,14 @@ class FakeBackend:
 
     @asynccontextmanager
     async def generate(
-        self, model: str, messages: tuple[ChatMessage, ...], params: SamplingParams
+        self,
+        model: str,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        tools: tuple[Tool, ...] = (),
+        text: str | None = None,
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
-        self.calls.append(Call(model, messages, params))
+        self.calls.append(Call(model, messages, params, tools, text))
         if self.entry_error is not None:
             raise self.entry_error
         self.entered.set()
