@@ -29,15 +29,17 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
-from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from exo.engine import pipeline, protocol, tensor
+from exo.engine import chat_format, pipeline, protocol, sampling, tensor
 from exo.engine.blas import loaded_blas
 from exo.engine.doorbell import Doorbells
 
 _WARMUP_MESSAGES = (protocol.ChatMessage("user", "Hi"),)
 
+
+# Most alternatives reported per token (OpenAI's `top_logprobs` limit).
+MAX_TOP_LOGPROBS = 20
 
 # Prompt tokens per forward pass while prefilling; between passes a cancel is noticed.
 PREFILL_STEP = 512
@@ -177,18 +179,40 @@ class MlxEngine:
             for _ in self.generate(request, lambda: False):
                 pass
 
-    def encode_chat(self, messages: Sequence[protocol.ChatMessage]) -> list[int]:
+    def encode_chat(
+        self,
+        messages: Sequence[protocol.ChatMessage],
+        tools: tuple[protocol.Tool, ...] = (),
+    ) -> list[int]:
         """Token ids of the chat rendered by the model's template, ready for the reply."""
         if not messages:
             raise ValueError("a chat needs at least one message")
-        chat = [{"role": m.role, "content": m.content} for m in messages]
+        native = chat_format.template_knows_tools(self.tokenizer.chat_template)
+        chat: list[dict[str, Any]] | list[dict[str, str]]
+        try:
+            if native:
+                chat = chat_format.native_messages(tuple(messages))
+                schemas = [chat_format.tool_schema(t) for t in tools] or None
+            else:
+                chat = chat_format.described_tools_messages(tuple(messages), tools)
+                schemas = None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"a tool's parameters are not valid JSON: {exc}") from exc
         try:
             text = self.tokenizer.apply_chat_template(
-                chat, add_generation_prompt=True, tokenize=False
+                chat, tools=schemas, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # jinja raises its own TemplateError family
             raise ValueError(f"the chat template rejected these messages: {exc}") from exc
         return list(self.tokenizer.encode(str(text), add_special_tokens=False))
+
+    def encode_prompt(self, request: protocol.GenerateRequest) -> list[int]:
+        """The prompt's token ids: the templated chat, or the raw text of a completion."""
+        if request.text is None:
+            return self.encode_chat(request.messages, request.tools)
+        if not request.text:
+            raise ValueError("the prompt is empty")
+        return list(self.tokenizer.encode(request.text))
 
     def generate(
         self, request: protocol.GenerateRequest, cancelled: Callable[[], bool]
@@ -196,11 +220,14 @@ class MlxEngine:
         """Stream the reply: TokenOut chunks, then exactly one Finished.
 
         Bad parameters and over-long prompts raise here, before anything is yielded.
-        `cancelled` is polled after every token and between prefill chunks.
+        `cancelled` is polled after every token and between prefill chunks. `max_tokens`
+        0 only counts the prompt: the Finished reports its length, nothing is generated.
         """
         params = request.params
         _check_params(params)
-        prompt = self.encode_chat(request.messages)
+        prompt = self.encode_prompt(request)
+        if params.max_tokens == 0:  # count only: how long the prompt is, nothing generated
+            return iter([protocol.Finished(request.request_id, "length", len(prompt), 0)])
         room = self.info.context_length - len(prompt)
         if room <= 0:
             raise PromptTooLong(
@@ -221,7 +248,12 @@ class MlxEngine:
         cancelled: Callable[[], bool],
     ) -> Iterator[protocol.TokenOut | protocol.Finished]:
         stops = tuple(s for s in params.stop if s)
-        sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
+        processors = sampling.processors_for(params, len(prompt))
+        if params.json_schema is not None:
+            # Imported on first use: runners that never constrain skip the grammar library.
+            from exo.engine import constrained
+
+            processors.append(constrained.json_schema_processor(self.tokenizer, params.json_schema))
 
         def prefill_progress(_done: int, _total: int) -> None:
             if cancelled():
@@ -232,24 +264,34 @@ class MlxEngine:
             self.tokenizer,
             mx.array(prompt),
             max_tokens=max_tokens,
-            sampler=sampler,
+            sampler=sampling.sampler_for(params),
+            logits_processors=processors or None,
             prefill_step_size=PREFILL_STEP,
             prompt_progress_callback=prefill_progress,
         )
         held = ""
+        held_logprobs: list[protocol.TokenLogprob] = []
         completion = 0
         last_token = -1
         reason: protocol.FinishReason | None = None
+        matched: str | None = None
         try:
             for response in responses:
                 at_eos = response.finish_reason == "stop"
                 if not at_eos:
                     completion += 1
                     last_token = response.token
-                emit, held, hit = split_stop(held + response.text, stops)
+                    if params.logprobs is not None:
+                        held_logprobs.append(
+                            sampling.token_logprob(
+                                self.tokenizer, response.logprobs, response.token, params.logprobs
+                            )
+                        )
+                emit, held, matched = split_stop(held + response.text, stops)
                 if emit:
-                    yield protocol.TokenOut(request_id=request_id, text=emit, token=last_token)
-                if hit:
+                    yield protocol.TokenOut(request_id, emit, last_token, tuple(held_logprobs))
+                    held_logprobs = []
+                if matched is not None:
                     reason = "stop"
                 elif response.finish_reason is not None:
                     reason = "stop" if at_eos else "length"
@@ -264,34 +306,30 @@ class MlxEngine:
         if reason is None:  # the stream ended without saying why; treat it as the limit
             reason = "length"
         if held:  # text held back for a stop string that never completed was real text
-            yield protocol.TokenOut(request_id=request_id, text=held, token=last_token)
-        yield protocol.Finished(
-            request_id=request_id,
-            finish_reason=reason,
-            prompt_tokens=len(prompt),
-            completion_tokens=completion,
-        )
+            yield protocol.TokenOut(request_id, held, last_token, tuple(held_logprobs))
+        yield protocol.Finished(request_id, reason, len(prompt), completion, matched)
 
 
-def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, bool]:
-    """Split pending text into (safe to emit, held back, stop string found).
+def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, str | None]:
+    """Split pending text into (safe to emit, held back, the stop string found).
 
     When a stop string occurs, everything before its earliest occurrence is emitted and
     the rest dropped. Otherwise the longest tail that could begin a stop string is held
     back, so a stop string split across tokens is never partly emitted.
     """
     if not stops:
-        return text, "", False
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+        return text, "", None
+    found = [(i, s) for i, s in ((text.find(s), s) for s in stops) if i >= 0]
     if found:
-        return text[: min(found)], "", True
+        at, stop = min(found)
+        return text[:at], "", stop
     hold = 0
     for stop in stops:
         for size in range(min(len(stop) - 1, len(text)), hold, -1):
             if text.endswith(stop[:size]):
                 hold = size
                 break
-    return text[: len(text) - hold], text[len(text) - hold :], False
+    return text[: len(text) - hold], text[len(text) - hold :], None
 
 
 def _check_params(params: protocol.SamplingParams) -> None:
@@ -299,8 +337,14 @@ def _check_params(params: protocol.SamplingParams) -> None:
         raise ValueError(f"temperature must be a finite number >= 0, got {params.temperature}")
     if not 0 < params.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {params.top_p}")
-    if params.max_tokens is not None and params.max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {params.max_tokens}")
+    if params.max_tokens is not None and params.max_tokens < 0:
+        raise ValueError(f"max_tokens must be at least 0, got {params.max_tokens}")
+    if params.top_k < 0 or not 0 <= params.min_p <= 1:
+        raise ValueError(
+            f"top_k must be >= 0 and min_p in [0, 1]; got {params.top_k}, {params.min_p}"
+        )
+    if params.logprobs is not None and not 0 <= params.logprobs <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {params.logprobs}")
 
 
 def _device_kind() -> str:

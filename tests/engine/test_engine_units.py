@@ -14,15 +14,17 @@ from exo.engine.mlx_engine import split_stop
 @pytest.mark.parametrize(
     ("text", "stops", "expected"),
     [
-        ("hello", (), ("hello", "", False)),
-        ("hello wor", ("world",), ("hello ", "wor", False)),
-        ("hello world!", ("world",), ("hello ", "", True)),
-        ("a<|b", ("<|x|>", "<|b|>"), ("a", "<|b", False)),
-        ("abc", ("zz",), ("abc", "", False)),
-        ("xyEND", ("END", "yE"), ("x", "", True)),
+        ("hello", (), ("hello", "", None)),
+        ("hello wor", ("world",), ("hello ", "wor", None)),
+        ("hello world!", ("world",), ("hello ", "", "world")),
+        ("a<|b", ("<|x|>", "<|b|>"), ("a", "<|b", None)),
+        ("abc", ("zz",), ("abc", "", None)),
+        ("xyEND", ("END", "yE"), ("x", "", "yE")),
     ],
 )
-def test_split_stop(text: str, stops: tuple[str, ...], expected: tuple[str, str, bool]) -> None:
+def test_split_stop(
+    text: str, stops: tuple[str, ...], expected: tuple[str, str, str | None]
+) -> None:
     assert split_stop(text, stops) == expected
 
 

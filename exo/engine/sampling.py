@@ -1,0 +1,79 @@
+"""Sampling controls beyond temperature and top-p: penalties, logit bias, log-probabilities.
+
+mlx-lm's own presence and frequency penalties look at the last N tokens of prompt and
+reply together. OpenAI's count only the reply, over its whole length, so exo applies its
+own: a processor that knows where the prompt ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+from exo.engine import protocol
+
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+Sampler = Callable[[mx.array], mx.array]
+
+# Tokens looked back on for Ollama-style `repeat_penalty` (Ollama's repeat_last_n default).
+REPETITION_CONTEXT = 64
+
+
+def sampler_for(params: protocol.SamplingParams) -> Sampler:
+    return make_sampler(
+        temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
+    )
+
+
+def reply_penalty(prompt_tokens: int, presence: float, frequency: float) -> LogitsProcessor:
+    """OpenAI's penalties: for each token the reply already holds, subtract `presence`
+    once and `frequency` per occurrence. `tokens` is prompt + reply (mlx-lm's view)."""
+
+    def apply(tokens: mx.array, logits: mx.array) -> mx.array:
+        reply = tokens[prompt_tokens:]
+        if reply.size == 0:
+            return logits
+        counts = mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[reply].add(1.0)
+        penalty = frequency * counts + presence * (counts > 0).astype(logits.dtype)
+        return logits - penalty
+
+    return apply
+
+
+def processors_for(params: protocol.SamplingParams, prompt_tokens: int) -> list[LogitsProcessor]:
+    """The logits processors a request asks for, cheapest first; empty when none."""
+    processors: list[LogitsProcessor] = list(
+        make_logits_processors(
+            logit_bias=dict(params.logit_bias) or None,
+            repetition_penalty=params.repetition_penalty,
+            repetition_context_size=REPETITION_CONTEXT,
+        )
+    )
+    if params.presence_penalty or params.frequency_penalty:
+        processors.append(
+            reply_penalty(prompt_tokens, params.presence_penalty, params.frequency_penalty)
+        )
+    return processors
+
+
+def token_logprob(
+    tokenizer: TokenizerWrapper, logprobs: mx.array, token: int, top: int
+) -> protocol.TokenLogprob:
+    """The sampled token's log-probability and the `top` likeliest tokens at that step."""
+    flat = logprobs.reshape(-1)
+    alternatives: tuple[protocol.TopLogprob, ...] = ()
+    if top > 0:
+        ids = mx.argpartition(-flat, kth=top - 1)[:top]
+        values = flat[ids]
+        order = mx.argsort(-values)
+        top_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
+        top_values: list[float] = values[order].tolist()  # type: ignore[assignment]
+        alternatives = tuple(
+            protocol.TopLogprob(tokenizer.decode([i]), v)
+            for i, v in zip(top_ids, top_values, strict=True)
+        )
+    chosen: float = flat[token].item()  # type: ignore[assignment]
+    return protocol.TokenLogprob(tokenizer.decode([token]), chosen, alternatives)
