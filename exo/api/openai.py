@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -30,18 +31,30 @@ from exo.api.errors import (
     json_response,
     server_error_payload,
 )
+from exo.api.logprobs import chat_logprobs
+from exo.api.openai_params import (
+    parse_chat_logprobs,
+    parse_response_format,
+    parse_sampling,
+)
 from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.tool_calls import (
+    CallParser,
+    ToolChoice,
+    call_delta,
+    call_object,
+    forced_call_schema,
+    offered,
+    parse_assistant_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 from exo.api.validation import (
-    INT64_MAX,
-    INT64_MIN,
     decode_json_body,
     invalid,
-    is_int,
-    optional_number,
     optional_positive_int,
-    parse_stop,
 )
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
 from exo.models.cards import ModelCard
 
 log = logging.getLogger(__name__)
@@ -66,6 +79,9 @@ SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+NO_TOOLS = ToolChoice("none")
+
+
 @frozen
 class ChatRequest:
     """A validated `POST /v1/chat/completions` body."""
@@ -75,6 +91,12 @@ class ChatRequest:
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = NO_TOOLS
+
+    @property
+    def offered_tools(self) -> tuple[Tool, ...]:
+        return offered(self.tools, self.tool_choice)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,8 +142,25 @@ def parse_messages(value: object) -> tuple[ChatMessage, ...]:
                 f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
                 f"{where}.role",
             )
-        content = _parse_content(item.get("content"), role, f"{where}.content")
-        messages.append(ChatMessage(role=ROLES[role], content=content))
+        calls = (
+            parse_assistant_calls(item.get("tool_calls"), f"{where}.tool_calls")
+            if role == "assistant"
+            else ()
+        )
+        content = item.get("content")
+        if content is None and calls:
+            content = ""
+        call_id = item.get("tool_call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise invalid(f"'{where}.tool_call_id' must be a string.", f"{where}.tool_call_id")
+        messages.append(
+            ChatMessage(
+                role=ROLES[role],
+                content=_parse_content(content, role, f"{where}.content"),
+                tool_calls=calls,
+                tool_call_id=call_id,
+            )
+        )
     return tuple(messages)
 
 
@@ -130,30 +169,64 @@ def parse_chat_request(body: object) -> ChatRequest:
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", None)
 
+    model = parse_model(body)
+    messages = parse_messages(body.get("messages"))
+
+    sampling = parse_sampling(body)
+    max_tokens = optional_positive_int(body, "max_tokens")
+    max_completion_tokens = optional_positive_int(body, "max_completion_tokens")
+    stream, include_usage = parse_stream(body)
+
+    if body.get("functions") or body.get("function_call"):
+        raise invalid(
+            "The legacy 'functions' and 'function_call' are not supported; use 'tools'.",
+            "functions",
+        )
+    tools = parse_tools(body.get("tools"))
+    tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise invalid("'parallel_tool_calls' must be a boolean.", "parallel_tool_calls")
+    json_schema = parse_response_format(body.get("response_format"))
+    if tool_choice.forced:
+        if json_schema is not None:
+            raise invalid(
+                "A forced 'tool_choice' and a JSON 'response_format' cannot both constrain "
+                "the reply.",
+                "tool_choice",
+            )
+        json_schema = forced_call_schema(tools, tool_choice)
+
+    params = evolve(
+        sampling,
+        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
+        logprobs=parse_chat_logprobs(body),
+        json_schema=json_schema,
+    )
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+        tools=tools,
+        tool_choice=tool_choice,
+    )
+
+
+def parse_model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
-    messages = parse_messages(body.get("messages"))
+    return model
 
-    temperature = optional_number(body, "temperature", 0.0, 2.0)
-    top_p = optional_number(body, "top_p", 0.0, 1.0, low_open=True)
-    max_tokens = optional_positive_int(body, "max_tokens")
-    max_completion_tokens = optional_positive_int(body, "max_completion_tokens")
-    stop = parse_stop(body.get("stop"))
 
-    seed = body.get("seed")
-    if seed is not None and (not is_int(seed) or not INT64_MIN <= seed <= INT64_MAX):
-        raise invalid("'seed' must be a 64-bit integer.", "seed")
-
-    n = body.get("n")
-    if n is not None and (not is_int(n) or n != 1):
-        raise invalid(f"Only n=1 is supported; got {n!r}.", "n")
-
+def parse_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """`stream` and `stream_options.include_usage`."""
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid("'stream' must be a boolean.", "stream")
     stream = bool(stream)
-
     include_usage = False
     stream_options = body.get("stream_options")
     if stream_options is not None:
@@ -169,35 +242,7 @@ def parse_chat_request(body: object) -> ChatRequest:
                 "'stream_options.include_usage' must be a boolean.", "stream_options.include_usage"
             )
         include_usage = bool(usage)
-
-    # Features we do not implement are refused rather than silently ignored.
-    tools = body.get("tools")
-    if tools is not None and tools != []:
-        raise invalid("Tool calling is not supported.", "tools")
-    if body.get("functions"):
-        raise invalid("Function calling is not supported.", "functions")
-    if body.get("logprobs"):
-        raise invalid("'logprobs' is not supported.", "logprobs")
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        not isinstance(response_format, dict) or response_format.get("type") != "text"
-    ):
-        raise invalid('Only response_format {"type": "text"} is supported.', "response_format")
-
-    params = SamplingParams(
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
-        stop=stop,
-        seed=seed,
-    )
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        params=params,
-        stream=stream,
-        include_usage=include_usage,
-    )
+    return stream, include_usage
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +264,7 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def _usage(finished: Finished) -> dict[str, int]:
+def usage(finished: Finished) -> dict[str, int]:
     return {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
@@ -238,14 +283,19 @@ class _ChunkMaker:
     model: str
     include_usage: bool
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             ],
         }
         if self.include_usage:
@@ -259,48 +309,99 @@ class _ChunkMaker:
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": _usage(finished),
+            "usage": usage(finished),
         }
 
 
-def _error_payload_for(error: Exception) -> dict[str, Any]:
+def error_payload_for(error: Exception) -> dict[str, Any]:
+    """The OpenAI error body for a failure after a stream's 200 went out."""
     backend_error = as_backend_error(error)
     if backend_error is not None:
         return backend_error_payload(backend_error)
-    log.error("unexpected error while streaming a chat completion", exc_info=error)
+    log.error("unexpected error while streaming a completion", exc_info=error)
     return server_error_payload()
 
 
+def _finish_reason(finished: Finished, parser: CallParser | None) -> str:
+    if parser is not None and parser.calls and finished.finish_reason == "stop":
+        return "tool_calls"
+    return finished.finish_reason
+
+
+def _parser_for(chat: ChatRequest) -> CallParser | None:
+    tools = chat.offered_tools
+    return CallParser(tools, chat.tool_choice.forced) if tools else None
+
+
 class SseFormat:
-    """OpenAI's chat-completion chunks as server-sent events, ending with `[DONE]`."""
+    """OpenAI's chat-completion chunks as server-sent events, ending with `[DONE]`.
+
+    With tools offered, text goes through a `CallParser`: each call is sent as one
+    `tool_calls` delta as soon as it is complete, and tagged call text is never shown.
+    """
 
     def __init__(self, chat: ChatRequest) -> None:
         self._maker = _ChunkMaker(
             new_completion_id(), int(time.time()), chat.model, chat.include_usage
         )
         self._include_usage = chat.include_usage
+        self._logprobs = chat.params.logprobs is not None
+        self._parser = _parser_for(chat)
+        self._calls_sent = 0
 
     def start(self) -> list[bytes]:
         return [sse_event(self._maker.chunk({"role": "assistant", "content": ""}))]
 
     def token(self, chunk: TokenOut) -> list[bytes]:
-        return [sse_event(self._maker.chunk({"content": chunk.text}))] if chunk.text else []
+        text, calls = chunk.text, []
+        if self._parser is not None:
+            text, calls = self._parser.feed(text)
+        events: list[bytes] = []
+        if text or (self._logprobs and chunk.logprobs):
+            logprobs = chat_logprobs([chunk]) if self._logprobs else None
+            events.append(sse_event(self._maker.chunk({"content": text}, logprobs=logprobs)))
+        return events + self._call_events(calls)
+
+    def _call_events(self, calls: list[ToolCall]) -> list[bytes]:
+        events = []
+        for call in calls:
+            delta = {"tool_calls": [call_delta(self._calls_sent, call)]}
+            events.append(sse_event(self._maker.chunk(delta)))
+            self._calls_sent += 1
+        return events
 
     def finish(self, finished: Finished) -> list[bytes]:
-        events = [sse_event(self._maker.chunk({}, finished.finish_reason))]
+        events: list[bytes] = []
+        if self._parser is not None:
+            text, calls = self._parser.finish()
+            if text:
+                events.append(sse_event(self._maker.chunk({"content": text})))
+            events += self._call_events(calls)
+        reason = _finish_reason(finished, self._parser)
+        events.append(sse_event(self._maker.chunk({}, reason)))
         if self._include_usage:
             events.append(sse_event(self._maker.usage_chunk(finished)))
         return [*events, SSE_DONE]
 
     def error(self, error: Exception) -> list[bytes]:
-        return [sse_event(_error_payload_for(error)), SSE_DONE]
+        return [sse_event(error_payload_for(error)), SSE_DONE]
 
 
 async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object; raises BackendError."""
     created = int(time.time())
-    whole = await whole_generation(backend, chat.model, chat.messages, chat.params)
-    text, finished = whole.text, whole.finished
+    whole = await whole_generation(
+        backend, chat.model, chat.messages, chat.params, chat.offered_tools
+    )
+    message: dict[str, Any] = {"role": "assistant", "content": whole.text}
+    parser = _parser_for(chat)
+    if parser is not None:
+        shown, _ = parser.feed(whole.text)
+        rest, _ = parser.finish()
+        text = shown + rest
+        message["content"] = (text.strip() or None) if parser.calls else text
+        if parser.calls:
+            message["tool_calls"] = [call_object(c) for c in parser.calls]
     return {
         "id": new_completion_id(),
         "object": "chat.completion",
@@ -309,12 +410,14 @@ async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finished.finish_reason,
+                "message": message,
+                "logprobs": chat_logprobs(whole.chunks)
+                if chat.params.logprobs is not None
+                else None,
+                "finish_reason": _finish_reason(whole.finished, parser),
             }
         ],
-        "usage": _usage(finished),
+        "usage": usage(whole.finished),
     }
 
 
@@ -355,7 +458,14 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
 
         if chat.stream:
             return TrioResponse(
-                GenerationStream(backend, chat.model, chat.messages, chat.params, SseFormat(chat)),
+                GenerationStream(
+                    backend,
+                    chat.model,
+                    chat.messages,
+                    chat.params,
+                    SseFormat(chat),
+                    chat.offered_tools,
+                ),
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

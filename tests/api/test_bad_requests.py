@@ -97,9 +97,66 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
         body(stream=True, stream_options={"include_usage": "yes"}),
         "stream_options.include_usage",
     ),
-    ("tools", body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-    ("logprobs", body(logprobs=True), "logprobs"),
-    ("json-mode", body(response_format={"type": "json_object"}), "response_format"),
+    ("top-k-negative", body(top_k=-2), "top_k"),
+    ("top-k-float", body(top_k=1.5), "top_k"),
+    ("min-p-too-high", body(min_p=1.5), "min_p"),
+    ("presence-penalty-too-high", body(presence_penalty=3), "presence_penalty"),
+    ("frequency-penalty-string", body(frequency_penalty="1"), "frequency_penalty"),
+    ("repetition-penalty-zero", body(repetition_penalty=0), "repetition_penalty"),
+    ("logit-bias-not-object", body(logit_bias=[1]), "logit_bias"),
+    ("logit-bias-bad-key", body(logit_bias={"abc": 1}), "logit_bias"),
+    ("logit-bias-too-big", body(logit_bias={"5": 101}), "logit_bias"),
+    ("logprobs-string", body(logprobs="yes"), "logprobs"),
+    ("top-logprobs-without-logprobs", body(top_logprobs=2), "top_logprobs"),
+    ("top-logprobs-too-many", body(logprobs=True, top_logprobs=21), "top_logprobs"),
+    ("response-format-unknown", body(response_format={"type": "xml"}), "response_format.type"),
+    (
+        "json-schema-missing",
+        body(response_format={"type": "json_schema"}),
+        "response_format.json_schema",
+    ),
+    (
+        "json-schema-not-object",
+        body(response_format={"type": "json_schema", "json_schema": {"schema": 5}}),
+        "response_format.json_schema.schema",
+    ),
+    ("tools-not-list", body(tools={"type": "function"}), "tools"),
+    ("tool-not-function", body(tools=[{"type": "retrieval"}]), "tools[0]"),
+    (
+        "tool-without-name",
+        body(tools=[{"type": "function", "function": {}}]),
+        "tools[0].function.name",
+    ),
+    (
+        "tool-parameters-not-object",
+        body(tools=[{"type": "function", "function": {"name": "f", "parameters": "x"}}]),
+        "tools[0].function.parameters",
+    ),
+    ("tool-choice-without-tools", body(tool_choice="required"), "tool_choice"),
+    (
+        "tool-choice-unknown-function",
+        body(
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        ),
+        "tool_choice",
+    ),
+    (
+        "tool-choice-and-json",
+        body(
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice="required",
+            response_format={"type": "json_object"},
+        ),
+        "tool_choice",
+    ),
+    ("legacy-functions", body(functions=[{"name": "f"}]), "functions"),
+    (
+        "assistant-tool-calls-malformed",
+        message(role="assistant", content=None, tool_calls=[{"id": 1}]),
+        "messages[0].tool_calls[0]",
+    ),
+    ("tool-call-id-not-string", message(role="tool", tool_call_id=5), "messages[0].tool_call_id"),
 ]
 
 
@@ -127,7 +184,7 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None, st
     (
         "unknown-v1-route",
         "POST",
-        "/v1/completions",
+        "/v1/embeddings",
         {"content": body()},
         404,
         "not_found_error",

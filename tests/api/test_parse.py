@@ -44,7 +44,7 @@ def test_roles_and_content_forms() -> None:
         ChatMessage("system", "s1\ns2"),
         ChatMessage("user", "u"),
         ChatMessage("assistant", ""),
-        ChatMessage("tool", "result"),
+        ChatMessage("tool", "result", tool_call_id="x"),
     )
 
 
@@ -58,7 +58,33 @@ def test_roles_and_content_forms() -> None:
         ({"stop": ["a", "b", "c", "d"]}, SamplingParams(stop=("a", "b", "c", "d"))),
         ({"stop": None, "seed": -(2**63)}, SamplingParams(seed=-(2**63))),
         ({"n": 1, "tools": [], "response_format": {"type": "text"}}, SamplingParams()),
-        ({"frequency_penalty": 0.5, "user": "u"}, SamplingParams()),  # ignored
+        ({"user": "u", "parallel_tool_calls": True}, SamplingParams()),  # ignored
+        (
+            {"top_k": 40, "min_p": 0.05, "presence_penalty": -1, "frequency_penalty": 0.5},
+            SamplingParams(top_k=40, min_p=0.05, presence_penalty=-1.0, frequency_penalty=0.5),
+        ),
+        ({"top_k": -1, "repetition_penalty": 1.0}, SamplingParams()),  # both mean "off"
+        ({"repetition_penalty": 1.2}, SamplingParams(repetition_penalty=1.2)),
+        (
+            {"logit_bias": {"50": -100, "7": 2.5}},
+            SamplingParams(logit_bias=((7, 2.5), (50, -100.0))),
+        ),
+        ({"logprobs": True}, SamplingParams(logprobs=0)),
+        ({"logprobs": True, "top_logprobs": 3}, SamplingParams(logprobs=3)),
+        ({"logprobs": False, "top_logprobs": None}, SamplingParams()),
+        (
+            {"response_format": {"type": "json_object"}},
+            SamplingParams(json_schema='{"type": "object"}'),
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "array"}, "strict": True},
+                }
+            },
+            SamplingParams(json_schema='{"type": "array"}'),
+        ),
     ],
 )
 def test_sampling_fields(fields: dict[str, Any], params: SamplingParams) -> None:

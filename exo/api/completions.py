@@ -1,0 +1,184 @@
+"""OpenAI's legacy `POST /v1/completions`: raw text in, text out, no chat template.
+
+Clients still use it for plain continuation and fill-in tools. The prompt goes to the
+model as it is (`GenerateRequest.text`). As at OpenAI, `max_tokens` defaults to 16 here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from attrs import evolve, frozen
+from quart import request
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+
+from exo.api.backend import Backend, InvalidRequest, UnknownModel
+from exo.api.errors import as_backend_error, backend_error_response, json_response
+from exo.api.logprobs import completion_logprobs
+from exo.api.openai import (
+    SSE_CONTENT_TYPE,
+    SSE_DONE,
+    SSE_HEADERS,
+    error_payload_for,
+    parse_model,
+    parse_stream,
+    sse_event,
+    usage,
+)
+from exo.api.openai_params import parse_sampling
+from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.validation import decode_json_body, invalid, is_int, optional_positive_int
+from exo.engine.protocol import Finished, SamplingParams, TokenOut
+
+DEFAULT_MAX_TOKENS = 16
+# The legacy endpoint's `logprobs` is an int: how many alternatives per token, at most 5.
+MAX_LEGACY_LOGPROBS = 5
+
+
+@frozen
+class CompletionRequest:
+    model: str
+    prompt: str
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _parse_prompt(value: object) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, list):
+        raise invalid(
+            "'prompt' must be a string (or a list of one string); token-id prompts and "
+            "batches are not supported.",
+            "prompt",
+        )
+    if not isinstance(value, str) or not value:
+        raise invalid("'prompt' must be a non-empty string.", "prompt")
+    return value
+
+
+def parse_completion_request(body: object) -> CompletionRequest:
+    """Validate a decoded completions body; raises InvalidRequest naming the field."""
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.", None)
+    model = parse_model(body)
+    prompt = _parse_prompt(body.get("prompt"))
+    sampling = parse_sampling(body)
+    max_tokens = optional_positive_int(body, "max_tokens")
+    stream, include_usage = parse_stream(body)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= MAX_LEGACY_LOGPROBS):
+        raise invalid(f"'logprobs' must be an integer in [0, {MAX_LEGACY_LOGPROBS}].", "logprobs")
+    if body.get("echo"):
+        raise invalid("'echo' is not supported.", "echo")
+    if body.get("suffix"):
+        raise invalid("'suffix' (fill in the middle) is not supported.", "suffix")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise invalid(f"Only best_of=1 is supported; got {best_of!r}.", "best_of")
+    params = evolve(
+        sampling,
+        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        logprobs=logprobs,
+    )
+    return CompletionRequest(model, prompt, params, stream, include_usage)
+
+
+def new_completion_id() -> str:
+    return "cmpl-" + secrets.token_hex(12)
+
+
+@frozen
+class _TextChunks:
+    completion_id: str
+    created: int
+    model: str
+
+    def body(
+        self, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
+            ],
+        }
+
+
+class CompletionSse:
+    """`text_completion` objects as server-sent events, one per piece of text."""
+
+    def __init__(self, completion: CompletionRequest) -> None:
+        self._chunks = _TextChunks(new_completion_id(), int(time.time()), completion.model)
+        self._logprobs = completion.params.logprobs is not None
+        self._include_usage = completion.include_usage
+        self._sent = 0  # characters so far, for `text_offset`
+
+    def start(self) -> list[bytes]:
+        return []
+
+    def token(self, chunk: TokenOut) -> list[bytes]:
+        if not chunk.text and not (self._logprobs and chunk.logprobs):
+            return []
+        logprobs = completion_logprobs([chunk], self._sent) if self._logprobs else None
+        self._sent += len(chunk.text)
+        return [sse_event(self._chunks.body(chunk.text, None, logprobs))]
+
+    def finish(self, finished: Finished) -> list[bytes]:
+        last = self._chunks.body("", finished.finish_reason, None)
+        if self._include_usage:
+            last["usage"] = usage(finished)
+        return [sse_event(last), SSE_DONE]
+
+    def error(self, error: Exception) -> list[bytes]:
+        return [sse_event(error_payload_for(error)), SSE_DONE]
+
+
+def register_completions(app: QuartTrio, backend: Backend) -> None:
+    """Add `POST /v1/completions`."""
+
+    @app.post("/v1/completions")
+    async def completions() -> TrioResponse:
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        try:
+            completion = parse_completion_request(decode_json_body(raw))
+        except InvalidRequest as error:
+            return backend_error_response(error)
+        if all(card.model_id != completion.model for card in backend.models()):
+            return backend_error_response(UnknownModel(completion.model))
+        if completion.stream:
+            return TrioResponse(
+                GenerationStream(
+                    backend,
+                    completion.model,
+                    (),
+                    completion.params,
+                    CompletionSse(completion),
+                    text=completion.prompt,
+                ),
+                status=200,
+                headers=SSE_HEADERS,
+                content_type=SSE_CONTENT_TYPE,
+            )
+        try:
+            whole = await whole_generation(
+                backend, completion.model, (), completion.params, text=completion.prompt
+            )
+        except Exception as error:
+            backend_error = as_backend_error(error)
+            if backend_error is None:
+                raise
+            return backend_error_response(backend_error)
+        chunks = _TextChunks(new_completion_id(), int(time.time()), completion.model)
+        logprobs = (
+            completion_logprobs(whole.chunks) if completion.params.logprobs is not None else None
+        )
+        body = chunks.body(whole.text, whole.finished.finish_reason, logprobs)
+        return json_response({**body, "usage": usage(whole.finished)})
