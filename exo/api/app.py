@@ -21,7 +21,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from exo.actors.environment import Listen, listen_tcp
 from exo.api.admin import register_admin
+from exo.api.anthropic import (
+    anthropic_error,
+    anthropic_http_error,
+    is_anthropic_path,
+    register_anthropic,
+)
 from exo.api.backend import Backend
+from exo.api.completions import register_completions
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     http_error_parts,
@@ -32,6 +39,7 @@ from exo.api.errors import (
 from exo.api.instances import register_instances
 from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
+from exo.api.responses import register_responses
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,7 @@ _hypercorn_log.addFilter(_DropClientGoneRaces())
 
 
 def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
-    """The HTTP app over `backend`: admin routes plus the OpenAI dialect."""
+    """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic dialects."""
     app = QuartTrio(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -95,14 +103,19 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
 
     register_admin(app, backend)
     register_openai(app, backend)
+    register_completions(app, backend)
     register_instances(app, backend)
     register_ollama(app, backend)
+    register_responses(app, backend)
+    register_anthropic(app, backend)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> TrioResponse:
         message = None
         if isinstance(error, RequestEntityTooLarge):
             message = f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+        if is_anthropic_path(request.path):
+            return anthropic_http_error(error, message)
         if is_ollama_path(request.path):
             status, text, headers = http_error_parts(error, message)
             return json_response({"error": text}, status, headers)
@@ -111,6 +124,8 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     @app.errorhandler(Exception)
     async def on_unexpected_error(error: Exception) -> TrioResponse:
         log.error("%s: unhandled error in an HTTP handler", node_label, exc_info=error)
+        if is_anthropic_path(request.path):
+            return anthropic_error(500, SERVER_ERROR_MESSAGE)
         if is_ollama_path(request.path):
             return ollama_error(500, SERVER_ERROR_MESSAGE)
         return server_error_response()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from exo.api.backend import InvalidRequest
@@ -76,18 +76,43 @@ def optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_stop(value: object) -> tuple[str, ...]:
+def parse_stop(
+    value: object,
+    *,
+    name: str = "stop",
+    limit: int = MAX_STOP_SEQUENCES,
+    allow_string: bool = True,
+) -> tuple[str, ...]:
+    """OpenAI's `stop` by default; other dialects name their field, cap and shape."""
     if value is None:
         return ()
-    if isinstance(value, str):
+    if isinstance(value, str) and allow_string:
         value = [value]
-    if not isinstance(value, list) or len(value) > MAX_STOP_SEQUENCES:
-        raise invalid(
-            f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", "stop"
-        )
+    if not isinstance(value, list) or len(value) > limit:
+        shape = "a string or a list" if allow_string else "a list"
+        raise invalid(f"'{name}' must be {shape} of up to {limit} strings.", name)
     stops: list[str] = []
     for item in value:
         if not isinstance(item, str) or not item:
-            raise invalid("Each 'stop' sequence must be a non-empty string.", "stop")
+            raise invalid(f"Each '{name}' sequence must be a non-empty string.", name)
         stops.append(item)
     return tuple(stops)
+
+
+def text_parts(value: list[Any], where: str, kinds: Collection[str], refusal: str) -> list[str]:
+    """The `text` of each part of a list-valued content; a part of another kind is refused,
+    `refusal` saying what the dialect does not support (images, tool results, ...)."""
+    texts: list[str] = []
+    for j, part in enumerate(value):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in kinds:
+            expected = " or ".join(repr(k) for k in kinds)
+            raise invalid(
+                f"'{at}.type' must be {expected}; got {kind!r} ({refusal}).", f"{at}.type"
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid(f"'{at}.text' must be a string.", f"{at}.text")
+        texts.append(text)
+    return texts

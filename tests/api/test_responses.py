@@ -1,0 +1,383 @@
+"""`POST /v1/responses` through the official `openai` client (with strict response
+validation) and raw HTTP, against the real server over a fake backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import httpx2
+import openai
+import pydantic
+import pytest
+import trio
+from openai.types.responses import ResponseInputParam, ResponseStreamEvent
+
+from exo.api.backend import GenerationFailed, InvalidRequest, Unavailable
+from exo.engine.protocol import ChatMessage, SamplingParams, TokenOut
+
+from .fakes import MODEL, FakeBackend, Raise, tokens
+from .helpers import assert_error_shape, openai_stream_gc, running
+
+RESPONSES = "/v1/responses"
+STREAMED = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+def client_for(url: str) -> openai.AsyncOpenAI:
+    # Without keep-alive connections, nothing is left open when a test's server stops.
+    # Strict validation: the client refuses any body that does not match its models.
+    return openai.AsyncOpenAI(
+        base_url=f"{url}/v1",
+        api_key="x",
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_keepalive_connections=0)
+        ),
+        _strict_response_validation=True,
+    )
+
+
+def typed_events(body: str) -> list[dict[str, Any]]:
+    """The events of a Responses SSE body; checks each `event:` line names its `type`."""
+    events: list[dict[str, Any]] = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        event_line, data_line = block.split("\n")
+        data = json.loads(data_line.removeprefix("data: "))
+        assert event_line == f"event: {data['type']}", block
+        events.append(data)
+    return events
+
+
+async def test_plain_response() -> None:
+    backend = FakeBackend(tokens("Hel", "lo", "!", prompt_tokens=5))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(
+                model=MODEL,
+                input="Capital of France?",
+                instructions="Be brief.",
+                temperature=0,
+                top_p=0.5,
+                max_output_tokens=16,
+                metadata={"case": "plain"},
+                store=True,
+                reasoning={"effort": "low"},
+                truncation="auto",
+                user="u1",
+            )
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert response.status == "completed" and response.incomplete_details is None
+    assert response.output_text == "Hello!"
+    [message] = response.output
+    assert message.type == "message" and message.id.startswith("msg_")
+    assert message.status == "completed" and message.role == "assistant"
+    assert response.usage is not None
+    usage = response.usage
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (5, 3, 8)
+    assert usage.input_tokens_details.cached_tokens == 0
+    assert usage.output_tokens_details.reasoning_tokens == 0
+    assert (response.instructions, response.metadata, response.user) == (
+        "Be brief.",
+        {"case": "plain"},
+        "u1",
+    )
+    assert (response.temperature, response.top_p, response.max_output_tokens) == (0, 0.5, 16)
+    assert response.tools == [] and response.tool_choice == "auto"
+    assert response.to_dict()["store"] is False  # exo keeps no responses
+    [call] = backend.calls
+    assert call.messages == (
+        ChatMessage("system", "Be brief."),
+        ChatMessage("user", "Capital of France?"),
+    )
+    assert call.params == SamplingParams(temperature=0.0, top_p=0.5, max_tokens=16)
+
+
+async def test_max_output_tokens_reached_is_incomplete() -> None:
+    backend = FakeBackend(tokens("a", "b", finish="length"))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(model=MODEL, input="hi", max_output_tokens=2)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    [message] = response.output
+    assert message.type == "message" and message.status == "incomplete"
+    assert response.output_text == "ab"
+
+
+async def test_item_list_with_several_turns() -> None:
+    backend = FakeBackend(tokens("ok"))
+    conversation: ResponseInputParam = [
+        {"role": "developer", "content": "Answer in French."},
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Capital"},
+                {"type": "input_text", "text": "of Italy?"},
+            ],
+        },
+        {"role": "assistant", "content": "Rome."},
+        {"role": "user", "content": "And France?"},
+    ]
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(model=MODEL, input=conversation)
+    assert response.output_text == "ok"
+    [call] = backend.calls
+    assert call.messages == (
+        ChatMessage("system", "Answer in French."),
+        ChatMessage("user", "Capital\nof Italy?"),
+        ChatMessage("assistant", "Rome."),
+        ChatMessage("user", "And France?"),
+    )
+    assert call.params == SamplingParams()  # OpenAI's defaults: temperature 1, top_p 1
+
+
+@openai_stream_gc
+async def test_streamed_events_in_order() -> None:
+    backend = FakeBackend(tokens("Hel", "lo", "!", prompt_tokens=4))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            stream = await client.responses.create(model=MODEL, input="hi", stream=True)
+            events = [event async for event in stream]
+    assert [e.type for e in events] == STREAMED
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert "".join(e.delta for e in deltas) == "Hello!"
+    created, completed = events[0], events[-1]
+    assert created.type == "response.created" and completed.type == "response.completed"
+    assert created.response.status == "in_progress" and created.response.output == []
+    assert completed.response.id == created.response.id
+    assert completed.response.output_text == "Hello!"
+    assert completed.response.usage is not None and completed.response.usage.total_tokens == 7
+    item_ids = {getattr(e, "item_id", None) for e in events} - {None}
+    assert item_ids == {completed.response.output[0].id}
+
+
+@openai_stream_gc
+async def test_stream_helper_and_final_response() -> None:
+    backend = FakeBackend(tokens("Hel", "lo", "!"))
+    with trio.fail_after(10):
+        async with (
+            running(backend) as url,
+            client_for(url) as client,
+            client.responses.stream(model=MODEL, input="hi") as stream,
+        ):
+            snapshots = [
+                event.snapshot
+                async for event in stream
+                if event.type == "response.output_text.delta"
+            ]
+            final = await stream.get_final_response()
+    assert snapshots == ["Hel", "Hello", "Hello!"]
+    assert final.status == "completed" and final.output_text == "Hello!"
+
+
+async def test_raw_stream_ending_incomplete() -> None:
+    backend = FakeBackend(tokens("a", finish="length"))
+    request = {"model": MODEL, "input": "hi", "stream": True, "max_output_tokens": 1}
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
+            response = await http.post(RESPONSES, json=request)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = typed_events(response.text)
+    adapter: pydantic.TypeAdapter[ResponseStreamEvent] = pydantic.TypeAdapter(ResponseStreamEvent)
+    for event in events:
+        adapter.validate_python(event)
+    assert [e["type"] for e in events][-2:] == ["response.output_item.done", "response.incomplete"]
+    final = events[-1]["response"]
+    assert final["status"] == "incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["content"][0]["text"] == "a"
+
+
+async def test_text_formats_become_json_schemas() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    backend = FakeBackend(tokens('{"city": ', '"Paris"}'))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            shaped = await client.responses.create(
+                model=MODEL,
+                input="Capital of France?",
+                text={"format": {"type": "json_schema", "name": "city", "schema": schema}},
+            )
+            plain_object = await client.responses.create(
+                model=MODEL, input="x", text={"format": {"type": "json_object"}}
+            )
+
+            class City(pydantic.BaseModel):
+                city: str
+
+            parsed = await client.responses.parse(model=MODEL, input="x", text_format=City)
+    assert shaped.text is not None and shaped.text.format is not None
+    assert shaped.text.format.type == "json_schema"
+    assert json.loads(shaped.output_text) == {"city": "Paris"}
+    assert parsed.output_parsed == City(city="Paris")
+    first, second, third = (call.params.json_schema for call in backend.calls)
+    assert first is not None and json.loads(first) == schema
+    assert second is not None and json.loads(second) == {"type": "object"}
+    assert third is not None and json.loads(third)["properties"] == {
+        "city": {"title": "City", "type": "string"}
+    }
+    assert plain_object.text is not None and plain_object.text.format is not None
+    assert plain_object.text.format.type == "json_object"
+
+
+HI = {"model": MODEL, "input": "hi"}
+BAD: list[tuple[str, str, Any, int, str | None]] = [
+    ("malformed-json", "POST", b"{not json", 400, None),
+    ("not-an-object", "POST", [HI], 400, None),
+    ("missing-model", "POST", {"input": "hi"}, 400, "model"),
+    ("unknown-model", "POST", {"model": "nope", "input": "hi"}, 404, "model"),
+    ("missing-input", "POST", {"model": MODEL}, 400, "input"),
+    ("empty-input", "POST", {**HI, "input": []}, 400, "input"),
+    ("bad-role", "POST", {**HI, "input": [{"role": "tool", "content": "x"}]}, 400, "input[0].role"),
+    (
+        "image-part",
+        "POST",
+        {**HI, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
+        400,
+        "input[0].content[0].type",
+    ),
+    (
+        "function-call-item",
+        "POST",
+        {
+            **HI,
+            "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}],
+        },
+        400,
+        "input[0].type",
+    ),
+    ("max-output-tokens-0", "POST", {**HI, "max_output_tokens": 0}, 400, "max_output_tokens"),
+    ("temperature-3", "POST", {**HI, "temperature": 3}, 400, "temperature"),
+    ("tools", "POST", {**HI, "tools": [{"type": "web_search"}]}, 400, "tools"),
+    (
+        "previous-response",
+        "POST",
+        {**HI, "previous_response_id": "resp_1"},
+        400,
+        "previous_response_id",
+    ),
+    ("stream-not-bool", "POST", {**HI, "stream": "yes"}, 400, "stream"),
+    ("metadata-number", "POST", {**HI, "metadata": {"k": 1}}, 400, "metadata"),
+    ("format-type", "POST", {**HI, "text": {"format": {"type": "xml"}}}, 400, "text.format.type"),
+    (
+        "schema-missing",
+        "POST",
+        {**HI, "text": {"format": {"type": "json_schema", "name": "n"}}},
+        400,
+        "text.format.schema",
+    ),
+    ("logprobs", "POST", {**HI, "top_logprobs": 3}, 400, "top_logprobs"),
+    ("get", "GET", None, 405, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "param"), [case[1:] for case in BAD], ids=[c[0] for c in BAD]
+)
+async def test_bad_input_gets_an_openai_error(
+    method: str, body: Any, status: int, param: str | None
+) -> None:
+    backend = FakeBackend(tokens("x"))
+    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body)
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
+            response = await http.request(method, RESPONSES, content=content)
+            alive = await http.post(RESPONSES, json=HI)
+    assert response.status_code == status, response.text
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    assert_error_shape(response.json(), type=kind, param=param)
+    if status == 404:
+        assert response.json()["error"]["code"] == "model_not_found"
+    assert backend.calls[:-1] == []  # nothing bad reached the backend
+    assert alive.status_code == 200 and alive.json()["output"][0]["content"][0]["text"] == "x"
+
+
+async def test_stored_responses_are_not_found() -> None:
+    with trio.fail_after(10):
+        async with running(FakeBackend()) as url, client_for(url) as client:
+            with pytest.raises(openai.NotFoundError) as caught:
+                await client.responses.retrieve("resp_123")
+    assert caught.value.code == "response_not_found"
+    assert "does not store responses" in str(caught.value)
+
+
+@openai_stream_gc
+@pytest.mark.parametrize(
+    ("error", "code", "failed_code"),
+    [
+        (GenerationFailed("the runner died"), "runner_error", "server_error"),
+        (InvalidRequest("prompt too long", "input"), "invalid_request_error", "invalid_prompt"),
+        (RuntimeError("boom"), "server_error", "server_error"),
+    ],
+    ids=["generation-failed", "invalid-request", "unexpected"],
+)
+async def test_failure_mid_stream_is_error_then_failed(
+    error: Exception, code: str, failed_code: str
+) -> None:
+    backend = FakeBackend([TokenOut("r", "a", 0), Raise(error)])
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            stream = await client.responses.create(model=MODEL, input="hi", stream=True)
+            events = [event async for event in stream]
+            with pytest.raises(RuntimeError, match=r"response\.completed"):
+                async with client.responses.stream(model=MODEL, input="hi") as helper:
+                    await helper.get_final_response()
+    assert [e.type for e in events] == [*STREAMED[:5], "error", "response.failed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    error_event, failed = events[-2:]
+    assert error_event.type == "error" and failed.type == "response.failed"
+    assert error_event.code == code
+    assert failed.response.status == "failed" and failed.response.error is not None
+    assert failed.response.error.code == failed_code
+    if code == "server_error":
+        assert "boom" not in error_event.message
+    else:
+        assert error_event.message == failed.response.error.message == str(error)
+    [partial] = failed.response.output
+    assert partial.type == "message" and partial.status == "incomplete"
+    assert failed.response.output_text == "a"
+    assert backend.exited.is_set()
+
+
+async def test_entry_failure_streams_no_output_item_and_plain_is_503() -> None:
+    backend = FakeBackend(tokens("a"), entry_error=Unavailable("no instance is ready"))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
+            streamed = await http.post(RESPONSES, json={**HI, "stream": True})
+            plain = await http.post(RESPONSES, json=HI)
+    events = typed_events(streamed.text)
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "error",
+        "response.failed",
+    ]
+    assert events[-1]["response"]["output"] == []
+    assert events[-2]["message"] == "no instance is ready"
+    assert plain.status_code == 503
+    assert_error_shape(plain.json(), type="unavailable_error")
