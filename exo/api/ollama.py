@@ -3,17 +3,20 @@
 
 Ollama streams unless told `"stream": false`, takes sampling settings in `options`
 (`num_predict` is its `max_tokens`), and reports durations in nanoseconds. Errors are
-`{"error": "..."}` with the HTTP status.
+`{"error": "..."}` with the HTTP status. `format` ("json" or a schema) constrains the
+reply to JSON; `tools` on /api/chat come back as `message.tool_calls`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from attrs import evolve, frozen
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -21,9 +24,11 @@ from quart_trio.wrappers import TrioResponse
 from exo.api.backend import Backend, BackendError, InvalidRequest
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.openai import parse_messages
+from exo.api.openai_params import ANY_JSON_OBJECT
 from exo.api.streaming import GenerationStream, whole_generation
-from exo.api.validation import decode_json_body
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.api.tool_calls import CallParser, parse_tools
+from exo.api.validation import decode_json_body, is_number
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
 from exo.models.cards import ModelCard
 
 # The Ollama API version whose request and response shapes this follows.
@@ -31,7 +36,41 @@ OLLAMA_API_VERSION = "0.12.0"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 PREFIXES = ("", "/ollama")
 # Options exo applies; others Ollama knows (num_ctx, num_thread, …) are accepted and ignored.
-_APPLIED_OPTIONS = ("temperature", "top_p", "num_predict", "stop", "seed")
+_APPLIED_OPTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "num_predict",
+    "stop",
+    "seed",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+# Ollama's sampling defaults, so a client that sends no options samples as Ollama would.
+_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0}
+# Number options and the interval each must lie in.
+_RANGES = {
+    "temperature": (0.0, 100.0),
+    "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0),
+    "repeat_penalty": (0.0, 10.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+
+
+@frozen
+class OllamaRequest:
+    """A validated `/api/chat` or `/api/generate` body."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+    stream: bool
+    tools: tuple[Tool, ...] = ()
+    text: str | None = None  # a `raw` generate prompt: no chat template
 
 
 def ollama_error(status: int, message: str) -> TrioResponse:
@@ -46,17 +85,22 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _number_option(options: Mapping[str, Any], name: str) -> float | None:
+    value = options.get(name, _DEFAULTS.get(name))
+    if value is None:
+        return None
+    low, high = _RANGES[name]
+    if not is_number(value) or not low <= value <= high:
+        raise InvalidRequest(f"option '{name}' must be a number in [{low:g}, {high:g}]")
+    return float(value)
+
+
 def _parse_options(body: Mapping[str, Any]) -> SamplingParams:
     options = body.get("options", {})
     if options is None:
         options = {}
     if not isinstance(options, dict):
         raise InvalidRequest("'options' must be an object")
-    temperature = options.get("temperature", 0.8)
-    top_p = options.get("top_p", 0.9)
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise InvalidRequest(f"option '{name}' must be a number")
     num_predict = options.get("num_predict")
     if num_predict is not None and (type(num_predict) is not int or num_predict == 0):
         raise InvalidRequest("option 'num_predict' must be a non-zero integer")
@@ -68,14 +112,34 @@ def _parse_options(body: Mapping[str, Any]) -> SamplingParams:
     seed = options.get("seed")
     if seed is not None and type(seed) is not int:
         raise InvalidRequest("option 'seed' must be an integer")
+    top_k = options.get("top_k", _DEFAULTS["top_k"])
+    if type(top_k) is not int or top_k < 0:
+        raise InvalidRequest("option 'top_k' must be an integer >= 0")
+    repeat = _number_option(options, "repeat_penalty")
     return SamplingParams(
-        temperature=float(temperature),
-        top_p=float(top_p),
+        temperature=_number_option(options, "temperature") or 0.0,
+        top_p=_number_option(options, "top_p") or 1.0,
         # Ollama: -1 generates until the model stops, -2 until the context is full.
         max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
         stop=tuple(s for s in stop if s),
         seed=seed,
+        top_k=top_k,
+        min_p=_number_option(options, "min_p") or 0.0,
+        presence_penalty=_number_option(options, "presence_penalty") or 0.0,
+        frequency_penalty=_number_option(options, "frequency_penalty") or 0.0,
+        repetition_penalty=None if repeat in (None, 1.0) else repeat,
     )
+
+
+def _json_format(value: object) -> str | None:
+    """Ollama's `format`: "json" (any JSON object) or a JSON schema, as schema text."""
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return json.dumps(ANY_JSON_OBJECT)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    raise InvalidRequest("'format' must be \"json\" or a JSON schema object")
 
 
 def _check_common(body: object) -> Mapping[str, Any]:
@@ -87,20 +151,61 @@ def _check_common(body: object) -> Mapping[str, Any]:
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false")
-    for unsupported in ("format", "tools", "images", "suffix"):
+    for unsupported in ("images", "suffix"):
         if body.get(unsupported) not in (None, "", []):
             raise InvalidRequest(f"'{unsupported}' is not supported by exo yet")
     return body
 
 
-def parse_chat(body: object) -> tuple[str, tuple[ChatMessage, ...], SamplingParams, bool]:
+def _sampling(body: Mapping[str, Any]) -> SamplingParams:
+    return evolve(_parse_options(body), json_schema=_json_format(body.get("format")))
+
+
+def parse_chat(body: object) -> OllamaRequest:
     checked = _check_common(body)
-    messages = parse_messages(checked.get("messages"))
-    return checked["model"], messages, _parse_options(checked), checked.get("stream", True)
+    messages = parse_messages(_openai_messages(checked.get("messages")))
+    try:
+        tools = parse_tools(checked.get("tools") or None)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"'tools': {error.message}") from None
+    stream = bool(checked.get("stream", True))
+    return OllamaRequest(checked["model"], messages, _sampling(checked), stream, tools)
 
 
-def parse_generate(body: object) -> tuple[str, tuple[ChatMessage, ...], SamplingParams, bool]:
-    """A generate request as a chat: the `system` prompt, then the `prompt` as the user's."""
+def _openai_messages(value: object) -> object:
+    """Ollama's messages in OpenAI's shape: its tool calls carry arguments as an object
+    and no id, and its tool results name the tool instead of a call id."""
+    if not isinstance(value, list):
+        return value
+    converted: list[object] = []
+    for i, message in enumerate(value):
+        if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
+            calls = []
+            for j, call in enumerate(message["tool_calls"]):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    raise InvalidRequest(f"'messages[{i}].tool_calls[{j}].function' is required")
+                arguments = function.get("arguments", {})
+                calls.append(
+                    {
+                        "id": f"call_{i}_{j}",
+                        "type": "function",
+                        "function": {
+                            "name": function.get("name"),
+                            "arguments": arguments
+                            if isinstance(arguments, str)
+                            else json.dumps(arguments),
+                        },
+                    }
+                )
+            message = {**message, "tool_calls": calls}
+        converted.append(message)
+    return converted
+
+
+def parse_generate(body: object) -> OllamaRequest:
+    """A generate request as a chat (the `system` prompt, then the `prompt` as the user's),
+    or with `raw`, the prompt as it is."""
     checked = _check_common(body)
     prompt = checked.get("prompt", "")
     system = checked.get("system")
@@ -108,10 +213,14 @@ def parse_generate(body: object) -> tuple[str, tuple[ChatMessage, ...], Sampling
         raise InvalidRequest("'prompt' must be a string")
     if system is not None and not isinstance(system, str):
         raise InvalidRequest("'system' must be a string")
-    if checked.get("raw"):
-        raise InvalidRequest("'raw' prompts are not supported by exo yet")
+    raw = checked.get("raw", False)
+    if not isinstance(raw, bool):
+        raise InvalidRequest("'raw' must be true or false")
     messages = (*((ChatMessage("system", system),) if system else ()), ChatMessage("user", prompt))
-    return checked["model"], messages, _parse_options(checked), checked.get("stream", True)
+    stream = bool(checked.get("stream", True))
+    if raw and prompt:
+        return OllamaRequest(checked["model"], (), _sampling(checked), stream, text=prompt)
+    return OllamaRequest(checked["model"], messages, _sampling(checked), stream)
 
 
 def _stats(finished: Finished, started: float) -> dict[str, Any]:
@@ -127,35 +236,60 @@ def _stats(finished: Finished, started: float) -> dict[str, Any]:
     }
 
 
-def reply(model: str, chat: bool, text: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+def _ollama_call(call: ToolCall) -> dict[str, Any]:
+    """A call in Ollama's shape: arguments as an object, no id."""
+    return {"function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+
+
+def reply(
+    model: str,
+    chat: bool,
+    text: str,
+    extra: Mapping[str, Any],
+    calls: Sequence[ToolCall] = (),
+) -> dict[str, Any]:
     """One answer object: text as a chat `message` or as a generate `response`."""
     body: dict[str, Any] = {"model": model, "created_at": _now()}
     if chat:
-        body["message"] = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [_ollama_call(c) for c in calls]
+        body["message"] = message
     else:
         body["response"] = text
     return {**body, **extra}
 
 
 class NdjsonFormat:
-    """One JSON object per line: a piece of text per token, then the statistics."""
+    """One JSON object per line: a piece of text per token, then the statistics. With
+    tools, each call parsed from the reply goes out in a line of its own."""
 
-    def __init__(self, model: str, chat: bool) -> None:
+    def __init__(self, model: str, chat: bool, tools: tuple[Tool, ...] = ()) -> None:
         self._model = model
         self._chat = chat
+        self._parser = CallParser(tools) if tools else None
         self._started = time.perf_counter()
 
-    def _line(self, text: str, extra: Mapping[str, Any]) -> bytes:
-        return (dumps(reply(self._model, self._chat, text, extra)) + "\n").encode()
+    def _line(self, text: str, extra: Mapping[str, Any], calls: Sequence[ToolCall] = ()) -> bytes:
+        return (dumps(reply(self._model, self._chat, text, extra, calls)) + "\n").encode()
+
+    def _lines(self, text: str, calls: Sequence[ToolCall]) -> list[bytes]:
+        lines = [self._line(text, {"done": False})] if text else []
+        if calls:
+            lines.append(self._line("", {"done": False}, calls))
+        return lines
 
     def start(self) -> list[bytes]:
         return []
 
     def token(self, chunk: TokenOut) -> list[bytes]:
-        return [self._line(chunk.text, {"done": False})] if chunk.text else []
+        if self._parser is None:
+            return self._lines(chunk.text, ())
+        return self._lines(*self._parser.feed(chunk.text))
 
     def finish(self, finished: Finished) -> list[bytes]:
-        return [self._line("", _stats(finished, self._started))]
+        lines = [] if self._parser is None else self._lines(*self._parser.finish())
+        return [*lines, self._line("", _stats(finished, self._started))]
 
     def error(self, error: Exception) -> list[bytes]:
         known = as_backend_error(error)
@@ -195,13 +329,14 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         try:
             body = decode_json_body(raw)
-            model, messages, params, stream = (parse_chat if chat else parse_generate)(body)
+            asked = (parse_chat if chat else parse_generate)(body)
         except InvalidRequest as error:
             return backend_error(error)
+        model, messages = asked.model, asked.messages
         card = find_card(model)
         if card is None:
             return ollama_error(404, f"model '{model}' not found")
-        if not chat and not messages[-1].content and len(messages) == 1:
+        if not chat and asked.text is None and not messages[-1].content and len(messages) == 1:
             # Ollama's way to load a model: an empty prompt answers at once.
             return json_response(
                 {
@@ -212,23 +347,29 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
                     "done_reason": "load",
                 }
             )
-        if stream:
-            form = NdjsonFormat(model, chat)
+        request_args = (backend, card.model_id, messages, asked.params)
+        if asked.stream:
+            form = NdjsonFormat(model, chat, asked.tools)
             return TrioResponse(
-                GenerationStream(backend, card.model_id, messages, params, form),
+                GenerationStream(*request_args, form, asked.tools, asked.text),
                 status=200,
                 content_type=NDJSON_CONTENT_TYPE,
             )
         started = time.perf_counter()
         try:
-            whole = await whole_generation(backend, card.model_id, messages, params)
-            text, finished = whole.text, whole.finished
+            whole = await whole_generation(*request_args, asked.tools, asked.text)
         except Exception as error:
             known = as_backend_error(error)
             if known is None:
                 raise
             return backend_error(known)
-        return json_response(reply(model, chat, text, _stats(finished, started)))
+        text, calls = whole.text, []
+        if asked.tools:
+            parser = CallParser(asked.tools)
+            shown, _ = parser.feed(text)
+            rest, _ = parser.finish()
+            text, calls = (shown + rest).strip() if parser.calls else shown + rest, parser.calls
+        return json_response(reply(model, chat, text, _stats(whole.finished, started), calls))
 
     async def chat_route() -> TrioResponse:
         return await generation(chat=True)
@@ -265,7 +406,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
                     "llama.attention.head_count": card.num_heads,
                     "llama.attention.head_count_kv": card.num_kv_heads,
                 },
-                "capabilities": ["completion"],
+                "capabilities": ["completion", "tools"],
                 "modified_at": "1970-01-01T00:00:00Z",
             }
         )

@@ -87,6 +87,102 @@ async def test_options_and_generate() -> None:
     )
 
 
+async def test_format_raw_sampling_options_and_defaults() -> None:
+    backend = FakeBackend(tokens('{"a": 1}'))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            client = ollama_client(url)
+            await client.chat(model=MODEL, messages=USER, format="json", stream=False)
+            await client.chat(
+                model=MODEL,
+                messages=USER,
+                format=schema,
+                stream=False,
+                options={
+                    "top_k": 5,
+                    "min_p": 0.1,
+                    "repeat_penalty": 1.3,
+                    "presence_penalty": 0.5,
+                    "frequency_penalty": -0.5,
+                },
+            )
+            await client.generate(model=MODEL, prompt="1, 2, 3,", raw=True, stream=False)
+    as_json, shaped, raw = backend.calls
+    assert json.loads(as_json.params.json_schema or "") == {"type": "object"}
+    # No options: Ollama's own defaults.
+    assert (as_json.params.temperature, as_json.params.top_p, as_json.params.top_k) == (
+        0.8,
+        0.9,
+        40,
+    )
+    assert json.loads(shaped.params.json_schema or "") == schema
+    p = shaped.params
+    assert (p.top_k, p.min_p, p.repetition_penalty, p.presence_penalty, p.frequency_penalty) == (
+        5,
+        0.1,
+        1.3,
+        0.5,
+        -0.5,
+    )
+    assert (raw.text, raw.messages) == ("1, 2, 3,", ())
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+
+
+async def test_tools_come_back_as_tool_calls() -> None:
+    backend = FakeBackend(tokens("Let me see.", CALL[:10], CALL[10:]))
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            client = ollama_client(url)
+            reply = await client.chat(
+                model=MODEL, messages=USER, tools=[WEATHER_TOOL], stream=False
+            )
+            parts = [
+                part
+                async for part in await client.chat(
+                    model=MODEL, messages=USER, tools=[WEATHER_TOOL], stream=True
+                )
+            ]
+            # The call and its result go back in the next turn, in Ollama's shape.
+            await client.chat(
+                model=MODEL,
+                messages=[
+                    *USER,
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+                        ],
+                    },
+                    {"role": "tool", "content": "cold", "tool_name": "get_weather"},
+                ],
+                tools=[WEATHER_TOOL],
+                stream=False,
+            )
+    [call] = reply.message.tool_calls or []
+    assert (call.function.name, dict(call.function.arguments)) == ("get_weather", {"city": "Oslo"})
+    assert reply.message.content == "Let me see."
+    streamed = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [c.function.name for c in streamed] == ["get_weather"]
+    assert "".join(p.message.content or "" for p in parts) == "Let me see."
+    assert backend.calls[0].tools[0].name == "get_weather"
+    history = backend.calls[2].messages
+    assert history[1].tool_calls[0].name == "get_weather"
+    assert json.loads(history[1].tool_calls[0].arguments) == {"city": "Oslo"}
+    assert (history[2].role, history[2].content) == ("tool", "cold")
+
+
 async def test_tags_show_ps_version_and_head() -> None:
     backend = FakeBackend()
     with trio.fail_after(10):
@@ -132,7 +228,29 @@ BAD: list[tuple[str, str, Any, int, str]] = [
         400,
         "num_predict",
     ),
-    ("POST", "/api/chat", {"model": MODEL, "messages": USER, "format": "json"}, 400, "format"),
+    ("POST", "/api/chat", {"model": MODEL, "messages": USER, "format": "xml"}, 400, "format"),
+    (
+        "POST",
+        "/api/chat",
+        {"model": MODEL, "messages": USER, "tools": [{"type": "x"}]},
+        400,
+        "tools",
+    ),
+    (
+        "POST",
+        "/api/chat",
+        {"model": MODEL, "messages": USER, "options": {"top_k": -1}},
+        400,
+        "top_k",
+    ),
+    (
+        "POST",
+        "/api/chat",
+        {"model": MODEL, "messages": USER, "options": {"repeat_penalty": "x"}},
+        400,
+        "repeat_penalty",
+    ),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": "x", "raw": "yes"}, 400, "raw"),
     ("POST", "/api/chat", {"model": "nope", "messages": USER}, 404, "model 'nope' not found"),
     ("POST", "/api/generate", {"model": MODEL, "prompt": 3}, 400, "prompt"),
     ("POST", "/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
