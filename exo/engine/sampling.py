@@ -18,6 +18,10 @@ from exo.engine import protocol
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 Sampler = Callable[[mx.array], mx.array]
 
+# Log-probability reported for a token that cannot be sampled (masked, -inf): JSON has
+# no infinities, and this is the figure OpenAI reports.
+LOGPROB_FLOOR = -9999.0
+
 # Tokens looked back on for Ollama-style `repeat_penalty` (Ollama's repeat_last_n default).
 REPETITION_CONTEXT = 64
 
@@ -72,8 +76,10 @@ def token_logprob(
         top_ids: list[int] = ids[order].tolist()  # type: ignore[assignment]
         top_values: list[float] = values[order].tolist()  # type: ignore[assignment]
         alternatives = tuple(
-            protocol.TopLogprob(tokenizer.decode([i]), v)
+            protocol.TopLogprob(tokenizer.decode([i]), max(v, LOGPROB_FLOOR))
             for i, v in zip(top_ids, top_values, strict=True)
         )
     chosen: float = flat[token].item()  # type: ignore[assignment]
-    return protocol.TokenLogprob(tokenizer.decode([token]), chosen, alternatives)
+    return protocol.TokenLogprob(
+        tokenizer.decode([token]), max(chosen, LOGPROB_FLOOR), alternatives
+    )
