@@ -234,6 +234,19 @@ def test_the_ollama_client_works_unchanged(node: NodeProcess) -> None:
         listed = [m.model for m in client.list().models]
         assert MODEL in listed
         assert MODEL in [m.model for m in client.ps().models]
+        shown = client.show(MODEL)
+        assert shown.modelinfo is not None and shown.modelinfo["llama.block_count"] == 30
+        streamed = client.generate(model=MODEL, prompt=QUESTION, options=greedy, stream=True)
+        assert "".join(part.response for part in streamed) == generated
+        as_json = client.chat(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Some data, please."}],
+            format="json",
+            options={"seed": 1, "num_predict": 80},
+        )
+        assert isinstance(json.loads(as_json.message.content or ""), dict)
+    assert httpx.head(node.url).status_code == 200
+    assert httpx.get(node.url + "/api/version").json()["version"]
     # Also under exo's /ollama prefix, as OpenWebUI may be pointed at it.
     with ollama.Client(host=node.url + "/ollama") as prefixed:
         assert [m.model for m in prefixed.list().models] == listed
