@@ -39,6 +39,7 @@ from exo.api.errors import (
 from exo.api.instances import register_instances
 from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
+from exo.api.openapi import register_openapi
 from exo.api.responses import register_responses
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ _hypercorn_log.addFilter(_DropClientGoneRaces())
 
 def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic dialects."""
-    app = QuartTrio(__name__)
+    # No static folder: Quart would otherwise serve `/static/<path>`, a route outside the API.
+    app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         BODY_TIMEOUT=BODY_TIMEOUT_S,
@@ -108,6 +110,19 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     register_ollama(app, backend)
     register_responses(app, backend)
     register_anthropic(app, backend)
+    register_openapi(app)
+
+    @app.before_request
+    async def receive_whole_body() -> None:
+        """Receive the whole request body before answering, on every route.
+
+        When a response ends while its request's body is still arriving (a GET with a body,
+        a 404 or 405 answered without reading it), hypercorn 0.18 closes the connection from
+        the app's task, which quart-trio is cancelling by then: the close is cut short and
+        the next request on that keep-alive connection hangs forever. Kept (`cache`) for
+        the route, which reads it again.
+        """
+        await request.get_data(cache=True, as_text=False, parse_form_data=False)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> TrioResponse:

@@ -97,7 +97,11 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
         async def work() -> Any:
             if not model:
                 raise InvalidRequest("Give the model to preview: ?model=<id>.", "model")
-            if context is not None and not (context.isdigit() and int(context) > 0):
+            # ASCII digits, at most 9 (a billion tokens): `int` refuses '²', which `isdigit`
+            # passes, and numbers of over 4300 digits.
+            if context is not None and not (
+                context.isascii() and context.isdigit() and len(context) <= 9 and int(context) > 0
+            ):
                 raise InvalidRequest(
                     "'context_length' must be an integer of at least 1 (tokens).",
                     "context_length",

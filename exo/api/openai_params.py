@@ -53,7 +53,8 @@ def _logit_bias(body: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
         )
     entries: list[tuple[int, float]] = []
     for key, bias in value.items():
-        if not key.isdigit() or len(key) > 9:
+        # ASCII only: `isdigit` also passes '²', which `int` refuses.
+        if not (key.isascii() and key.isdigit()) or len(key) > 9:
             raise invalid(f"'logit_bias' keys must be token ids; got {key!r}.", "logit_bias")
         if not is_number(bias) or not -100 <= bias <= 100:
             raise invalid(

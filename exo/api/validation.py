@@ -15,6 +15,10 @@ from exo.api.backend import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Deepest JSON nesting accepted. The decoder allows what fits under the recursion limit
+# where it runs; echoed back, a body that deep can overflow it when the answer is encoded
+# deeper in the stack (a 500). No request needs more than a few dozen levels.
+MAX_JSON_DEPTH = 512
 
 
 def invalid(message: str, param: str | None) -> InvalidRequest:
@@ -42,7 +46,7 @@ def decode_json_body(raw: bytes) -> Any:
     if not text.strip():
         raise invalid("The request body is empty; expected a JSON object.", None)
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        body = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise invalid(
             f"The request body is not valid JSON: {error.msg} "
@@ -51,6 +55,21 @@ def decode_json_body(raw: bytes) -> Any:
         ) from None
     except (ValueError, RecursionError) as error:
         raise invalid(f"The request body is not valid JSON: {error}.", None) from None
+    if _nested_deeper(body, MAX_JSON_DEPTH):
+        raise invalid(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", None)
+    return body
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests containers more than `limit` deep (walked without recursion)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend([(c, depth + 1) for c in children if isinstance(c, dict | list)])
+    return False
 
 
 def optional_number(
@@ -60,7 +79,8 @@ def optional_number(
     if value is None:
         return None
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    if not is_number(value) or not math.isfinite(value):
+    # An integer is finite, and one too large for a float overflows `isfinite`.
+    if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
         raise invalid(f"'{name}' must be a number in {interval}.", name)
     if value > high or value < low or (low_open and value == low):
         raise invalid(f"'{name}' must be in {interval}; got {value}.", name)

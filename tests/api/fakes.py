@@ -71,7 +71,16 @@ class FakeBackend:
     script: Sequence[Step] = ()
     cards: list[ModelCard] = field(factory=lambda: [fake_card()])
     entry_error: BackendError | None = None
-    state: dict[str, Any] = field(factory=lambda: {"node_id": "n1", "term": 3})
+    state: dict[str, Any] = field(
+        factory=lambda: {
+            "node_id": "n1",
+            "master": "n1",
+            "term": 3,
+            "index": 0,
+            "hash": "0" * 64,
+            "state": {},
+        }
+    )
     state_error: Exception | None = None
     # Keep a nursery (with a background task) open around the yielded stream, as a backend
     # pumping tokens from a runner might: the API must still nest it properly.
@@ -122,9 +131,11 @@ class FakeBackend:
             "id": instance_id,
             "model": model,
             "strategy": strategy,
-            "status": "placing",
+            "status": "loading",
             "shards": shards,
-            "min_nodes": min_nodes,
+            "ring": [],
+            "context_length": context_length,
+            "min_nodes": min_nodes,  # not in the real view: lets tests see what was asked
         }
         self.instances_by_id[instance_id] = view
         return view
@@ -135,7 +146,17 @@ class FakeBackend:
 
     def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         self._card(model)
-        return [{"strategy": "pipeline", "valid": True, "reason": ""}]
+        return [
+            {
+                "strategy": "pipeline",
+                "node_count": 1,
+                "shards": [{"node_id": "n1", "rank": 0, "start_layer": 0, "end_layer": 2}],
+                "memory_by_node": {"n1": 1},
+                "predicted_tokens_per_second": 100.0,
+                "valid": True,
+                "reason": "",
+            }
+        ]
 
     def state_view(self) -> dict[str, Any]:
         if self.state_error is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
@@ -28,6 +30,38 @@ async def running(backend: Backend) -> AsyncIterator[str]:
             yield f"http://{host}:{port}"
         finally:
             nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def running_in_thread(backend: Backend) -> Iterator[str]:
+    """`running` for synchronous clients (requests, schemathesis): the server gets its own
+    Trio loop in a thread; yields the base URL; stops on exit."""
+    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException]
+    started = queue.Queue()
+
+    async def main() -> None:
+        stop = trio.Event()
+        try:
+            async with running(backend) as url:
+                started.put((url, trio.lowlevel.current_trio_token(), stop))
+                await stop.wait()
+        except BaseException as error:
+            started.put(error)
+            raise
+
+    thread = threading.Thread(target=trio.run, args=(main,), name="exo-test-server")
+    thread.start()
+    outcome = started.get(timeout=10)
+    if isinstance(outcome, BaseException):
+        thread.join()
+        raise RuntimeError("the test server did not start") from outcome
+    url, token, stop = outcome
+    try:
+        yield url
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the test server did not stop"
 
 
 def sse_data(body: str) -> list[Any]:

@@ -264,6 +264,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
     ),
     ("POST", MESSAGES, _body(temperature=1.5), 400, INVALID, "'temperature'"),
     ("POST", MESSAGES, _body(top_p=0), 400, INVALID, "'top_p'"),
+    ("POST", MESSAGES, _body(top_p=10**400), 400, INVALID, "'top_p'"),  # a 500 before
     ("POST", MESSAGES, _body(top_k=-1), 400, INVALID, "'top_k'"),
     ("POST", MESSAGES, _body(stop_sequences="END"), 400, INVALID, "'stop_sequences'"),
     (

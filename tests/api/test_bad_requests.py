@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
@@ -14,7 +15,7 @@ from exo.api.app import MAX_REQUEST_BYTES
 from exo.api.backend import BackendError, Unavailable, UnknownModel
 
 from .fakes import MODEL, FakeBackend, tokens
-from .helpers import NODE_LABEL, assert_error_shape, raw_exchange, running
+from .helpers import NODE_LABEL, assert_error_shape, host_port, raw_exchange, running
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
@@ -41,6 +42,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("empty-body", b"", None),
     ("not-an-object", b"[1, 2]", None),
     ("nan-literal", b'{"model": "m", "messages": [], "temperature": NaN}', None),
+    ("nested-too-deep", b'{"model": "m", "messages": ' + b"[" * 600 + b"]" * 600 + b"}", None),
     ("missing-model", without("model"), "model"),
     ("empty-model", body(model=""), "model"),
     ("model-not-string", body(model=5), "model"),
@@ -68,6 +70,8 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("temperature-too-high", body(temperature=2.5), "temperature"),
     ("temperature-string", body(temperature="1"), "temperature"),
     ("temperature-bool", body(temperature=True), "temperature"),
+    # A 500 before: too large for a float, it overflowed `math.isfinite`.
+    ("temperature-huge-integer", body(temperature=10**400), "temperature"),
     ("top-p-zero", body(top_p=0), "top_p"),
     ("top-p-too-high", body(top_p=1.5), "top_p"),
     ("max-tokens-zero", body(max_tokens=0), "max_tokens"),
@@ -106,6 +110,8 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("logit-bias-not-object", body(logit_bias=[1]), "logit_bias"),
     ("logit-bias-bad-key", body(logit_bias={"abc": 1}), "logit_bias"),
     ("logit-bias-too-big", body(logit_bias={"5": 101}), "logit_bias"),
+    # A 500 before: `isdigit` passes '²', which `int` refuses.
+    ("logit-bias-superscript-key", body(logit_bias={"²": 1}), "logit_bias"),
     ("logprobs-string", body(logprobs="yes"), "logprobs"),
     ("top-logprobs-without-logprobs", body(top_logprobs=2), "top_logprobs"),
     ("top-logprobs-too-many", body(logprobs=True, top_logprobs=21), "top_logprobs"),
@@ -340,3 +346,57 @@ async def test_oversized_body_is_413(raw: bytes, caplog: pytest.LogCaptureFixtur
     assert backend.calls == []
     # hypercorn's close race after a 413 is not logged as an application error.
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _status(stream: trio.SocketStream, conn: h11.Connection) -> int:
+    """Read one whole response off `stream`; its status."""
+    status = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.EndOfMessage):
+            return status
+
+
+# Routes that answer without reading a body: found by tests/api/test_fuzz.py, whose
+# client sends headers and body in separate writes.
+UNREAD_BODIES = [
+    ("GET", "/healthz", 200),
+    ("DELETE", "/healthz", 405),
+    ("GET", CHAT, 405),
+    ("POST", "/nope", 404),
+    ("GET", "/api/tags", 200),
+    ("GET", "/v1/messages", 405),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), UNREAD_BODIES)
+async def test_a_body_arriving_late_leaves_the_connection_usable(
+    method: str, path: str, status: int
+) -> None:
+    """A body still arriving when the route could answer must not leave the keep-alive
+    connection stuck (hypercorn's close of it was cut short: the next request hung)."""
+    data = body()
+    conn = h11.Connection(h11.CLIENT)
+    head = [("Host", "x"), ("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    with trio.fail_after(10):
+        async with running(FakeBackend(tokens("x"))) as url:
+            stream = await trio.open_tcp_stream(*host_port(url))
+            async with stream:
+                await stream.send_all(
+                    conn.send(h11.Request(method=method, target=path, headers=head))
+                )
+                await trio.sleep(0.1)  # the route may answer now, before the body comes
+                await stream.send_all(
+                    conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage())
+                )
+                assert await _status(stream, conn) == status
+                conn.start_next_cycle()
+                await stream.send_all(
+                    conn.send(h11.Request(method="GET", target="/healthz", headers=[("Host", "x")]))
+                    + conn.send(h11.EndOfMessage())
+                )
+                assert await _status(stream, conn) == 200

@@ -50,6 +50,15 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/instances", {"model": MODEL, "context_length": 0}, 400, "'context_length'"),
     ("GET", f"/instances/previews?model={MODEL}&context_length=x", None, 400, "'context_length'"),
     ("GET", f"/instances/previews?model={MODEL}&context_length=0", None, 400, "'context_length'"),
+    # 500s before: `isdigit` passes '²', and `int` refuses it and numbers of 4300+ digits.
+    ("GET", f"/instances/previews?model={MODEL}&context_length=²", None, 400, "'context_length'"),
+    (
+        "GET",
+        f"/instances/previews?model={MODEL}&context_length={'9' * 5000}",
+        None,
+        400,
+        "'context_length'",
+    ),
     ("POST", "/instances", {"model": MODEL, "context_length": "4k"}, 400, "'context_length'"),
     ("POST", "/instances", {"model": MODEL, "colour": "red"}, 400, "Unknown field 'colour'"),
     ("POST", "/instances", {"model": "nope"}, 404, "does not exist"),

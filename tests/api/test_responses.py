@@ -273,6 +273,8 @@ BAD: list[tuple[str, str, Any, int, str | None]] = [
     ),
     ("max-output-tokens-0", "POST", {**HI, "max_output_tokens": 0}, 400, "max_output_tokens"),
     ("temperature-3", "POST", {**HI, "temperature": 3}, 400, "temperature"),
+    # A 500 before: too large for a float, it overflowed `math.isfinite`.
+    ("temperature-huge-integer", "POST", {**HI, "temperature": 10**400}, 400, "temperature"),
     ("tools", "POST", {**HI, "tools": [{"type": "web_search"}]}, 400, "tools"),
     (
         "previous-response",
@@ -381,3 +383,23 @@ async def test_entry_failure_streams_no_output_item_and_plain_is_503() -> None:
     assert events[-2]["message"] == "no instance is ready"
     assert plain.status_code == 503
     assert_error_shape(plain.json(), type="unavailable_error")
+
+
+async def test_no_nesting_depth_gets_a_500() -> None:
+    """A schema nested just shallowly enough to decode was echoed back in `text.format`
+    too deep to encode where the answer is encoded: a 500, for a narrow band of depths
+    that moves with the stack. Bodies nested past 512 levels are refused up front now."""
+    statuses = set()
+    with trio.fail_after(30):
+        async with (
+            running(FakeBackend(tokens("x"))) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            for depth in range(900, 1000):
+                schema = b'{"a": ' * depth + b"1" + b"}" * depth
+                body = (
+                    b'{"model": "%s", "input": "hi", "text": {"format": {"type": "json_schema", '
+                    b'"name": "n", "schema": %s}}}' % (MODEL.encode(), schema)
+                )
+                statuses.add((await http.post(RESPONSES, content=body)).status_code)
+    assert statuses == {400}

@@ -1,0 +1,301 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 description of every route, built once.
+
+Each route lists the statuses it can answer, every error in its dialect's shape (OpenAI's
+everywhere but under `/v1/messages`, Anthropic's, and `/api/` and `/ollama`, Ollama's);
+body schemas are in `exo.api.openapi_schemas`. tests/api/test_openapi.py checks that the
+paths and methods here are exactly those the app serves, and tests/api/test_fuzz.py
+fuzzes the server from this document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from importlib.metadata import version
+from typing import Any
+
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioResponse
+
+from exo.api import openapi_schemas as s
+from exo.api.anthropic import MESSAGES_PATH
+from exo.api.errors import JSON_CONTENT_TYPE, json_response
+from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
+
+Schema = dict[str, Any]
+
+OPENAPI_PATH = "/openapi.json"
+SSE = "text/event-stream"
+
+_STATUS_TEXT = {
+    400: "Invalid request: malformed JSON, invalid UTF-8, JSON nested over 512 levels, a field "
+    "of the wrong type or out of range, an unsupported feature",
+    404: "Unknown model, instance or route",
+    405: "Wrong method for this path; the `Allow` header lists the right ones",
+    408: "The request body was not received in time",
+    413: "The request body is over 4 MiB",
+    503: "The model could not be made ready in time, or its runner failed",
+}
+# Errors of any route (a wrong method; a body, even where none is expected, is received
+# whole first), of routes that read a JSON body, and of those that run a generation.
+ANY_ROUTE = (405, 408, 413)
+BODY = (400, *ANY_ROUTE)
+GENERATION = (*BODY, 404, 503)
+
+
+def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
+    """The responses for `statuses`, in the error shape of `dialect`."""
+    return {
+        str(status): {
+            "description": _STATUS_TEXT[status],
+            "content": {JSON_CONTENT_TYPE: {"schema": s.ref(f"{dialect}Error")}},
+        }
+        for status in sorted(set(statuses))
+    }
+
+
+def ok(
+    schema: Schema, status: int = 200, stream: tuple[str, Schema] | None = None
+) -> dict[str, Schema]:
+    """A success: JSON that `schema` accepts, or where the request asks for a `stream`,
+    that stream's media type and schema."""
+    content = {JSON_CONTENT_TYPE: {"schema": schema}}
+    if stream is not None:
+        media, stream_schema = stream
+        content[media] = {"schema": stream_schema}
+    return {str(status): {"description": "OK", "content": content}}
+
+
+def op(
+    summary: str,
+    tag: str,
+    answers: dict[str, Schema],
+    *,
+    body: Schema | None = None,
+    parameters: Iterable[Schema] = (),
+) -> Schema:
+    """One operation: what it does, its responses, its JSON body and parameters."""
+    operation: Schema = {"summary": summary, "tags": [tag], "responses": answers}
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {JSON_CONTENT_TYPE: {"schema": body}},
+        }
+    if parameters:
+        operation["parameters"] = list(parameters)
+    return operation
+
+
+def path_param(name: str, schema: Schema = s.NON_EMPTY) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def admin_paths() -> dict[str, Schema]:
+    def plain(summary: str, schema: Schema, tag: str = "admin") -> Schema:
+        return {"get": op(summary, tag, ok(schema) | errors("OpenAI", ANY_ROUTE))}
+
+    instance_id = [path_param("instance_id")]
+    preview_query = [
+        {"name": "model", "in": "query", "required": True, "schema": s.MODEL_ID},
+        {
+            "name": "context_length",
+            "in": "query",
+            "required": False,
+            "schema": s.integer(1, 999_999_999),
+        },
+    ]
+    return {
+        OPENAPI_PATH: plain("This document", s.ANY_OBJECT),
+        "/healthz": plain(
+            "Liveness: the API is up (a model may still be loading)",
+            s.record({"status": s.const("ok")}),
+        ),
+        "/state": plain("This node's view of the replicated cluster state", s.state_view()),
+        "/instances": {
+            **plain(
+                "Every instance", s.record({"instances": s.array(s.ref("Instance"))}), "instances"
+            ),
+            "post": op(
+                "Place an instance of a model",
+                "instances",
+                ok(s.ref("Instance"), 201) | errors("OpenAI", GENERATION),
+                body=s.place_request(),
+            ),
+        },
+        "/instances/previews": {
+            "get": op(
+                "Every candidate placement of a model, with its predicted speed",
+                "instances",
+                ok(s.previews()) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
+                parameters=preview_query,
+            )
+        },
+        "/instances/{instance_id}": {
+            "get": op(
+                "One instance",
+                "instances",
+                ok(s.ref("Instance")) | errors("OpenAI", (404, *ANY_ROUTE)),
+                parameters=instance_id,
+            ),
+            "delete": op(
+                "Delete an instance; its runners stop",
+                "instances",
+                ok(s.record({"id": s.STRING, "deleted": s.const(True)}))
+                | errors("OpenAI", (404, 503, *ANY_ROUTE)),
+                parameters=instance_id,
+            ),
+        },
+    }
+
+
+def openai_paths() -> dict[str, Schema]:
+    def generation(summary: str, answer: str, request: str, events: Schema) -> Schema:
+        answers = ok(s.ref(answer), stream=(SSE, events)) | errors("OpenAI", GENERATION)
+        return {"post": op(summary, "openai", answers, body=s.ref(request))}
+
+    models = s.record({"object": s.const("list"), "data": s.array(s.ref("Model"))})
+    stored = errors("OpenAI", (404, *ANY_ROUTE))
+    response_id = [path_param("response_id")]
+    return {
+        "/v1/models": {
+            "get": op("List the models", "openai", ok(models) | errors("OpenAI", ANY_ROUTE))
+        },
+        "/v1/models/{model_id}": {
+            "get": op(
+                "One model",
+                "openai",
+                ok(s.ref("Model")) | errors("OpenAI", (404, *ANY_ROUTE)),
+                parameters=[path_param("model_id", s.MODEL_ID)],
+            )
+        },
+        "/v1/chat/completions": generation(
+            "Chat completion, streamed or not",
+            "ChatCompletion",
+            "ChatCompletionRequest",
+            s.openai_stream(s.chat_chunk()),
+        ),
+        "/v1/completions": generation(
+            "Legacy text completion of a raw prompt (no chat template)",
+            "TextCompletion",
+            "CompletionRequest",
+            s.openai_stream(s.text_completion(chunk=True)),
+        ),
+        "/v1/responses": generation(
+            "Responses API (text), streamed or not; nothing is stored",
+            "Response",
+            "ResponseRequest",
+            s.responses_stream(),
+        ),
+        "/v1/responses/{response_id}": {
+            method: op(
+                f"{what} a stored response: 404, none are stored",
+                "openai",
+                stored,
+                parameters=response_id,
+            )
+            for method, what in (("get", "Retrieve"), ("post", "Cancel"), ("delete", "Delete"))
+        },
+    }
+
+
+def anthropic_paths() -> dict[str, Schema]:
+    failures = errors("Anthropic", GENERATION)
+    count = s.record({"input_tokens": s.COUNT})
+    return {
+        MESSAGES_PATH: {
+            "post": op(
+                "Anthropic Messages, streamed or not",
+                "anthropic",
+                ok(s.ref("AnthropicMessage"), stream=(SSE, s.anthropic_stream())) | failures,
+                body=s.ref("AnthropicMessagesRequest"),
+            )
+        },
+        f"{MESSAGES_PATH}/count_tokens": {
+            "post": op(
+                "The prompt's tokens, as the model's template renders it",
+                "anthropic",
+                ok(count) | failures,
+                body=s.anthropic_prompt(),
+            )
+        },
+    }
+
+
+def ollama_paths(prefix: str) -> dict[str, Schema]:
+    """The Ollama routes under `prefix`; errors there are in Ollama's shape, except at
+    `/` itself, which is not an Ollama path."""
+
+    def listing(summary: str, schema: Schema) -> Schema:
+        return {"get": op(summary, "ollama", ok(schema) | errors("Ollama", ANY_ROUTE))}
+
+    def generation(summary: str, chat: bool) -> Schema:
+        stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(chat=chat))
+        answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
+        return {"post": op(summary, "ollama", answers, body=s.ollama_request(chat=chat))}
+
+    running = {
+        "200": {"description": "Ollama is running", "content": {"text/plain": {"schema": s.STRING}}}
+    }
+    alive = op(
+        "Liveness, as Ollama answers it",
+        "ollama",
+        running | errors("Ollama" if prefix else "OpenAI", ANY_ROUTE),
+    )
+    return {
+        f"{prefix}/api/chat": generation("Ollama chat", chat=True),
+        f"{prefix}/api/generate": generation("Ollama generate", chat=False),
+        f"{prefix}/api/tags": listing("Every model", s.ollama_models()),
+        f"{prefix}/api/show": {
+            "post": op(
+                "One model's details",
+                "ollama",
+                ok(s.ollama_show()) | errors("Ollama", (*BODY, 404)),
+                body=s.ollama_show_request(),
+            )
+        },
+        f"{prefix}/api/ps": listing(
+            "Models with a ready instance", s.ollama_models("expires_at", "size_vram")
+        ),
+        f"{prefix}/api/version": listing("The Ollama API version exo follows", s.ollama_version()),
+        f"{prefix}/": {"get": alive, "head": alive},
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The whole document; built on first use, then shared (never mutate it)."""
+    paths = admin_paths() | openai_paths() | anthropic_paths()
+    for prefix in PREFIXES:
+        paths |= ollama_paths(prefix)
+    schemas = {
+        **s.ERRORS,
+        "Model": s.model_object(),
+        "ChatCompletionRequest": s.chat_request(),
+        "ChatCompletion": s.chat_completion(),
+        "CompletionRequest": s.completion_request(),
+        "TextCompletion": s.text_completion(),
+        "ResponseRequest": s.responses_request(),
+        "Response": s.response_object(),
+        "AnthropicMessagesRequest": s.anthropic_messages_request(),
+        "AnthropicMessage": s.anthropic_message(),
+        "Instance": s.instance(),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "exo",
+            "version": version("exo"),
+            "description": "OpenAI-, Anthropic- and Ollama-compatible APIs over an exo "
+            "cluster, and its admin routes. docs/api.md has the details.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def register_openapi(app: QuartTrio) -> None:
+    """Add `GET /openapi.json`."""
+
+    @app.get(OPENAPI_PATH)
+    async def openapi_json() -> TrioResponse:
+        return json_response(openapi_document())

@@ -1,0 +1,649 @@
+"""JSON schemas of the HTTP API's request and response bodies, for `exo.api.openapi`.
+
+The request schemas follow the validators field by field (the same types, ranges and
+refusals, with the limits imported from the modules that enforce them), so a client or a
+fuzzer reading them knows what a route accepts. Most optional fields accept `null` as
+"not given", as the validators do. Checks across fields (`top_logprobs` needs `logprobs`,
+a named `tool_choice` must be in `tools`, ...) are in the descriptions, and in the schemas
+only where JSON Schema says them simply. Response schemas give the fields a client can
+rely on; extra fields may come and go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from exo.api import anthropic, completions, instances, openai_params, responses, tool_calls
+from exo.api.ollama import OLLAMA_API_VERSION
+from exo.api.openai import ROLES
+from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
+from exo.models.cards import BUNDLED_MODEL
+
+Schema = dict[str, Any]
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+def obj(properties: Mapping[str, Schema], *required: str, **extra: Any) -> Schema:
+    """An object with these properties, `required` among them; others are allowed (and
+    ignored) unless `extra` says `additionalProperties=False`."""
+    schema: Schema = {"type": "object", "properties": dict(properties), **extra}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def record(properties: Mapping[str, Schema], *optional: str) -> Schema:
+    """An object that always has these properties, except the `optional` ones."""
+    return obj(properties, *(name for name in properties if name not in optional))
+
+
+_SIMPLE_KEYS = {"type", "minimum", "exclusiveMinimum", "maximum", "minLength", "maxLength"}
+
+
+def nullable(schema: Schema) -> Schema:
+    """`schema` or null: the validators read a null field as one not given."""
+    kind = schema.get("type")
+    if isinstance(kind, str) and set(schema) <= _SIMPLE_KEYS:
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def number(low: float, high: float, *, low_open: bool = False) -> Schema:
+    """A number in [low, high], or (low, high] with `low_open` (as `optional_number`)."""
+    bound = {"exclusiveMinimum": low} if low_open else {"minimum": low}
+    return {"type": "number", **bound, "maximum": high}
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Schema:
+    schema: Schema = {"type": "integer"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def string(min_length: int = 0, **extra: Any) -> Schema:
+    return {"type": "string", **({"minLength": min_length} if min_length else {}), **extra}
+
+
+def array(items: Schema, **extra: Any) -> Schema:
+    return {"type": "array", "items": items, **extra}
+
+
+def enum(*values: Any) -> Schema:
+    return {"enum": list(values)}
+
+
+def const(value: Any) -> Schema:
+    return {"const": value}
+
+
+def untyped(*names: str) -> dict[str, Schema]:
+    """Properties whose presence is promised, not their shape."""
+    return {name: {} for name in names}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def described(schema: Schema, description: str) -> Schema:
+    return {**schema, "description": description}
+
+
+def refused(schema: Schema, why: str) -> Schema:
+    """A field accepted only in the form that asks for nothing (null, false, empty)."""
+    return described(schema, f"Refused with a 400 in any other form: {why}.")
+
+
+def only_when(field: str, flag: str) -> Schema:
+    """For an `allOf`: `field` must be null or absent unless `flag` is true."""
+    return {
+        "if": {"not": obj({flag: const(True)}, flag)},
+        "then": obj({field: {"type": "null"}}),
+    }
+
+
+BOOLEAN: Schema = {"type": "boolean"}
+STRING: Schema = {"type": "string"}
+ANY_OBJECT: Schema = {"type": "object"}
+NON_EMPTY = string(1)
+COUNT = integer(0)
+NOTHING = nullable(array({}, maxItems=0))
+MODEL_ID = {
+    **NON_EMPTY,
+    "description": "A model id from GET /v1/models.",
+    "examples": [BUNDLED_MODEL],
+}
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one shape per dialect
+
+ERRORS: dict[str, Schema] = {
+    "OpenAIError": record(
+        {
+            "error": record(
+                {
+                    "message": STRING,
+                    "type": STRING,
+                    "param": nullable(STRING),
+                    "code": nullable(STRING),
+                }
+            )
+        }
+    ),
+    "AnthropicError": record(
+        {"type": const("error"), "error": record({"type": STRING, "message": STRING})}
+    ),
+    "OllamaError": record({"error": STRING}),
+}
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI
+
+
+def openai_sampling() -> dict[str, Schema]:
+    """The fields `parse_sampling`, `parse_model` and `parse_stream` read: shared by chat
+    and completions."""
+    return {
+        "model": MODEL_ID,
+        "temperature": nullable(number(0, 2)),
+        "top_p": nullable(number(0, 1, low_open=True)),
+        "min_p": nullable(number(0, 1)),
+        "top_k": nullable(described(integer(-1), "0 or -1: off.")),
+        "presence_penalty": nullable(number(-2, 2)),
+        "frequency_penalty": nullable(number(-2, 2)),
+        "repetition_penalty": nullable(number(0, 10, low_open=True)),
+        "seed": nullable(integer(INT64_MIN, INT64_MAX)),
+        "stop": nullable({"anyOf": [NON_EMPTY, array(NON_EMPTY, maxItems=MAX_STOP_SEQUENCES)]}),
+        "n": enum(1, None),
+        "logit_bias": nullable(
+            {
+                "type": "object",
+                "maxProperties": openai_params.MAX_LOGIT_BIAS_ENTRIES,
+                "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                "additionalProperties": number(-100, 100),
+                "description": "Token id -> bias added to its logit.",
+            }
+        ),
+        "max_tokens": nullable(integer(1)),
+        "stream": nullable(BOOLEAN),
+        "stream_options": nullable(obj({"include_usage": nullable(BOOLEAN)})),
+    }
+
+
+def text_part(*kinds: str) -> Schema:
+    return record({"type": const(kinds[0]) if len(kinds) == 1 else enum(*kinds), "text": STRING})
+
+
+def function_tools() -> Schema:
+    """OpenAI's `tools`, as `parse_tools` takes them."""
+    function = obj(
+        {
+            "name": string(1, maxLength=64),
+            "description": STRING,
+            "parameters": described(ANY_OBJECT, "A JSON schema."),
+        },
+        "name",
+    )
+    tool = record({"type": const("function"), "function": function})
+    return described(
+        array(tool, maxItems=tool_calls.MAX_TOOLS), "Functions the model may call; distinct names."
+    )
+
+
+def chat_message(*, ollama: bool = False) -> Schema:
+    """A message as `parse_messages` takes it. Ollama's tool calls (converted first) carry
+    no id and may carry their arguments as an object; any role's calls there need a
+    `function`."""
+    if ollama:
+        arguments = described({}, "An object, or JSON text.")
+        call = record({"function": obj({"name": STRING, "arguments": arguments}, "name")})
+    else:
+        call = record({"id": STRING, "function": record({"name": STRING, "arguments": STRING})})
+    calls = described({}, "An assistant's calls; ignored on other roles.")
+    if ollama:
+        calls["anyOf"] = [{"not": {"type": "array"}}, array(record({"function": ANY_OBJECT}))]
+    content = {"anyOf": [STRING, array(text_part("text"), minItems=1)]}
+    message = obj(
+        {
+            "role": enum(*sorted(ROLES)),
+            "content": nullable(content),
+            "tool_calls": calls,
+            "tool_call_id": nullable(STRING),
+        },
+        "role",
+    )
+    return {
+        **message,
+        "description": "`content` may be null or absent only on an assistant message.",
+        "if": record({"role": const("assistant")}),
+        "then": obj({"tool_calls": nullable(array(call))}),
+        "else": obj({"content": content}, "content"),
+    }
+
+
+def chat_request() -> Schema:
+    named = record({"type": const("function"), "function": record({"name": STRING})})
+    tool_choice = {
+        "anyOf": [enum("none", "auto", "required"), named],
+        "description": "Anything but `none` needs `tools`, a named function among them; a "
+        "forced call cannot be combined with a JSON `response_format`.",
+    }
+    response_format = {
+        **obj(
+            {
+                "type": enum("text", "json_object", "json_schema"),
+                "json_schema": described({}, "With type json_schema: `{name, schema}`."),
+            },
+            "type",
+        ),
+        "if": record({"type": const("json_schema")}),
+        "then": record({"json_schema": obj({"name": {}, "schema": ANY_OBJECT})}),
+    }
+    fields = {
+        **openai_sampling(),
+        "messages": array(chat_message(), minItems=1),
+        "max_completion_tokens": nullable(integer(1)),
+        "logprobs": nullable(BOOLEAN),
+        "top_logprobs": nullable(integer(0, openai_params.MAX_TOP_LOGPROBS)),
+        "tools": nullable(function_tools()),
+        "tool_choice": nullable(tool_choice),
+        "parallel_tool_calls": nullable(BOOLEAN),
+        "response_format": nullable(response_format),
+    }
+    return {
+        **obj(fields, "model", "messages"),
+        "description": "The legacy `functions` and `function_call` are refused; use `tools`.",
+        "allOf": [only_when("stream_options", "stream"), only_when("top_logprobs", "logprobs")],
+    }
+
+
+def completion_request() -> Schema:
+    fields = {
+        **openai_sampling(),
+        "prompt": {"anyOf": [NON_EMPTY, array(NON_EMPTY, minItems=1, maxItems=1)]},
+        "max_tokens": nullable(described(integer(1), "Default 16.")),
+        "logprobs": nullable(integer(0, completions.MAX_LEGACY_LOGPROBS)),
+        "echo": refused(enum(False, None), "echo is not supported"),
+        "suffix": refused(enum("", None), "fill in the middle is not supported"),
+        "best_of": enum(1, None),
+    }
+    return {**obj(fields, "model", "prompt"), "allOf": [only_when("stream_options", "stream")]}
+
+
+USAGE = record({"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": COUNT})
+CHAT_FINISH = enum("stop", "length", "tool_calls")
+
+
+def _completion(kind: str, choice: Schema, *, chunk: bool = False) -> Schema:
+    """A whole completion, or with `chunk`, one streamed piece of it (its choice list is
+    empty in the last, usage-only, chunk; usage is there only when asked for)."""
+    choices = array(choice, maxItems=1) if chunk else array(choice, minItems=1, maxItems=1)
+    fields = {
+        "id": STRING,
+        "object": const(kind),
+        "created": COUNT,
+        "model": STRING,
+        "choices": choices,
+        "usage": nullable(USAGE) if chunk else USAGE,
+    }
+    return record(fields, "usage") if chunk else record(fields)
+
+
+def chat_completion() -> Schema:
+    message = record(
+        {"role": const("assistant"), "content": nullable(STRING), "tool_calls": array(ANY_OBJECT)},
+        "tool_calls",
+    )
+    choice = record(
+        {
+            "index": COUNT,
+            "message": message,
+            "logprobs": nullable(ANY_OBJECT),
+            "finish_reason": CHAT_FINISH,
+        }
+    )
+    return _completion("chat.completion", choice)
+
+
+def chat_chunk() -> Schema:
+    choice = record(
+        {
+            "index": COUNT,
+            "delta": ANY_OBJECT,
+            "logprobs": nullable(ANY_OBJECT),
+            "finish_reason": nullable(CHAT_FINISH),
+        },
+        "logprobs",
+    )
+    return _completion("chat.completion.chunk", choice, chunk=True)
+
+
+def text_completion(*, chunk: bool = False) -> Schema:
+    finish = enum("stop", "length")
+    choice = record(
+        {
+            "text": STRING,
+            "index": COUNT,
+            "logprobs": nullable(ANY_OBJECT),
+            "finish_reason": nullable(finish) if chunk else finish,
+        }
+    )
+    return _completion("text_completion", choice, chunk=chunk)
+
+
+def model_object() -> Schema:
+    return record(
+        {
+            "id": STRING,
+            "object": const("model"),
+            "created": COUNT,
+            "owned_by": STRING,
+            "name": STRING,
+            "context_length": integer(1),
+        },
+        "name",
+        "context_length",
+    )
+
+
+def responses_request() -> Schema:
+    content = {"anyOf": [STRING, array(text_part(*responses.TEXT_PARTS), minItems=1)]}
+    item = obj(
+        {
+            "type": const("message"),
+            "role": enum(*sorted(responses.INPUT_ROLES)),
+            "content": content,
+        },
+        "role",
+        "content",
+    )
+    json_schema = record(
+        {
+            "type": const("json_schema"),
+            "name": NON_EMPTY,
+            "schema": ANY_OBJECT,
+            "strict": nullable(BOOLEAN),
+            "description": nullable(STRING),
+        },
+        "strict",
+        "description",
+    )
+    text_format = {"anyOf": [record({"type": enum("text", "json_object")}), json_schema]}
+    metadata = {
+        "type": "object",
+        "maxProperties": responses.METADATA_MAX_PAIRS,
+        "propertyNames": {"maxLength": responses.METADATA_MAX_KEY},
+        "additionalProperties": string(maxLength=responses.METADATA_MAX_VALUE),
+    }
+    not_stored = "exo stores no responses"
+    fields = {
+        "model": MODEL_ID,
+        "input": {"anyOf": [STRING, array(item, minItems=1)]},
+        "instructions": nullable(STRING),
+        "temperature": nullable(number(0, 2)),
+        "top_p": nullable(number(0, 1, low_open=True)),
+        "max_output_tokens": nullable(integer(1)),
+        "stream": nullable(BOOLEAN),
+        "store": nullable(BOOLEAN),
+        "parallel_tool_calls": nullable(BOOLEAN),
+        "user": nullable(STRING),
+        "reasoning": nullable(described(ANY_OBJECT, "Accepted and ignored.")),
+        "truncation": enum("auto", "disabled", None),
+        "metadata": nullable(metadata),
+        "text": nullable(obj({"format": nullable(text_format)})),
+        "previous_response_id": refused({"type": "null"}, not_stored),
+        "conversation": refused({"type": "null"}, not_stored),
+        "background": refused(enum(False, None), not_stored),
+        "prompt": refused({"type": "null"}, "stored prompts are not supported"),
+        "tools": refused(NOTHING, "tools are not supported here yet"),
+        "tool_choice": enum("auto", "none", None),
+        "top_logprobs": refused(enum(0, None), "log-probabilities are not supported here yet"),
+        "include": nullable(
+            {**array(STRING), "not": {"contains": const("message.output_text.logprobs")}}
+        ),
+    }
+    return obj(fields, "model", "input")
+
+
+def response_object() -> Schema:
+    return record(
+        {
+            "id": STRING,
+            "object": const("response"),
+            "created_at": COUNT,
+            "status": enum("completed", "incomplete", "failed", "in_progress"),
+            "model": STRING,
+            "output": array(ANY_OBJECT),
+            "usage": nullable(ANY_OBJECT),
+            "error": nullable(ANY_OBJECT),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic
+
+
+def anthropic_prompt() -> Schema:
+    """The body `parse_prompt` reads: all of count_tokens', and the start of messages'."""
+    text = {"anyOf": [STRING, array(text_part("text"))]}
+    turn = record({"role": enum(*anthropic.ROLES), "content": text})
+    fields = {
+        "model": MODEL_ID,
+        "messages": described(
+            array(turn, minItems=1),
+            "Ends with a user turn (a final assistant turn, prefill, is refused).",
+        ),
+        "system": nullable(text),
+        "tools": refused(NOTHING, "tools are not supported yet"),
+        "tool_choice": nullable(record({"type": enum("auto", "none")})),
+        "thinking": nullable(record({"type": const("disabled")})),
+        "output_config": described({}, "`format` is refused (structured output)."),
+    }
+    return obj(fields, "model", "messages")
+
+
+def anthropic_messages_request() -> Schema:
+    prompt = anthropic_prompt()
+    fields = {
+        **prompt["properties"],
+        "max_tokens": integer(1),
+        "temperature": nullable(number(0, 1)),
+        "top_p": nullable(number(0, 1, low_open=True)),
+        "top_k": described(integer(0), "0: off."),
+        "stop_sequences": nullable(array(NON_EMPTY, maxItems=anthropic.MAX_STOP_SEQUENCES)),
+        "stream": BOOLEAN,
+        "metadata": described({}, "Accepted and ignored."),
+    }
+    return obj(fields, "model", "max_tokens", "messages")
+
+
+def anthropic_message() -> Schema:
+    return record(
+        {
+            "id": STRING,
+            "type": const("message"),
+            "role": const("assistant"),
+            "model": STRING,
+            "content": array(text_part("text")),
+            "stop_reason": enum("end_turn", "stop_sequence", "max_tokens"),
+            "stop_sequence": nullable(STRING),
+            "usage": record({"input_tokens": COUNT, "output_tokens": COUNT}),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ollama
+
+
+def ollama_options() -> Schema:
+    """`options` as `_parse_options` reads them."""
+    fields = {
+        "temperature": nullable(described(number(0, 100), "Default 0.8.")),
+        "top_p": nullable(described(number(0, 1), "Default 0.9.")),
+        "top_k": described(integer(0), "Default 40."),
+        "min_p": nullable(number(0, 1)),
+        "repeat_penalty": nullable(number(0, 10)),
+        "presence_penalty": nullable(number(-2, 2)),
+        "frequency_penalty": nullable(number(-2, 2)),
+        "num_predict": nullable(
+            {"type": "integer", "not": const(0), "description": "-1, -2: up to the context."}
+        ),
+        "stop": {"anyOf": [STRING, array(STRING)]},
+        "seed": nullable({"type": "integer"}),
+    }
+    return described(obj(fields), "Other Ollama options (num_ctx, ...) are accepted and ignored.")
+
+
+def ollama_request(*, chat: bool) -> Schema:
+    """An `/api/chat` (chat) or `/api/generate` body."""
+    fields: dict[str, Schema] = {
+        "model": described(MODEL_ID, "A model id; a `:latest` tag is accepted."),
+        "stream": described(BOOLEAN, "Default true: NDJSON lines."),
+        "options": nullable(ollama_options()),
+        "format": nullable({"anyOf": [enum("", "json"), ANY_OBJECT]}),
+        "images": refused(enum(None, "", []), "images are not supported"),
+        "suffix": refused(enum(None, "", []), "fill in the middle is not supported"),
+    }
+    if chat:
+        fields["messages"] = array(chat_message(ollama=True), minItems=1)
+        fields["tools"] = nullable(function_tools())
+        return obj(fields, "model", "messages")
+    fields["prompt"] = described(STRING, "Empty, with no system: only load the model.")
+    fields["system"] = nullable(STRING)
+    fields["raw"] = described(BOOLEAN, "The prompt as it is, without the chat template.")
+    return obj(fields, "model")
+
+
+def ollama_show_request() -> Schema:
+    return obj(
+        {"model": MODEL_ID, "name": described(MODEL_ID, "An older name for `model`.")},
+        anyOf=[obj({}, "model"), obj({}, "name")],
+    )
+
+
+def ollama_reply(*, chat: bool) -> Schema:
+    text = (
+        {"message": record({"role": STRING, "content": STRING})} if chat else {"response": STRING}
+    )
+    return record({"model": STRING, "created_at": STRING, **text, "done": BOOLEAN})
+
+
+def ollama_models(*more: str) -> Schema:
+    """`{"models": [...]}` of tags (`/api/tags`), with `more` fields (`/api/ps`)."""
+    fields = ("name", "model", "modified_at", "size", "digest", "details", *more)
+    return record({"models": array(record(untyped(*fields)))})
+
+
+def ollama_show() -> Schema:
+    fields = {"details": ANY_OBJECT, "model_info": ANY_OBJECT, "capabilities": array(STRING)}
+    return record(fields)
+
+
+def ollama_version() -> Schema:
+    return record({"version": const(OLLAMA_API_VERSION)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin and instances
+
+
+def state_view() -> Schema:
+    return record(
+        {
+            "node_id": STRING,
+            "master": nullable(STRING),
+            "term": COUNT,
+            "index": COUNT,
+            "hash": STRING,
+            "state": ANY_OBJECT,
+        }
+    )
+
+
+def instance() -> Schema:
+    return record(
+        {
+            "id": STRING,
+            "model": STRING,
+            "strategy": enum(*instances.STRATEGIES),
+            "status": described(STRING, "downloading, loading, ready or failed."),
+            "shards": array(obj({"node_id": STRING, "rank": COUNT}, "node_id", "rank")),
+            "ring": array(STRING),
+            "context_length": nullable(integer(1)),
+        },
+        "context_length",
+    )
+
+
+def place_request() -> Schema:
+    fields = {
+        "model": MODEL_ID,
+        "strategy": enum(*instances.STRATEGIES),
+        "nodes": nullable(array(NON_EMPTY, minItems=1, uniqueItems=True)),
+        "min_nodes": integer(1),
+        "context_length": nullable(integer(1)),
+    }
+    return obj(fields, "model", additionalProperties=False)
+
+
+def previews() -> Schema:
+    names = ("strategy", "node_count", "shards", "memory_by_node", "predicted_tokens_per_second")
+    return array(record({**untyped(*names), "valid": BOOLEAN, "reason": STRING}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams
+
+
+def json_text(schema: Schema) -> Schema:
+    """A string holding JSON that `schema` accepts."""
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def sse_event(data: Schema, description: str, *, named: bool = False) -> Schema:
+    """One server-sent event, as an OpenAPI 3.1 `text/event-stream` schema describes each:
+    its `data` (a JSON text) and, with `named`, its `event` name."""
+    fields = {"event": STRING, "data": json_text(data)} if named else {"data": data}
+    return described(record(fields), description)
+
+
+def openai_stream(chunk: Schema) -> Schema:
+    """Chunks, or an error in OpenAI's shape, then `[DONE]`."""
+    data = {"anyOf": [const("[DONE]"), json_text({"anyOf": [chunk, ref("OpenAIError")]})]}
+    return sse_event(data, "With `stream`: one JSON chunk an event, then `data: [DONE]`.")
+
+
+def responses_stream() -> Schema:
+    event = record({"type": STRING, "sequence_number": COUNT})
+    return sse_event(
+        event, "With `stream`: typed events, `event:` naming the `type` of `data`.", named=True
+    )
+
+
+def anthropic_stream() -> Schema:
+    return sse_event(
+        record({"type": STRING}),
+        "With `stream`: message_start, content_block_start, ping, content_block_delta, ..., "
+        "content_block_stop, message_delta, message_stop; or an `error` event in the error "
+        "shape.",
+        named=True,
+    )
+
+
+def ollama_stream(*, chat: bool) -> Schema:
+    """The NDJSON lines, read as one JSON array (as OpenAPI 3.2's `schema` of a sequential
+    media type covers the whole stream)."""
+    line = {"anyOf": [ollama_reply(chat=chat), ref("OllamaError")]}
+    return described(
+        array(line, minItems=1),
+        "Unless `stream` is false: one JSON object a line, the last with `done: true` (or "
+        "an error).",
+    )

@@ -1,0 +1,65 @@
+"""`/openapi.json` lists exactly the routes and methods the app serves, and is what it serves."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import trio
+
+from exo.api.app import create_app
+from exo.api.openapi import openapi_document
+
+from .fakes import FakeBackend
+from .helpers import running
+
+# Methods werkzeug adds to every rule by itself: HEAD wherever there is GET, and OPTIONS.
+AUTOMATIC = {"HEAD", "OPTIONS"}
+OPERATIONS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def served_routes() -> dict[str, set[str]]:
+    """Every path the app routes (`<x>` and `<path:x>` written `{x}`) and its methods,
+    less those werkzeug adds by itself."""
+    routes: dict[str, set[str]] = {}
+    for rule in create_app(FakeBackend()).url_map.iter_rules():
+        path = re.sub(r"<(?:[a-z]+:)?(\w+)>", r"{\1}", rule.rule)
+        routes.setdefault(path, set()).update((rule.methods or set()) - AUTOMATIC)
+    return routes
+
+
+def documented_routes() -> dict[str, set[str]]:
+    paths = openapi_document()["paths"]
+    return {path: {m.upper() for m in item if m in OPERATIONS} for path, item in paths.items()}
+
+
+def test_every_served_route_is_documented_and_nothing_else() -> None:
+    documented = documented_routes()
+    # HEAD is documented where a client relies on it (Ollama's liveness check), and
+    # served on every GET route.
+    assert {p: m - {"HEAD"} for p, m in documented.items()} == served_routes()
+    assert all("GET" in m for m in documented.values() if "HEAD" in m)
+
+
+def test_every_operation_has_a_summary_success_and_errors() -> None:
+    for path, item in openapi_document()["paths"].items():
+        for method, operation in item.items():
+            where = f"{method.upper()} {path}"
+            assert operation["summary"], where
+            statuses = set(operation["responses"])
+            # Stored responses always answer 404: exo stores none.
+            assert statuses & {"200", "201"} or path == "/v1/responses/{response_id}", where
+            assert "405" in statuses, where
+            if "requestBody" in operation:
+                assert {"400", "413"} <= statuses, where
+
+
+async def test_the_document_is_served() -> None:
+    with trio.fail_after(10):
+        async with running(FakeBackend()) as url, httpx.AsyncClient(base_url=url) as http:
+            response = await http.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    document = response.json()
+    assert document == openapi_document()
+    assert document["openapi"].startswith("3.1")
