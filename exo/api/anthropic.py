@@ -1,11 +1,13 @@
 """The Anthropic Messages dialect: `POST /v1/messages` (streamed or not) and
 `POST /v1/messages/count_tokens`, so that the official `anthropic` clients work unchanged.
 
-Bodies are validated here before the backend is asked for anything. Only text is
-supported: image, document, tool-use and tool-result blocks, tools and extended thinking
-are refused with a 400 rather than ignored; unknown extra fields (`service_tier`, ...) are
-accepted and ignored, as clients send them routinely. `x-api-key` and `anthropic-version`
-headers are ignored.
+Bodies are validated here before the backend is asked for anything. Text and custom tools
+are supported: tool_use and tool_result blocks become the chat's tool calls and `tool`
+messages, and calls in the reply (parsed by `exo.api.tool_calls`, as for OpenAI's dialect)
+become tool_use blocks. Image and document blocks, Anthropic's server tools and extended
+thinking are refused with a 400 rather than ignored; unknown extra fields (`service_tier`,
+...) are accepted and ignored, as clients send them routinely. `x-api-key` and
+`anthropic-version` headers are ignored.
 
 Errors on these paths are Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 A backend's 503 keeps its status (what proxies and exo's own retries understand) but says
@@ -14,9 +16,10 @@ A backend's 503 keeps its status (what proxies and exo's own retries understand)
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -35,6 +38,15 @@ from exo.api.errors import (
 )
 from exo.api.openai import CONTENT_PART_SEPARATOR, SSE_CONTENT_TYPE, SSE_HEADERS
 from exo.api.streaming import GenerationStream, Whole, whole_generation
+from exo.api.tool_calls import (
+    CallParser,
+    ToolChoice,
+    forced_call_schema,
+    offered,
+    parse_tool_choice,
+    parse_tools,
+    read_tool,
+)
 from exo.api.validation import (
     decode_json_body,
     invalid,
@@ -44,7 +56,7 @@ from exo.api.validation import (
     parse_stop,
     text_parts,
 )
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,7 @@ MAX_STOP_SEQUENCES = 16
 ROLES = ("user", "assistant")
 # max_tokens 0 asks the engine to render and tokenize the prompt and generate nothing.
 COUNT_ONLY = SamplingParams(max_tokens=0)
+NO_TOOLS = ToolChoice("none")
 
 # Anthropic's error type for each HTTP status; others: invalid_request_error below 500,
 # api_error from 500.
@@ -68,7 +81,8 @@ _ERROR_TYPES = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
-_ONLY_TEXT = "only text blocks are supported: not images, documents, tool use or tool results"
+_ONLY_TEXT = "only text blocks are supported here: not images or documents"
+_UNSUPPORTED_BLOCKS = "images, documents and thinking blocks are not supported"
 _UNKNOWN_ROUTE = f"Unknown route; see POST {MESSAGES_PATH} and {MESSAGES_PATH}/count_tokens."
 
 
@@ -112,11 +126,25 @@ def is_anthropic_path(path: str) -> bool:
 
 
 @frozen
-class MessagesRequest:
-    """A validated `POST /v1/messages` body; `messages` starts with the system prompt, if any."""
+class Prompt:
+    """What a messages or count_tokens body asks about: the chat (system prompt first) and
+    the tools the model may call."""
 
     model: str
     messages: tuple[ChatMessage, ...]
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = NO_TOOLS
+
+    @property
+    def offered_tools(self) -> tuple[Tool, ...]:
+        return offered(self.tools, self.tool_choice)
+
+
+@frozen
+class MessagesRequest:
+    """A validated `POST /v1/messages` body."""
+
+    prompt: Prompt
     params: SamplingParams
     stream: bool = False
 
@@ -129,6 +157,73 @@ def _text(value: object, where: str) -> str:
         raise invalid(f"'{where}' must be a string or a list of text blocks.", where)
     texts = text_parts(value, where, ("text",), _ONLY_TEXT)
     return CONTENT_PART_SEPARATOR.join(texts)
+
+
+def _tool_use(block: Mapping[str, Any], where: str) -> ToolCall:
+    """An assistant's earlier call, sent back so that the model sees what it asked for."""
+    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input")
+    if (
+        not isinstance(call_id, str)
+        or not isinstance(name, str)
+        or not isinstance(arguments, dict)
+        or not (call_id and name)
+    ):
+        raise invalid(
+            f'\'{where}\' must be {{"type": "tool_use", "id", "name", "input": {{...}}}}.', where
+        )
+    return ToolCall(call_id, name, json.dumps(arguments, ensure_ascii=False))
+
+
+def _tool_result(block: Mapping[str, Any], where: str) -> ChatMessage:
+    """A `tool` message answering call `tool_use_id`. Chat templates have no error flag,
+    so an `is_error` result says so in its text."""
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise invalid(
+            f"'{where}.tool_use_id' must be the id of an earlier tool_use block.",
+            f"{where}.tool_use_id",
+        )
+    content = block.get("content")
+    text = "" if content is None else _text(content, f"{where}.content")
+    is_error = block.get("is_error")
+    if is_error is not None and not isinstance(is_error, bool):
+        raise invalid(f"'{where}.is_error' must be a boolean.", f"{where}.is_error")
+    return ChatMessage("tool", f"Error: {text}" if is_error else text, tool_call_id=call_id)
+
+
+def _turn(role: str, content: object, where: str) -> list[ChatMessage]:
+    """One turn's messages. A user turn's tool results become `tool` messages, ahead of
+    its text (as Anthropic requires them first); an assistant's tool_use blocks, its calls."""
+    if isinstance(content, str):
+        return [ChatMessage(role, content)]
+    if not isinstance(content, list):
+        raise invalid(f"'{where}' must be a string or a list of content blocks.", where)
+    kinds = ("text", "tool_use") if role == "assistant" else ("text", "tool_result")
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    results: list[ChatMessage] = []
+    for j, block in enumerate(content):
+        at = f"{where}[{j}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in kinds:
+            raise invalid(
+                f"'{at}.type' must be {kinds[0]!r} or {kinds[1]!r} in a {role} turn; got "
+                f"{kind!r} ({_UNSUPPORTED_BLOCKS}).",
+                f"{at}.type",
+            )
+        assert isinstance(block, dict)  # it has a type
+        if kind == "tool_use":
+            calls.append(_tool_use(block, at))
+        elif kind == "tool_result":
+            results.append(_tool_result(block, at))
+        elif isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        else:
+            raise invalid(f"'{at}.text' must be a string.", f"{at}.text")
+    if texts or calls or not results:
+        text = CONTENT_PART_SEPARATOR.join(texts)
+        results.append(ChatMessage(role, text, tool_calls=tuple(calls)))
+    return results
 
 
 def _parse_turns(value: object) -> tuple[ChatMessage, ...]:
@@ -146,27 +241,68 @@ def _parse_turns(value: object) -> tuple[ChatMessage, ...]:
                 "(a system prompt goes in the top-level 'system').",
                 f"{where}.role",
             )
-        turns.append(
-            ChatMessage(role=str(role), content=_text(item.get("content"), f"{where}.content"))
-        )
+        turns += _turn(str(role), item.get("content"), f"{where}.content")
     if turns[-1].role == "assistant":
         # Anthropic continues a final assistant turn; exo's chat templates cannot yet.
         raise invalid(
             "A final assistant message (prefill) is not supported yet; end with a user message.",
-            f"messages[{len(turns) - 1}]",
+            f"messages[{len(value) - 1}]",
         )
     return tuple(turns)
 
 
+def _read_tool(item: object, where: str, earlier: Sequence[Tool]) -> Tool:
+    """A custom tool `{"name", "description", "input_schema"}`. Anthropic's own tools
+    (web search, bash, text editor, ...) run on Anthropic's side or need its tool
+    definitions: refused rather than offered as empty functions."""
+    if not isinstance(item, dict):
+        raise invalid(f"'{where}' must be an object with 'name' and 'input_schema'.", where)
+    kind = item.get("type")
+    if kind not in (None, "custom"):
+        raise invalid(
+            f"'{where}.type' {kind!r} is a server or Anthropic-defined tool, which exo does "
+            "not support; define a custom tool with 'name' and 'input_schema'.",
+            f"{where}.type",
+        )
+    schema = item.get("input_schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise invalid(
+            f'\'{where}.input_schema\' must be a JSON schema object with "type": "object".',
+            f"{where}.input_schema",
+        )
+    return read_tool(item, where, "input_schema", earlier)
+
+
+# Anthropic's tool_choice types, as the OpenAI modes that `parse_tool_choice` checks.
+_CHOICE_MODES = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def _parse_tool_choice(value: object, tools: tuple[Tool, ...]) -> ToolChoice:
+    """`auto`, `any` (a call is required), `tool` (that one is) or `none`."""
+    if value is None:
+        return parse_tool_choice(None, tools)
+    kind = value.get("type") if isinstance(value, dict) else None
+    mode = _CHOICE_MODES.get(kind) if isinstance(kind, str) else None
+    named = kind == "tool" and isinstance(value, dict) and isinstance(value.get("name"), str)
+    if not isinstance(value, dict) or not (named or mode):
+        raise invalid(
+            '\'tool_choice\' must be {"type": "auto"}, {"type": "any"}, {"type": "none"} or '
+            '{"type": "tool", "name": ...}.',
+            "tool_choice",
+        )
+    single = value.get("disable_parallel_tool_use")
+    if single is not None and not isinstance(single, bool):
+        raise invalid(
+            "'tool_choice.disable_parallel_tool_use' must be a boolean.",
+            "tool_choice.disable_parallel_tool_use",
+        )
+    if named:
+        return parse_tool_choice({"type": "function", "function": value}, tools)
+    # `auto` without tools is accepted, as it was before tools were: nothing to call.
+    return parse_tool_choice(mode if tools or mode != "auto" else None, tools)
+
+
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    if body.get("tools") not in (None, []):
-        raise invalid(f"tools are not supported on {MESSAGES_PATH} yet.", "tools")
-    tool_choice = body.get("tool_choice")
-    if tool_choice is not None and not (
-        isinstance(tool_choice, dict) and tool_choice.get("type") in ("auto", "none")
-    ):
-        # "any" and "tool" demand a tool call, which cannot happen without tools.
-        raise invalid(f"tools are not supported on {MESSAGES_PATH} yet.", "tool_choice")
     thinking = body.get("thinking")
     if thinking is not None and not (
         isinstance(thinking, dict) and thinking.get("type") == "disabled"
@@ -183,8 +319,8 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         )
 
 
-def parse_prompt(body: object) -> tuple[str, tuple[ChatMessage, ...]]:
-    """The model and the chat (system prompt first) of a messages or count_tokens body."""
+def parse_prompt(body: object) -> Prompt:
+    """The model, chat and tools of a messages or count_tokens body."""
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", None)
     model = body.get("model")
@@ -194,12 +330,18 @@ def parse_prompt(body: object) -> tuple[str, tuple[ChatMessage, ...]]:
     turns = _parse_turns(body.get("messages"))
     system = body.get("system")
     system_text = "" if system is None else _text(system, "system")
-    return model, ((ChatMessage("system", system_text),) if system_text else ()) + turns
+    tools = parse_tools(body.get("tools"), _read_tool)
+    return Prompt(
+        model=model,
+        messages=((ChatMessage("system", system_text),) if system_text else ()) + turns,
+        tools=tools,
+        tool_choice=_parse_tool_choice(body.get("tool_choice"), tools),
+    )
 
 
 def parse_messages_request(body: object) -> MessagesRequest:
     """Validate a decoded `/v1/messages` body; raises InvalidRequest naming the field."""
-    model, messages = parse_prompt(body)
+    prompt = parse_prompt(body)
     assert isinstance(body, dict)  # parse_prompt checked
     if body.get("max_tokens") is None:
         raise invalid("'max_tokens' is required.", "max_tokens")
@@ -224,8 +366,14 @@ def parse_messages_request(body: object) -> MessagesRequest:
         max_tokens=max_tokens,
         stop=stop,
         top_k=top_k,
+        # A forced call is not left to the model's habits: decoding is constrained to it.
+        json_schema=(
+            forced_call_schema(prompt.tools, prompt.tool_choice)
+            if prompt.tool_choice.forced
+            else None
+        ),
     )
-    return MessagesRequest(model=model, messages=messages, params=params, stream=stream)
+    return MessagesRequest(prompt=prompt, params=params, stream=stream)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,10 +384,12 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def stop_reason(finished: Finished) -> str:
-    """Anthropic's name for how the generation ended."""
+def stop_reason(finished: Finished, called: bool = False) -> str:
+    """Anthropic's name for how the generation ended; `called`: the reply made tool calls."""
     if finished.finish_reason == "length":
         return "max_tokens"
+    if called:
+        return "tool_use"
     return "stop_sequence" if finished.stop_sequence is not None else "end_turn"
 
 
@@ -249,28 +399,64 @@ def _usage(finished: Finished | None) -> dict[str, int]:
     return {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens}
 
 
-def _end(finished: Finished | None) -> dict[str, Any]:
+def _end(finished: Finished | None, called: bool = False) -> dict[str, Any]:
     if finished is None:
         return {"stop_reason": None, "stop_sequence": None}
-    reason = stop_reason(finished)
+    reason = stop_reason(finished, called)
     sequence = finished.stop_sequence if reason == "stop_sequence" else None
     return {"stop_reason": reason, "stop_sequence": sequence}
 
 
 def message_object(
-    message_id: str, model: str, text: str | None, finished: Finished | None
+    message_id: str,
+    model: str,
+    content: list[dict[str, Any]],
+    finished: Finished | None,
+    called: bool = False,
 ) -> dict[str, Any]:
-    """A `message`: whole (text and finished given), or as `message_start` opens a stream."""
-    content = [] if text is None else [{"type": "text", "text": text}]
+    """A `message`: whole (finished given), or as `message_start` opens a stream."""
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        **_end(finished),
+        **_end(finished, called),
         "usage": _usage(finished),
     }
+
+
+def tool_use_block(call: ToolCall) -> dict[str, Any]:
+    """A call as a `tool_use` block; its id in Anthropic's `toolu_` form."""
+    call_id = "toolu_" + call.id.removeprefix("call_")
+    return {
+        "type": "tool_use",
+        "id": call_id,
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
+def _parser_for(prompt: Prompt) -> CallParser | None:
+    """Reads calls out of the reply when tools were offered; with a forced choice (decoding
+    constrained to a call), the whole reply is the call."""
+    tools = prompt.offered_tools
+    return CallParser(tools, prompt.tool_choice.forced) if tools else None
+
+
+def reply_message(chat: MessagesRequest, whole: Whole) -> dict[str, Any]:
+    """The whole `message` of a generation: its text, then one tool_use block per call (an
+    empty text block is left out when there are calls, as Anthropic does)."""
+    text, calls = whole.text, []
+    parser = _parser_for(chat.prompt)
+    if parser is not None:
+        shown, _ = parser.feed(whole.text)
+        rest, _ = parser.finish()
+        text, calls = shown + rest, parser.calls
+    content = [] if calls and not text.strip() else [{"type": "text", "text": text}]
+    content += [tool_use_block(call) for call in calls]
+    message_id = new_message_id()
+    return message_object(message_id, chat.prompt.model, content, whole.finished, bool(calls))
 
 
 def sse_event(data: Mapping[str, Any]) -> bytes:
@@ -278,43 +464,92 @@ def sse_event(data: Mapping[str, Any]) -> bytes:
     return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
 
 
+_PING = sse_event({"type": "ping"})
+
+
+def _block_stop(index: int) -> bytes:
+    return sse_event({"type": "content_block_stop", "index": index})
+
+
 class MessagesSseFormat:
-    """Anthropic's stream: message_start, one text block of text_delta events, message_delta
-    and message_stop; the order the SDK's stream accumulator requires.
+    """Anthropic's stream: message_start, content blocks (each content_block_start, deltas,
+    content_block_stop), message_delta and message_stop; the order the SDK's stream
+    accumulator requires, with each block's `index` its place in the final `content`.
+
+    The text block (index 0) opens with the stream. With tools offered, the text goes
+    through a `CallParser`; each call, once complete, closes the open text block and is
+    sent whole as a tool_use block: its start with empty `input`, one `input_json_delta`
+    holding all of the arguments, its stop. Text after a call opens a new text block (its
+    leading whitespace, which only separates it from the call, left out).
 
     The prompt's token count is only known at the end: message_start says 0 input tokens and
     message_delta carries the real count, which the SDK's accumulator takes over.
     """
 
-    def __init__(self, model: str) -> None:
-        self._model = model
+    def __init__(self, chat: MessagesRequest) -> None:
+        self._model = chat.prompt.model
+        self._parser = _parser_for(chat.prompt)
+        self._blocks = 0  # content blocks started
+        self._text_block: int | None = None  # the index of the open text block
+
+    def _start_block(self, block: dict[str, Any]) -> bytes:
+        self._blocks += 1
+        data = {"type": "content_block_start", "index": self._blocks - 1, "content_block": block}
+        return sse_event(data)
 
     def start(self) -> list[bytes]:
-        message = message_object(new_message_id(), self._model, None, None)
-        return [
-            sse_event({"type": "message_start", "message": message}),
-            sse_event(
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                }
-            ),
-            sse_event({"type": "ping"}),
-        ]
+        message = message_object(new_message_id(), self._model, [], None)
+        opened = self._start_block({"type": "text", "text": ""})
+        self._text_block = 0
+        return [sse_event({"type": "message_start", "message": message}), opened, _PING]
 
     def token(self, chunk: TokenOut) -> list[bytes]:
-        if not chunk.text:
-            return []
-        delta = {"type": "text_delta", "text": chunk.text}
-        return [sse_event({"type": "content_block_delta", "index": 0, "delta": delta})]
+        if self._parser is None:
+            return self._text_events(chunk.text)
+        text, calls = self._parser.feed(chunk.text)
+        return self._text_events(text) + self._call_events(calls)
+
+    def _text_events(self, text: str) -> list[bytes]:
+        events: list[bytes] = []
+        if self._text_block is None:
+            text = text.lstrip()  # what separates it from the call before
+            if not text:
+                return []
+            events.append(self._start_block({"type": "text", "text": ""}))
+            self._text_block = self._blocks - 1
+        if text:
+            delta = {"type": "text_delta", "text": text}
+            data = {"type": "content_block_delta", "index": self._text_block, "delta": delta}
+            events.append(sse_event(data))
+        return events
+
+    def _close_text(self) -> list[bytes]:
+        index, self._text_block = self._text_block, None
+        return [] if index is None else [_block_stop(index)]
+
+    def _call_events(self, calls: list[ToolCall]) -> list[bytes]:
+        events: list[bytes] = []
+        for call in calls:
+            events += self._close_text()
+            events.append(self._start_block({**tool_use_block(call), "input": {}}))
+            delta = {"type": "input_json_delta", "partial_json": call.arguments}
+            index = self._blocks - 1
+            events.append(
+                sse_event({"type": "content_block_delta", "index": index, "delta": delta})
+            )
+            events.append(_block_stop(index))
+        return events
 
     def finish(self, finished: Finished) -> list[bytes]:
+        events: list[bytes] = []
+        if self._parser is not None:
+            text, calls = self._parser.finish()
+            events = self._text_events(text) + self._call_events(calls)
+        delta = _end(finished, self._parser is not None and bool(self._parser.calls))
         return [
-            sse_event({"type": "content_block_stop", "index": 0}),
-            sse_event(
-                {"type": "message_delta", "delta": _end(finished), "usage": _usage(finished)}
-            ),
+            *events,
+            *self._close_text(),
+            sse_event({"type": "message_delta", "delta": delta, "usage": _usage(finished)}),
             sse_event({"type": "message_stop"}),
         ]
 
@@ -337,13 +572,12 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
         return any(card.model_id == model for card in backend.models())
 
     async def whole_answer(
-        model: str,
-        messages: tuple[ChatMessage, ...],
-        params: SamplingParams,
-        answer: Callable[[Whole], dict[str, Any]],
+        prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], dict[str, Any]]
     ) -> TrioResponse:
         try:
-            whole = await whole_generation(backend, model, messages, params)
+            whole = await whole_generation(
+                backend, prompt.model, prompt.messages, params, prompt.offered_tools
+            )
         except Exception as error:
             known = as_backend_error(error)
             if known is None:
@@ -359,34 +593,33 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
             chat = parse_messages_request(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error(error)
-        if not is_known(chat.model):
+        prompt = chat.prompt
+        if not is_known(prompt.model):
             # Checked before a stream starts, so even a streaming client gets a real 404.
-            return backend_error(UnknownModel(chat.model))
+            return backend_error(UnknownModel(prompt.model))
         if chat.stream:
-            form = MessagesSseFormat(chat.model)
+            form = MessagesSseFormat(chat)
             return TrioResponse(
-                GenerationStream(backend, chat.model, chat.messages, chat.params, form),
+                GenerationStream(
+                    backend, prompt.model, prompt.messages, chat.params, form, prompt.offered_tools
+                ),
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,
             )
-        return await whole_answer(
-            chat.model,
-            chat.messages,
-            chat.params,
-            lambda whole: message_object(new_message_id(), chat.model, whole.text, whole.finished),
-        )
+        return await whole_answer(prompt, chat.params, lambda whole: reply_message(chat, whole))
 
     @app.post(f"{MESSAGES_PATH}/count_tokens", endpoint="anthropic_count_tokens")
     async def count_tokens() -> TrioResponse:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         try:
-            model, chat = parse_prompt(decode_json_body(raw))
+            prompt = parse_prompt(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error(error)
-        if not is_known(model):
-            return backend_error(UnknownModel(model))
-        # The prompt as the model's template renders it, counted by the engine itself.
+        if not is_known(prompt.model):
+            return backend_error(UnknownModel(prompt.model))
+        # The prompt as the model's template renders it, tools included, counted by the
+        # engine itself.
         return await whole_answer(
-            model, chat, COUNT_ONLY, lambda whole: {"input_tokens": whole.finished.prompt_tokens}
+            prompt, COUNT_ONLY, lambda whole: {"input_tokens": whole.finished.prompt_tokens}
         )

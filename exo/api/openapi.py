@@ -181,7 +181,7 @@ def openai_paths() -> dict[str, Schema]:
             s.openai_stream(s.text_completion(chunk=True)),
         ),
         "/v1/responses": generation(
-            "Responses API (text), streamed or not; nothing is stored",
+            "Responses API (text and function tools), streamed or not; nothing is stored",
             "Response",
             "ResponseRequest",
             s.responses_stream(),

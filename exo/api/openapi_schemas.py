@@ -352,9 +352,39 @@ def model_object() -> Schema:
     )
 
 
+def responses_tools() -> Schema:
+    """`tools` and `tool_choice` as `parse_function_tools` and `parse_responses_tool_choice`
+    take them: flat function tools only."""
+    tool = obj(
+        {
+            "type": const("function"),
+            "name": string(1, maxLength=64),
+            "description": nullable(STRING),
+            "parameters": nullable(described(ANY_OBJECT, "A JSON schema.")),
+            "strict": nullable(BOOLEAN),
+        },
+        "type",
+        "name",
+    )
+    tools = described(
+        array(tool, maxItems=tool_calls.MAX_TOOLS),
+        "Functions the model may call; distinct names. Built-in tools (web_search, "
+        "file_search, code_interpreter, computer_use, mcp, ...) are refused.",
+    )
+    tool_choice = {
+        "anyOf": [
+            enum("none", "auto", "required"),
+            record({"type": const("function"), "name": STRING}),
+        ],
+        "description": "`required` or a named function needs `tools`, the name among them; a "
+        "forced call cannot be combined with a JSON `text.format`.",
+    }
+    return {"tools": nullable(tools), "tool_choice": nullable(tool_choice)}
+
+
 def responses_request() -> Schema:
     content = {"anyOf": [STRING, array(text_part(*responses.TEXT_PARTS), minItems=1)]}
-    item = obj(
+    message = obj(
         {
             "type": const("message"),
             "role": enum(*sorted(responses.INPUT_ROLES)),
@@ -362,6 +392,29 @@ def responses_request() -> Schema:
         },
         "role",
         "content",
+    )
+    call = obj(
+        {
+            "type": const("function_call"),
+            "call_id": NON_EMPTY,
+            "name": NON_EMPTY,
+            "arguments": described(NON_EMPTY, "JSON text, as the call gave it."),
+        },
+        "type",
+        "call_id",
+        "name",
+        "arguments",
+    )
+    output = obj(
+        {"type": const("function_call_output"), "call_id": NON_EMPTY, "output": content},
+        "type",
+        "call_id",
+        "output",
+    )
+    item = described(
+        {"anyOf": [message, call, output]},
+        "A message, or an earlier turn's `function_call` (joined to the assistant turn "
+        "before it) or `function_call_output`.",
     )
     json_schema = record(
         {
@@ -401,8 +454,7 @@ def responses_request() -> Schema:
         "conversation": refused({"type": "null"}, not_stored),
         "background": refused(enum(False, None), not_stored),
         "prompt": refused({"type": "null"}, "stored prompts are not supported"),
-        "tools": refused(NOTHING, "tools are not supported here yet"),
-        "tool_choice": enum("auto", "none", None),
+        **responses_tools(),
         "top_logprobs": refused(enum(0, None), "log-probabilities are not supported here yet"),
         "include": nullable(
             {**array(STRING), "not": {"contains": const("message.output_text.logprobs")}}
@@ -412,6 +464,25 @@ def responses_request() -> Schema:
 
 
 def response_object() -> Schema:
+    message = record(
+        {
+            "type": const("message"),
+            "id": STRING,
+            "role": const("assistant"),
+            "status": STRING,
+            "content": array(text_part("output_text")),
+        }
+    )
+    call = record(
+        {
+            "type": const("function_call"),
+            "id": STRING,
+            "call_id": STRING,
+            "name": STRING,
+            "arguments": described(STRING, "JSON text."),
+            "status": const("completed"),
+        }
+    )
     return record(
         {
             "id": STRING,
@@ -419,9 +490,15 @@ def response_object() -> Schema:
             "created_at": COUNT,
             "status": enum("completed", "incomplete", "failed", "in_progress"),
             "model": STRING,
-            "output": array(ANY_OBJECT),
+            "output": described(
+                array({"anyOf": [message, call]}),
+                "In the reply's order: a message per run of text, a function_call per call.",
+            ),
             "usage": nullable(ANY_OBJECT),
             "error": nullable(ANY_OBJECT),
+            "tools": array(record({"type": const("function"), "name": STRING})),
+            "tool_choice": {},
+            "parallel_tool_calls": BOOLEAN,
         }
     )
 
@@ -430,19 +507,78 @@ def response_object() -> Schema:
 # Anthropic
 
 
+def anthropic_tool_use() -> Schema:
+    """A call: in an assistant turn sent back, and in a reply."""
+    return record(
+        {"type": const("tool_use"), "id": NON_EMPTY, "name": NON_EMPTY, "input": ANY_OBJECT}
+    )
+
+
+def anthropic_tools() -> dict[str, Schema]:
+    """`tools` and `tool_choice` as `_read_tool` and `_parse_tool_choice` take them."""
+    tool = obj(
+        {
+            "type": enum("custom", None),
+            "name": string(1, maxLength=64),
+            "description": STRING,
+            "input_schema": described(obj({"type": const("object")}, "type"), "A JSON schema."),
+            "cache_control": described({}, "Accepted and ignored."),
+        },
+        "name",
+        "input_schema",
+    )
+    tools = described(
+        array(tool, maxItems=tool_calls.MAX_TOOLS),
+        "Custom tools the model may call; distinct names. Server and Anthropic-defined "
+        "tools (web search, bash, text editor, ...) are refused.",
+    )
+    choice = obj(
+        {
+            "type": enum("auto", "any", "tool", "none"),
+            "name": STRING,
+            "disable_parallel_tool_use": nullable(BOOLEAN),
+        },
+        "type",
+    )
+    tool_choice = {
+        **choice,
+        "if": record({"type": const("tool")}),
+        "then": obj({}, "name"),
+        "description": "`any` and `tool` need `tools`, a `tool`'s `name` among them.",
+    }
+    return {"tools": nullable(tools), "tool_choice": nullable(tool_choice)}
+
+
 def anthropic_prompt() -> Schema:
     """The body `parse_prompt` reads: all of count_tokens', and the start of messages'."""
     text = {"anyOf": [STRING, array(text_part("text"))]}
-    turn = record({"role": enum(*anthropic.ROLES), "content": text})
+    result = obj(
+        {
+            "type": const("tool_result"),
+            "tool_use_id": NON_EMPTY,
+            "content": nullable(text),
+            "is_error": nullable(BOOLEAN),
+        },
+        "type",
+        "tool_use_id",
+    )
+
+    def turn(role: str, tool_block: Schema) -> Schema:
+        blocks = array({"anyOf": [text_part("text"), tool_block]})
+        return record({"role": const(role), "content": {"anyOf": [STRING, blocks]}})
+
     fields = {
         "model": MODEL_ID,
         "messages": described(
-            array(turn, minItems=1),
-            "Ends with a user turn (a final assistant turn, prefill, is refused).",
+            array(
+                {"anyOf": [turn("user", result), turn("assistant", anthropic_tool_use())]},
+                minItems=1,
+            ),
+            "Ends with a user turn (a final assistant turn, prefill, is refused). A user "
+            "turn's tool results go to the model ahead of its text.",
         ),
         "system": nullable(text),
-        "tools": refused(NOTHING, "tools are not supported yet"),
-        "tool_choice": nullable(record({"type": enum("auto", "none")})),
+        **anthropic_tools(),
         "thinking": nullable(record({"type": const("disabled")})),
         "output_config": described({}, "`format` is refused (structured output)."),
     }
@@ -471,8 +607,8 @@ def anthropic_message() -> Schema:
             "type": const("message"),
             "role": const("assistant"),
             "model": STRING,
-            "content": array(text_part("text")),
-            "stop_reason": enum("end_turn", "stop_sequence", "max_tokens"),
+            "content": array({"anyOf": [text_part("text"), anthropic_tool_use()]}),
+            "stop_reason": enum("end_turn", "stop_sequence", "max_tokens", "tool_use"),
             "stop_sequence": nullable(STRING),
             "usage": record({"input_tokens": COUNT, "output_tokens": COUNT}),
         }
@@ -624,16 +760,20 @@ def openai_stream(chunk: Schema) -> Schema:
 def responses_stream() -> Schema:
     event = record({"type": STRING, "sequence_number": COUNT})
     return sse_event(
-        event, "With `stream`: typed events, `event:` naming the `type` of `data`.", named=True
+        event,
+        "With `stream`: typed events, `event:` naming the `type` of `data`; a function "
+        "call's item streams `response.function_call_arguments.delta` and `.done`.",
+        named=True,
     )
 
 
 def anthropic_stream() -> Schema:
     return sse_event(
         record({"type": STRING}),
-        "With `stream`: message_start, content_block_start, ping, content_block_delta, ..., "
-        "content_block_stop, message_delta, message_stop; or an `error` event in the error "
-        "shape.",
+        "With `stream`: message_start, then content blocks (content_block_start, "
+        "content_block_delta, ..., content_block_stop; text blocks with text_delta, tool_use "
+        "blocks with one input_json_delta), a ping after the first start, message_delta, "
+        "message_stop; or an `error` event in the error shape.",
         named=True,
     )
 

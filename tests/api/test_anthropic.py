@@ -16,7 +16,7 @@ import trio
 from exo.api.anthropic import MAX_STOP_SEQUENCES
 from exo.api.app import MAX_REQUEST_BYTES
 from exo.api.backend import GenerationFailed, Unavailable
-from exo.engine.protocol import Finished, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
 
 from .fakes import MODEL, FakeBackend, Raise, Step, tokens
 from .helpers import raw_exchange, running
@@ -211,6 +211,235 @@ async def test_count_tokens_counts_the_prompt_without_generating() -> None:
     assert [(m.role, m.content) for m in call.messages] == [("system", "Be brief."), ("user", "hi")]
 
 
+WEATHER: Any = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+    "cache_control": {"type": "ephemeral"},  # accepted and ignored
+}
+CLOCK: Any = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+# A call in the tags the engine's tool prompt asks for, split across tokens.
+CALLING = tokens(
+    "Let me check.",
+    "<tool_",
+    'call>{"name": "get_weather", ',
+    '"arguments": {"city": "Paris"}}</tool',
+    "_call>",
+)
+
+
+def tool_uses(content: list[Any]) -> list[tuple[str, Any]]:
+    """(name, input) of each tool_use block; checks their ids."""
+    uses = [block for block in content if block.type == "tool_use"]
+    assert all(block.id.startswith("toolu_") for block in uses), uses
+    return [(block.name, block.input) for block in uses]
+
+
+@pytest.mark.parametrize(
+    ("script", "texts"),
+    [(CALLING, ["Let me check."]), (CALLING[1:], [])],
+    ids=["after-text", "alone"],
+)
+async def test_a_call_in_the_reply_becomes_a_tool_use_block(
+    script: list[Step], texts: list[str]
+) -> None:
+    backend = FakeBackend(script)
+    request: Any = {"model": MODEL, "max_tokens": 50, "messages": USER, "tools": [WEATHER]}
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            message = await client.messages.create(**request)
+            async with client.messages.stream(**request) as stream:
+                final = await stream.get_final_message()
+    call = ("get_weather", {"city": "Paris"})
+    assert [block.text for block in message.content if block.type == "text"] == texts
+    assert [block.type for block in message.content][-1] == "tool_use"
+    assert tool_uses(message.content) == [call]
+    assert message.stop_reason == "tool_use" and message.stop_sequence is None
+    # The stream's accumulator rebuilds the block, `input` parsed from its JSON delta; the
+    # text block (empty without text) opened with the stream stays first.
+    assert [block.type for block in final.content] == ["text", "tool_use"]
+    assert final.content[0].type == "text" and final.content[0].text == "".join(texts)
+    assert tool_uses(final.content) == [call] and final.stop_reason == "tool_use"
+    [tool] = backend.calls[0].tools
+    assert (tool.name, json.loads(tool.parameters)) == ("get_weather", WEATHER["input_schema"])
+
+
+async def test_a_streamed_call_is_a_tool_use_block_after_the_text_block() -> None:
+    backend = FakeBackend([*CALLING[:-1], TokenOut("r", "\nDone.", 5), CALLING[-1]])
+    request: Any = {"model": MODEL, "max_tokens": 50, "messages": USER, "tools": [WEATHER]}
+    with trio.fail_after(10):
+        async with running(backend) as url:
+            async with client_for(url) as client:
+                raw = await client.messages.create(**request, stream=True)
+                events = [event async for event in raw]
+            async with httpx.AsyncClient(base_url=url) as http:
+                response = await http.post(MESSAGES, json={**request, "stream": True})
+    assert [(event.type, getattr(event, "index", None)) for event in events] == [
+        ("message_start", None),
+        ("content_block_start", 0),
+        ("content_block_delta", 0),  # "Let me check."
+        ("content_block_stop", 0),  # closed before the call's block starts
+        ("content_block_start", 1),
+        ("content_block_delta", 1),  # the whole arguments JSON
+        ("content_block_stop", 1),
+        ("content_block_start", 2),  # the text after the call, its newline left out
+        ("content_block_delta", 2),
+        ("content_block_stop", 2),
+        ("message_delta", None),
+        ("message_stop", None),
+    ]
+    blocks = [e.content_block.to_dict() for e in events if e.type == "content_block_start"]
+    assert [block["type"] for block in blocks] == ["text", "tool_use", "text"]
+    assert blocks[1]["name"] == "get_weather" and blocks[1]["input"] == {}
+    data = [data for _, data in sse_events(response.text)]
+    deltas = [d["delta"] for d in data if d["type"] == "content_block_delta"]
+    assert deltas == [
+        {"type": "text_delta", "text": "Let me check."},
+        {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'},
+        {"type": "text_delta", "text": "Done."},
+    ]
+    assert data[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+
+
+@pytest.mark.parametrize(
+    ("choice", "offered", "names"),
+    [
+        ({"type": "any"}, ["get_weather", "get_time"], ["get_weather", "get_time"]),
+        (
+            {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+            ["get_weather"],
+            ["get_weather"],
+        ),
+    ],
+    ids=["any", "tool"],
+)
+async def test_a_forced_tool_choice_constrains_decoding_to_a_call(
+    choice: Any, offered: list[str], names: list[str]
+) -> None:
+    # Constrained decoding makes the whole reply the call's JSON, without tags.
+    backend = FakeBackend(tokens('{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}'))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            message = await client.messages.create(
+                model=MODEL,
+                max_tokens=50,
+                messages=USER,
+                tools=[WEATHER, CLOCK],
+                tool_choice=choice,
+            )
+    [call] = backend.calls
+    assert [tool.name for tool in call.tools] == offered
+    assert call.params.json_schema is not None
+    schema = json.loads(call.params.json_schema)
+    options = schema.get("anyOf", [schema])
+    assert [option["properties"]["name"]["const"] for option in options] == names
+    assert options[0]["properties"]["arguments"] == WEATHER["input_schema"]
+    assert [block.type for block in message.content] == ["tool_use"]
+    assert tool_uses(message.content) == [("get_weather", {"city": "Oslo"})]
+    assert message.stop_reason == "tool_use"
+
+
+async def test_tool_choice_none_shows_the_model_no_tools() -> None:
+    backend = FakeBackend(CALLING)
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            message = await client.messages.create(
+                model=MODEL,
+                max_tokens=50,
+                messages=USER,
+                tools=[WEATHER],
+                tool_choice={"type": "none"},
+            )
+    [call] = backend.calls
+    assert call.tools == () and call.params.json_schema is None
+    # Nothing was offered, so tags in the reply are only text.
+    assert [block.type for block in message.content] == ["text"]
+    assert message.stop_reason == "end_turn"
+
+
+async def test_tool_use_and_tool_result_blocks_reach_the_backend_as_calls_and_results() -> None:
+    backend = FakeBackend(tokens("It is 18 C."))
+    turns: Any = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "toolu_2",
+                    "name": "get_weather",
+                    "input": {"city": "Oslo"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": [{"type": "text", "text": "no"}, {"type": "text", "text": "data"}],
+                    "is_error": True,
+                },
+                {"type": "text", "text": "And Rome?"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_3", "name": "get_time", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_3"}]},
+    ]
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            message = await client.messages.create(
+                model=MODEL, max_tokens=50, messages=turns, tools=[WEATHER, CLOCK], system="S"
+            )
+    assert [block.type for block in message.content] == ["text"]
+    assert message.stop_reason == "end_turn"
+    paris = ToolCall("toolu_1", "get_weather", '{"city": "Paris"}')
+    oslo = ToolCall("toolu_2", "get_weather", '{"city": "Oslo"}')
+    assert backend.calls[0].messages == (
+        ChatMessage("system", "S"),
+        ChatMessage("user", "Weather in Paris and Oslo?"),
+        ChatMessage("assistant", "Checking.", tool_calls=(paris, oslo)),
+        ChatMessage("tool", "18 C", tool_call_id="toolu_1"),
+        ChatMessage("tool", "Error: no\ndata", tool_call_id="toolu_2"),
+        ChatMessage("user", "And Rome?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("toolu_3", "get_time", "{}"),)),
+        ChatMessage("tool", "", tool_call_id="toolu_3"),
+    )
+
+
+async def test_count_tokens_counts_the_tools_too() -> None:
+    backend = FakeBackend(tokens(prompt_tokens=80))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            counted = await client.messages.count_tokens(
+                model=MODEL,
+                messages=USER,
+                tools=[WEATHER, CLOCK],
+                tool_choice={"type": "tool", "name": "get_time"},
+            )
+    assert counted.input_tokens == 80
+    [call] = backend.calls
+    # The count-only generation renders the tools the model would be shown.
+    assert call.params == SamplingParams(max_tokens=0)
+    assert call.tools == (Tool("get_time", "", json.dumps(CLOCK["input_schema"])),)
+
+
 def _body(**overrides: Any) -> dict[str, Any]:
     return {"model": MODEL, "max_tokens": 5, "messages": USER, **overrides}
 
@@ -224,9 +453,17 @@ def _user(*blocks: Any) -> list[Any]:
 
 
 IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
-TOOL_RESULT = {"type": "tool_result", "tool_use_id": "t1", "content": "42"}
 TOOL = {"name": "f", "input_schema": {"type": "object"}}
 INVALID = "invalid_request_error"
+
+
+def _tools(*tools: Any, **overrides: Any) -> dict[str, Any]:
+    return _body(tools=list(tools), **overrides)
+
+
+def _assistant(*blocks: Any) -> list[Any]:
+    return [*USER, {"role": "assistant", "content": list(blocks)}, *USER]
+
 
 BAD: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", MESSAGES, b"{not json", 400, INVALID, "not valid JSON"),
@@ -240,8 +477,32 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", MESSAGES, _body(messages=[]), 400, INVALID, "'messages'"),
     ("POST", MESSAGES, _body(messages=[{"role": "system", "content": "x"}]), 400, INVALID, "role"),
     ("POST", MESSAGES, _body(messages=["hi"]), 400, INVALID, "messages[0]"),
-    ("POST", MESSAGES, _body(messages=_user(IMAGE)), 400, INVALID, "only text blocks"),
-    ("POST", MESSAGES, _body(messages=_user(TOOL_RESULT)), 400, INVALID, "only text blocks"),
+    ("POST", MESSAGES, _body(messages=_user(IMAGE)), 400, INVALID, "got 'image'"),
+    (
+        "POST",
+        MESSAGES,
+        _body(messages=_user({"type": "tool_result", "tool_use_id": "t", "content": [IMAGE]})),
+        400,
+        INVALID,
+        "content[0].content[0].type",
+    ),
+    ("POST", MESSAGES, _body(messages=_user({"type": "tool_result"})), 400, INVALID, "tool_use_id"),
+    (
+        "POST",
+        MESSAGES,
+        _body(messages=_user({"type": "tool_use", "id": "t", "name": "f", "input": {}})),
+        400,
+        INVALID,
+        "got 'tool_use'",  # only an assistant makes calls
+    ),
+    (
+        "POST",
+        MESSAGES,
+        _body(messages=_assistant({"type": "tool_use", "id": "t", "name": "f", "input": "{}"})),
+        400,
+        INVALID,
+        "messages[1].content[0]",
+    ),
     (
         "POST",
         MESSAGES,
@@ -251,8 +512,46 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
         "prefill",
     ),
     ("POST", MESSAGES, _body(system=3), 400, INVALID, "'system'"),
-    ("POST", MESSAGES, _body(tools=[TOOL]), 400, INVALID, "tools are not supported"),
-    ("POST", MESSAGES, _body(tool_choice={"type": "any"}), 400, INVALID, "tools are not"),
+    ("POST", MESSAGES, _tools({"input_schema": {"type": "object"}}), 400, INVALID, "tools[0].name"),
+    ("POST", MESSAGES, _tools({"name": "f"}), 400, INVALID, "tools[0].input_schema"),
+    (
+        "POST",
+        MESSAGES,
+        _tools({"name": "f", "input_schema": {"type": "string"}}),
+        400,
+        INVALID,
+        "tools[0].input_schema",
+    ),
+    ("POST", MESSAGES, _tools(TOOL, TOOL), 400, INVALID, "Two tools are named 'f'"),
+    (
+        "POST",
+        MESSAGES,
+        _tools({"type": "web_search_20250305", "name": "web_search"}),
+        400,
+        INVALID,
+        "'web_search_20250305' is a server",
+    ),
+    ("POST", MESSAGES, _tools({"type": "bash_20250124", "name": "bash"}), 400, INVALID, "bash"),
+    ("POST", MESSAGES, _body(tools=TOOL), 400, INVALID, "'tools' must be a list"),
+    (
+        "POST",
+        MESSAGES,
+        _tools(TOOL, tool_choice={"type": "tool", "name": "g"}),
+        400,
+        INVALID,
+        "names 'g', which is not in 'tools'",
+    ),
+    ("POST", MESSAGES, _body(tool_choice={"type": "any"}), 400, INVALID, "needs 'tools'"),
+    ("POST", MESSAGES, _tools(TOOL, tool_choice={"type": "tool"}), 400, INVALID, "tool_choice"),
+    ("POST", MESSAGES, _tools(TOOL, tool_choice="auto"), 400, INVALID, "tool_choice"),
+    (
+        "POST",
+        MESSAGES,
+        _tools(TOOL, tool_choice={"type": "auto", "disable_parallel_tool_use": "yes"}),
+        400,
+        INVALID,
+        "disable_parallel_tool_use",
+    ),
     ("POST", MESSAGES, _body(thinking={"type": "enabled"}), 400, INVALID, "thinking"),
     (
         "POST",
@@ -279,7 +578,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", MESSAGES, _body(stream="yes"), 400, INVALID, "'stream'"),
     ("POST", COUNT, {"model": "nope", "messages": USER}, 404, "not_found_error", "'nope'"),
     ("POST", COUNT, {"model": MODEL}, 400, INVALID, "'messages'"),
-    ("POST", COUNT, {"model": MODEL, "messages": USER, "tools": [TOOL]}, 400, INVALID, "tools"),
+    ("POST", COUNT, {"model": MODEL, "messages": USER, "tools": [{}]}, 400, INVALID, "tools[0]"),
     ("GET", MESSAGES, None, 405, INVALID, "not allowed"),
     ("GET", COUNT, None, 405, INVALID, "not allowed"),
     ("POST", f"{MESSAGES}/nothing", _body(), 404, "not_found_error", "Unknown route"),

@@ -12,10 +12,10 @@ import openai
 import pydantic
 import pytest
 import trio
-from openai.types.responses import ResponseInputParam, ResponseStreamEvent
+from openai.types.responses import FunctionToolParam, ResponseInputParam, ResponseStreamEvent
 
 from exo.api.backend import GenerationFailed, InvalidRequest, Unavailable
-from exo.engine.protocol import ChatMessage, SamplingParams, TokenOut
+from exo.engine.protocol import ChatMessage, SamplingParams, TokenOut, Tool, ToolCall
 
 from .fakes import MODEL, FakeBackend, Raise, tokens
 from .helpers import assert_error_shape, openai_stream_gc, running
@@ -245,7 +245,228 @@ async def test_text_formats_become_json_schemas() -> None:
     assert plain_object.text.format.type == "json_object"
 
 
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+WEATHER: FunctionToolParam = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": WEATHER_PARAMETERS,
+    "strict": True,
+}
+TIME: FunctionToolParam = {
+    "type": "function",
+    "name": "get_time",
+    "parameters": None,
+    "strict": None,
+}
+WEATHER_TOOL = Tool("get_weather", "Current weather in a city", json.dumps(WEATHER_PARAMETERS))
+TIME_TOOL = Tool("get_time")
+# A tagged call split over tokens, the tags themselves included.
+TAGGED_CALL = (
+    "<tool_",
+    'call>{"name": "get_weather", ',
+    '"arguments": {"city": "Paris"}}</tool_call>',
+)
+PARIS = '{"city": "Paris"}'
+CALL_STREAMED = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.output_item.added",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+async def test_tagged_call_becomes_a_function_call_item() -> None:
+    backend = FakeBackend(tokens("Let me check.", *TAGGED_CALL))
+    call_only = FakeBackend(tokens("\n", *TAGGED_CALL, "\n"))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(
+                model=MODEL, input="Weather in Paris?", tools=[WEATHER, TIME]
+            )
+        async with running(call_only) as url, client_for(url) as client:
+            alone = await client.responses.create(
+                model=MODEL, input="Weather in Paris?", tools=[WEATHER], parallel_tool_calls=False
+            )
+    assert response.status == "completed" and response.output_text == "Let me check."
+    message, call = response.output
+    assert message.type == "message" and message.status == "completed"
+    assert call.type == "function_call" and call.id is not None and call.id.startswith("fc_")
+    assert call.call_id.startswith("call_") and call.status == "completed"
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert [t.to_dict() for t in response.tools] == [WEATHER, {**TIME, "description": None}]
+    assert response.tool_choice == "auto" and response.parallel_tool_calls is True
+    [sent] = backend.calls
+    assert sent.tools == (WEATHER_TOOL, TIME_TOOL) and sent.params.json_schema is None
+    # Only whitespace besides the call: no message item.
+    [only] = alone.output
+    assert only.type == "function_call" and only.arguments == PARIS
+    assert alone.output_text == "" and alone.parallel_tool_calls is False
+
+
+@openai_stream_gc
+async def test_streamed_call_events_in_order() -> None:
+    backend = FakeBackend(tokens("Let me check.", *TAGGED_CALL, "\n"))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            stream = await client.responses.create(
+                model=MODEL, input="Weather in Paris?", tools=[WEATHER], stream=True
+            )
+            events = [event async for event in stream]
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
+            request = {**HI, "tools": [WEATHER], "stream": True}
+            raw = typed_events((await http.post(RESPONSES, json=request)).text)
+    assert [e.type for e in events] == [e["type"] for e in raw] == CALL_STREAMED
+    adapter: pydantic.TypeAdapter[ResponseStreamEvent] = pydantic.TypeAdapter(ResponseStreamEvent)
+    for event in raw:
+        adapter.validate_python(event, strict=True)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    indexes = [getattr(e, "output_index", None) for e in events]
+    assert indexes == [None, None, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, None]
+    added, delta, done, item_done, completed = events[-5:]
+    assert added.type == "response.output_item.added" and added.item.type == "function_call"
+    assert (added.item.arguments, added.item.status) == ("", "in_progress")
+    assert delta.type == "response.function_call_arguments.delta" and delta.delta == PARIS
+    assert done.type == "response.function_call_arguments.done" and done.arguments == PARIS
+    assert item_done.type == "response.output_item.done"
+    assert item_done.item.type == "function_call" and item_done.item.status == "completed"
+    assert delta.item_id == done.item_id == added.item.id == item_done.item.id
+    assert completed.type == "response.completed"
+    message, call = completed.response.output
+    assert message.type == "message" and completed.response.output_text == "Let me check."
+    assert call.type == "function_call" and call.model_dump() == item_done.item.model_dump()
+
+
+@openai_stream_gc
+async def test_stream_helper_final_response_with_a_call() -> None:
+    backend = FakeBackend(tokens("Let me check.", *TAGGED_CALL))
+    with trio.fail_after(10):
+        async with (
+            running(backend) as url,
+            client_for(url) as client,
+            client.responses.stream(model=MODEL, input="x", tools=[WEATHER]) as stream,
+        ):
+            snapshots = [
+                event.snapshot
+                async for event in stream
+                if event.type == "response.function_call_arguments.delta"
+            ]
+            final = await stream.get_final_response()
+    assert snapshots == [PARIS]
+    assert final.status == "completed" and final.output_text == "Let me check."
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert call.parsed_arguments == {"city": "Paris"}  # a strict tool's arguments, parsed
+
+
+async def test_forced_choices_constrain_the_reply() -> None:
+    backend = FakeBackend(tokens('{"name": "get_weather", ', '"arguments": {"city": "Paris"}}'))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            named = await client.responses.create(
+                model=MODEL,
+                input="x",
+                tools=[WEATHER, TIME],
+                tool_choice={"type": "function", "name": "get_weather"},
+            )
+            required = await client.responses.create(
+                model=MODEL, input="x", tools=[WEATHER, TIME], tool_choice="required"
+            )
+    [call] = named.output
+    assert call.type == "function_call" and call.arguments == PARIS
+    assert named.to_dict()["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert [item.type for item in required.output] == ["function_call"]
+    assert required.tool_choice == "required"
+    first, second = backend.calls
+    assert first.tools == (WEATHER_TOOL,)  # a named choice shows the model only that tool
+    assert first.params.json_schema is not None
+    schema = json.loads(first.params.json_schema)
+    assert schema["properties"]["name"] == {"const": "get_weather"}
+    assert schema["properties"]["arguments"] == WEATHER_PARAMETERS
+    assert second.tools == (WEATHER_TOOL, TIME_TOOL) and second.params.json_schema is not None
+    options = json.loads(second.params.json_schema)["anyOf"]
+    assert [o["properties"]["name"] for o in options] == [
+        {"const": "get_weather"},
+        {"const": "get_time"},
+    ]
+
+
+async def test_tool_choice_none_offers_no_tools() -> None:
+    backend = FakeBackend(tokens(*TAGGED_CALL))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(
+                model=MODEL, input="x", tools=[WEATHER], tool_choice="none"
+            )
+    [message] = response.output
+    assert message.type == "message" and response.output_text == "".join(TAGGED_CALL)
+    assert response.tool_choice == "none" and len(response.tools) == 1
+    [sent] = backend.calls
+    assert sent.tools == () and sent.params.json_schema is None
+
+
+async def test_calls_and_outputs_of_earlier_turns_reach_the_backend() -> None:
+    backend = FakeBackend(tokens("Sunny in Paris, 9 in Rome."))
+    conversation: ResponseInputParam = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking both."},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": PARIS},
+        {
+            "type": "function_call",
+            "call_id": "c2",
+            "name": "get_weather",
+            "arguments": '{"city": "Rome"}',
+            "id": "fc_2",
+            "status": "completed",
+        },
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {
+            "type": "function_call_output",
+            "call_id": "c2",
+            "output": [{"type": "input_text", "text": "9 degrees"}],
+        },
+        {"type": "function_call", "call_id": "c3", "name": "get_time", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c3", "output": "noon"},
+    ]
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            response = await client.responses.create(
+                model=MODEL, input=conversation, tools=[WEATHER, TIME]
+            )
+    assert response.output_text == "Sunny in Paris, 9 in Rome."
+    [sent] = backend.calls
+    assert sent.messages == (
+        ChatMessage("user", "Weather in Paris and Rome?"),
+        ChatMessage(
+            "assistant",
+            "Checking both.",
+            tool_calls=(
+                ToolCall("c1", "get_weather", PARIS),
+                ToolCall("c2", "get_weather", '{"city": "Rome"}'),
+            ),
+        ),
+        ChatMessage("tool", "sunny", tool_call_id="c1"),
+        ChatMessage("tool", "9 degrees", tool_call_id="c2"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("c3", "get_time", "{}"),)),
+        ChatMessage("tool", "noon", tool_call_id="c3"),
+    )
+
+
 HI = {"model": MODEL, "input": "hi"}
+TOOL = {"type": "function", "name": "f"}
 BAD: list[tuple[str, str, Any, int, str | None]] = [
     ("malformed-json", "POST", b"{not json", 400, None),
     ("not-an-object", "POST", [HI], 400, None),
@@ -262,20 +483,99 @@ BAD: list[tuple[str, str, Any, int, str | None]] = [
         "input[0].content[0].type",
     ),
     (
-        "function-call-item",
+        "reasoning-item",
+        "POST",
+        {**HI, "input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
+        400,
+        "input[0].type",
+    ),
+    (
+        "function-call-arguments-not-text",
+        "POST",
+        {**HI, "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]},
+        400,
+        "input[0].arguments",
+    ),
+    (
+        "function-call-without-name",
+        "POST",
+        {**HI, "input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]},
+        400,
+        "input[0].name",
+    ),
+    (
+        "function-output-without-call-id",
+        "POST",
+        {**HI, "input": [{"type": "function_call_output", "output": "sunny"}]},
+        400,
+        "input[0].call_id",
+    ),
+    (
+        "function-output-image",
         "POST",
         {
             **HI,
-            "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}],
+            "input": [
+                {
+                    "type": "function_call_output",
+                    "call_id": "c",
+                    "output": [{"type": "input_image", "image_url": "u"}],
+                }
+            ],
         },
         400,
-        "input[0].type",
+        "input[0].output[0].type",
     ),
     ("max-output-tokens-0", "POST", {**HI, "max_output_tokens": 0}, 400, "max_output_tokens"),
     ("temperature-3", "POST", {**HI, "temperature": 3}, 400, "temperature"),
     # A 500 before: too large for a float, it overflowed `math.isfinite`.
     ("temperature-huge-integer", "POST", {**HI, "temperature": 10**400}, 400, "temperature"),
-    ("tools", "POST", {**HI, "tools": [{"type": "web_search"}]}, 400, "tools"),
+    ("tools-not-a-list", "POST", {**HI, "tools": {"type": "function"}}, 400, "tools"),
+    ("web-search-tool", "POST", {**HI, "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ("tool-without-name", "POST", {**HI, "tools": [{"type": "function"}]}, 400, "tools[0].name"),
+    (
+        "parameters-not-an-object",
+        "POST",
+        {**HI, "tools": [{**TOOL, "parameters": "city: str"}]},
+        400,
+        "tools[0].parameters",
+    ),
+    ("strict-not-bool", "POST", {**HI, "tools": [{**TOOL, "strict": 1}]}, 400, "tools[0].strict"),
+    ("duplicate-tool-names", "POST", {**HI, "tools": [TOOL, TOOL]}, 400, "tools[1].name"),
+    (
+        "tool-choice-unknown-function",
+        "POST",
+        {**HI, "tools": [TOOL], "tool_choice": {"type": "function", "name": "get_time"}},
+        400,
+        "tool_choice",
+    ),
+    (
+        "tool-choice-built-in",
+        "POST",
+        {**HI, "tools": [TOOL], "tool_choice": {"type": "file_search"}},
+        400,
+        "tool_choice",
+    ),
+    ("required-without-tools", "POST", {**HI, "tool_choice": "required"}, 400, "tool_choice"),
+    (
+        "forced-call-and-json-format",
+        "POST",
+        {
+            **HI,
+            "tools": [TOOL],
+            "tool_choice": "required",
+            "text": {"format": {"type": "json_object"}},
+        },
+        400,
+        "tool_choice",
+    ),
+    (
+        "parallel-not-bool",
+        "POST",
+        {**HI, "parallel_tool_calls": "yes"},
+        400,
+        "parallel_tool_calls",
+    ),
     (
         "previous-response",
         "POST",

@@ -12,6 +12,7 @@ from typing import Any
 import anthropic
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai.types.responses import FunctionToolParam
 
 from tests.integration.nodes import NodeProcess
 from tests.integration.streams import MODEL, client
@@ -94,6 +95,28 @@ def test_the_anthropic_client_works_unchanged(node: NodeProcess) -> None:
         assert isinstance(counted.input_tokens, int) and counted.input_tokens > 0
         assert counted.input_tokens == reply.usage.input_tokens
 
+        # A forced tool: decoding is constrained to one call matching its input_schema.
+        schema: Any = WEATHER["function"].get("parameters")
+        called = client.messages.create(
+            model=MODEL,
+            max_tokens=40,
+            messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            tools=[
+                {
+                    "name": "get_weather",
+                    "description": "Current weather in a city",
+                    "input_schema": schema,
+                }
+            ],
+            tool_choice={"type": "tool", "name": "get_weather"},
+            extra_body=GREEDY,
+        )
+        assert called.stop_reason == "tool_use", called
+        [use] = [block for block in called.content if block.type == "tool_use"]
+        assert use.name == "get_weather" and use.id.startswith("toolu_")
+        assert isinstance(use.input, dict) and set(use.input) == {"city"}, use.input
+        assert isinstance(use.input["city"], str)
+
 
 def test_responses_answer_streamed_and_cut_short(node: NodeProcess) -> None:
     with client(node) as c:
@@ -122,6 +145,29 @@ def test_responses_answer_streamed_and_cut_short(node: NodeProcess) -> None:
             max_output_tokens=60,
         )
     assert_person(json.loads(shaped.output_text))
+
+    # A forced function call: one function_call item, its arguments the schema's.
+    weather: FunctionToolParam = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": WEATHER["function"].get("parameters"),
+        "strict": True,
+    }
+    with client(node) as c:
+        called = c.responses.create(
+            model=MODEL,
+            input="What is the weather in Paris?",
+            tools=[weather],
+            tool_choice={"type": "function", "name": "get_weather"},
+            temperature=0,
+            max_output_tokens=40,
+        )
+    assert called.status == "completed", called
+    [call] = called.output
+    assert call.type == "function_call" and call.name == "get_weather", called
+    arguments = json.loads(call.arguments)
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
 
 
 def test_completions_logprobs_and_seeded_sampling(node: NodeProcess) -> None:

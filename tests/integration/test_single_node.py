@@ -238,13 +238,21 @@ def test_the_ollama_client_works_unchanged(node: NodeProcess) -> None:
         assert shown.modelinfo is not None and shown.modelinfo["llama.block_count"] == 30
         streamed = client.generate(model=MODEL, prompt=QUESTION, options=greedy, stream=True)
         assert "".join(part.response for part in streamed) == generated
+        # A schema whose strings are bounded: it ends by EOS however the model samples.
+        city = {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        }
         as_json = client.chat(
             model=MODEL,
-            messages=[{"role": "user", "content": "Some data, please."}],
-            format="json",
-            options={"seed": 1, "num_predict": 80},
+            messages=[{"role": "user", "content": "Name a city."}],
+            format=city,
+            options={"seed": 1, "num_predict": 40},
         )
-        assert isinstance(json.loads(as_json.message.content or ""), dict)
+        assert as_json.done_reason == "stop", as_json
+        assert set(json.loads(as_json.message.content or "")) == {"city"}
     assert httpx.head(node.url).status_code == 200
     assert httpx.get(node.url + "/api/version").json()["version"]
     # Also under exo's /ollama prefix, as OpenWebUI may be pointed at it.
