@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api import openapi_schemas as s
-from exo.api.anthropic import MESSAGES_PATH
+from exo.api.anthropic_request import MESSAGES_PATH
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 

@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exo.api import anthropic, completions, instances, openai_params, responses, tool_calls
+from exo.api import (
+    anthropic_request,
+    completions,
+    instances,
+    openai_params,
+    tool_calls,
+)
+from exo.api import (
+    responses_request as responses_limits,
+)
 from exo.api.ollama import OLLAMA_API_VERSION
 from exo.api.openai import ROLES
 from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
@@ -383,11 +392,11 @@ def responses_tools() -> Schema:
 
 
 def responses_request() -> Schema:
-    content = {"anyOf": [STRING, array(text_part(*responses.TEXT_PARTS), minItems=1)]}
+    content = {"anyOf": [STRING, array(text_part(*responses_limits.TEXT_PARTS), minItems=1)]}
     message = obj(
         {
             "type": const("message"),
-            "role": enum(*sorted(responses.INPUT_ROLES)),
+            "role": enum(*sorted(responses_limits.INPUT_ROLES)),
             "content": content,
         },
         "role",
@@ -430,9 +439,9 @@ def responses_request() -> Schema:
     text_format = {"anyOf": [record({"type": enum("text", "json_object")}), json_schema]}
     metadata = {
         "type": "object",
-        "maxProperties": responses.METADATA_MAX_PAIRS,
-        "propertyNames": {"maxLength": responses.METADATA_MAX_KEY},
-        "additionalProperties": string(maxLength=responses.METADATA_MAX_VALUE),
+        "maxProperties": responses_limits.METADATA_MAX_PAIRS,
+        "propertyNames": {"maxLength": responses_limits.METADATA_MAX_KEY},
+        "additionalProperties": string(maxLength=responses_limits.METADATA_MAX_VALUE),
     }
     not_stored = "exo stores no responses"
     fields = {
@@ -593,7 +602,7 @@ def anthropic_messages_request() -> Schema:
         "temperature": nullable(number(0, 1)),
         "top_p": nullable(number(0, 1, low_open=True)),
         "top_k": described(integer(0), "0: off."),
-        "stop_sequences": nullable(array(NON_EMPTY, maxItems=anthropic.MAX_STOP_SEQUENCES)),
+        "stop_sequences": nullable(array(NON_EMPTY, maxItems=anthropic_request.MAX_STOP_SEQUENCES)),
         "stream": BOOLEAN,
         "metadata": described({}, "Accepted and ignored."),
     }

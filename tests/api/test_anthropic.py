@@ -13,7 +13,7 @@ import httpx2
 import pytest
 import trio
 
-from exo.api.anthropic import MAX_STOP_SEQUENCES
+from exo.api.anthropic_request import MAX_STOP_SEQUENCES
 from exo.api.app import MAX_REQUEST_BYTES
 from exo.api.backend import GenerationFailed, Unavailable
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
