@@ -144,22 +144,50 @@ def test_concurrent_requests_each_get_their_own_answer(node: NodeProcess) -> Non
     assert len(set(answers.values())) == 1
 
 
-def test_a_client_that_leaves_mid_stream_frees_the_runner(node: NodeProcess) -> None:
+COUNT = "Count from 1 to 500, one per line."
+COUNT_CHAT = [{"role": "user", "content": COUNT}]
+# Per dialect: the streaming route, its body, and a line that only a piece of text carries.
+LONG_STREAMS = {
+    "openai": (
+        "/v1/chat/completions",
+        {"messages": COUNT_CHAT, "max_tokens": 2000, "stream": True},
+        '"content":"',
+    ),
+    "completions": (
+        "/v1/completions",
+        {"prompt": "1, 2, 3, 4,", "max_tokens": 2000, "stream": True},
+        '"text":"',
+    ),
+    "responses": (
+        "/v1/responses",
+        {"input": COUNT, "max_output_tokens": 2000, "stream": True},
+        "response.output_text.delta",
+    ),
+    "anthropic": (
+        "/v1/messages",
+        {"messages": COUNT_CHAT, "max_tokens": 2000, "stream": True},
+        "text_delta",
+    ),
+    "ollama": (
+        "/api/chat",
+        {"messages": COUNT_CHAT, "options": {"num_predict": 2000}},
+        '"done":false',
+    ),
+}
+
+
+@pytest.mark.parametrize("dialect", list(LONG_STREAMS))
+def test_a_client_that_leaves_mid_stream_frees_the_runner(node: NodeProcess, dialect: str) -> None:
     node.wait_ready()
     before = node.state()["state"]["request_counters"]
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "Count from 1 to 500, one per line."}],
-        "temperature": 0,
-        "max_tokens": 2000,
-        "stream": True,
-    }
+    path, fields, marker = LONG_STREAMS[dialect]
+    body = {"model": MODEL, "temperature": 0, **fields}
     with (
         httpx.Client(timeout=60) as http,
-        http.stream("POST", node.url + "/v1/chat/completions", json=body) as response,
+        http.stream("POST", node.url + path, json=body) as response,
     ):
         lines = response.iter_lines()
-        assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+        assert next(line for line in lines if marker in line and '"content":""' not in line)
     # Leaving cancels the generation on the runner: the next request is answered at once
     # instead of after ~2000 tokens, and the abandoned request is recorded as failed.
     started = time.monotonic()
