@@ -146,31 +146,31 @@ def test_concurrent_requests_each_get_their_own_answer(node: NodeProcess) -> Non
 
 COUNT = "Count from 1 to 500, one per line."
 COUNT_CHAT = [{"role": "user", "content": COUNT}]
-# Per dialect: the streaming route, its body, and a line that only a piece of text carries.
+# Per dialect: the streaming route, its greedy body, and a line only a piece of text carries.
 LONG_STREAMS = {
     "openai": (
         "/v1/chat/completions",
-        {"messages": COUNT_CHAT, "max_tokens": 2000, "stream": True},
+        {"messages": COUNT_CHAT, "temperature": 0, "max_tokens": 2000, "stream": True},
         '"content":"',
     ),
     "completions": (
         "/v1/completions",
-        {"prompt": "1, 2, 3, 4,", "max_tokens": 2000, "stream": True},
+        {"prompt": "1, 2, 3, 4,", "temperature": 0, "max_tokens": 2000, "stream": True},
         '"text":"',
     ),
     "responses": (
         "/v1/responses",
-        {"input": COUNT, "max_output_tokens": 2000, "stream": True},
+        {"input": COUNT, "temperature": 0, "max_output_tokens": 2000, "stream": True},
         "response.output_text.delta",
     ),
     "anthropic": (
         "/v1/messages",
-        {"messages": COUNT_CHAT, "max_tokens": 2000, "stream": True},
+        {"messages": COUNT_CHAT, "temperature": 0, "max_tokens": 2000, "stream": True},
         "text_delta",
     ),
     "ollama": (
         "/api/chat",
-        {"messages": COUNT_CHAT, "options": {"num_predict": 2000}},
+        {"messages": COUNT_CHAT, "options": {"temperature": 0, "num_predict": 2000}},
         '"done":false',
     ),
 }
@@ -181,7 +181,7 @@ def test_a_client_that_leaves_mid_stream_frees_the_runner(node: NodeProcess, dia
     node.wait_ready()
     before = node.state()["state"]["request_counters"]
     path, fields, marker = LONG_STREAMS[dialect]
-    body = {"model": MODEL, "temperature": 0, **fields}
+    body = {"model": MODEL, **fields}
     with (
         httpx.Client(timeout=60) as http,
         http.stream("POST", node.url + path, json=body) as response,
