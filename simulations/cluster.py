@@ -124,7 +124,7 @@ class Cluster:
                         config,
                         env,
                         connect=self._connect,
-                        store=SimModelStore(),
+                        store=SimModelStore(node.home / "models"),
                     )
                 )
                 node.env = env

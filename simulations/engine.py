@@ -9,6 +9,7 @@ time. Killing it is a runner crash, seen by the node exactly as a dead process.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from exo.actors.runner_handle import read_lines
 from exo.engine import protocol
 from exo.events.codec import CodecError, decode, encode
 from exo.models.cards import ModelCard
+from exo.models.hub_client import RepoNotFound
 
 LOAD_SECONDS = 0.5
 DECODE_SECONDS = 0.02
@@ -121,13 +123,25 @@ class SimModelStore:
 
     MARKER = "weights.sim"
 
-    def is_on_disk(self, card: ModelCard, target: Path) -> bool:
-        return (target / self.MARKER).exists()
+    def __init__(self, models_dir: Path | None = None) -> None:
+        self.models_dir = models_dir or Path("models")
 
-    def fetch(self, card: ModelCard, models_dir: Path) -> None:
-        target = models_dir / card.model_id
+    def describe(self, name: str) -> ModelCard:
+        raise RepoNotFound(f"the simulator has no hub ({name})")
+
+    def model_dir(self, card: ModelCard) -> Path:
+        return self.models_dir / card.model_id
+
+    def missing(self, card: ModelCard, files: tuple[str, ...]) -> list[str]:
+        return [] if (self.model_dir(card) / self.MARKER).exists() else [self.MARKER]
+
+    def fetch(
+        self, card: ModelCard, files: tuple[str, ...], on_bytes: Callable[[int], None]
+    ) -> None:
+        target = self.model_dir(card)
         target.mkdir(parents=True, exist_ok=True)
         (target / self.MARKER).write_text(card.model_id)
+        on_bytes(len(card.model_id))
 
-    def size(self, target: Path) -> int:
-        return len((target / self.MARKER).read_bytes())
+    def size(self, card: ModelCard, files: tuple[str, ...]) -> int:
+        return len(card.model_id)

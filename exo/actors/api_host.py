@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,14 +18,30 @@ from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import RunnerHandle
 from exo.actors.runners import RunnerSupervisor
-from exo.api.backend import BackendError, Chunk, Unavailable, UnknownModel
+from exo.api.backend import (
+    BackendError,
+    Chunk,
+    InvalidRequest,
+    ModelForbidden,
+    Unavailable,
+    UnknownModel,
+)
 from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams, Tool
 from exo.events.codec import to_plain
-from exo.events.commands import FailRequest, FinishRequest, PlaceInstance, StartRequest
+from exo.events.commands import (
+    AddModel,
+    FailRequest,
+    FinishRequest,
+    PlaceInstance,
+    StartRequest,
+)
 from exo.events.facts import Instance
 from exo.events.ids import ModelId, NodeId, RequestId, new_request_id
 from exo.events.state import State
-from exo.models.cards import CARDS, ModelCard, card_for
+from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
+from exo.models.catalog import ALIASES
+from exo.models.hub import NotAModel, parse_model_name
+from exo.models.hub_client import HubError, HubUnreachable, RepoGated, RepoNotFound
 
 log = logging.getLogger("exo.api")
 
@@ -51,6 +67,48 @@ def ready_remote_instance(state: State, node_id: NodeId, model: ModelId) -> Inst
 
 # A ready runner on this node, or (node, instance) of a ready instance elsewhere.
 Route = RunnerHandle | tuple[NodeId, Instance]
+# Reads a hub repo's card (blocking I/O, run off the event loop).
+Describe = Callable[[str], Awaitable[ModelCard]]
+# How long adding a model waits for the master (an election may be under way).
+ADD_MODEL_TIMEOUT = 30.0
+
+
+def failure_of(state: State, model: ModelId) -> str | None:
+    """Why every instance of `model` is failing, when each has a shard whose download or
+    runner failed: waiting for it would only wait out the timeout."""
+    instances = state.instances_of(model)
+    reasons: list[str] = []
+    for instance in sorted(instances, key=lambda i: i.instance_id):
+        reason = None
+        for shard in instance.shards:
+            download = state.download_status(shard.node_id, model)
+            runner = state.runner_status(instance.instance_id, shard.node_id)
+            if download is not None and download.phase == "failed":
+                reason = f"download failed on node {shard.node_id}: {download.detail}"
+            elif runner is not None and runner.phase == "failed":
+                first = runner.detail.strip().splitlines()[-1:] or [""]
+                reason = f"runner failed on node {shard.node_id}: {first[0]}"
+            if reason:
+                break
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return "; ".join(reasons) if reasons else None
+
+
+def model_view(state: State, card: ModelCard) -> dict[str, Any]:
+    """A model as GET /models shows it: its card and every node's download of it."""
+    downloads = {
+        node: to_plain(per_model[card.model_id])
+        for node, per_model in sorted(state.downloads.items())
+        if card.model_id in per_model
+    }
+    return {
+        "id": card.model_id,
+        "card": to_plain(card),
+        "downloads": downloads,
+        "instances": sorted(i.instance_id for i in state.instances_of(card.model_id)),
+    }
 
 
 class NodeBackend(InstanceManager):
@@ -64,6 +122,7 @@ class NodeBackend(InstanceManager):
         ready_timeout: float,
         worker: bool = True,
         data_plane: DataPlane | None = None,
+        describe: Describe | None = None,
     ) -> None:
         super().__init__(replica, commands)
         self._node_id = node_id
@@ -74,9 +133,47 @@ class NodeBackend(InstanceManager):
         self._ready_timeout = ready_timeout
         self._worker = worker
         self._data_plane = data_plane
+        self._describe = describe
 
     def models(self) -> list[ModelCard]:
-        return list(CARDS.values())
+        registered = self._replica.state.models
+        return [*CARDS.values(), *(registered[m] for m in sorted(registered))]
+
+    def model_views(self) -> list[dict[str, Any]]:
+        state = self._replica.state
+        views = [model_view(state, card) for card in self.models()]
+        known = {v["id"] for v in views}
+        for alias, repo in sorted(ALIASES.items()):
+            if repo not in known:
+                views.append({"id": alias, "alias_of": repo, "card": None, "downloads": {}})
+        return views
+
+    async def find_model(self, model: str) -> ModelCard:
+        card = card_for(model, self._replica.state.models)
+        if card is not None:
+            return card
+        name = canonical_name(model)
+        if parse_model_name(name) is None or self._describe is None:
+            raise UnknownModel(model)
+        try:
+            card = await self._describe(name)
+        except RepoNotFound as exc:
+            raise UnknownModel(model, str(exc)) from exc
+        except RepoGated as exc:
+            raise ModelForbidden(str(exc)) from exc
+        except NotAModel as exc:
+            raise InvalidRequest(f"cannot serve {model}: {exc}", "model") from exc
+        except HubUnreachable as exc:
+            raise Unavailable(f"cannot read {model} from the hub: {exc}") from exc
+        except HubError as exc:
+            raise InvalidRequest(f"cannot serve {model}: {exc}", "model") from exc
+        with trio.move_on_after(ADD_MODEL_TIMEOUT):
+            outcome = await self._commands.call(AddModel(card))
+            if not outcome.accepted:
+                raise InvalidRequest(f"cannot add {model}: {outcome.reason}", "model")
+            model_id = card.model_id
+            return await self._replica.wait_until(lambda s: card_for(model_id, s.models))
+        raise Unavailable(f"no master answered within {ADD_MODEL_TIMEOUT:g} s; try again")
 
     def state_view(self) -> dict[str, Any]:
         state = self._replica.state
@@ -109,6 +206,9 @@ class NodeBackend(InstanceManager):
                 )
                 if remote is not None:
                     return remote.shards[0].node_id, remote
+                failure = failure_of(state, card.model_id)
+                if failure is not None:
+                    raise Unavailable(f"model {card.model_id} cannot serve now: {failure}")
                 if not state.instances_of(card.model_id) and not placed:
                     if not self._worker and self._data_plane is None:
                         raise Unavailable(
@@ -157,9 +257,7 @@ class NodeBackend(InstanceManager):
         tools: tuple[Tool, ...] = (),
         text: str | None = None,
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
-        card = card_for(model)
-        if card is None:
-            raise UnknownModel(model)
+        card = await self.find_model(model)
         route = await self._ready_route(card)
         request_id = new_request_id(self._rng)
         request = GenerateRequest(request_id, messages, params, tools, text)

@@ -10,9 +10,10 @@ import hashlib
 
 from attrs import frozen
 
-from exo.actors.placement import PlacementError, place, ring_addresses
+from exo.actors.placement import PlacementError, place, planned_context, ring_addresses
 from exo.actors.previews import best_placement
 from exo.events.commands import (
+    AddModel,
     AdoptSuffix,
     DeleteInstance,
     Envelope,
@@ -33,6 +34,7 @@ from exo.events.events import (
     InstanceCreated,
     InstanceDeleted,
     LinksMeasured,
+    ModelAdded,
     NodeDown,
     NodeProfiled,
     RequestFailed,
@@ -78,6 +80,11 @@ def decide(state: State, envelope: Envelope) -> Decision:
             return [LinksMeasured(origin, links)]
         case AdoptSuffix() as command:
             return adopt(state, command)
+        case AddModel(card=card):
+            # The first card read wins: every node fetches the revision it names.
+            if card.model_id in state.models or card_for(card.model_id) is not None:
+                return []
+            return [ModelAdded(card)]
         case PlaceInstance() as command:
             return _place(state, envelope.command_id, command)
         case DeleteInstance(instance_id=instance_id):
@@ -121,7 +128,7 @@ def decide(state: State, envelope: Envelope) -> Decision:
 
 
 def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decision:
-    card = card_for(command.model)
+    card = card_for(command.model, state.models)
     if card is None:
         return Rejected(f"unknown model {command.model}")
     if command.if_absent and state.instances_of(card.model_id):
@@ -149,7 +156,7 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         placement.strategy,
         placement.shards,
         ring,
-        command.context_length,
+        planned_context(card, command.context_length),
     )
     return [InstanceCreated(instance)]
 
@@ -171,7 +178,7 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
         events.append(deleted)
         draft = apply_event(draft, deleted)
     for instance in broken:
-        card = card_for(instance.model)
+        card = card_for(instance.model, draft.models)
         if card is None or draft.instances_of(instance.model):
             continue
         try:
@@ -237,6 +244,8 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
 
 def _still_applies(state: State, event: Event) -> bool:
     match event:
+        case ModelAdded(card=card):
+            return card.model_id not in state.models
         case InstanceCreated(instance=instance):
             return instance.instance_id not in state.instances
         case InstanceDeleted(instance_id=instance_id):

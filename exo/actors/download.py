@@ -1,29 +1,42 @@
 """The download actor: a reconciler that makes sure every model placed on this node has
-its weights on local disk, and reports progress and failure as commands.
+the files of its shard here, and reports progress and failure as commands.
 
-Today the only source is the bundled model (converted from its package's GGUF); hub
-downloads plug in here through the model card's `source`.
+Sources: the bundled model (converted from its package's GGUF), hub repos (only the
+files holding this node's layers, through `huggingface_hub` and its cache), and local
+model directories (nothing to fetch). Progress reaches the log at most once a second.
+A failure the hub may recover from (unreachable, 5xx) is reported as failed, so waiting
+requests end at once with its reason, and retried with a backoff; other failures
+(unknown repo, gated, too little disk, corrupt twice) wait for a node restart.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
 from exo.actors.replica import Replica
 from exo.events.commands import ReportDownload
-from exo.events.facts import DownloadStatus
+from exo.events.facts import DownloadStatus, ModelCard
 from exo.events.ids import ModelId, NodeId
 from exo.events.state import State
 from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled_model
-from exo.models.cards import ModelCard, card_for
+from exo.models.cards import card_for
 from exo.models.gguf import is_converted
+from exo.models.hub import bytes_of, files_for_layers
+from exo.models.hub_client import HubClient, HubUnreachable
 
 log = logging.getLogger("exo.download")
+
+PROGRESS_INTERVAL = 1.0
+RETRY_FIRST = 2.0
+RETRY_MAX = 60.0
 
 
 def models_needed(state: State, node_id: NodeId) -> list[ModelId]:
@@ -31,14 +44,18 @@ def models_needed(state: State, node_id: NodeId) -> list[ModelId]:
     return sorted({i.model for i in state.instances.values() if i.shard_on(node_id) is not None})
 
 
-def is_on_disk(card: ModelCard, target: Path) -> bool:
-    """Whether the model's weights are complete in `target` (a finished conversion)."""
-    if card.source != "bundled":
-        return False
-    try:
-        return is_converted(bundled_gguf(card), target)
-    except BundledModelMissing:
-        return False
+def files_needed(state: State, node_id: NodeId, card: ModelCard) -> tuple[str, ...]:
+    """The files this node's shards of the model need (all of them for a tensor shard)."""
+    names: set[str] = set()
+    for instance in state.instances_of(card.model_id):
+        shard = instance.shard_on(node_id)
+        if shard is None:
+            continue
+        if instance.strategy == "tensor":
+            names.update(files_for_layers(card, 0, card.num_layers))
+        else:
+            names.update(files_for_layers(card, shard.start_layer, shard.end_layer))
+    return tuple(sorted(names))
 
 
 def directory_bytes(path: Path) -> int:
@@ -46,28 +63,71 @@ def directory_bytes(path: Path) -> int:
 
 
 class ModelStore(Protocol):
-    """Where weights come from; blocking methods run through `Environment.run_blocking`."""
+    """Where cards and weights come from; every method blocks (run it through
+    `Environment.run_blocking`)."""
 
-    def is_on_disk(self, card: ModelCard, target: Path) -> bool: ...
+    def describe(self, name: str) -> ModelCard:
+        """The card of a hub repo id; `HubError`s or `NotAModel` say why not."""
+        ...
 
-    def fetch(self, card: ModelCard, models_dir: Path) -> None: ...
+    def model_dir(self, card: ModelCard) -> Path: ...
 
-    def size(self, target: Path) -> int: ...
+    def missing(self, card: ModelCard, files: tuple[str, ...]) -> list[str]: ...
+
+    def fetch(
+        self, card: ModelCard, files: tuple[str, ...], on_bytes: Callable[[int], None]
+    ) -> None: ...
+
+    def size(self, card: ModelCard, files: tuple[str, ...]) -> int:
+        """Bytes of the files once complete (the total a download reports)."""
+        ...
 
 
-class BundledStore:
-    """Today's only source: the bundled model, converted from its package's GGUF."""
+class NodeModelStore:
+    """The bundled model under `models_dir`; hub and local models through `HubClient`."""
 
-    def is_on_disk(self, card: ModelCard, target: Path) -> bool:
-        return is_on_disk(card, target)
+    def __init__(self, models_dir: Path, hub: HubClient | None = None) -> None:
+        self.models_dir = models_dir
+        self._hub = hub
+        self._hub_lock = threading.Lock()
 
-    def fetch(self, card: ModelCard, models_dir: Path) -> None:
+    @property
+    def hub(self) -> HubClient:
+        with self._hub_lock:  # built lazily: importing huggingface_hub costs ~0.3 s
+            if self._hub is None:
+                self._hub = HubClient()
+            return self._hub
+
+    def describe(self, name: str) -> ModelCard:
+        return self.hub.describe(name)
+
+    def model_dir(self, card: ModelCard) -> Path:
+        if card.source == "bundled":
+            return self.models_dir / card.model_id
+        return self.hub.snapshot_dir(card)
+
+    def missing(self, card: ModelCard, files: tuple[str, ...]) -> list[str]:
         if card.source != "bundled":
-            raise RuntimeError(f"{card.model_id}: hub downloads are not available yet")
-        ensure_bundled_model(models_dir)
+            return self.hub.missing(card, files)
+        try:
+            done = is_converted(bundled_gguf(card), self.model_dir(card))
+        except BundledModelMissing:
+            done = False
+        return [] if done else ["model.safetensors"]
 
-    def size(self, target: Path) -> int:
-        return directory_bytes(target)
+    def fetch(
+        self, card: ModelCard, files: tuple[str, ...], on_bytes: Callable[[int], None]
+    ) -> None:
+        if card.source == "bundled":
+            ensure_bundled_model(self.models_dir)
+            return
+        self.hub.download(card, files, on_bytes)
+
+    def size(self, card: ModelCard, files: tuple[str, ...]) -> int:
+        if card.source == "bundled":
+            target = self.model_dir(card)
+            return directory_bytes(target) if target.exists() else card.weight_bytes
+        return bytes_of(card, list(files))
 
 
 class Downloader:
@@ -85,11 +145,16 @@ class Downloader:
         self._replica = replica
         self._commands = commands
         self.models_dir = models_dir
-        self._store: ModelStore = store or BundledStore()
+        self._store: ModelStore = store or NodeModelStore(models_dir)
         self._failed_here: set[ModelId] = set()
+        # Transient failures: when to try the model again, and the delay after that.
+        self._retry_at: dict[ModelId, tuple[float, float]] = {}
 
     def model_dir(self, model: ModelId) -> Path:
-        return self.models_dir / model
+        card = card_for(model, self._replica.state.models)
+        if card is None:
+            return self.models_dir / model
+        return self._store.model_dir(card)
 
     async def run(self) -> None:
         # Most state changes (request lifecycle) touch neither the models placed here nor
@@ -99,43 +164,96 @@ class Downloader:
             state = self._replica.state
             needed = models_needed(state, self._node_id)
             view = [(m, state.download_status(self._node_id, m)) for m in needed]
-            if view != seen:
+            now = self._env.now()
+            due = any(self._retry_at.get(m, (now + 1, 0))[0] <= now for m in needed)
+            if view != seen or due:
                 for model in needed:
                     await self._reconcile(state, model)
                 seen = view
-            await self._replica.wait_changed()
+            waits = [at - self._env.now() for m, (at, _) in self._retry_at.items() if m in needed]
+            with trio.move_on_after(max(min(waits), 0) if waits else float("inf")):
+                await self._replica.wait_changed()
 
     async def _reconcile(self, state: State, model: ModelId) -> None:
         reported = state.download_status(self._node_id, model)
-        target = self.model_dir(model)
-        card = card_for(model)
+        card = card_for(model, state.models)
         if card is None:
             await self._report(model, DownloadStatus("failed", detail=f"no model card for {model}"))
             return
-        if await self._env.run_blocking(lambda: self._store.is_on_disk(card, target)):
+        files = files_needed(state, self._node_id, card)
+        missing = await self._env.run_blocking(lambda: self._store.missing(card, files))
+        if not missing:
+            self._retry_at.pop(model, None)
             if reported is None or reported.phase != "complete":
-                size = await self._env.run_blocking(lambda: self._store.size(target))
+                size = await self._env.run_blocking(lambda: self._store.size(card, files))
                 await self._report(model, DownloadStatus("complete", size, size))
             return
         if model in self._failed_here:
-            return  # tried and failed in this process: a node restart retries
-        await self._report(model, DownloadStatus("downloading", 0, card.weight_bytes))
-        try:
-            await self._fetch(card)
-        except Exception as exc:
-            log.exception("preparing %s failed", model)
-            self._failed_here.add(model)
-            await self._report(
-                model, DownloadStatus("failed", detail=f"{type(exc).__name__}: {exc}")
-            )
+            return  # tried and failed for good in this process: a node restart retries
+        retry = self._retry_at.get(model)
+        if retry is not None and retry[0] > self._env.now():
             return
-        size = await self._env.run_blocking(lambda: self._store.size(target))
-        log.info("model %s ready at %s (%d bytes)", model, target, size)
+        try:
+            await self._fetch(card, files, missing)
+        except Exception as exc:
+            await self._failed(model, exc)
+            return
+        self._retry_at.pop(model, None)
+        size = await self._env.run_blocking(lambda: self._store.size(card, files))
+        log.info("model %s ready at %s (%d bytes)", model, self._store.model_dir(card), size)
         await self._report(model, DownloadStatus("complete", size, size))
 
-    async def _fetch(self, card: ModelCard) -> None:
-        fetch: Callable[[], None] = lambda: self._store.fetch(card, self.models_dir)  # noqa: E731
-        await self._env.run_blocking(fetch)
+    async def _fetch(self, card: ModelCard, files: tuple[str, ...], missing: list[str]) -> None:
+        total = await self._env.run_blocking(lambda: self._store.size(card, files))
+        already = total - await self._env.run_blocking(
+            lambda: self._store.size(card, tuple(missing))
+        )
+        progress = _Progress(already)
+        log.info("fetching %d files of %s (%d bytes)", len(missing), card.model_id, total)
+        await self._report(card.model_id, DownloadStatus("downloading", already, total))
+
+        async def report_progress() -> None:
+            last = (already, self._env.now())
+            while True:
+                await self._env.sleep(PROGRESS_INTERVAL)
+                done, now = progress.done, self._env.now()
+                if done != last[0]:
+                    rate = int((done - last[0]) / max(now - last[1], 1e-3))
+                    status = DownloadStatus("downloading", min(done, total), total, rate=rate)
+                    await self._report(card.model_id, status)
+                    last = (done, now)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(report_progress)
+            await self._env.run_blocking(
+                lambda: self._store.fetch(card, tuple(missing), progress.add)
+            )
+            nursery.cancel_scope.cancel()
+
+    async def _failed(self, model: ModelId, exc: Exception) -> None:
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, HubUnreachable):
+            _, delay = self._retry_at.get(model, (0.0, RETRY_FIRST / 2))
+            delay = min(delay * 2, RETRY_MAX)
+            self._retry_at[model] = (self._env.now() + delay, delay)
+            detail = f"{detail}; retrying in {delay:g} s"
+            log.warning("download of %s failed: %s", model, detail)
+        else:
+            log.error("download of %s failed: %s", model, detail, exc_info=exc)
+            self._failed_here.add(model)
+        await self._report(model, DownloadStatus("failed", detail=detail))
 
     async def _report(self, model: ModelId, status: DownloadStatus) -> None:
         await self._commands.send(ReportDownload(model, status))
+
+
+class _Progress:
+    """Bytes done, added to from the download's worker threads."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n

@@ -17,7 +17,7 @@ from exo.events.commands import DeleteInstance, PlaceInstance
 from exo.events.facts import Instance, Strategy
 from exo.events.ids import InstanceId, NodeId
 from exo.events.state import State
-from exo.models.cards import card_for
+from exo.models.cards import ModelCard, card_for
 
 InstanceStatus = Literal["placing", "downloading", "loading", "ready", "failed"]
 # How long an /instances call waits for the master (an election may be under way).
@@ -66,6 +66,12 @@ class InstanceManager:
             raise UnknownInstance(instance_id)
         return instance_view(state, instance)
 
+    async def find_model(self, model: str) -> ModelCard:
+        card = card_for(model, self._replica.state.models)
+        if card is None:
+            raise UnknownModel(model)
+        return card
+
     async def create_instance(
         self,
         model: str,
@@ -74,9 +80,7 @@ class InstanceManager:
         min_nodes: int,
         context_length: int | None = None,
     ) -> dict[str, Any]:
-        card = card_for(model)
-        if card is None:
-            raise UnknownModel(model)
+        card = await self.find_model(model)
         command = PlaceInstance(
             card.model_id,
             cast(Strategy, strategy),
@@ -105,10 +109,8 @@ class InstanceManager:
             return
         raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
 
-    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
-        card = card_for(model)
-        if card is None:
-            raise UnknownModel(model)
+    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+        card = await self.find_model(model)
         return [
             {
                 "strategy": p.strategy,

@@ -20,7 +20,7 @@ from exo.actors.control import Control, Inbound
 from exo.actors.data_plane import DataPlane
 from exo.actors.discovery import DEFAULT_PORT as DEFAULT_DISCOVERY_PORT
 from exo.actors.discovery import Discovery
-from exo.actors.download import Downloader, ModelStore
+from exo.actors.download import Downloader, ModelStore, NodeModelStore
 from exo.actors.environment import Environment
 from exo.actors.identity import load_or_create_node_id
 from exo.actors.link_probe import LinkProbe
@@ -33,6 +33,7 @@ from exo.actors.topology import run_topology
 from exo.actors.wire import DATA_MESSAGE_TYPES, PeerMessage
 from exo.api.app import create_app, serve
 from exo.events.commands import Envelope, PlaceInstance
+from exo.events.facts import ModelCard
 from exo.events.ids import ModelId, NodeId
 from exo.events.log import EventLog
 from exo.events.replay import replay
@@ -145,9 +146,13 @@ async def run_node(
 
     client = CommandClient(node_id, env.random, submit, env.now, config.timings.command_retry)
     control = Control(node_id, env, event_log, replica, network, client, config.timings)
-    downloader = Downloader(
-        node_id, env, replica, client, config.models_dir or config.home / "models", store
-    )
+    models_dir = config.models_dir or config.home / "models"
+    model_store: ModelStore = store or NodeModelStore(models_dir)
+    downloader = Downloader(node_id, env, replica, client, models_dir, model_store)
+
+    async def describe(name: str) -> ModelCard:
+        return await env.run_blocking(lambda: model_store.describe(name))
+
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
     if links is not None:
         data_plane = DataPlane(node_id, replica, runners, links)
@@ -161,6 +166,7 @@ async def run_node(
         config.ready_timeout,
         config.worker,
         data_plane,
+        describe,
     )
 
     try:

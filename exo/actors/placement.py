@@ -22,10 +22,19 @@ UNMEASURED_LATENCY_S = 1e-3
 # Ring ports rotate through ring_port + [0, RING_SLOTS): a new instance does not reuse the
 # ports of one just deleted (its sockets may linger) nor those of a live one.
 RING_SLOTS = 64
-# Runners on CPU compute in float32 (4 bytes per cached key/value element, weights
-# dequantized: `loaded_bytes`); on a GPU they keep the weights as stored and cache in
-# half precision (2 bytes).
-KV_BYTES_PER_ELEMENT: dict[Accelerator, int] = {"cpu": 4, "metal": 2, "cuda": 2}
+# Bytes per cached key/value element: a CPU runner that widened its weights to float32
+# caches in float32; one that keeps them quantized, and every GPU runner, in half precision.
+KV_BYTES_FLOAT32 = 4
+KV_BYTES_HALF = 2
+# Tokens of context planned when a placement names none: long-context models (128K)
+# would otherwise reserve more KV cache than the weights themselves.
+DEFAULT_CONTEXT = 32768
+
+
+def planned_context(card: ModelCard, context: int | None = None) -> int:
+    """The context a placement plans memory for: the one asked for, else the model's
+    whole context up to `DEFAULT_CONTEXT` tokens."""
+    return context or min(card.context_length, DEFAULT_CONTEXT)
 
 
 class PlacementError(ValueError):
@@ -39,26 +48,72 @@ class Placement:
     memory_by_node: dict[NodeId, int]
 
 
+def widens(accelerator: Accelerator, keep_quantized: bool) -> bool:
+    """Whether a runner holds float32 weights: on CPU, unless told to keep them as stored.
+
+    Why float32 by default on CPU: MLX's CPU backend multiplies float32 through BLAS and
+    has no fast quantized kernels; measured on the bundled model, float32 decodes 12-21
+    tok/s against 8.5-9 tok/s as stored (`exo/engine/mlx_engine.py`). Quantized is the
+    fallback for models whose float32 form does not fit (8x a 4-bit model's size).
+    """
+    return accelerator == "cpu" and not keep_quantized
+
+
 def kv_cache_bytes(
-    card: ModelCard, layers: int, context: int | None = None, accelerator: Accelerator = "cpu"
+    card: ModelCard,
+    layers: int,
+    context: int | None = None,
+    accelerator: Accelerator = "cpu",
+    keep_quantized: bool = False,
 ) -> int:
-    head_dim = card.hidden_size // card.num_heads
-    tokens = context or card.context_length
-    return 2 * layers * card.num_kv_heads * head_dim * tokens * KV_BYTES_PER_ELEMENT[accelerator]
+    tokens = planned_context(card, context)
+    element = KV_BYTES_FLOAT32 if widens(accelerator, keep_quantized) else KV_BYTES_HALF
+    return 2 * layers * card.num_kv_heads * card.kv_head_dim * tokens * element
 
 
 def required_bytes(
     card: ModelCard,
-    layers: int,
+    start: int,
+    end: int,
     fraction_of_width: float = 1.0,
     context: int | None = None,
     accelerator: Accelerator = "cpu",
+    keep_quantized: bool = False,
 ) -> int:
-    """Memory a rank holding `layers` layers (of `fraction_of_width` of each) needs."""
-    stored = card.loaded_bytes if accelerator == "cpu" else card.weight_bytes
-    weights = stored * layers / card.num_layers
-    kv = kv_cache_bytes(card, layers, context, accelerator)
+    """Memory a rank holding layers [start, end) (of `fraction_of_width` of each) needs:
+    its weights as the runner holds them, its KV cache for `context` tokens, a headroom."""
+    if widens(accelerator, keep_quantized):
+        weights = card.float32_bytes(start, end)
+    else:
+        weights = card.stored_bytes(start, end)
+    kv = kv_cache_bytes(card, end - start, context, accelerator, keep_quantized)
     return int((weights + kv) * fraction_of_width) + HEADROOM_BYTES
+
+
+def fit_rank(
+    card: ModelCard,
+    node_id: NodeId,
+    profile: NodeProfile,
+    start: int,
+    end: int,
+    fraction_of_width: float = 1.0,
+    context: int | None = None,
+) -> tuple[int, bool]:
+    """(bytes needed, keep_quantized) for one rank: float32 on a CPU node when it fits,
+    else the weights as stored; `PlacementError` when neither fits."""
+    need = required_bytes(card, start, end, fraction_of_width, context, profile.accelerator)
+    if profile.memory_available >= need:
+        return need, False
+    if profile.accelerator == "cpu":
+        stored = required_bytes(
+            card, start, end, fraction_of_width, context, profile.accelerator, True
+        )
+        if profile.memory_available >= stored:
+            return stored, True
+        need = stored
+    raise PlacementError(
+        f"node {node_id} has {_gib(profile.memory_available)} free, needs {_gib(need)}"
+    )
 
 
 def place(
@@ -133,9 +188,8 @@ def _pipeline(
     memory: dict[NodeId, int] = {}
     start = 0
     for rank, ((node_id, profile), layers) in enumerate(zip(chosen, layer_counts, strict=True)):
-        need = required_bytes(card, layers, 1.0, context, profile.accelerator)
-        _check_fits(node_id, profile, need)
-        shards.append(Shard(node_id, rank, start, start + layers))
+        need, keep_quantized = fit_rank(card, node_id, profile, start, start + layers, 1.0, context)
+        shards.append(Shard(node_id, rank, start, start + layers, keep_quantized))
         memory[node_id] = need
         start += layers
     return Placement("pipeline", tuple(shards), memory)
@@ -155,18 +209,12 @@ def _tensor(
     shards: list[Shard] = []
     memory: dict[NodeId, int] = {}
     for rank, (node_id, profile) in enumerate(chosen):
-        need = required_bytes(card, card.num_layers, 1 / count, context, profile.accelerator)
-        _check_fits(node_id, profile, need)
-        shards.append(Shard(node_id, rank, 0, card.num_layers))
+        need, keep_quantized = fit_rank(
+            card, node_id, profile, 0, card.num_layers, 1 / count, context
+        )
+        shards.append(Shard(node_id, rank, 0, card.num_layers, keep_quantized))
         memory[node_id] = need
     return Placement("tensor", tuple(shards), memory)
-
-
-def _check_fits(node_id: NodeId, profile: NodeProfile, need: int) -> None:
-    if profile.memory_available < need:
-        raise PlacementError(
-            f"node {node_id} has {_gib(profile.memory_available)} free, needs {_gib(need)}"
-        )
 
 
 def _gib(n: int) -> str:

@@ -23,6 +23,7 @@ from exo.actors.placement import (
     check_node_count,
     link_latency,
     place,
+    widens,
 )
 from exo.events.facts import Accelerator, Shard, Strategy
 from exo.events.ids import NodeId
@@ -138,26 +139,28 @@ def predicted_tokens_per_second(state: State, card: ModelCard, placement: Placem
     shards = placement.shards
     count = len(shards)
     if placement.strategy == "pipeline":
-        compute = sum(
-            card.loaded_bytes
-            * (s.end_layer - s.start_layer)
-            / card.num_layers
-            / _bandwidth(state, s.node_id)
-            for s in shards
-        )
+        compute = sum(held_bytes(state, card, s) / _bandwidth(state, s.node_id) for s in shards)
         hops = count if count > 1 else 0  # around the ring: the token returns to rank 0
         links = sum(
             link_latency(state, shards[i].node_id, shards[(i + 1) % count].node_id)
             for i in range(hops)
         )
         return 1 / (compute + links)
-    compute = max(card.loaded_bytes / count / _bandwidth(state, s.node_id) for s in shards)
+    compute = max(held_bytes(state, card, s) / count / _bandwidth(state, s.node_id) for s in shards)
     if count == 1:
         return 1 / compute
     slowest_link = max(
         link_latency(state, a.node_id, b.node_id) for a in shards for b in shards if a != b
     )
     return 1 / (compute + 2 * card.num_layers * slowest_link)
+
+
+def held_bytes(state: State, card: ModelCard, shard: Shard) -> int:
+    """Weight bytes the shard's runner reads per token, as its node holds them."""
+    accelerator = state.nodes[shard.node_id].accelerator
+    if widens(accelerator, shard.keep_quantized):
+        return card.float32_bytes(shard.start_layer, shard.end_layer)
+    return card.stored_bytes(shard.start_layer, shard.end_layer)
 
 
 def _bandwidth(state: State, node_id: NodeId) -> float:

@@ -118,6 +118,7 @@ class RunnerHandle:
                         self.instance.ring,
                         self.instance.strategy,
                         self.instance.context_length,
+                        self.shard.keep_quantized,
                     )
                 )
                 reason = await self._pump_stdout(process)

@@ -34,7 +34,7 @@ from exo.api.anthropic_request import (
     parse_messages_request,
     parse_prompt,
 )
-from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel
+from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
@@ -297,9 +297,6 @@ class MessagesSseFormat:
 def register_anthropic(app: QuartTrio, backend: Backend) -> None:
     """Add `POST /v1/messages` and `POST /v1/messages/count_tokens`."""
 
-    def is_known(model: str) -> bool:
-        return any(card.model_id == model for card in backend.models())
-
     async def whole_answer(
         prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], dict[str, Any]]
     ) -> TrioResponse:
@@ -323,9 +320,9 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
         except InvalidRequest as error:
             return backend_error(error)
         prompt = chat.prompt
-        if not is_known(prompt.model):
-            # Checked before a stream starts, so even a streaming client gets a real 404.
-            return backend_error(UnknownModel(prompt.model))
+        found = await lookup_model(backend, prompt.model)
+        if isinstance(found, BackendError):
+            return backend_error(found)
         if chat.stream:
             form = MessagesSseFormat(chat)
             return TrioResponse(
@@ -345,8 +342,9 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
             prompt = parse_prompt(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error(error)
-        if not is_known(prompt.model):
-            return backend_error(UnknownModel(prompt.model))
+        found = await lookup_model(backend, prompt.model)
+        if isinstance(found, BackendError):
+            return backend_error(found)
         # The prompt as the model's template renders it, tools included, counted by the
         # engine itself.
         return await whole_answer(

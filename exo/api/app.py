@@ -37,6 +37,7 @@ from exo.api.errors import (
     server_error_response,
 )
 from exo.api.instances import register_instances
+from exo.api.models import register_models
 from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
 from exo.api.openapi import register_openapi
@@ -107,6 +108,7 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     register_openai(app, backend)
     register_completions(app, backend)
     register_instances(app, backend)
+    register_models(app, backend)
     register_ollama(app, backend)
     register_responses(app, backend)
     register_anthropic(app, backend)

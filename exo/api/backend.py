@@ -39,9 +39,23 @@ class UnknownModel(BackendError):
     kind = "not_found_error"
     code = "model_not_found"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model '{model}' does not exist; see GET /v1/models.", "model")
+    def __init__(self, model: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"The model '{model}' does not exist{detail}; see GET /v1/models.", "model"
+        )
         self.model = model
+
+
+class ModelForbidden(BackendError):
+    """The hub refused the model's files: a gated or private repo without a valid token."""
+
+    status = 403
+    kind = "permission_error"
+    code = "model_gated"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "model")
 
 
 class UnknownInstance(BackendError):
@@ -68,7 +82,19 @@ class GenerationFailed(BackendError):
 
 
 class Backend(Protocol):
-    def models(self) -> list[ModelCard]: ...
+    def models(self) -> list[ModelCard]:
+        """The models this cluster can serve now without asking the hub."""
+        ...
+
+    async def find_model(self, model: str) -> ModelCard:
+        """The card for a name: a served model, an alias, or a hub repo id ("owner/name
+        [@revision]") read from the hub and added to the cluster. Raises `UnknownModel`,
+        `ModelForbidden`, `InvalidRequest` (not a model exo can run) or `Unavailable`."""
+        ...
+
+    def model_views(self) -> list[dict[str, Any]]:
+        """Every model the cluster knows, with its card and per-node downloads (GET /models)."""
+        ...
 
     def state_view(self) -> dict[str, Any]:
         """`{"node_id", "master", "term", "index", "hash", "state"}` for GET /state."""
@@ -95,7 +121,7 @@ class Backend(Protocol):
 
     async def delete_instance(self, instance_id: str) -> None: ...
 
-    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         """Every candidate placement of `model`, valid or not, with reasons and predictions."""
         ...
 
@@ -116,3 +142,12 @@ class Backend(Protocol):
         `GenerationFailed` or `InvalidRequest` while iterating.
         """
         ...
+
+
+async def lookup_model(backend: Backend, model: str) -> ModelCard | BackendError:
+    """The model's card, or the error to answer with, before any stream starts, so even a
+    streaming client gets a real 404 (or 403, 400, 503) for a model it cannot have."""
+    try:
+        return await backend.find_model(model)
+    except BackendError as error:
+        return error

@@ -15,7 +15,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, InvalidRequest, UnknownModel
+from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import as_backend_error, backend_error_response, json_response
 from exo.api.logprobs import completion_logprobs
 from exo.api.openai import (
@@ -151,8 +151,9 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
             completion = parse_completion_request(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error_response(error)
-        if all(card.model_id != completion.model for card in backend.models()):
-            return backend_error_response(UnknownModel(completion.model))
+        found = await lookup_model(backend, completion.model)
+        if isinstance(found, BackendError):
+            return backend_error_response(found)
         if completion.stream:
             return TrioResponse(
                 GenerationStream(

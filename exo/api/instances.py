@@ -106,7 +106,7 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
                     "'context_length' must be an integer of at least 1 (tokens).",
                     "context_length",
                 )
-            return backend.previews(model, int(context) if context else None)
+            return await backend.previews(model, int(context) if context else None)
 
         return await answer(work)
 

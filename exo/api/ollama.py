@@ -9,11 +9,12 @@ reply to JSON; `tools` on /api/chat come back as `message.tool_calls`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from attrs import evolve, frozen
@@ -21,7 +22,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, BackendError, InvalidRequest
+from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel, lookup_model
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.openai import parse_messages
 from exo.api.openai_params import ANY_JSON_OBJECT
@@ -29,6 +30,7 @@ from exo.api.streaming import GenerationStream, whole_generation
 from exo.api.tool_calls import CallParser, parse_tools
 from exo.api.validation import decode_json_body, is_number
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
+from exo.models.bundled import BundledModelMissing, bundled_gguf
 from exo.models.cards import ModelCard
 
 # The Ollama API version whose request and response shapes this follows.
@@ -79,6 +81,12 @@ def ollama_error(status: int, message: str) -> TrioResponse:
 
 def backend_error(error: BackendError) -> TrioResponse:
     return ollama_error(error.status, error.message)
+
+
+def _keep_alive_until() -> str:
+    """exo keeps a model loaded until its instance is deleted: a day ahead, always."""
+    later = datetime.now(UTC) + timedelta(days=1)
+    return later.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _now() -> str:
@@ -300,20 +308,52 @@ class NdjsonFormat:
 def _details(card: ModelCard) -> dict[str, Any]:
     return {
         "format": "gguf" if card.source == "bundled" else "safetensors",
-        "family": "llama",
-        "families": ["llama"],
-        "parameter_size": "",
-        "quantization_level": "",
+        "family": card.architecture,
+        "families": [card.architecture],
+        "parameter_size": parameter_size(card.parameters),
+        "quantization_level": quantization_level(card),
     }
+
+
+def parameter_size(parameters: int) -> str:
+    """Ollama's way to write a size: "135M", "8.0B"."""
+    if parameters >= 10**9:
+        return f"{parameters / 1e9:.1f}B"
+    if parameters >= 10**6:
+        return f"{parameters / 1e6:.0f}M"
+    return str(parameters) if parameters else ""
+
+
+def quantization_level(card: ModelCard) -> str:
+    quantization = card.quantization
+    if quantization is None:
+        return "F16"
+    if card.source == "bundled":
+        return "Q4_1"
+    if quantization.mode != "affine":
+        return quantization.mode.upper()
+    return f"Q{quantization.bits}"
+
+
+def modified_at(card: ModelCard) -> str:
+    """When the model last changed: the hub's date, or when the bundled model's package
+    was installed."""
+    if card.modified:
+        return card.modified
+    if card.source == "bundled":
+        with contextlib.suppress(BundledModelMissing, OSError):
+            mtime = bundled_gguf(card).stat().st_mtime
+            return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
+    return "1970-01-01T00:00:00Z"  # unknown; Ollama's clients insist on a date
 
 
 def _tag(card: ModelCard) -> dict[str, Any]:
     return {
         "name": card.model_id,
         "model": card.model_id,
-        "modified_at": "1970-01-01T00:00:00Z",
+        "modified_at": modified_at(card),
         "size": card.weight_bytes,
-        "digest": hashlib.sha256(card.model_id.encode()).hexdigest(),
+        "digest": card.digest or hashlib.sha256(card.model_id.encode()).hexdigest(),
         "details": _details(card),
     }
 
@@ -333,9 +373,11 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         except InvalidRequest as error:
             return backend_error(error)
         model, messages = asked.model, asked.messages
-        card = find_card(model)
-        if card is None:
+        card = await lookup_model(backend, model.removesuffix(":latest"))
+        if isinstance(card, UnknownModel):
             return ollama_error(404, f"model '{model}' not found")
+        if isinstance(card, BackendError):
+            return backend_error(card)
         if not chat and asked.text is None and not messages[-1].content and len(messages) == 1:
             # Ollama's way to load a model: an empty prompt answers at once.
             return json_response(
@@ -399,22 +441,23 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
                 "template": "",
                 "details": _details(card),
                 "model_info": {
-                    "general.architecture": "llama",
-                    "llama.block_count": card.num_layers,
-                    "llama.context_length": card.context_length,
-                    "llama.embedding_length": card.hidden_size,
-                    "llama.attention.head_count": card.num_heads,
-                    "llama.attention.head_count_kv": card.num_kv_heads,
+                    "general.architecture": card.architecture,
+                    "general.parameter_count": card.parameters,
+                    f"{card.architecture}.block_count": card.num_layers,
+                    f"{card.architecture}.context_length": card.context_length,
+                    f"{card.architecture}.embedding_length": card.hidden_size,
+                    f"{card.architecture}.attention.head_count": card.num_heads,
+                    f"{card.architecture}.attention.head_count_kv": card.num_kv_heads,
                 },
                 "capabilities": ["completion", "tools"],
-                "modified_at": "1970-01-01T00:00:00Z",
+                "modified_at": modified_at(card),
             }
         )
 
     async def running() -> TrioResponse:
         ready = {i["model"] for i in backend.instances() if i["status"] == "ready"}
         models = [
-            {**_tag(card), "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0}
+            {**_tag(card), "expires_at": _keep_alive_until(), "size_vram": 0}
             for card in backend.models()
             if card.model_id in ready
         ]

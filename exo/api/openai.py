@@ -20,8 +20,10 @@ from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import (
     Backend,
+    BackendError,
     InvalidRequest,
     UnknownModel,
+    lookup_model,
 )
 from exo.api.errors import (
     as_backend_error,
@@ -434,12 +436,9 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             {"object": "list", "data": [model_object(card) for card in backend.models()]}
         )
 
-    def find_card(model_id: str) -> ModelCard | None:
-        return next((c for c in backend.models() if c.model_id == model_id), None)
-
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> TrioResponse:
-        card = find_card(model_id)
+        card = next((c for c in backend.models() if c.model_id == model_id), None)
         if card is None:
             return backend_error_response(UnknownModel(model_id))
         return json_response(model_object(card))
@@ -452,9 +451,9 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             chat = parse_chat_request(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error_response(error)
-        if find_card(chat.model) is None:
-            # Checked before a stream starts, so even a streaming client gets a real 404.
-            return backend_error_response(UnknownModel(chat.model))
+        found = await lookup_model(backend, chat.model)
+        if isinstance(found, BackendError):
+            return backend_error_response(found)
 
         if chat.stream:
             return TrioResponse(

@@ -30,6 +30,7 @@ SSE = "text/event-stream"
 _STATUS_TEXT = {
     400: "Invalid request: malformed JSON, invalid UTF-8, JSON nested over 512 levels, a field "
     "of the wrong type or out of range, an unsupported feature",
+    403: "A gated or private hub repo, and no token the hub accepts (set HF_TOKEN)",
     404: "Unknown model, instance or route",
     405: "Wrong method for this path; the `Allow` header lists the right ones",
     408: "The request body was not received in time",
@@ -40,7 +41,7 @@ _STATUS_TEXT = {
 # whole first), of routes that read a JSON body, and of those that run a generation.
 ANY_ROUTE = (405, 408, 413)
 BODY = (400, *ANY_ROUTE)
-GENERATION = (*BODY, 404, 503)
+GENERATION = (*BODY, 403, 404, 503)
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
@@ -128,6 +129,19 @@ def admin_paths() -> dict[str, Schema]:
                 "instances",
                 ok(s.previews()) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
                 parameters=preview_query,
+            )
+        },
+        "/models": plain(
+            "Every model the cluster knows, with each node's download of it",
+            s.record({"models": s.array(s.model_view())}),
+            "models",
+        ),
+        "/models/{model}": {
+            "get": op(
+                "One model; a hub repo id (owner/name[@revision]) reads its card from the hub",
+                "models",
+                ok(s.model_view()) | errors("OpenAI", (400, 403, 404, 503, *ANY_ROUTE)),
+                parameters=[path_param("model")],
             )
         },
         "/instances/{instance_id}": {

@@ -739,6 +739,32 @@ def place_request() -> Schema:
     return obj(fields, "model", additionalProperties=False)
 
 
+def model_view() -> Schema:
+    """A model as GET /models shows it: card (null for an alias not read yet), per-node
+    downloads, instances."""
+    download = record(
+        {
+            "phase": enum("pending", "downloading", "complete", "failed"),
+            "bytes_done": COUNT,
+            "bytes_total": COUNT,
+            "detail": STRING,
+            "rate": COUNT,
+        },
+        "rate",
+    )
+    return record(
+        {
+            "id": STRING,
+            "card": nullable(ANY_OBJECT),
+            "downloads": {"type": "object", "additionalProperties": download},
+            "instances": array(STRING),
+            "alias_of": STRING,
+        },
+        "instances",
+        "alias_of",
+    )
+
+
 def previews() -> Schema:
     names = ("strategy", "node_count", "shards", "memory_by_node", "predicted_tokens_per_second")
     return array(record({**untyped(*names), "valid": BOOLEAN, "reason": STRING}))

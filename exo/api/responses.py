@@ -22,7 +22,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel
+from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
@@ -289,9 +289,9 @@ def register_responses(app: QuartTrio, backend: Backend) -> None:
             parsed = parse_responses_request(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error_response(error)
-        if all(card.model_id != parsed.model for card in backend.models()):
-            # Checked before a stream starts, so even a streaming client gets a real 404.
-            return backend_error_response(UnknownModel(parsed.model))
+        found = await lookup_model(backend, parsed.model)
+        if isinstance(found, BackendError):
+            return backend_error_response(found)
         form = ResponsesFormat(parsed)
         generation = (backend, parsed.model, parsed.messages, parsed.params)
         if parsed.stream:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -78,6 +79,7 @@ class MlxEngine:
         hosts: Sequence[str] = (),
         strategy: str = "pipeline",
         context_length: int | None = None,
+        keep_quantized: bool = False,
     ) -> MlxEngine:
         """Load layers [start_layer, end_layer) of the model in `model_dir`.
 
@@ -103,11 +105,11 @@ class MlxEngine:
         group, doorbells = (
             pipeline.init_ring(rank, list(hosts), strategy) if distributed else (None, None)
         )
-        model, tokenizer = mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[misc]
+        model, tokenizer = load_shard_files(model_dir, start_layer, end_layer, config)
         if group is not None and strategy == "pipeline":
             pipeline.keep_layers(model, start_layer, end_layer, last=rank == group.size() - 1)
         device = _device_kind()
-        if device == "cpu":
+        if device == "cpu" and not keep_quantized:
             dequantize_to_float32(model)
             dtype = "float32"
         else:
@@ -310,6 +312,44 @@ class MlxEngine:
         if held:  # text held back for a stop string that never completed was real text
             yield protocol.TokenOut(request_id, held, last_token, tuple(held_logprobs))
         yield protocol.Finished(request_id, reason, len(prompt), completion, matched)
+
+
+def load_shard_files(
+    model_dir: Path, start_layer: int, end_layer: int, config: dict[str, Any]
+) -> tuple[nn.Module, TokenizerWrapper]:
+    """The model (lazily loaded) and its tokenizer from `model_dir`, which may hold only
+    the weight files of layers [start_layer, end_layer) and the shared tensors: a
+    pipeline rank's download. Missing files that the layers need are an error here, not
+    random weights later."""
+    index_path = model_dir / "model.safetensors.index.json"
+    if not index_path.is_file():
+        return mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[return-value]
+    weight_map: dict[str, str] = json.loads(index_path.read_text()).get("weight_map", {})
+    absent = {f for f in set(weight_map.values()) if not (model_dir / f).is_file()}
+    if not absent:
+        return mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[return-value]
+    num_layers = int(config["num_hidden_layers"])
+    needed: set[str] = set()
+    for name, file in weight_map.items():
+        match = _LAYER_TENSOR.search(name)
+        layer = int(match.group(1)) if match else None
+        if layer is None or start_layer <= layer < min(end_layer, num_layers):
+            needed.add(file)
+    lacking = sorted(needed & absent)
+    if lacking:
+        raise FileNotFoundError(
+            f"{model_dir} lacks {', '.join(lacking)}, which layers [{start_layer}, "
+            f"{end_layer}) need"
+        )
+    from mlx_lm.utils import load_model, load_tokenizer
+
+    model, loaded_config = load_model(model_dir, lazy=True, strict=False)
+    tokenizer = load_tokenizer(model_dir, eos_token_ids=loaded_config.get("eos_token_id"))
+    return model, tokenizer
+
+
+# A decoder layer's tensor name, as exo.models.hub matches it.
+_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, str | None]:

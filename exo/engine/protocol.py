@@ -92,6 +92,9 @@ class Load:
     strategy: str = "pipeline"
     # Cap on prompt + reply tokens (the context placement planned memory for).
     context_length: int | None = None
+    # On CPU: keep the weights as stored instead of widening them to float32 (placement
+    # found float32 does not fit).
+    keep_quantized: bool = False
 
 
 @frozen

@@ -149,6 +149,7 @@ class Runner:
                 request.hosts,
                 request.strategy,
                 request.context_length,
+                request.keep_quantized,
             )
         except Exception as exc:
             log.error("load failed:\n%s", traceback.format_exc())

@@ -9,6 +9,7 @@ from exo.events.facts import (
     DownloadStatus,
     FinishReason,
     LinkStats,
+    ModelCard,
     NodeProfile,
     RunnerStatus,
     Strategy,
@@ -19,6 +20,13 @@ from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
 @frozen
 class RegisterNode:
     profile: NodeProfile
+
+
+@frozen
+class AddModel:
+    """Make a model placeable: its card, read from the repo by the node that was asked."""
+
+    card: ModelCard
 
 
 @frozen
@@ -103,6 +111,7 @@ Command = (
     | MarkNodeDown
     | ReportLinks
     | AdoptSuffix
+    | AddModel
     | PlaceInstance
     | DeleteInstance
     | ReportRunnerStatus

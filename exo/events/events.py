@@ -9,6 +9,7 @@ from exo.events.facts import (
     FinishReason,
     Instance,
     LinkStats,
+    ModelCard,
     NodeProfile,
     RequestRecord,
     RunnerStatus,
@@ -26,6 +27,13 @@ class MasterElected:
 class NodeProfiled:
     node_id: NodeId
     profile: NodeProfile
+
+
+@frozen
+class ModelAdded:
+    """A model the cluster can place from now on: its card, read from its repo once."""
+
+    card: ModelCard
 
 
 @frozen
@@ -88,7 +96,12 @@ class NodeDown:
 
 # Decisions a deposed master's clients may have been told about: what adoption carries over.
 AdoptableEvent = (
-    InstanceCreated | InstanceDeleted | RequestStarted | RequestFinished | RequestFailed
+    ModelAdded
+    | InstanceCreated
+    | InstanceDeleted
+    | RequestStarted
+    | RequestFinished
+    | RequestFailed
 )
 
 
@@ -122,6 +135,7 @@ Event = (
     | NodeDown
     | LinksMeasured
     | SuffixAdopted
+    | ModelAdded
     | InstanceCreated
     | InstanceDeleted
     | RunnerStatusChanged

@@ -12,6 +12,7 @@ Accelerator = Literal["cpu", "metal", "cuda"]
 Strategy = Literal["pipeline", "tensor"]
 RunnerPhase = Literal["starting", "loading", "ready", "running", "failed"]
 DownloadPhase = Literal["pending", "downloading", "complete", "failed"]
+ModelSource = Literal["bundled", "hub", "local"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -36,6 +37,94 @@ class NodeProfile:
 
 
 @frozen
+class Quantization:
+    """How a model's matrices are stored: `bits` per weight in groups of `group_size`."""
+
+    bits: int
+    group_size: int
+    mode: str = "affine"
+
+
+@frozen
+class WeightFile:
+    """One safetensors file of a repo: its size, its hub sha256 (LFS files), and which
+    decoder layers [first_layer, end_layer) it holds tensors of; `shared` when it also holds
+    tensors outside the layers (embeddings, final norm, head), which every rank keeps."""
+
+    name: str
+    size: int
+    sha256: str = ""
+    first_layer: int = 0
+    end_layer: int = 0
+    shared: bool = False
+
+    def holds_layers(self, start: int, end: int) -> bool:
+        return self.first_layer < end and start < self.end_layer
+
+
+@frozen
+class ModelCard:
+    """What placement, downloads and the API need to know about a model, before any
+    weight is fetched: read from the repo's own config.json and file list (hub and local
+    models) or written down (the bundled one). Hub cards enter the log (`ModelAdded`), so
+    placement stays a pure function of the replicated state."""
+
+    model_id: ModelId
+    display_name: str
+    source: ModelSource
+    # bundled: the Python package and file inside it; hub: the repo id; local: a directory.
+    location: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    context_length: int
+    # Bytes of weights as stored (quantized or not).
+    weight_bytes: int
+    # Bytes a CPU runner holds once it widened every weight to float32.
+    loaded_bytes: int
+    # config.json's model_type (the mlx-lm architecture).
+    architecture: str = "llama"
+    # The commit the card was read at: every node fetches exactly this revision.
+    revision: str = ""
+    head_dim: int = 0
+    quantization: Quantization | None = None
+    num_experts: int = 0
+    experts_per_token: int = 0
+    # Stored bytes of each decoder layer, and of what lies outside the layers.
+    layer_bytes: tuple[int, ...] = ()
+    shared_bytes: int = 0
+    parameters: int = 0
+    weight_files: tuple[WeightFile, ...] = ()
+    # Config, tokenizer and template files every rank needs besides the weights.
+    support_files: tuple[str, ...] = ()
+    # sha256 over the weight files' hashes: one name for these exact weights.
+    digest: str = ""
+    # When the hub last changed the repo (ISO 8601), "" when unknown.
+    modified: str = ""
+
+    @property
+    def kv_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def stored_bytes(self, start: int, end: int) -> int:
+        """Stored bytes a rank holding layers [start, end) loads: its layers and the shared
+        tensors (every rank builds the embeddings and the head), or a proportional share
+        when the card has no per-layer figures."""
+        if len(self.layer_bytes) == self.num_layers:
+            return sum(self.layer_bytes[start:end]) + self.shared_bytes
+        return self.weight_bytes * (end - start) // self.num_layers
+
+    def float32_bytes(self, start: int, end: int) -> int:
+        """The same rank's bytes once widened to float32 (a CPU runner's default)."""
+        stored = self.stored_bytes(start, end)
+        if not self.weight_bytes:
+            return stored
+        return stored * self.loaded_bytes // self.weight_bytes
+
+
+@frozen
 class LinkStats:
     """What one node measured of its link to `peer`: round-trip time, and a cheap
     throughput estimate (bits per second) once one was taken."""
@@ -55,6 +144,8 @@ class Shard:
     rank: int
     start_layer: int
     end_layer: int
+    # On a CPU node: keep the weights as stored (quantized) because float32 does not fit.
+    keep_quantized: bool = False
 
 
 @frozen
@@ -89,6 +180,8 @@ class DownloadStatus:
     bytes_done: int = 0
     bytes_total: int = 0
     detail: str = ""
+    # Recent download rate (bytes per second) while downloading.
+    rate: int = 0
 
 
 @frozen
@@ -116,11 +209,15 @@ __all__ = [
     "FinishReason",
     "Instance",
     "LinkStats",
+    "ModelCard",
+    "ModelSource",
     "NodeProfile",
+    "Quantization",
     "RequestCounters",
     "RequestRecord",
     "RunnerPhase",
     "RunnerStatus",
     "Shard",
     "Strategy",
+    "WeightFile",
 ]

@@ -18,6 +18,7 @@ from exo.events.events import (
     InstanceDeleted,
     LinksMeasured,
     MasterElected,
+    ModelAdded,
     NodeDown,
     NodeProfiled,
     RequestFailed,
@@ -30,6 +31,7 @@ from exo.events.facts import (
     DownloadStatus,
     Instance,
     LinkStats,
+    ModelCard,
     NodeProfile,
     RequestCounters,
     RequestRecord,
@@ -51,6 +53,8 @@ class State:
     term: int = 0
     master: NodeId | None = None
     nodes: dict[NodeId, NodeProfile] = field(factory=dict)
+    # Models added from their repos (the bundled one needs no card here).
+    models: dict[ModelId, ModelCard] = field(factory=dict)
     instances: dict[InstanceId, Instance] = field(factory=dict)
     runners: dict[InstanceId, dict[NodeId, RunnerStatus]] = field(factory=dict)
     downloads: dict[NodeId, dict[ModelId, DownloadStatus]] = field(factory=dict)
@@ -115,6 +119,8 @@ def apply_event(state: State, event: object) -> State:
                 key = adoption_key(mark_term, mark_master)
                 adopted[key] = max(adopted.get(key, 0), mark_through)
             return evolve(state, adopted=adopted)
+        case ModelAdded(card=card):
+            return evolve(state, models={**state.models, card.model_id: card})
         case InstanceCreated(instance=instance):
             return evolve(
                 state,

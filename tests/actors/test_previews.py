@@ -6,8 +6,8 @@ from exo.actors.previews import (
     previews,
 )
 from exo.events.events import IndexedEvent, LinksMeasured, NodeProfiled
-from exo.events.facts import LinkStats, NodeProfile
-from exo.events.ids import NodeId
+from exo.events.facts import LinkStats, ModelCard, NodeProfile
+from exo.events.ids import ModelId, NodeId
 from exo.events.state import State, apply
 from exo.models.cards import BUNDLED_MODEL, CARDS
 
@@ -17,12 +17,12 @@ A, B, C, D = NodeId("a"), NodeId("b"), NodeId("c"), NodeId("d")
 
 
 def cluster(
-    links: dict[tuple[NodeId, NodeId], int] | None = None, free: tuple[int, ...] = (16, 12, 8)
+    links: dict[tuple[NodeId, NodeId], int] | None = None, free: tuple[float, ...] = (16, 12, 8)
 ) -> State:
     state = State()
     events: list[object] = [
-        NodeProfiled(n, NodeProfile("h", "linux-x86_64", 4, 128 * GIB, gib * GIB, "cpu", 1, 2))
-        for n, gib in zip((A, B, C), free, strict=True)
+        NodeProfiled(n, NodeProfile("h", "linux-x86_64", 4, 128 * GIB, int(gib * GIB), "cpu", 1, 2))
+        for n, gib in zip((A, B, C), free, strict=False)
     ]
     by_source: dict[NodeId, list[LinkStats]] = {}
     for (x, y), latency in (links or {}).items():
@@ -76,21 +76,36 @@ def test_rank_order_follows_the_fastest_links() -> None:
     )
 
 
-def test_catalogued_hub_models_can_be_previewed() -> None:
-    from exo.models.cards import card_for
+def hub_card(
+    repo: str, layers: int, hidden: int, heads: int, kv: int, context: int, gb: float
+) -> ModelCard:
+    """A 4-bit hub model's card as `exo.models.hub` reads it (figures of its config.json)."""
+    stored = int(gb * 1e9)
+    return ModelCard(
+        ModelId(repo), repo, "hub", repo, layers, hidden, heads, kv, 128256, context,
+        weight_bytes=stored, loaded_bytes=int(stored * 8 * 4 / 4.5), head_dim=hidden // heads,
+    )  # fmt: skip
 
-    llama = card_for("llama-3.1-8b")
-    assert llama is not None and llama.location == "mlx-community/Meta-Llama-3.1-8B-Instruct-4bit"
-    # Placement plans the KV cache of the full 128k context: 34 GiB in float32.
+
+LLAMA_8B = hub_card("mlx-community/Meta-Llama-3.1-8B-Instruct-4bit", 32, 4096, 32, 8, 131072, 4.5)
+DEEPSEEK_V3 = hub_card("mlx-community/DeepSeek-V3-0324-4bit", 61, 7168, 128, 128, 163840, 378)
+
+
+def test_hub_models_can_be_previewed_and_a_4bit_8b_fits_a_24_gib_cpu_node() -> None:
+    llama = LLAMA_8B
     by_kind = {(p.strategy, p.node_count): p for p in previews(cluster(free=(40, 40, 40)), llama)}
     assert by_kind[("pipeline", 1)].valid
     assert by_kind[("tensor", 2)].valid  # 32 heads, 8 KV heads, 4096 all divide by 2
     assert not by_kind[("tensor", 3)].valid
     assert by_kind[("tensor", 3)].reason == "32 attention heads do not divide by 3 nodes"
-    deepseek = card_for("deepseek-v3")
-    assert deepseek is not None
-    assert not any(p.valid for p in previews(cluster(), deepseek))
-    assert "free, needs" in previews(cluster(), deepseek)[2].reason
+    # On a 24 GiB CPU node (20 GiB free) float32 (32 GB) does not fit: it stays 4-bit,
+    # with a half-precision cache for the default 32k tokens of context.
+    one = {(p.strategy, p.node_count): p for p in previews(cluster(free=(20,)), llama)}
+    single = one[("pipeline", 1)]
+    assert single.valid and single.shards[0].keep_quantized
+    assert single.memory_by_node[A] < 10 * GIB
+    assert not any(p.valid for p in previews(cluster(), DEEPSEEK_V3))
+    assert "free, needs" in previews(cluster(), DEEPSEEK_V3)[2].reason
 
 
 def test_the_master_picks_the_fastest_predicted_placement() -> None:
@@ -111,5 +126,6 @@ def test_previews_plan_for_the_context_asked_for() -> None:
     small = cluster(free=(1, 1, 1))
     full = {(p.strategy, p.node_count): p for p in previews(small, CARD)}
     short = {(p.strategy, p.node_count): p for p in previews(small, CARD, context=512)}
-    assert not full[("pipeline", 1)].valid and "needs" in full[("pipeline", 1)].reason
-    assert short[("pipeline", 1)].valid
+    # The whole context fits only with the weights as stored; a short one in float32.
+    assert full[("pipeline", 1)].valid and full[("pipeline", 1)].shards[0].keep_quantized
+    assert short[("pipeline", 1)].valid and not short[("pipeline", 1)].shards[0].keep_quantized

@@ -11,6 +11,7 @@ from attrs import define, field, frozen
 
 from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
+from exo.events.codec import to_plain
 from exo.events.facts import FinishReason
 from exo.events.ids import ModelId
 from exo.models.cards import ModelCard
@@ -96,9 +97,22 @@ class FakeBackend:
     exit_errors: list[BaseException | None] = field(factory=list)
 
     instances_by_id: dict[str, dict[str, Any]] = field(factory=dict)
+    # Raised by find_model, as a hub lookup would (gated repo, hub unreachable).
+    find_error: BackendError | None = None
 
     def models(self) -> list[ModelCard]:
         return list(self.cards)
+
+    async def find_model(self, model: str) -> ModelCard:
+        if self.find_error is not None:
+            raise self.find_error
+        return self._card(model)
+
+    def model_views(self) -> list[dict[str, Any]]:
+        return [
+            {"id": c.model_id, "card": to_plain(c), "downloads": {}, "instances": []}
+            for c in self.cards
+        ]
 
     def _card(self, model: str) -> ModelCard:
         card = next((c for c in self.cards if c.model_id == model), None)
@@ -144,7 +158,7 @@ class FakeBackend:
         self.instance(instance_id)
         del self.instances_by_id[instance_id]
 
-    def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         self._card(model)
         return [
             {

@@ -1,0 +1,430 @@
+"""The hub side of models: reading a repo's card and fetching a shard's files, through
+`huggingface_hub`'s own code and cache. Blocking: actors call it through
+`Environment.run_blocking`.
+
+What `huggingface_hub` gives and exo relies on: `HF_ENDPOINT` (mirrors), `HF_TOKEN`
+(gated repos), `HF_HOME`/`HF_HUB_CACHE` (the cache every hub client on the machine
+shares, so models fetched by `mlx_lm` or `hf download` are used as they are),
+`HF_HUB_OFFLINE`, and resumable downloads (a killed download continues from its
+`.incomplete` file). What exo adds: only the files a shard needs, the sha256 check of
+every LFS file after it arrives (the client checks sizes only), a free-disk check that
+names the numbers, and progress as bytes for the download actor's reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+from exo.events.facts import ModelCard
+from exo.events.ids import ModelId
+from exo.models.hub import (
+    WEIGHT_SUFFIX,
+    NotAModel,
+    RepoFile,
+    RepoSnapshot,
+    TensorEntry,
+    bytes_of,
+    card_from_snapshot,
+    model_id_for,
+    parse_model_name,
+    tensor_bytes,
+)
+
+log = logging.getLogger("exo.hub")
+
+# Files fetched at once per download.
+DOWNLOAD_WORKERS = 4
+# Kept free beyond what a download needs, so the disk never fills to the last byte.
+DISK_MARGIN = 256 * 1024 * 1024
+_SHA256_HEX = 64
+
+
+class HubError(Exception):
+    """A hub failure a user can act on; the message says what happened and what to do."""
+
+
+class RepoNotFound(HubError):
+    pass
+
+
+class RepoGated(HubError):
+    pass
+
+
+class HubUnreachable(HubError):
+    """The hub (or mirror) did not answer; retrying later may succeed."""
+
+
+class NotEnoughDisk(HubError):
+    pass
+
+
+class CorruptDownload(HubError):
+    pass
+
+
+def mlx_lm_architectures() -> frozenset[str]:
+    """The model types the installed mlx-lm has a module for, found without importing it
+    (the node process never imports MLX)."""
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return frozenset(p.stem for p in models.glob("*.py") if not p.stem.startswith("_"))
+
+
+def default_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def repo_cache_dir(cache_dir: Path, repo_id: str) -> Path:
+    return cache_dir / ("models--" + repo_id.replace("/", "--"))
+
+
+class HubClient:
+    """One hub endpoint, token and cache; every argument defaults to huggingface_hub's
+    own reading of the environment."""
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        offline: bool | None = None,
+    ) -> None:
+        from huggingface_hub import constants
+
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.token = token
+        self.endpoint = endpoint
+        self.offline = constants.HF_HUB_OFFLINE if offline is None else offline
+
+    # --- cards ---------------------------------------------------------------------
+
+    def describe(self, name: str) -> ModelCard:
+        """The card of "owner/name[@revision]", read from the hub, or from the cache when
+        offline or when the hub does not answer and the cache has the snapshot."""
+        parsed = parse_model_name(name)
+        if parsed is None:
+            raise RepoNotFound(f"{name!r} is not a hub repo id (owner/name[@revision])")
+        repo_id, revision = parsed
+        model_id = model_id_for(repo_id, revision)
+        if not self.offline:
+            try:
+                snapshot = self._hub_snapshot(repo_id, revision)
+            except HubUnreachable:
+                cached = self.cached_snapshot(repo_id, revision)
+                if cached is None:
+                    raise
+                log.warning("hub unreachable; using the cached snapshot of %s", repo_id)
+                snapshot = cached
+        else:
+            cached = self.cached_snapshot(repo_id, revision)
+            if cached is None:
+                raise RepoNotFound(
+                    f"{repo_id} is not in the cache at {self.cache_dir} and HF_HUB_OFFLINE "
+                    "is set; download it first (exo models download) or unset HF_HUB_OFFLINE"
+                )
+            snapshot = cached
+        return card_from_snapshot(model_id, snapshot, known_architectures=mlx_lm_architectures())
+
+    def _hub_snapshot(self, repo_id: str, revision: str | None) -> RepoSnapshot:
+        from huggingface_hub import HfApi, hf_hub_download
+
+        api = HfApi(endpoint=self.endpoint, token=self.token)
+        try:
+            info = api.model_info(repo_id, revision=revision, files_metadata=True)
+            sha = info.sha or revision or "main"
+            files = tuple(
+                RepoFile(
+                    s.rfilename,
+                    int(s.size or (s.lfs.size if s.lfs else 0) or 0),
+                    str(s.lfs.sha256) if s.lfs else "",
+                )
+                for s in info.siblings or ()
+            )
+            names = {f.name for f in files}
+            if "config.json" not in names:
+                raise NotAModel(f"{repo_id}: the repo has no config.json")
+            config_path = hf_hub_download(
+                repo_id,
+                "config.json",
+                revision=sha,
+                cache_dir=self.cache_dir,
+                token=self.token,
+                endpoint=self.endpoint,
+            )
+            config = json.loads(Path(str(config_path)).read_text())
+            tensors: tuple[TensorEntry, ...] = ()
+            weight_map: dict[str, str] = {}
+            if any(n.endswith(WEIGHT_SUFFIX) for n in names) and (
+                "model.safetensors" in names or "model.safetensors.index.json" in names
+            ):
+                meta = api.get_safetensors_metadata(repo_id, revision=sha)
+                weight_map = dict(meta.weight_map)
+                tensors = tuple(
+                    TensorEntry(
+                        tensor,
+                        file,
+                        str(entry.dtype),
+                        tuple(entry.shape),
+                        entry.data_offsets[1] - entry.data_offsets[0],
+                    )
+                    for file, file_meta in sorted(meta.files_metadata.items())
+                    for tensor, entry in sorted(file_meta.tensors.items())
+                )
+        except Exception as error:
+            raise _translated(repo_id, error) from error
+        modified = info.last_modified.isoformat() if info.last_modified else ""
+        return RepoSnapshot(repo_id, sha, files, config, tensors, weight_map, modified)
+
+    def cached_snapshot(self, repo_id: str, revision: str | None) -> RepoSnapshot | None:
+        """The snapshot as the local cache holds it, or None when it has none."""
+        repo_dir = repo_cache_dir(self.cache_dir, repo_id)
+        ref = revision or "main"
+        sha = ref
+        ref_file = repo_dir / "refs" / ref
+        if ref_file.is_file():
+            sha = ref_file.read_text().strip()
+        snapshot = repo_dir / "snapshots" / sha
+        if not (snapshot / "config.json").is_file():
+            return None
+        return snapshot_of_directory(snapshot, repo_id, sha)
+
+    def describe_directory(self, path: Path, name: str) -> ModelCard:
+        """The card of a local model directory (MLX or Hugging Face layout), served as `name`."""
+        if not (path / "config.json").is_file():
+            raise NotAModel(f"{path} has no config.json: not a model directory")
+        snapshot = snapshot_of_directory(path, name, "")
+        return card_from_snapshot(
+            ModelId(name),
+            snapshot,
+            source="local",
+            location=str(path.resolve()),
+            known_architectures=mlx_lm_architectures(),
+        )
+
+    # --- files ---------------------------------------------------------------------
+
+    def snapshot_dir(self, card: ModelCard) -> Path:
+        if card.source == "local":
+            return Path(card.location)
+        return repo_cache_dir(self.cache_dir, card.location) / "snapshots" / card.revision
+
+    def missing(self, card: ModelCard, files: Iterable[str]) -> list[str]:
+        """The files not in the snapshot yet, or not of the size the card says (torn or
+        replaced files are fetched again)."""
+        directory = self.snapshot_dir(card)
+        sizes = {f.name: f.size for f in card.weight_files}
+        out: list[str] = []
+        for name in files:
+            path = directory / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                out.append(name)
+                continue
+            if name in sizes and sizes[name] and size != sizes[name]:
+                out.append(name)
+        return out
+
+    def download(
+        self, card: ModelCard, files: Iterable[str], on_bytes: Callable[[int], None]
+    ) -> None:
+        """Fetch the named files of the card's revision into the cache, verified.
+
+        `on_bytes(n)` is called from worker threads as bytes arrive (negative when a
+        corrupt file's bytes are discarded)."""
+        if card.source == "local":
+            missing = self.missing(card, files)
+            if missing:
+                raise NotAModel(f"{card.location} lacks {', '.join(missing)}")
+            return
+        needed = self.missing(card, files)
+        if not needed:
+            return
+        self.check_disk(card, needed)
+        with ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
+            for done in [pool.submit(self._fetch_verified, card, n, on_bytes) for n in needed]:
+                done.result()
+
+    def check_disk(self, card: ModelCard, names: list[str]) -> None:
+        need = bytes_of(card, names)
+        where = self.cache_dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if free < need + DISK_MARGIN:
+            raise NotEnoughDisk(
+                f"{card.model_id} needs {_gib(need)} more on the disk of {self.cache_dir}, "
+                f"which has {_gib(free)} free; free some space (exo models rm) or set HF_HOME"
+            )
+
+    def _fetch_verified(self, card: ModelCard, name: str, on_bytes: Callable[[int], None]) -> None:
+        expected = next((f.sha256 for f in card.weight_files if f.name == name), "")
+        for attempt in range(2):
+            path = Path(self._fetch(card, name, on_bytes))
+            if not expected or file_sha256(path) == expected:
+                return
+            size = path.stat().st_size
+            log.warning("%s of %s failed its sha256 check; fetching it again", name, card.model_id)
+            _remove_cached(path)
+            on_bytes(-size)
+            if attempt == 1:
+                raise CorruptDownload(
+                    f"{name} of {card.model_id} does not match the hub's sha256 after two "
+                    "downloads; the mirror may serve a damaged file"
+                )
+
+    def _fetch(self, card: ModelCard, name: str, on_bytes: Callable[[int], None]) -> str:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return str(
+                hf_hub_download(
+                    card.location,
+                    name,
+                    revision=card.revision,
+                    cache_dir=self.cache_dir,
+                    token=self.token,
+                    endpoint=self.endpoint,
+                    tqdm_class=cast(Any, byte_counter(on_bytes)),
+                )
+            )
+        except Exception as error:
+            raise _translated(card.location, error) from error
+
+
+def snapshot_of_directory(directory: Path, repo_id: str, revision: str) -> RepoSnapshot:
+    """A snapshot read from files on disk: a cache snapshot or a local model directory.
+
+    Weight files the index names but the directory lacks (a shard's partial download)
+    are listed with size 0; tensors are read only when every weight file is present."""
+    files: dict[str, RepoFile] = {}
+    for path in sorted(directory.iterdir()):
+        if not path.is_file():
+            continue
+        target = path.resolve()
+        blob = target.name if len(target.name) == _SHA256_HEX else ""
+        files[path.name] = RepoFile(path.name, target.stat().st_size, blob)
+    config = json.loads((directory / "config.json").read_text())
+    weight_map: dict[str, str] = {}
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = dict(json.loads(index.read_text()).get("weight_map", {}))
+        for file in sorted(set(weight_map.values())):
+            files.setdefault(file, RepoFile(file, 0))
+    weights = [f for f in files.values() if f.name.endswith(WEIGHT_SUFFIX)]
+    tensors: tuple[TensorEntry, ...] = ()
+    if weights and all((directory / f.name).is_file() for f in weights):
+        tensors = tuple(t for f in weights for t in read_tensors(directory / f.name))
+    return RepoSnapshot(repo_id, revision, tuple(files.values()), config, tensors, weight_map)
+
+
+def read_tensors(path: Path) -> list[TensorEntry]:
+    """Every tensor of a safetensors file, from its header (8-byte length, then JSON)."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    out: list[TensorEntry] = []
+    for name, entry in sorted(header.items()):
+        if name == "__metadata__":
+            continue
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = entry.get("data_offsets", (0, tensor_bytes(entry["dtype"], shape)))
+        out.append(TensorEntry(name, path.name, str(entry["dtype"]), shape, int(end) - int(begin)))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def byte_counter(on_bytes: Callable[[int], None]) -> type:
+    """A progress class for `hf_hub_download(tqdm_class=...)` that reports bytes: the
+    client builds it with tqdm's keyword arguments and calls `update(n)` per chunk."""
+
+    class ByteCounter:
+        def __init__(self, *_: Any, initial: int = 0, **__: Any) -> None:
+            if initial:  # resumed from an .incomplete file: those bytes are here
+                on_bytes(int(initial))
+
+        def update(self, n: float | None = 1) -> None:
+            if n:
+                on_bytes(int(n))
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> ByteCounter:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    return ByteCounter
+
+
+def _remove_cached(path: Path) -> None:
+    """Drop a cached file: the snapshot's link and the blob behind it."""
+    blob = path.resolve()
+    for p in {path, blob}:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _translated(repo_id: str, error: Exception) -> Exception:
+    """`error` as a `HubError` (or `NotAModel`) when it is not one already."""
+    if isinstance(error, HubError | NotAModel):
+        return error
+    return translate_error(repo_id, error)
+
+
+def translate_error(repo_id: str, error: Exception) -> Exception:
+    from huggingface_hub import errors
+
+    if isinstance(error, errors.GatedRepoError):
+        return RepoGated(
+            f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN on every "
+            "node (the token given was refused or missing)"
+        )
+    if isinstance(error, errors.RevisionNotFoundError):
+        return RepoNotFound(f"{repo_id} has no such revision")
+    if isinstance(error, errors.RepositoryNotFoundError):
+        return RepoNotFound(f"no repo {repo_id} on the hub (or it is private: set HF_TOKEN)")
+    if isinstance(error, errors.RemoteEntryNotFoundError):
+        return NotAModel(f"{repo_id}: {error}")
+    if isinstance(error, errors.NotASafetensorsRepoError):
+        return NotAModel(f"{repo_id}: no safetensors weights ({error})")
+    if isinstance(error, errors.OfflineModeIsEnabled):
+        return HubUnreachable(f"HF_HUB_OFFLINE is set and {repo_id} is not cached")
+    if isinstance(error, errors.HfHubHTTPError):
+        status = error.response.status_code if error.response is not None else 0
+        if status in (401, 403):
+            return RepoGated(f"the hub refused access to {repo_id} ({status}); check HF_TOKEN")
+        if status >= 500 or status in (408, 429):
+            return HubUnreachable(f"the hub answered {status} for {repo_id}; retrying later")
+        return HubError(f"the hub answered {status} for {repo_id}: {error}")
+    if isinstance(error, OSError | TimeoutError) or type(error).__module__.startswith("httpx"):
+        return HubUnreachable(
+            f"the hub is unreachable for {repo_id}: {type(error).__name__}: {error}"
+        )
+    return error
