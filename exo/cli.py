@@ -1,4 +1,5 @@
-"""The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log."""
+"""The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log,
+`exo models` manages the hub models in this machine's cache."""
 
 from __future__ import annotations
 
@@ -115,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--home", help="node home whose log to replay")
     rep.add_argument("--until", type=int, help="stop after this event index")
 
+    from exo import models_cli
+
+    models_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "node":
         return _node(args)
+    if args.command == "models":
+        return models_cli.run(args)
     return _replay(args)
 
 

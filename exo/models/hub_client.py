@@ -290,22 +290,70 @@ class HubClient:
                 )
 
     def _fetch(self, card: ModelCard, name: str, on_bytes: Callable[[int], None]) -> str:
-        from huggingface_hub import hf_hub_download
+        """One file into the cache, resumable across restarts: bytes go to a partial file
+        named by the blob's etag, which the next attempt continues with a Range request.
 
+        Why not `hf_hub_download`: since huggingface_hub 1.x it writes each attempt to a
+        process-unique temporary file and deletes it on failure, so a node killed at 90 %
+        of a 40 GB file starts again from zero. The cache layout written here (blob named
+        by etag, snapshot symlink, refs) is the one every hub client reads.
+        """
+        from filelock import FileLock
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import build_hf_headers
+
+        repo_dir = repo_cache_dir(self.cache_dir, card.location)
+        pointer = repo_dir / "snapshots" / card.revision / name
         try:
-            return str(
-                hf_hub_download(
-                    card.location,
-                    name,
-                    revision=card.revision,
-                    cache_dir=self.cache_dir,
-                    token=self.token,
-                    endpoint=self.endpoint,
-                    tqdm_class=cast(Any, byte_counter(on_bytes)),
-                )
+            url = hf_hub_url(card.location, name, revision=card.revision, endpoint=self.endpoint)
+            meta = get_hf_file_metadata(
+                url, token=self.token, endpoint=self.endpoint, retry_on_errors=True
             )
+            etag = (meta.etag or "").strip('"').removeprefix("W/").strip('"')
+            if not etag:
+                raise HubError(f"the hub sent no etag for {name} of {card.location}")
+            blobs = repo_dir / "blobs"
+            blobs.mkdir(parents=True, exist_ok=True)
+            blob = blobs / etag
+            partial = blobs / f"{etag}.exo-partial"
+            with FileLock(str(blobs / f"{etag}.exo-lock")):
+                if not blob.exists():
+                    done = partial.stat().st_size if partial.exists() else 0
+                    if meta.size is not None and done > meta.size:
+                        partial.unlink()
+                        done = 0
+                    counter = byte_counter(on_bytes)
+                    with partial.open("ab") as out:
+                        http_get(
+                            meta.location,
+                            out,
+                            resume_size=done,
+                            headers=build_hf_headers(token=self.token),
+                            expected_size=meta.size,
+                            displayed_filename=name,
+                            tqdm_class=cast(Any, counter),
+                        )
+                    os.replace(partial, blob)
+            _link(blob, pointer)
         except Exception as error:
             raise _translated(card.location, error) from error
+        return str(pointer)
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    """The snapshot's entry for a file: a relative symlink to its blob, as the cache has."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(blob, pointer.parent)
+    if pointer.is_symlink() or pointer.exists():
+        if pointer.is_symlink() and os.readlink(pointer) == target:
+            return
+        pointer.unlink()
+    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, pointer)
 
 
 def snapshot_of_directory(directory: Path, repo_id: str, revision: str) -> RepoSnapshot:

@@ -1,3 +1,4 @@
+import attrs
 import pytest
 
 from exo.actors.decide import Rejected, decide, instance_id_for
@@ -10,6 +11,7 @@ from exo.actors.placement import (
     split_layers,
 )
 from exo.events.commands import (
+    AddModel,
     DeleteInstance,
     Envelope,
     FinishRequest,
@@ -18,8 +20,14 @@ from exo.events.commands import (
     ReportRunnerStatus,
     StartRequest,
 )
-from exo.events.events import IndexedEvent, InstanceCreated, NodeProfiled, RequestStarted
-from exo.events.facts import NodeProfile, RunnerStatus
+from exo.events.events import (
+    IndexedEvent,
+    InstanceCreated,
+    ModelAdded,
+    NodeProfiled,
+    RequestStarted,
+)
+from exo.events.facts import ModelCard, NodeProfile, RunnerStatus
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
 from exo.events.state import State, apply
 from exo.models.cards import BUNDLED_MODEL, CARDS
@@ -190,3 +198,39 @@ def test_a_gpu_node_holds_the_weights_as_stored_and_a_half_precision_cache() -> 
     head_dim = CARD.hidden_size // CARD.num_heads
     kv = 2 * 30 * CARD.num_kv_heads * head_dim * CARD.context_length * 2
     assert gpu == int(CARD.weight_bytes + kv) + HEADROOM_BYTES
+
+
+def hub_card(layers: int = 4) -> ModelCard:
+    """A 4-bit hub model as `exo.models.hub` reads it: 25 MB a layer, 100 MB shared."""
+    return ModelCard(
+        ModelId("org/tiny-4bit"), "tiny-4bit", "hub", "org/tiny-4bit", layers, 256, 4, 2,
+        1000, 4096, weight_bytes=layers * 25_000_000 + 100_000_000,
+        loaded_bytes=8 * (layers * 25_000_000 + 100_000_000), architecture="qwen3",
+        revision="c" * 40, layer_bytes=(25_000_000,) * layers, shared_bytes=100_000_000,
+    )  # fmt: skip
+
+
+def test_a_hub_model_is_added_once_and_then_placed_from_its_card_in_the_state() -> None:
+    state = state_with(a=8, b=8)
+    card = hub_card()
+    assert isinstance(decide(state, envelope(PlaceInstance(card.model_id))), Rejected)
+    (added,) = decide(state, envelope(AddModel(card)))  # type: ignore[misc]
+    assert added == ModelAdded(card)
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, added))
+    assert state.models == {card.model_id: card}
+    # The first card read wins: every node fetches the revision it names.
+    newer = attrs.evolve(card, revision="d" * 40)
+    assert decide(state, envelope(AddModel(newer))) == []
+    # The bundled model needs no card in the state.
+    assert decide(state, envelope(AddModel(attrs.evolve(card, model_id=BUNDLED_MODEL)))) == []
+    (created,) = decide(state, envelope(PlaceInstance(card.model_id)))  # type: ignore[misc]
+    assert isinstance(created, InstanceCreated)
+    assert [(s.start_layer, s.end_layer) for s in created.instance.shards] == [(0, 4)]
+    # Each rank's memory: its layers and the shared tensors, widened to float32 on CPU.
+    placement = place(state, card, "pipeline", 2)
+    assert [(s.start_layer, s.end_layer) for s in placement.shards] == [(0, 2), (2, 4)]
+    first = placement.memory_by_node[placement.shards[0].node_id]
+    assert first == required_bytes(card, 0, 2)
+    assert card.float32_bytes(0, 2) == 8 * (2 * 25_000_000 + 100_000_000)
+    # The instance records the context its memory was planned for.
+    assert created.instance.context_length == 4096

@@ -21,9 +21,17 @@ T = TypeVar("T")
 KEY = "correct horse battery staple"
 
 
-def start_cluster(root: Path, models_dir: Path, count: int) -> list[NodeProcess]:
-    """`count` nodes on 127.0.0.1 that dial each other with a shared key, no preload."""
-    nodes = [NodeProcess(root / f"n{i}", models_dir) for i in range(count)]
+def start_cluster(
+    root: Path, models_dir: Path, count: int, env: dict[str, str] | None = None
+) -> list[NodeProcess]:
+    """`count` nodes on 127.0.0.1 that dial each other with a shared key, no preload;
+    each has its own hub cache (HF_HOME) under its home."""
+    nodes = [
+        NodeProcess(
+            root / f"n{i}", models_dir, env={**(env or {}), "HF_HOME": str(root / f"hf{i}")}
+        )
+        for i in range(count)
+    ]
     for node in nodes:
         peers = ",".join(f"127.0.0.1:{o.peer_port}" for o in nodes if o is not node)
         node.extra = (
@@ -70,6 +78,7 @@ class NodeProcess:
         *extra: str,
         discovery: bool = False,
         netns: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.home = home
         self.models_dir = models_dir
@@ -80,6 +89,8 @@ class NodeProcess:
         self.discovery = discovery
         # Run inside this network namespace (and reach its API from inside it too).
         self.netns = netns
+        # Extra environment variables (HF_ENDPOINT, HF_HOME, ...) for the node process.
+        self.env = dict(env or {})
         self.log_path = home.parent / f"{home.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -111,7 +122,7 @@ class NodeProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "EXO_LOG_LEVEL": "debug"},
+            env={**os.environ, "EXO_LOG_LEVEL": "debug", **self.env},
         )
         log.close()
         wait_for(lambda: self.get("/healthz") or None, 60, "node API")
