@@ -1,0 +1,1 @@
+"""A local stand-in for the Hugging Face hub, and the model repos it serves in tests."""
