@@ -145,3 +145,9 @@ class SimModelStore:
 
     def size(self, card: ModelCard, files: tuple[str, ...]) -> int:
         return len(card.model_id)
+
+    def partial_path(self, card: ModelCard, name: str) -> Path | None:
+        return None  # weights arrive whole: there is nothing to copy between nodes
+
+    def complete_partial(self, card: ModelCard, name: str) -> None:
+        raise NotImplementedError("the simulator copies no files between nodes")

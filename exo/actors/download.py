@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,7 @@ import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
+from exo.actors.file_share import FileShare, PeerCopyFailed, plan_sources
 from exo.actors.replica import Replica
 from exo.events.commands import ReportDownload
 from exo.events.facts import DownloadStatus, ModelCard
@@ -30,7 +32,7 @@ from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled
 from exo.models.cards import card_for
 from exo.models.gguf import is_converted
 from exo.models.hub import bytes_of, files_for_layers
-from exo.models.hub_client import HubClient, HubUnreachable
+from exo.models.hub_client import DOWNLOAD_WORKERS, CorruptDownload, HubClient, HubUnreachable
 
 log = logging.getLogger("exo.download")
 
@@ -82,6 +84,14 @@ class ModelStore(Protocol):
         """Bytes of the files once complete (the total a download reports)."""
         ...
 
+    def partial_path(self, card: ModelCard, name: str) -> Path | None:
+        """Where a copy of the file from a peer goes; None: only the hub can give it."""
+        ...
+
+    def complete_partial(self, card: ModelCard, name: str) -> None:
+        """Verify the copied file and make it part of the model's directory."""
+        ...
+
 
 class NodeModelStore:
     """The bundled model under `models_dir`; hub and local models through `HubClient`."""
@@ -123,6 +133,12 @@ class NodeModelStore:
             return
         self.hub.download(card, files, on_bytes)
 
+    def partial_path(self, card: ModelCard, name: str) -> Path | None:
+        return None if card.source == "bundled" else self.hub.partial_path(card, name)
+
+    def complete_partial(self, card: ModelCard, name: str) -> None:
+        self.hub.complete_partial(card, name)
+
     def size(self, card: ModelCard, files: tuple[str, ...]) -> int:
         if card.source == "bundled":
             target = self.model_dir(card)
@@ -139,6 +155,7 @@ class Downloader:
         commands: CommandClient,
         models_dir: Path,
         store: ModelStore | None = None,
+        files: FileShare | None = None,
     ) -> None:
         self._node_id = node_id
         self._env = env
@@ -146,6 +163,9 @@ class Downloader:
         self._commands = commands
         self.models_dir = models_dir
         self._store: ModelStore = store or NodeModelStore(models_dir)
+        # Copies of weight files from peers (None: the hub only, as in the simulator).
+        self._files = files
+        self._copy_slots = trio.CapacityLimiter(DOWNLOAD_WORKERS)
         self._failed_here: set[ModelId] = set()
         # Transient failures: when to try the model again, and the delay after that.
         self._retry_at: dict[ModelId, tuple[float, float]] = {}
@@ -225,10 +245,66 @@ class Downloader:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(report_progress)
-            await self._env.run_blocking(
-                lambda: self._store.fetch(card, tuple(missing), progress.add)
-            )
+            await self._fetch_files(card, set(missing), progress)
             nursery.cancel_scope.cancel()
+
+    async def _fetch_files(self, card: ModelCard, pending: set[str], progress: _Progress) -> None:
+        """Each file from a peer that holds it, or after the peer fetching it from the hub
+        is done, or from the hub (`file_share.plan_sources`)."""
+        refused: set[tuple[NodeId, str]] = set()
+
+        def copyable(name: str) -> bool:
+            return self._files is not None and self._store.partial_path(card, name) is not None
+
+        while pending:
+            state = self._replica.state
+            plan = plan_sources(state, self._node_id, card, pending, copyable, frozenset(refused))
+            from_hub = tuple(sorted(n for n, (kind, _) in plan.items() if kind == "hub"))
+            from_peers = {n: src for n, (kind, src) in plan.items() if kind == "peer"}
+            if not from_hub and not from_peers:
+                waiting = sorted({str(src) for kind, src in plan.values() if kind == "wait"})
+                log.info("waiting for %s to fetch files of %s", ", ".join(waiting), card.model_id)
+                with trio.move_on_after(RETRY_MAX):
+                    await self._replica.wait_changed()
+                continue
+            done: set[str] = set()
+            async with trio.open_nursery() as nursery:
+                if from_hub:
+                    nursery.start_soon(self._from_hub, card, from_hub, progress, done)
+                for name, peers in sorted(from_peers.items()):
+                    nursery.start_soon(self._copy, card, name, peers, progress, done, refused)
+            pending -= done
+
+    async def _from_hub(
+        self, card: ModelCard, names: tuple[str, ...], progress: _Progress, done: set[str]
+    ) -> None:
+        await self._env.run_blocking(partial(self._store.fetch, card, names, progress.add))
+        done.update(names)
+
+    async def _copy(
+        self,
+        card: ModelCard,
+        name: str,
+        peers: object,
+        progress: _Progress,
+        done: set[str],
+        refused: set[tuple[NodeId, str]],
+    ) -> None:
+        assert self._files is not None and isinstance(peers, tuple)
+        target = self._store.partial_path(card, name)
+        assert target is not None
+        async with self._copy_slots:
+            for peer in peers:
+                try:
+                    await self._files.copy(peer, card, name, target, progress.add)
+                    await self._env.run_blocking(lambda: self._store.complete_partial(card, name))
+                except (PeerCopyFailed, CorruptDownload) as exc:
+                    log.warning("copying %s from node %s failed: %s", name, peer, exc)
+                    refused.add((peer, name))
+                    continue
+                log.info("copied %s of %s from node %s", name, card.model_id, peer)
+                done.add(name)
+                return
 
     async def _failed(self, model: ModelId, exc: Exception) -> None:
         detail = str(exc) or type(exc).__name__

@@ -22,6 +22,7 @@ from exo.actors.discovery import DEFAULT_PORT as DEFAULT_DISCOVERY_PORT
 from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore, NodeModelStore
 from exo.actors.environment import Environment
+from exo.actors.file_share import FileShare
 from exo.actors.identity import load_or_create_node_id
 from exo.actors.link_probe import LinkProbe
 from exo.actors.links import LinkNetwork, cluster_secret
@@ -30,7 +31,7 @@ from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
-from exo.actors.wire import DATA_MESSAGE_TYPES, PeerMessage
+from exo.actors.wire import DATA_MESSAGE_TYPES, FILE_MESSAGE_TYPES, PeerMessage
 from exo.api.app import create_app, serve
 from exo.events.commands import Envelope, PlaceInstance
 from exo.events.facts import ModelCard
@@ -120,6 +121,10 @@ async def run_node(
             if data_plane is not None:
                 data_plane.deliver(sender, message)  # type: ignore[arg-type]
             return
+        if isinstance(message, FILE_MESSAGE_TYPES):
+            if file_share is not None:
+                file_share.deliver(sender, message)  # type: ignore[arg-type]
+            return
         try:
             inbox.send.send_nowait((sender, message))
         except trio.WouldBlock:
@@ -139,6 +144,7 @@ async def run_node(
     network = connect(node_id, deliver)
     control: Control | None = None
     data_plane: DataPlane | None = None
+    file_share: FileShare | None = None
 
     def submit(envelope: Envelope) -> None:
         assert control is not None
@@ -148,7 +154,9 @@ async def run_node(
     control = Control(node_id, env, event_log, replica, network, client, config.timings)
     models_dir = config.models_dir or config.home / "models"
     model_store: ModelStore = store or NodeModelStore(models_dir)
-    downloader = Downloader(node_id, env, replica, client, models_dir, model_store)
+    if links is not None:
+        file_share = FileShare(node_id, env, replica, links, model_store.model_dir)
+    downloader = Downloader(node_id, env, replica, client, models_dir, model_store, file_share)
 
     async def describe(name: str) -> ModelCard:
         return await env.run_blocking(lambda: model_store.describe(name))
@@ -156,7 +164,9 @@ async def run_node(
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
     if links is not None:
         data_plane = DataPlane(node_id, replica, runners, links)
-        links.on_link_lost = data_plane.link_lost
+        links.on_link_lost = _both(
+            data_plane.link_lost, file_share.link_lost if file_share else None
+        )
     backend = NodeBackend(
         node_id,
         replica,
@@ -180,6 +190,8 @@ async def run_node(
                 supervisor.start("link-probe", probe.run)
                 if data_plane is not None:
                     supervisor.start("data-plane", data_plane.run)
+                if file_share is not None:
+                    supervisor.start("file-share", file_share.run)
                 if config.discovery_port is not None:
                     discovery = Discovery(
                         node_id,
@@ -236,6 +248,17 @@ async def run_node(
             )
     finally:
         event_log.close()
+
+
+def _both(
+    first: Callable[[NodeId], None], second: Callable[[NodeId], None] | None
+) -> Callable[[NodeId], None]:
+    def both(peer: NodeId) -> None:
+        first(peer)
+        if second is not None:
+            second(peer)
+
+    return both
 
 
 async def _preload(

@@ -12,7 +12,7 @@ from exo.actors.history import Ballot, Segment
 from exo.engine.protocol import Finished, GenerateRequest, TokenOut
 from exo.events.commands import CommandOutcome, Envelope
 from exo.events.events import IndexedEvent
-from exo.events.ids import InstanceId
+from exo.events.ids import InstanceId, ModelId
 
 
 @frozen
@@ -131,6 +131,47 @@ class RelayCancel:
 
 
 DataMessage = RelayRequest | RelayToken | RelayFinished | RelayFailed | RelayCancel
+
+
+# Weight files copied between nodes (exo/actors/file_share.py), so a cluster fetches each
+# file from the hub once. Never in the replicated log.
+
+
+@frozen
+class FileRequest:
+    """Send me `name` of `model` from byte `offset` (what my partial file holds)."""
+
+    transfer_id: str
+    model: ModelId
+    name: str
+    offset: int
+
+
+@frozen
+class FileChunk:
+    """Bytes [offset, offset + len) of the file, base64 (frames are JSON text)."""
+
+    transfer_id: str
+    offset: int
+    data: str
+
+
+@frozen
+class FileEnd:
+    transfer_id: str
+    size: int
+
+
+@frozen
+class FileRefused:
+    """The peer does not hold the file (or will not serve it): fetch it elsewhere."""
+
+    transfer_id: str
+    reason: str
+
+
+FileMessage = FileRequest | FileChunk | FileEnd | FileRefused
+FILE_MESSAGE_TYPES: tuple[type, ...] = FileMessage.__args__  # type: ignore[attr-defined]
 DATA_MESSAGE_TYPES: tuple[type, ...] = DataMessage.__args__  # type: ignore[attr-defined]
 
 PeerMessage = (
@@ -148,5 +189,9 @@ PeerMessage = (
     | RelayFinished
     | RelayFailed
     | RelayCancel
+    | FileRequest
+    | FileChunk
+    | FileEnd
+    | FileRefused
 )
 PEER_MESSAGE_TYPES: tuple[type, ...] = PeerMessage.__args__  # type: ignore[attr-defined]

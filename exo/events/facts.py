@@ -97,8 +97,10 @@ class ModelCard:
     shared_bytes: int = 0
     parameters: int = 0
     weight_files: tuple[WeightFile, ...] = ()
-    # Config, tokenizer and template files every rank needs besides the weights.
+    # Config, tokenizer and template files every rank needs besides the weights, and
+    # their hub etags (sha256 for LFS files, else the git blob id; "" when unknown).
     support_files: tuple[str, ...] = ()
+    support_blobs: tuple[str, ...] = ()
     # sha256 over the weight files' hashes: one name for these exact weights.
     digest: str = ""
     # When the hub last changed the repo (ISO 8601), "" when unknown.

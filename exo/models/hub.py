@@ -74,6 +74,8 @@ class RepoFile:
     size: int
     # The LFS sha256 (what the hub verifies large files by); "" for small git files.
     sha256: str = ""
+    # The git blob id (sha1 of "blob <size>\0" + content); "" when unknown.
+    blob_id: str = ""
 
 
 @frozen
@@ -187,6 +189,7 @@ def card_from_snapshot(
         bits = quantization.bits if quantization else 16
         parameters = stored * 8 // bits
     files = _weight_files(weights, tensors, snapshot.weight_map)
+    support = sorted((f for f in snapshot.files if is_support_file(f.name)), key=lambda f: f.name)
     return ModelCard(
         model_id=model_id,
         display_name=snapshot.repo_id.rsplit("/", 1)[-1],
@@ -215,7 +218,8 @@ def card_from_snapshot(
         shared_bytes=shared if tensors else 0,
         parameters=parameters,
         weight_files=files,
-        support_files=tuple(sorted(f.name for f in snapshot.files if is_support_file(f.name))),
+        support_files=tuple(f.name for f in support),
+        support_blobs=tuple(f.sha256 or f.blob_id for f in support),
         digest=_digest(weights),
         modified=snapshot.modified,
     )

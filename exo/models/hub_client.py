@@ -47,7 +47,10 @@ log = logging.getLogger("exo.hub")
 DOWNLOAD_WORKERS = 4
 # Kept free beyond what a download needs, so the disk never fills to the last byte.
 DISK_MARGIN = 256 * 1024 * 1024
+# Bytes written at a time while downloading: at most this much of a file is lost to a kill.
+RESUME_CHUNK = 1024 * 1024
 _SHA256_HEX = 64
+_SHA1_HEX = 40
 
 
 class HubError(Exception):
@@ -107,6 +110,9 @@ class HubClient:
     ) -> None:
         from huggingface_hub import constants
 
+        # http_get writes a response in chunks of this size: 10 MiB by default, which is
+        # what a kill loses of each file and how coarse progress is. 1 MiB keeps both fine.
+        constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, RESUME_CHUNK)
         self.cache_dir = cache_dir or default_cache_dir()
         self.token = token
         self.endpoint = endpoint
@@ -153,6 +159,7 @@ class HubClient:
                     s.rfilename,
                     int(s.size or (s.lfs.size if s.lfs else 0) or 0),
                     str(s.lfs.sha256) if s.lfs else "",
+                    "" if s.lfs else str(s.blob_id or ""),
                 )
                 for s in info.siblings or ()
             )
@@ -261,6 +268,30 @@ class HubClient:
             for done in [pool.submit(self._fetch_verified, card, n, on_bytes) for n in needed]:
                 done.result()
 
+    def partial_path(self, card: ModelCard, name: str) -> Path | None:
+        """Where a copy of a file from a peer accumulates: the same partial file a hub
+        download of it uses (named by the hub's etag: the sha256 of an LFS file, the git
+        blob id of a small one), so either can continue the other. None for files whose
+        hash the card does not know."""
+        etag = blob_name(card, name)
+        if card.source != "hub" or not etag:
+            return None
+        return repo_cache_dir(self.cache_dir, card.location) / "blobs" / f"{etag}.exo-partial"
+
+    def complete_partial(self, card: ModelCard, name: str) -> None:
+        """Verify a finished partial file against the card's hash and publish it in the
+        cache (blob and snapshot link); a mismatch deletes it and raises `CorruptDownload`."""
+        partial = self.partial_path(card, name)
+        if partial is None:
+            raise CorruptDownload(f"{name} of {card.model_id} has no known hash")
+        blob = partial.with_suffix("")
+        digest = file_sha256(partial) if len(blob.name) == _SHA256_HEX else git_blob_id(partial)
+        if digest != blob.name:
+            partial.unlink()
+            raise CorruptDownload(f"{name} of {card.model_id} from a peer failed its sha256 check")
+        os.replace(partial, blob)
+        _link(blob, self.snapshot_dir(card) / name)
+
     def check_disk(self, card: ModelCard, names: list[str]) -> None:
         need = bytes_of(card, names)
         where = self.cache_dir
@@ -366,8 +397,9 @@ def snapshot_of_directory(directory: Path, repo_id: str, revision: str) -> RepoS
         if not path.is_file():
             continue
         target = path.resolve()
-        blob = target.name if len(target.name) == _SHA256_HEX else ""
-        files[path.name] = RepoFile(path.name, target.stat().st_size, blob)
+        sha = target.name if len(target.name) == _SHA256_HEX else ""
+        blob_id = target.name if len(target.name) == _SHA1_HEX else ""
+        files[path.name] = RepoFile(path.name, target.stat().st_size, sha, blob_id)
     config = json.loads((directory / "config.json").read_text())
     weight_map: dict[str, str] = {}
     index = directory / "model.safetensors.index.json"
@@ -395,6 +427,22 @@ def read_tensors(path: Path) -> list[TensorEntry]:
         begin, end = entry.get("data_offsets", (0, tensor_bytes(entry["dtype"], shape)))
         out.append(TensorEntry(name, path.name, str(entry["dtype"]), shape, int(end) - int(begin)))
     return out
+
+
+def blob_name(card: ModelCard, name: str) -> str:
+    """The hub's etag of a file of the card ("" when the card does not know it)."""
+    sha = next((f.sha256 for f in card.weight_files if f.name == name), "")
+    if len(sha) == _SHA256_HEX:
+        return sha
+    blobs = dict(zip(card.support_files, card.support_blobs, strict=False))
+    blob = blobs.get(name, "")
+    return blob if len(blob) in (_SHA1_HEX, _SHA256_HEX) else ""
+
+
+def git_blob_id(path: Path) -> str:
+    """git's id of a file's content: sha1 over "blob <size>\0" and the bytes."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -161,7 +161,7 @@ def test_a_killed_download_resumes_and_an_unreachable_hub_fails_requests_at_once
         assert node.stop() == 0, node.log_text()[-4000:]
 
 
-def test_a_three_node_pipeline_fetches_only_each_shards_files(
+def test_a_three_node_pipeline_fetches_only_each_shards_files_each_once_from_the_hub(
     hub: HubServer, tmp_path: Path, models_dir: Path
 ) -> None:
     nodes = start_cluster(tmp_path, models_dir, 3, env=hub.client_env())
@@ -204,9 +204,13 @@ def test_a_three_node_pipeline_fetches_only_each_shards_files(
         # Asked at the last rank's node: relayed to rank 0.
         last = by_node[instance["shards"][-1]["node_id"]]
         assert "Paris" in chat(last, REPO)
-        served = sum(hub.served_files().values())
+        # Each file came from the hub once; nodes that needed it too copied it from a peer.
+        served = hub.bytes_served(REPO)
         repo_bytes = sum(p.stat().st_size for p in hub.repo_dir(REPO).iterdir())
         print(f"hub served {served} bytes for a {repo_bytes}-byte repo to 3 nodes")
+        assert served <= 1.05 * repo_bytes, (served, repo_bytes, hub.served_files())
+        copied = [n for n in nodes if "copied model-" in n.log_text()]
+        assert copied, "no node copied a file from a peer"
     finally:
         for node in nodes:
             node.stop()
