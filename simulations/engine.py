@@ -129,6 +129,9 @@ class SimModelStore:
     def describe(self, name: str) -> ModelCard:
         raise RepoNotFound(f"the simulator has no hub ({name})")
 
+    def describe_directory(self, path: Path, name: str) -> ModelCard:
+        raise RepoNotFound(f"the simulator has no model directories ({path})")
+
     def model_dir(self, card: ModelCard) -> Path:
         return self.models_dir / card.model_id
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 
 from exo.actors.command_client import CommandClient
@@ -67,8 +68,9 @@ def ready_remote_instance(state: State, node_id: NodeId, model: ModelId) -> Inst
 
 # A ready runner on this node, or (node, instance) of a ready instance elsewhere.
 Route = RunnerHandle | tuple[NodeId, Instance]
-# Reads a hub repo's card (blocking I/O, run off the event loop).
+# Reads a hub repo's card, and a local directory's (name, path) (I/O off the event loop).
 Describe = Callable[[str], Awaitable[ModelCard]]
+DescribeLocal = Callable[[str, str], Awaitable[ModelCard]]
 # How long adding a model waits for the master (an election may be under way).
 ADD_MODEL_TIMEOUT = 30.0
 
@@ -123,6 +125,7 @@ class NodeBackend(InstanceManager):
         worker: bool = True,
         data_plane: DataPlane | None = None,
         describe: Describe | None = None,
+        describe_local: DescribeLocal | None = None,
     ) -> None:
         super().__init__(replica, commands)
         self._node_id = node_id
@@ -134,6 +137,7 @@ class NodeBackend(InstanceManager):
         self._worker = worker
         self._data_plane = data_plane
         self._describe = describe
+        self._describe_local = describe_local
 
     def models(self) -> list[ModelCard]:
         registered = self._replica.state.models
@@ -147,6 +151,17 @@ class NodeBackend(InstanceManager):
             if repo not in known:
                 views.append({"id": alias, "alias_of": repo, "card": None, "downloads": {}})
         return views
+
+    async def add_local_model(self, name: str, path: str) -> ModelCard:
+        if card_for(name, self._replica.state.models) is not None or name in ALIASES:
+            raise InvalidRequest(f"a model named {name!r} exists already", "model")
+        if self._describe_local is None:
+            raise InvalidRequest("this node cannot serve local model directories", "path")
+        try:
+            card = await self._describe_local(name, path)
+        except (NotAModel, OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot serve {path}: {exc}", "path") from exc
+        return await self._add(attrs.evolve(card, hosts=(self._node_id,)))
 
     async def find_model(self, model: str) -> ModelCard:
         card = card_for(model, self._replica.state.models)
@@ -167,10 +182,14 @@ class NodeBackend(InstanceManager):
             raise Unavailable(f"cannot read {model} from the hub: {exc}") from exc
         except HubError as exc:
             raise InvalidRequest(f"cannot serve {model}: {exc}", "model") from exc
+        return await self._add(card)
+
+    async def _add(self, card: ModelCard) -> ModelCard:
+        """Add the card to the cluster (the first one added under its id wins)."""
         with trio.move_on_after(ADD_MODEL_TIMEOUT):
             outcome = await self._commands.call(AddModel(card))
             if not outcome.accepted:
-                raise InvalidRequest(f"cannot add {model}: {outcome.reason}", "model")
+                raise InvalidRequest(f"cannot add {card.model_id}: {outcome.reason}", "model")
             model_id = card.model_id
             return await self._replica.wait_until(lambda s: card_for(model_id, s.models))
         raise Unavailable(f"no master answered within {ADD_MODEL_TIMEOUT:g} s; try again")

@@ -72,6 +72,10 @@ class ModelStore(Protocol):
         """The card of a hub repo id; `HubError`s or `NotAModel` say why not."""
         ...
 
+    def describe_directory(self, path: Path, name: str) -> ModelCard:
+        """The card of a local model directory served as `name`; `NotAModel` if it is none."""
+        ...
+
     def model_dir(self, card: ModelCard) -> Path: ...
 
     def missing(self, card: ModelCard, files: tuple[str, ...]) -> list[str]: ...
@@ -110,6 +114,9 @@ class NodeModelStore:
 
     def describe(self, name: str) -> ModelCard:
         return self.hub.describe(name)
+
+    def describe_directory(self, path: Path, name: str) -> ModelCard:
+        return self.hub.describe_directory(path, name)
 
     def model_dir(self, card: ModelCard) -> Path:
         if card.source == "bundled":

@@ -161,6 +161,9 @@ async def run_node(
     async def describe(name: str) -> ModelCard:
         return await env.run_blocking(lambda: model_store.describe(name))
 
+    async def describe_local(name: str, path: str) -> ModelCard:
+        return await env.run_blocking(lambda: model_store.describe_directory(Path(path), name))
+
     runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
     if links is not None:
         data_plane = DataPlane(node_id, replica, runners, links)
@@ -177,6 +180,7 @@ async def run_node(
         config.worker,
         data_plane,
         describe,
+        describe_local,
     )
 
     try:

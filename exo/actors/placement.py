@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from exo.engine.architectures import pipeline_refusal, tensor_refusal
 from exo.events.facts import Accelerator, NodeProfile, Shard, Strategy
 from exo.events.ids import NodeId
 from exo.events.state import State
@@ -132,7 +133,7 @@ def place(
             f"context_length {context} is not within the model's context of "
             f"{card.context_length} tokens"
         )
-    candidates = _candidates(state, nodes)
+    candidates = _candidates(state, nodes, card)
     check_node_count(len(candidates), min_nodes)
     reasons: list[str] = []
     for count in range(min_nodes, len(candidates) + 1):
@@ -164,9 +165,19 @@ def check_node_count(available: int, min_nodes: int) -> None:
         raise PlacementError(f"{min_nodes} nodes requested, {available} available")
 
 
-def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[NodeId, NodeProfile]]:
+def workers_for(state: State, card: ModelCard) -> list[NodeId]:
+    """The nodes a model may be placed on: workers, and for a local model only the nodes
+    that hold its directory."""
+    return sorted(
+        n for n, p in state.nodes.items() if p.worker and (not card.hosts or n in card.hosts)
+    )
+
+
+def _candidates(
+    state: State, nodes: tuple[NodeId, ...] | None, card: ModelCard
+) -> list[tuple[NodeId, NodeProfile]]:
     if nodes is None:
-        return sorted((n, p) for n, p in state.nodes.items() if p.worker)
+        return [(n, state.nodes[n]) for n in workers_for(state, card)]
     unknown = [n for n in nodes if n not in state.nodes]
     if unknown:
         raise PlacementError(f"unknown nodes: {', '.join(unknown)}")
@@ -175,7 +186,23 @@ def _candidates(state: State, nodes: tuple[NodeId, ...] | None) -> list[tuple[No
         raise PlacementError(
             f"coordinator-only nodes (--no-worker) host no runners: {', '.join(coordinators)}"
         )
+    elsewhere = [n for n in nodes if card.hosts and n not in card.hosts]
+    if elsewhere:
+        raise PlacementError(
+            f"{card.model_id} is a local directory on {', '.join(card.hosts)} only, not on "
+            f"{', '.join(elsewhere)}"
+        )
     return [(n, state.nodes[n]) for n in nodes]
+
+
+def sharding_config(card: ModelCard) -> dict[str, object]:
+    """The config.json fields the architecture table (`exo.engine.architectures`) reads."""
+    return {
+        "model_type": card.architecture,
+        "num_hidden_layers": card.num_layers,
+        "num_attention_heads": card.num_heads,
+        "num_key_value_heads": card.num_kv_heads,
+    }
 
 
 def _pipeline(
@@ -183,6 +210,9 @@ def _pipeline(
 ) -> Placement:
     if len(chosen) > card.num_layers:
         raise PlacementError(f"{card.num_layers} layers cannot span {len(chosen)} nodes")
+    refusal = pipeline_refusal(sharding_config(card), len(chosen)) if len(chosen) > 1 else None
+    if refusal is not None:
+        raise PlacementError(refusal)
     layer_counts = split_layers(card.num_layers, [p.memory_available for _, p in chosen])
     shards: list[Shard] = []
     memory: dict[NodeId, int] = {}
@@ -206,6 +236,9 @@ def _tensor(
     ):
         if value % count:
             raise PlacementError(f"{value} {what} do not divide by {count} nodes")
+    refusal = tensor_refusal(sharding_config(card), count) if count > 1 else None
+    if refusal is not None:
+        raise PlacementError(refusal)
     shards: list[Shard] = []
     memory: dict[NodeId, int] = {}
     for rank, (node_id, profile) in enumerate(chosen):

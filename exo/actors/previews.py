@@ -24,6 +24,7 @@ from exo.actors.placement import (
     link_latency,
     place,
     widens,
+    workers_for,
 )
 from exo.events.facts import Accelerator, Shard, Strategy
 from exo.events.ids import NodeId
@@ -53,7 +54,7 @@ class Preview:
 def previews(state: State, card: ModelCard, context: int | None = None) -> list[Preview]:
     """One candidate per (strategy, node count), for 1 to every worker node, with memory
     planned for `context` tokens (default: the model's whole context)."""
-    workers = sorted(n for n, p in state.nodes.items() if p.worker)
+    workers = workers_for(state, card)
     out: list[Preview] = []
     for strategy in STRATEGIES:
         for count in range(1, max(len(workers), 1) + 1):
@@ -71,7 +72,7 @@ def best_placement(
     """The valid placement on at least `min_nodes` workers with the highest predicted
     decode speed; ties go to fewer nodes. Per node count the candidates are the workers
     with the most free memory and those with the fastest accelerator, in link order."""
-    workers = sorted(n for n, p in state.nodes.items() if p.worker)
+    workers = workers_for(state, card)
     check_node_count(len(workers), min_nodes)
     best: tuple[float, Placement] | None = None
     reason = ""

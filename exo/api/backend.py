@@ -92,6 +92,11 @@ class Backend(Protocol):
         `ModelForbidden`, `InvalidRequest` (not a model exo can run) or `Unavailable`."""
         ...
 
+    async def add_local_model(self, name: str, path: str) -> ModelCard:
+        """Serve the model directory at `path` on this node (MLX or Hugging Face layout)
+        under `name`. Raises `InvalidRequest` saying why it cannot be served."""
+        ...
+
     def model_views(self) -> list[dict[str, Any]]:
         """Every model the cluster knows, with its card and per-node downloads (GET /models)."""
         ...

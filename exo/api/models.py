@@ -3,15 +3,53 @@ from the hub, catalogue aliases), with its card and each node's download of it."
 
 from __future__ import annotations
 
+from typing import Any
+
+from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, BackendError, lookup_model
+from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import backend_error_response, json_response
+from exo.api.validation import decode_json_body
+
+# Names a local model may take: what a client can put in "model" without surprises.
+MAX_NAME = 128
+
+
+def parse_local_model(body: Any) -> tuple[str, str]:
+    """(name, path) of a `POST /models` body `{"model": NAME, "path": DIR}`."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('The body must be a JSON object: {"model": ..., "path": ...}.')
+    extra = sorted(set(body) - {"model", "path"})
+    if extra:
+        raise InvalidRequest(f"Unknown field '{extra[0]}'.", extra[0])
+    name, path = body.get("model"), body.get("path")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise InvalidRequest(
+            f"'model' must be a name of 1 to {MAX_NAME} characters to serve it under.", "model"
+        )
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise InvalidRequest("'model' must not contain spaces or control characters.", "model")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidRequest("'path' must be an absolute path to a model directory.", "path")
+    return name, path
 
 
 def register_models(app: QuartTrio, backend: Backend) -> None:
-    """Add `GET /models` and `GET /models/<id>` (a hub repo id reads the repo's card)."""
+    """Add `GET /models`, `GET /models/<id>` (a hub repo id reads the repo's card) and
+    `POST /models` (serve a local model directory under a name)."""
+
+    @app.post("/models", endpoint="exo_add_model")
+    async def add_model() -> TrioResponse:
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        try:
+            name, path = parse_local_model(decode_json_body(raw))
+            card = await backend.add_local_model(name, path)
+        except BackendError as error:
+            return backend_error_response(error)
+        view = next((v for v in backend.model_views() if v["id"] == card.model_id), None)
+        return json_response(view, 201)
 
     @app.get("/models", endpoint="exo_models")
     async def list_models() -> TrioResponse:

@@ -131,11 +131,19 @@ def admin_paths() -> dict[str, Schema]:
                 parameters=preview_query,
             )
         },
-        "/models": plain(
-            "Every model the cluster knows, with each node's download of it",
-            s.record({"models": s.array(s.model_view())}),
-            "models",
-        ),
+        "/models": {
+            **plain(
+                "Every model the cluster knows, with each node's download of it",
+                s.record({"models": s.array(s.model_view())}),
+                "models",
+            ),
+            "post": op(
+                "Serve a model directory on this node (MLX or Hugging Face layout) under a name",
+                "models",
+                ok(s.model_view(), 201) | errors("OpenAI", (*BODY, 503)),
+                body=s.local_model_request(),
+            ),
+        },
         "/models/{model}": {
             "get": op(
                 "One model; a hub repo id (owner/name[@revision]) reads its card from the hub",

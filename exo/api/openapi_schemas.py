@@ -765,6 +765,14 @@ def model_view() -> Schema:
     )
 
 
+def local_model_request() -> Schema:
+    fields = {
+        "model": string(1, maxLength=128, pattern=r"^[^\s]+$"),
+        "path": string(1, pattern="^/"),
+    }
+    return obj(fields, "model", "path", additionalProperties=False)
+
+
 def previews() -> Schema:
     names = ("strategy", "node_count", "shards", "memory_by_node", "predicted_tokens_per_second")
     return array(record({**untyped(*names), "valid": BOOLEAN, "reason": STRING}))

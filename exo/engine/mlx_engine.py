@@ -88,7 +88,15 @@ class MlxEngine:
         drives the whole group as one model, and the other ranks serve it
         (`serve_follower`).
         """
-        config = json.loads((model_dir / "config.json").read_text())
+        stored = json.loads((model_dir / "config.json").read_text())
+        # Multimodal checkpoints (gemma3, mistral3) keep the language model's settings
+        # under text_config; mlx-lm's own classes read them from there.
+        text = stored.get("text_config")
+        config = (
+            {**stored, **text, "model_type": stored.get("model_type")}
+            if isinstance(text, dict)
+            else stored
+        )
         num_layers = int(config["num_hidden_layers"])
         if not 0 <= start_layer < end_layer <= num_layers:
             raise ValueError(

@@ -10,23 +10,42 @@ rank; only rank 0 samples.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
+from exo.engine import architectures
 from exo.engine.doorbell import Doorbells
 from exo.engine.pipeline import CONTINUE, NEW_SEQUENCE, STOP
+
+
+def tensor_refusal(config: Mapping[str, Any], ranks: int | None = None) -> str | None:
+    """Why this model cannot be tensor-sharded, or None: the table's answer, and also
+    whether this runner's mlx-lm has `shard` for it."""
+    refusal = architectures.tensor_refusal(config, ranks)
+    if refusal is None:
+        module = architectures.module_of(config)
+        try:
+            classes = importlib.import_module(f"mlx_lm.models.{module}")
+        except ImportError:
+            return f"this runner's mlx-lm has no {module!r} model"
+        if not hasattr(classes.Model, "shard"):
+            return f"this runner's mlx-lm has no tensor-parallel sharding for {module!r}"
+    return refusal
 
 
 def shard_model(model: nn.Module, group: mx.distributed.Group) -> None:
     """Split every layer across the group, in place (mlx-lm's own sharding)."""
     shard = getattr(model, "shard", None)
     if shard is None:
+        module = type(model).__module__.rpartition(".")[2]
         raise ValueError(
-            f"mlx-lm has no tensor-parallel sharding for {type(model).__module__}; "
-            "place this model with the pipeline strategy"
+            f"architecture {module!r} cannot be tensor-sharded: mlx-lm has no "
+            "tensor-parallel sharding for it; place this model with the pipeline strategy"
         )
     shard(group)
 
@@ -45,7 +64,14 @@ class TensorHead:
         self._model = model
         self._group = group
         self._doorbells = doorbells
-        self.layers = cast(Any, model).layers  # make_prompt_cache builds caches for these
+        self.layers = cast(Any, model).layers
+
+    def make_cache(self) -> list[Any]:
+        """The model's own caches, as the other ranks make them: mlx-lm's
+        `make_prompt_cache` would otherwise give every layer of this stand-in a plain KV
+        cache, which is wrong for layers whose state is another kind of cache, and keeps
+        every position for sliding-window layers (gpt-oss) instead of the window."""
+        return make_prompt_cache(self._model)
 
     def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **_: Any) -> mx.array:
         assert cache is not None

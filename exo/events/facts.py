@@ -105,6 +105,9 @@ class ModelCard:
     digest: str = ""
     # When the hub last changed the repo (ISO 8601), "" when unknown.
     modified: str = ""
+    # The nodes that hold a local model's directory (placement keeps to them); empty for
+    # bundled and hub models, which every node can get.
+    hosts: tuple[NodeId, ...] = ()
 
     @property
     def kv_head_dim(self) -> int:

@@ -234,3 +234,15 @@ def test_a_hub_model_is_added_once_and_then_placed_from_its_card_in_the_state() 
     assert card.float32_bytes(0, 2) == 8 * (2 * 25_000_000 + 100_000_000)
     # The instance records the context its memory was planned for.
     assert created.instance.context_length == 4096
+
+
+def test_architectures_exo_cannot_shard_are_refused_across_nodes_but_run_on_one() -> None:
+    state = state_with(a=8, b=8)
+    phi3 = attrs.evolve(hub_card(), architecture="phi3", model_id=ModelId("org/phi"))
+    with pytest.raises(PlacementError, match="mlx-lm has no tensor-parallel sharding"):
+        place(state, phi3, "tensor", 2, (NodeId("a"), NodeId("b")))
+    assert len(place(state, phi3, "pipeline", 2, (NodeId("a"), NodeId("b"))).shards) == 2
+    hybrid = attrs.evolve(hub_card(), architecture="qwen3_next", model_id=ModelId("org/next"))
+    with pytest.raises(PlacementError, match="'qwen3_next' cannot be pipeline-sharded"):
+        place(state, hybrid, "pipeline", 2, (NodeId("a"), NodeId("b")))
+    assert len(place(state, hybrid, "pipeline").shards) == 1

@@ -108,6 +108,11 @@ class FakeBackend:
             raise self.find_error
         return self._card(model)
 
+    async def add_local_model(self, name: str, path: str) -> ModelCard:
+        card = fake_card(name)
+        self.cards.append(card)
+        return card
+
     def model_views(self) -> list[dict[str, Any]]:
         return [
             {"id": c.model_id, "card": to_plain(c), "downloads": {}, "instances": []}

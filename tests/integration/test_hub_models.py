@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.hub.repos import bundled_repo, repo_unknown_arch, repo_without_weights
 from tests.hub.server import HubServer
@@ -31,7 +32,9 @@ GATED = "exo-test/gated-smollm2"
 NO_WEIGHTS = "exo-test/no-weights"
 UNKNOWN_ARCH = "exo-test/unknown-arch"
 TOKEN = "hf_test_token"
-QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
+]
 
 
 @pytest.fixture(scope="module")
