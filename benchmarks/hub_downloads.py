@@ -172,8 +172,9 @@ def _place(node: NodeProcess, body: dict[str, Any]) -> dict[str, Any] | None:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code == 400 and b"measured" in exc.read():
-            return None  # links not measured yet
+        with exc:
+            if exc.code == 400 and b"measured" in exc.read():
+                return None  # links not measured yet
         raise
 
 

@@ -120,6 +120,23 @@ def test_a_hub_model_is_served_by_name_with_its_true_metadata_and_clear_errors(
             assert time.monotonic() - started < 10, model
         # The node still serves.
         assert "Paris" in chat(node, REPO)
+
+        # A model directory of this node, served under a name of its own.
+        local = post(
+            node, "/models", {"model": "my-smollm", "path": str(hub.repo_dir(REPO).resolve())}
+        )
+        assert local["card"]["source"] == "local" and local["card"]["hosts"] == [
+            node.state()["node_id"]
+        ]
+        assert "Paris" in chat(node, "my-smollm")
+        with pytest.raises(urllib.error.HTTPError) as taken:
+            post(node, "/models", {"model": "my-smollm", "path": "/tmp"})
+        assert taken.value.code == 400
+        taken.value.close()
+        with pytest.raises(urllib.error.HTTPError) as empty:
+            post(node, "/models", {"model": "nothing-here", "path": str(tmp_path)})
+        assert empty.value.code == 400 and b"not a model directory" in empty.value.read()
+        empty.value.close()
     finally:
         assert node.stop() == 0, node.log_text()[-4000:]
 
@@ -176,8 +193,9 @@ def test_a_three_node_pipeline_fetches_only_each_shards_files_each_once_from_the
             try:
                 return post(nodes[0], "/instances", {"model": REPO, "min_nodes": 3})
             except urllib.error.HTTPError as exc:  # links not measured yet
-                if exc.code == 400 and b"measured" in exc.read():
-                    return None
+                with exc:
+                    if exc.code == 400 and b"measured" in exc.read():
+                        return None
                 raise
 
         instance = wait_for(placed, 60, "a 3-node placement")
