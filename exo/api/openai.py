@@ -7,10 +7,12 @@ with one `chat.completion.chunk` per token, flushed as it is produced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from attrs import evolve, frozen
@@ -252,13 +254,30 @@ def parse_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
 
 
 def model_object(card: ModelCard) -> dict[str, Any]:
+    """A model as OpenAI lists it: `created` is when the hub last changed the repo (0 when
+    unknown), `owned_by` the repo's owner (exo for the bundled and local models)."""
+    created = 0
+    if card.modified:
+        with contextlib.suppress(ValueError):
+            created = int(datetime.fromisoformat(card.modified).timestamp())
     return {
         "id": card.model_id,
         "object": "model",
-        "created": 0,
-        "owned_by": "exo",
+        "created": max(created, 0),
+        "owned_by": card.location.split("/", 1)[0] if card.source == "hub" else "exo",
         "name": card.display_name,
         "context_length": card.context_length,
+    }
+
+
+def alias_object(alias: str, repo: str) -> dict[str, Any]:
+    """A catalogue alias not read from the hub yet: asking for it fetches its repo."""
+    return {
+        "id": alias,
+        "object": "model",
+        "created": 0,
+        "owned_by": repo.split("/")[0],
+        "name": repo,
     }
 
 
@@ -432,9 +451,13 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> TrioResponse:
-        return json_response(
-            {"object": "list", "data": [model_object(card) for card in backend.models()]}
-        )
+        data = [model_object(card) for card in backend.models()]
+        data += [
+            alias_object(view["id"], view["alias_of"])
+            for view in backend.model_views()
+            if view.get("card") is None and view.get("alias_of")
+        ]
+        return json_response({"object": "list", "data": data})
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> TrioResponse:

@@ -97,6 +97,8 @@ class FakeBackend:
     exit_errors: list[BaseException | None] = field(factory=list)
 
     instances_by_id: dict[str, dict[str, Any]] = field(factory=dict)
+    # Catalogue aliases GET /models and /v1/models list beside the cards.
+    aliases: dict[str, str] = field(factory=dict)
     # Raised by find_model, as a hub lookup would (gated repo, hub unreachable).
     find_error: BackendError | None = None
 
@@ -114,10 +116,15 @@ class FakeBackend:
         return card
 
     def model_views(self) -> list[dict[str, Any]]:
-        return [
+        views = [
             {"id": c.model_id, "card": to_plain(c), "downloads": {}, "instances": []}
             for c in self.cards
         ]
+        views += [
+            {"id": a, "alias_of": repo, "card": None, "downloads": {}}
+            for a, repo in sorted(self.aliases.items())
+        ]
+        return views
 
     def _card(self, model: str) -> ModelCard:
         card = next((c for c in self.cards if c.model_id == model), None)

@@ -101,18 +101,32 @@ async def test_healthz_and_state() -> None:
 
 
 async def test_models_list_and_get() -> None:
-    backend = FakeBackend(cards=[fake_card("a"), fake_card("org/b")])
+    backend = FakeBackend(
+        cards=[fake_card("a"), fake_card("org/b")], aliases={"tiny": "org/tiny-4bit"}
+    )
     with trio.fail_after(10):
         async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
             listing = await http.get("/v1/models")
             one = await http.get("/v1/models/org/b")
+            exo_models = await http.get("/models")
     assert listing.status_code == 200
     body = listing.json()
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == ["a", "org/b"]
-    for model in body["data"]:
+    assert [m["id"] for m in body["data"]] == ["a", "org/b", "tiny"]
+    for model in body["data"][:2]:
         assert model["object"] == "model" and model["created"] == 0 and model["owned_by"] == "exo"
+    # A catalogue alias is listed too: asking for it reads its repo from the hub.
+    assert body["data"][2] == {
+        "id": "tiny",
+        "object": "model",
+        "created": 0,
+        "owned_by": "org",
+        "name": "org/tiny-4bit",
+    }
     assert one.status_code == 200 and one.json()["id"] == "org/b"
+    views = exo_models.json()["models"]
+    assert [v["id"] for v in views] == ["a", "org/b", "tiny"]
+    assert views[2]["alias_of"] == "org/tiny-4bit" and views[2]["card"] is None
 
 
 async def test_models_through_openai_client() -> None:
