@@ -113,6 +113,11 @@ class HubClient:
         # http_get writes a response in chunks of this size: 10 MiB by default, which is
         # what a kill loses of each file and how coarse progress is. 1 MiB keeps both fine.
         constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, RESUME_CHUNK)
+        # Its own bars (reading safetensors headers) would only clutter a node's log;
+        # progress reaches users as download reports and `exo models` bars.
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
         self.cache_dir = cache_dir or default_cache_dir()
         self.token = token
         self.endpoint = endpoint
@@ -196,6 +201,9 @@ class HubClient:
         except Exception as error:
             raise _translated(repo_id, error) from error
         modified = info.last_modified.isoformat() if info.last_modified else ""
+        if sha != (revision or "main"):
+            # As hub clients do for a branch or tag: offline, the name finds the commit.
+            _write_ref(repo_cache_dir(self.cache_dir, repo_id), revision or "main", sha)
         return RepoSnapshot(repo_id, sha, files, config, tensors, weight_map, modified)
 
     def cached_snapshot(self, repo_id: str, revision: str | None) -> RepoSnapshot | None:
@@ -370,6 +378,17 @@ class HubClient:
         except Exception as error:
             raise _translated(card.location, error) from error
         return str(pointer)
+
+
+def _write_ref(repo_dir: Path, ref: str, sha: str) -> None:
+    path = repo_dir / "refs" / ref
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.read_text() == sha:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(sha)
+        os.replace(tmp, path)
 
 
 def _link(blob: Path, pointer: Path) -> None:

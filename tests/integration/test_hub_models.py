@@ -175,6 +175,25 @@ def test_a_killed_download_resumes_and_an_unreachable_hub_fails_requests_at_once
         assert failed.value.status_code == 503 and time.monotonic() - started < 30
         # A model already here keeps serving.
         assert "Paris" in chat(node, GATED)
+
+        # The hub goes away in the middle of a download: requests waiting for the model
+        # fail with the reason, and the download resumes once the hub is back.
+        hub.set_offline(False)
+        hub.set_throttle(8_000_000)
+        hub.reset_counters()
+        post(node, "/instances", {"model": REPO})
+        wait_for(lambda: hub.bytes_served(REPO) > size // 4 or None, 60, "a quarter downloaded")
+        hub.set_offline(True)
+        wait_for(lambda: _download_phase(node, REPO) == "failed" or None, 60, "failed download")
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError, match="download failed") as waiting:
+            chat(node, REPO)
+        assert waiting.value.status_code == 503 and time.monotonic() - started < 10
+        hub.set_throttle(None)
+        hub.set_offline(False)
+        node.wait_ready()
+        assert "Paris" in chat(node, REPO)
+        assert hub.bytes_served(REPO) < size * 1.2
     finally:
         hub.set_offline(False)
         hub.set_throttle(None)
@@ -235,6 +254,12 @@ def test_a_three_node_pipeline_fetches_only_each_shards_files_each_once_from_the
     finally:
         for node in nodes:
             node.stop()
+
+
+def _download_phase(node: NodeProcess, model: str) -> str | None:
+    view = next((m for m in node.get("/models")["models"] if m["id"] == model), None)
+    downloads = list(view["downloads"].values()) if view else []
+    return downloads[0]["phase"] if downloads else None
 
 
 def post(node: NodeProcess, path: str, body: dict[str, Any]) -> Any:
