@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -35,6 +34,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from exo.engine import chat_format, constrained, pipeline, protocol, sampling, tensor
 from exo.engine.blas import loaded_blas
 from exo.engine.doorbell import Doorbells
+from exo.models.hub import layer_of, rank_needs, tensor_role
 
 _WARMUP_MESSAGES = (protocol.ChatMessage("user", "Hi"),)
 
@@ -337,11 +337,14 @@ def load_shard_files(
     if not absent:
         return mlx_lm.load(str(model_dir), lazy=True)  # type: ignore[return-value]
     num_layers = int(config["num_hidden_layers"])
+    tied = not any(tensor_role(n) == "head" and "norm" not in n for n in weight_map)
     needed: set[str] = set()
     for name, file in weight_map.items():
-        match = _LAYER_TENSOR.search(name)
-        layer = int(match.group(1)) if match else None
-        if layer is None or start_layer <= layer < min(end_layer, num_layers):
+        layer = layer_of(name)
+        if layer is not None:
+            if start_layer <= layer < min(end_layer, num_layers):
+                needed.add(file)
+        elif rank_needs(tensor_role(name), start_layer, end_layer, num_layers, tied):
             needed.add(file)
     lacking = sorted(needed & absent)
     if lacking:
@@ -354,10 +357,6 @@ def load_shard_files(
     model, loaded_config = load_model(model_dir, lazy=True, strict=False)
     tokenizer = load_tokenizer(model_dir, eos_token_ids=loaded_config.get("eos_token_id"))
     return model, tokenizer
-
-
-# A decoder layer's tensor name, as exo.models.hub matches it.
-_LAYER_TENSOR = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, str | None]:

@@ -57,6 +57,9 @@ class WeightFile:
     first_layer: int = 0
     end_layer: int = 0
     shared: bool = False
+    # What its tensors outside the layers are: "embedding", "head" (final norm, output
+    # head), "other"; empty with `shared` when unknown (then every rank takes the file).
+    roles: tuple[str, ...] = ()
 
     def holds_layers(self, start: int, end: int) -> bool:
         return self.first_layer < end and start < self.end_layer
@@ -92,6 +95,8 @@ class ModelCard:
     quantization: Quantization | None = None
     num_experts: int = 0
     experts_per_token: int = 0
+    # The output head reuses the embedding (no lm_head tensor): the last rank needs it.
+    tied_embeddings: bool = True
     # Stored bytes of each decoder layer, and of what lies outside the layers.
     layer_bytes: tuple[int, ...] = ()
     shared_bytes: int = 0

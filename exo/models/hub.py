@@ -119,6 +119,32 @@ def model_id_for(repo_id: str, revision: str | None) -> ModelId:
     return ModelId(f"{repo_id}@{revision}")
 
 
+def tensor_role(tensor: str) -> str:
+    """Which part of the model a tensor belongs to: "layer", "embedding", "head" (the
+    final norm and the output head) or "other"."""
+    if layer_of(tensor) is not None:
+        return "layer"
+    if "embed_tokens." in tensor or tensor.startswith(("wte.", "transformer.wte.")):
+        return "embedding"
+    parts = tensor.split(".")
+    if parts[0] in ("lm_head", "output") or (len(parts) <= 3 and "norm" in parts[-2]):
+        return "head"
+    return "other"
+
+
+def rank_needs(role: str, start: int, end: int, num_layers: int, tied: bool) -> bool:
+    """Whether a pipeline rank holding layers [start, end) loads a non-layer tensor of
+    this role: the embedding on rank 0 (and the last rank when the head is tied to it),
+    the final norm and head on the last rank, anything else everywhere. The runner keeps
+    exactly these (`exo.engine.pipeline.keep_layers`)."""
+    first, last = start == 0, end >= num_layers
+    if role == "embedding":
+        return first or (last and tied)
+    if role == "head":
+        return last
+    return True
+
+
 def layer_of(tensor: str) -> int | None:
     match = _LAYER.search(tensor)
     return int(match.group(1)) if match else None
@@ -189,6 +215,8 @@ def card_from_snapshot(
         bits = quantization.bits if quantization else 16
         parameters = stored * 8 // bits
     files = _weight_files(weights, tensors, snapshot.weight_map)
+    names = [t.name for t in tensors] or list(snapshot.weight_map)
+    tied = not names or not any(tensor_role(n) == "head" and "norm" not in n for n in names)
     support = sorted((f for f in snapshot.files if is_support_file(f.name)), key=lambda f: f.name)
     return ModelCard(
         model_id=model_id,
@@ -205,6 +233,7 @@ def card_from_snapshot(
         loaded_bytes=max(parameters * 4, stored),
         architecture=architecture,
         revision=snapshot.revision,
+        tied_embeddings=tied,
         head_dim=head_dim,
         quantization=quantization,
         num_experts=int(
@@ -228,7 +257,14 @@ def card_from_snapshot(
 def files_for_layers(card: ModelCard, start: int, end: int) -> tuple[str, ...]:
     """Every file a rank holding layers [start, end) needs: the support files and the
     weight files with tensors of those layers or shared tensors (embeddings, head)."""
-    weights = [f.name for f in card.weight_files if f.shared or f.holds_layers(start, end)] or [
+    tied, layers = card.tied_embeddings, card.num_layers
+
+    def needed(f: WeightFile) -> bool:
+        if f.holds_layers(start, end) or (f.shared and not f.roles):
+            return True
+        return any(rank_needs(role, start, end, layers, tied) for role in f.roles)
+
+    weights = [f.name for f in card.weight_files if needed(f)] or [
         f.name for f in card.weight_files
     ]
     return tuple(sorted({*card.support_files, *weights}))
@@ -311,8 +347,9 @@ def _weight_files(
         names = names_by_file.get(f.name, [])
         layers = [layer for layer in (layer_of(n) for n in names) if layer is not None]
         shared = not names or len(layers) < len(names)
+        roles = tuple(sorted({tensor_role(n) for n in names} - {"layer"}))
         first, end = (min(layers), max(layers) + 1) if layers else (0, 0)
-        out.append(WeightFile(f.name, f.size, f.sha256, first, end, shared))
+        out.append(WeightFile(f.name, f.size, f.sha256, first, end, shared, roles))
     return tuple(out)
 
 

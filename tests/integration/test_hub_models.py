@@ -21,6 +21,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from exo.events.codec import from_plain
+from exo.events.facts import ModelCard
+from exo.models.hub import files_for_layers
 from tests.hub.repos import bundled_repo, repo_unknown_arch, repo_without_weights
 from tests.hub.server import HubServer
 from tests.integration.nodes import NodeProcess, agreement, start_cluster, wait_for
@@ -225,22 +228,20 @@ def test_a_three_node_pipeline_fetches_only_each_shards_files_each_once_from_the
             "the instance ready",
         )
         by_node = {n.state()["node_id"]: n for n in nodes}
-        index = json.loads((hub.repo_dir(REPO) / "model.safetensors.index.json").read_text())
+        plain = next(m for m in nodes[0].get("/models")["models"] if m["id"] == REPO)["card"]
+        card = from_plain(plain, ModelCard)
         for shard in instance["shards"]:
             node = by_node[shard["node_id"]]
-            layers = range(shard["start_layer"], shard["end_layer"])
-            wanted = {
-                file
-                for tensor, file in index["weight_map"].items()
-                if ".layers." not in tensor
-                or int(tensor.split(".layers.")[1].split(".")[0]) in layers
-            }
+            needed = files_for_layers(card, shard["start_layer"], shard["end_layer"])
+            wanted = {f for f in needed if f.endswith(".safetensors")}
             here = {
                 f
                 for f in snapshot_files(node.home.parent / f"hf{nodes.index(node)}", REPO)
                 if f.endswith(".safetensors")
             }
             assert here == wanted, (shard, here, wanted)
+            if shard["rank"] == 1:  # a middle rank: no embedding, no head, only its layers
+                assert here == {"model-00002-of-00003.safetensors"}, here
         # Asked at the last rank's node: relayed to rank 0.
         last = by_node[instance["shards"][-1]["node_id"]]
         assert "Paris" in chat(last, REPO)

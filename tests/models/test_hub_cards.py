@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from exo.events.ids import ModelId
@@ -99,13 +100,18 @@ def test_a_card_reads_widths_quantization_and_bytes_per_layer_from_the_repo() ->
 def test_a_shard_fetches_only_the_files_holding_its_layers() -> None:
     card = card_from_snapshot(ModelId("m/q"), snapshot(files=4), known_architectures=KNOWN)
     first, second, third, last = (f.name for f in card.weight_files)
-    assert [f.shared for f in card.weight_files] == [True, False, False, True]
+    assert [f.roles for f in card.weight_files] == [("embedding",), (), (), ("head",)]
+    assert card.tied_embeddings  # no lm_head tensor: the head is the embedding
     support = set(card.support_files)
-    # The embeddings and the final norm are shared: their files go to every rank.
-    assert set(files_for_layers(card, 0, 1)) == support | {first, last}
-    assert set(files_for_layers(card, 1, 2)) == support | {first, second, last}
+    # Rank 0 embeds; a middle rank needs only its layers; the last rank needs the final
+    # norm and, the head being tied, the embedding.
+    assert set(files_for_layers(card, 0, 1)) == support | {first}
+    assert set(files_for_layers(card, 1, 2)) == support | {second}
     assert set(files_for_layers(card, 2, 4)) == support | {first, third, last}
     assert set(files_for_layers(card, 0, 4)) == support | {first, second, third, last}
+    # With its own head, the last rank leaves the embedding to rank 0.
+    untied = attrs.evolve(card, tied_embeddings=False)
+    assert set(files_for_layers(untied, 2, 4)) == support | {third, last}
 
 
 def test_repos_exo_cannot_serve_are_refused_with_the_reason() -> None:

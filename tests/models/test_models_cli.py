@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from exo.events.codec import from_plain
+from exo.events.facts import ModelCard
+from exo.models.hub import files_for_layers
 from tests.hub.repos import tiny_repo
 from tests.hub.server import HubServer
 
@@ -51,11 +54,8 @@ def test_download_list_info_and_rm_work_on_the_hub_cache(hub: HubServer, tmp_pat
     shard = exo(hub, hf_home, "download", REPO, "--layers", "0:2")
     assert shard.returncode == 0, shard.stderr
     snapshot = Path(shard.stdout.strip().rsplit(" is in ", 1)[1])
-    wanted = sorted(
-        f["name"]
-        for f in card["weight_files"]
-        if f["shared"] or (f["first_layer"] < 2 and f["end_layer"] > 0)
-    )
+    read = from_plain(card, ModelCard)
+    wanted = sorted(n for n in files_for_layers(read, 0, 2) if n.endswith(".safetensors"))
     assert sorted(p.name for p in snapshot.glob("*.safetensors")) == wanted
     sizes = {f["name"]: f["size"] for f in card["weight_files"]}
     hub.reset_counters()
