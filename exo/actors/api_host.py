@@ -17,7 +17,7 @@ from exo.actors.command_client import CommandClient
 from exo.actors.data_plane import DataPlane
 from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
-from exo.actors.runner_handle import RunnerHandle
+from exo.actors.runner_handle import LOAD_FAILED, RunnerHandle
 from exo.actors.runners import RunnerSupervisor
 from exo.api.backend import (
     BackendError,
@@ -36,7 +36,7 @@ from exo.events.commands import (
     PlaceInstance,
     StartRequest,
 )
-from exo.events.facts import Instance
+from exo.events.facts import Instance, RunnerStatus
 from exo.events.ids import ModelId, NodeId, RequestId, new_request_id
 from exo.events.state import State
 from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
@@ -87,8 +87,8 @@ def failure_of(state: State, model: ModelId) -> str | None:
             runner = state.runner_status(instance.instance_id, shard.node_id)
             if download is not None and download.phase == "failed":
                 reason = f"download failed on node {shard.node_id}: {download.detail}"
-            elif runner is not None and runner.phase == "failed":
-                first = runner.detail.strip().splitlines()[-1:] or [""]
+            elif runner is not None and runner.phase == "failed" and cannot_load(runner):
+                first = runner.detail.strip().splitlines()[:1] or [""]
                 reason = f"runner failed on node {shard.node_id}: {first[0]}"
             if reason:
                 break
@@ -96,6 +96,12 @@ def failure_of(state: State, model: ModelId) -> str | None:
             return None
         reasons.append(reason)
     return "; ".join(reasons) if reasons else None
+
+
+def cannot_load(runner: RunnerStatus) -> bool:
+    """A runner that failed to load the model (it will fail again on every restart), not
+    one that crashed while serving: that one restarts within seconds, worth waiting for."""
+    return runner.detail.startswith(LOAD_FAILED)
 
 
 def model_view(state: State, card: ModelCard) -> dict[str, Any]:

@@ -223,7 +223,7 @@ class Downloader:
         try:
             await self._fetch(card, files, missing)
         except Exception as exc:
-            await self._failed(model, exc)
+            await self._failed(model, first_cause(exc))
             return
         self._retry_at.pop(model, None)
         size = await self._env.run_blocking(lambda: self._store.size(card, files))
@@ -328,6 +328,23 @@ class Downloader:
 
     async def _report(self, model: ModelId, status: DownloadStatus) -> None:
         await self._commands.send(ReportDownload(model, status))
+
+
+def first_cause(error: Exception) -> Exception:
+    """The failure inside the nurseries a download runs in: a transient one (the hub
+    unreachable) if any of them is, so the download is retried."""
+    if not isinstance(error, ExceptionGroup):
+        return error
+    leaves: list[Exception] = []
+    pending: list[Exception] = [error]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    transient = [e for e in leaves if isinstance(e, HubUnreachable)]
+    return (transient or leaves or [error])[0]
 
 
 class _Progress:

@@ -30,6 +30,8 @@ STDERR_TAIL_LINES = 40
 # Restarts back off from 0.5 s up to this; a runner is never given up on for good,
 # since what killed it (memory pressure, a bad request) may pass.
 MAX_RESTART_BACKOFF = 30.0
+# How the status of a runner that could not load its model begins (requests stop waiting).
+LOAD_FAILED = "runner could not start"
 
 
 class _RunnerGone:
@@ -158,7 +160,7 @@ class RunnerHandle:
                         )
                         self._set_status(RunnerStatus("ready", _describe(info), self.restarts))
                     case protocol.Fatal(message=fatal):
-                        return f"runner could not start: {fatal}"
+                        return f"{LOAD_FAILED}: {fatal}"
                     case protocol.TokenOut() | protocol.Finished() | protocol.RequestError():
                         self._route(message)
         return "runner process exited"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from exo.actors.api_host import failure_of
+from exo.actors.runner_handle import LOAD_FAILED
 from exo.events.events import (
     DownloadStatusChanged,
     Event,
@@ -44,6 +45,14 @@ def test_a_failed_download_or_runner_of_every_instance_is_reported_with_its_reas
     assert failure_of(state(downloading, down), MODEL) == (
         "download failed on node b: hub unreachable"
     )
-    crashed = RunnerStatusChanged(INSTANCE, A, RunnerStatus("failed", "Traceback\nMemoryError"))
-    assert failure_of(state(crashed), MODEL) == "runner failed on node a: MemoryError"
+    # A runner that cannot load the model fails requests at once; one that crashed while
+    # serving restarts within seconds, and requests wait for it.
+    unloadable = RunnerStatusChanged(
+        INSTANCE, A, RunnerStatus("failed", f"{LOAD_FAILED}: no such file\nstderr tail: …")
+    )
+    assert failure_of(state(unloadable), MODEL) == (
+        f"runner failed on node a: {LOAD_FAILED}: no such file"
+    )
+    crashed = RunnerStatusChanged(INSTANCE, A, RunnerStatus("failed", "runner process exited"))
+    assert failure_of(state(crashed), MODEL) is None
     assert failure_of(state(), ModelId("other")) is None  # no instance: nothing failed

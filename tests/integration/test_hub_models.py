@@ -194,7 +194,7 @@ def test_a_killed_download_resumes_and_an_unreachable_hub_fails_requests_at_once
         assert waiting.value.status_code == 503 and time.monotonic() - started < 10
         hub.set_throttle(None)
         hub.set_offline(False)
-        node.wait_ready()
+        wait_for(lambda: _download_phase(node, REPO) == "complete" or None, 120, "resumed")
         assert "Paris" in chat(node, REPO)
         assert hub.bytes_served(REPO) < size * 1.2
     finally:

@@ -216,7 +216,9 @@ def test_instances_api_places_reports_and_deletes(node: NodeProcess) -> None:
     previews = node.get("/instances/previews?model=smollm2-135m")
     one = next(p for p in previews if p["strategy"] == "pipeline" and p["node_count"] == 1)
     assert one["valid"] and one["predicted_tokens_per_second"] > 0
-    assert one["shards"] == [{"node_id": me, "rank": 0, "start_layer": 0, "end_layer": 30}]
+    assert one["shards"] == [
+        {"node_id": me, "rank": 0, "start_layer": 0, "end_layer": 30, "keep_quantized": False}
+    ]
 
     def call(method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
