@@ -101,9 +101,13 @@ def fit_rank(
     context: int | None = None,
 ) -> tuple[int, bool]:
     """(bytes needed, keep_quantized) for one rank: float32 on a CPU node when it fits,
-    else the weights as stored; `PlacementError` when neither fits."""
+    else the weights as stored; `PlacementError` when neither fits.
+
+    Mixture-of-experts models keep their weights as stored on CPU: the engine widens
+    plain linear layers only, not the stacked expert layers that hold most of the bytes,
+    so planning float32 would reserve memory the runner never uses."""
     need = required_bytes(card, start, end, fraction_of_width, context, profile.accelerator)
-    if profile.memory_available >= need:
+    if profile.memory_available >= need and not (card.num_experts and profile.accelerator == "cpu"):
         return need, False
     if profile.accelerator == "cpu":
         stored = required_bytes(

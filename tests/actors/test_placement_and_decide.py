@@ -246,3 +246,11 @@ def test_architectures_exo_cannot_shard_are_refused_across_nodes_but_run_on_one(
     with pytest.raises(PlacementError, match="'qwen3_next' cannot be pipeline-sharded"):
         place(state, hybrid, "pipeline", 2, (NodeId("a"), NodeId("b")))
     assert len(place(state, hybrid, "pipeline").shards) == 1
+
+
+def test_a_mixture_of_experts_model_keeps_its_weights_as_stored_on_cpu() -> None:
+    moe = attrs.evolve(hub_card(), num_experts=8, experts_per_token=2, architecture="qwen3_moe")
+    placement = place(state_with(a=8), moe, "pipeline")
+    (shard,) = placement.shards
+    assert shard.keep_quantized
+    assert placement.memory_by_node[NodeId("a")] == required_bytes(moe, 0, 4, keep_quantized=True)
