@@ -12,6 +12,7 @@ like with like.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -117,8 +118,10 @@ def first_token(hub: HubServer, work: Path, models_dir: Path) -> dict[str, Any]:
         env={**hub.client_env(), "HF_HOME": str(work / "single" / "hf")},
     ).start()
     marks: dict[str, float] = {}
+    stack = contextlib.ExitStack()
     try:
         client = openai.OpenAI(base_url=node.url + "/v1", api_key="x", max_retries=0)
+        stack.callback(client.close)
         started = time.perf_counter()
 
         def stream() -> None:
@@ -158,6 +161,7 @@ def first_token(hub: HubServer, work: Path, models_dir: Path) -> dict[str, Any]:
         out["total_s"] = round(marks["first_token"] - started, 3)
         return out
     finally:
+        stack.close()
         node.stop()
 
 

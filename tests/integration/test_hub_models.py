@@ -54,10 +54,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
 
 
 def chat(node: NodeProcess, model: str, **extra: Any) -> str:
-    client = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
-    reply = client.chat.completions.create(
-        model=model, messages=QUESTION, temperature=0, max_tokens=24, timeout=240, **extra
-    )
+    with openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model=model, messages=QUESTION, temperature=0, max_tokens=24, timeout=240, **extra
+        )
     return reply.choices[0].message.content or ""
 
 
@@ -102,7 +102,8 @@ def test_a_hub_model_is_served_by_name_with_its_true_metadata_and_clear_errors(
         hub.reset_counters()
         assert "Paris" in chat(node, REPO)
         assert hub.bytes_served() == 0
-        listed = {m.id for m in openai.OpenAI(base_url=node.url + "/v1", api_key="x").models.list()}
+        with openai.OpenAI(base_url=node.url + "/v1", api_key="x") as client:
+            listed = {m.id for m in client.models.list()}
         assert {"smollm2-135m", REPO} <= listed
         tags = {m["name"]: m for m in node.get("/api/tags")["models"]}
         details = tags[REPO]["details"]
