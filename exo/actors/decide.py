@@ -90,7 +90,10 @@ def decide(state: State, envelope: Envelope) -> Decision:
         case DeleteInstance(instance_id=instance_id):
             if instance_id not in state.instances:
                 return Rejected(f"no instance {instance_id}")
-            return [InstanceDeleted(instance_id)]
+            return [
+                *orphaned_requests(state, set(), {instance_id}, "its instance was deleted"),
+                InstanceDeleted(instance_id),
+            ]
         case ReportRunnerStatus(instance_id=instance_id, status=status):
             if (
                 instance_id not in state.instances
@@ -133,6 +136,10 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         return Rejected(f"unknown model {command.model}")
     if command.if_absent and state.instances_of(card.model_id):
         return []
+    if instance_id_for(command_id) in state.instances:
+        # A retry the master no longer remembers the outcome of: it was decided already,
+        # and deciding again would replace the live instance (and reset its runners).
+        return []
     try:
         if command.nodes is None:
             placement = best_placement(
@@ -168,11 +175,18 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
     if node_id not in state.nodes:
         return []
     events: list[Event] = [NodeDown(node_id)]
-    draft = apply_event(state, events[0])
     broken = sorted(
         (i for i in state.instances.values() if i.shard_on(node_id) is not None),
         key=lambda i: i.instance_id,
     )
+    # Requests the lost node's API took, or that ran on an instance it was part of, end
+    # here: nobody is left to report them (before the deletions, so they are counted).
+    events += orphaned_requests(
+        state, {node_id}, {i.instance_id for i in broken}, f"node {node_id} was lost"
+    )
+    draft = state
+    for event in events:
+        draft = apply_event(draft, event)
     for instance in broken:
         deleted = InstanceDeleted(instance.instance_id)
         events.append(deleted)
@@ -200,6 +214,18 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
         events.append(created)
         draft = apply_event(draft, created)
     return events
+
+
+def orphaned_requests(
+    state: State, nodes: set[NodeId], instances: set[InstanceId], why: str
+) -> list[Event]:
+    """`RequestFailed` for every open request taken by one of `nodes` or running on one
+    of `instances`, in id order."""
+    return [
+        RequestFailed(request_id, f"request lost: {why}")
+        for request_id, record in sorted(state.requests.items())
+        if record.api_node in nodes or record.instance_id in instances
+    ]
 
 
 def adopt(state: State, command: AdoptSuffix) -> Decision:

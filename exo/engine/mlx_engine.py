@@ -251,7 +251,7 @@ class MlxEngine:
             )
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         if params.seed is not None:
-            mx.random.seed(params.seed)
+            mx.random.seed(mlx_seed(params.seed))
         return self._stream(request.request_id, prompt, max_tokens, params, cancelled)
 
     def _stream(
@@ -357,6 +357,12 @@ def load_shard_files(
     model, loaded_config = load_model(model_dir, lazy=True, strict=False)
     tokenizer = load_tokenizer(model_dir, eos_token_ids=loaded_config.get("eos_token_id"))
     return model, tokenizer
+
+
+def mlx_seed(seed: int) -> int:
+    """The seed as MLX takes it (an unsigned 64-bit integer): the API accepts any signed
+    64-bit seed, as OpenAI's does, and distinct seeds stay distinct."""
+    return seed % 2**64
 
 
 def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, str | None]:

@@ -15,6 +15,7 @@ from exo.events.commands import (
     DeleteInstance,
     Envelope,
     FinishRequest,
+    MarkNodeDown,
     PlaceInstance,
     RegisterNode,
     ReportRunnerStatus,
@@ -23,6 +24,7 @@ from exo.events.commands import (
 from exo.events.events import (
     IndexedEvent,
     InstanceCreated,
+    MasterElected,
     ModelAdded,
     NodeProfiled,
     RequestStarted,
@@ -254,3 +256,40 @@ def test_a_mixture_of_experts_model_keeps_its_weights_as_stored_on_cpu() -> None
     (shard,) = placement.shards
     assert shard.keep_quantized
     assert placement.memory_by_node[NodeId("a")] == required_bytes(moe, 0, 4, keep_quantized=True)
+
+
+def test_a_retry_decided_after_its_outcome_was_forgotten_keeps_the_live_instance() -> None:
+    state = state_with(a=8)
+    (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL), cid="cmd-9"))  # type: ignore[misc]
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
+    # The master remembers a bounded number of outcomes; the same command again, after
+    # its outcome was evicted, decides nothing rather than replacing the instance.
+    assert decide(state, envelope(PlaceInstance(BUNDLED_MODEL), cid="cmd-9")) == []
+
+
+def test_requests_end_with_the_node_that_took_them_and_with_their_instance() -> None:
+    state = state_with(a=8, b=8)
+    (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL, nodes=(NodeId("a"),))))  # type: ignore[misc]
+    assert isinstance(created, InstanceCreated)
+    iid = created.instance.instance_id
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, MasterElected(NodeId("a"), 1)))
+    for rid, origin in (("r-a", "a"), ("r-b", "b")):
+        (started,) = decide(state, envelope(StartRequest(RequestId(rid), iid), origin, rid))  # type: ignore[misc]
+        state = apply(state, IndexedEvent(state.last_index + 1, 1, started))
+    # Node b, whose API took r-b, is lost: r-b is failed; r-a goes on (a still serves it).
+    lost_b = decide(state, envelope(MarkNodeDown(NodeId("b")), "a", "down-b"))
+    assert isinstance(lost_b, list)
+    assert [type(e).__name__ for e in lost_b] == ["NodeDown", "RequestFailed"]
+    after = state
+    for event in lost_b:
+        after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
+    assert set(after.requests) == {"r-a"}
+    assert after.request_counters[iid].failed == 1
+    # Deleting the instance ends what ran on it.
+    deleted = decide(after, envelope(DeleteInstance(iid), "a", "del"))
+    assert isinstance(deleted, list)
+    assert [type(e).__name__ for e in deleted] == ["RequestFailed", "InstanceDeleted"]
+    for event in deleted:
+        after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
+    assert after.requests == {}

@@ -100,6 +100,15 @@ def test_seeded_sampling_with_every_control_repeats(engine: MlxEngine) -> None:
     )
 
 
+def test_a_negative_seed_samples_repeatably(engine: MlxEngine) -> None:
+    # The API takes any signed 64-bit seed, as OpenAI's does; MLX takes unsigned ones.
+    params = protocol.SamplingParams(temperature=1.3, max_tokens=12, seed=-7)
+    first, second = text(run(engine, params)[0]), text(run(engine, params)[0])
+    assert first == second and first
+    lowest = protocol.SamplingParams(temperature=1.3, max_tokens=4, seed=-(2**63))
+    assert text(run(engine, lowest)[0])
+
+
 def test_a_raw_prompt_skips_the_chat_template(engine: MlxEngine) -> None:
     prompt = "The capital of France is"
     chunks, finished = run(
