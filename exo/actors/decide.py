@@ -10,7 +10,13 @@ import hashlib
 
 from attrs import frozen
 
-from exo.actors.placement import PlacementError, place, planned_context, ring_addresses
+from exo.actors.placement import (
+    PlacementError,
+    place,
+    planned_context,
+    ring_addresses,
+    with_commitments,
+)
 from exo.actors.previews import best_placement
 from exo.events.commands import (
     AddModel,
@@ -140,14 +146,15 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
         # A retry the master no longer remembers the outcome of: it was decided already,
         # and deciding again would replace the live instance (and reset its runners).
         return []
+    seen = with_commitments(state)
     try:
         if command.nodes is None:
             placement = best_placement(
-                state, card, command.strategy, command.min_nodes, command.context_length
+                seen, card, command.strategy, command.min_nodes, command.context_length
             )
         else:
             placement = place(
-                state,
+                seen,
                 card,
                 command.strategy,
                 command.min_nodes,
@@ -197,7 +204,7 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
             continue
         try:
             placement = best_placement(
-                draft, card, instance.strategy, context=instance.context_length
+                with_commitments(draft), card, instance.strategy, context=instance.context_length
             )
             ring = ring_addresses(draft, placement.shards, state.last_index)
         except PlacementError:

@@ -9,6 +9,7 @@ import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.decide import instance_id_for
+from exo.actors.placement import with_commitments
 from exo.actors.previews import previews
 from exo.actors.replica import Replica
 from exo.api.backend import InvalidRequest, Unavailable, UnknownInstance, UnknownModel
@@ -121,5 +122,5 @@ class InstanceManager:
                 "valid": p.valid,
                 "reason": p.reason,
             }
-            for p in previews(self._replica.state, card, context_length)
+            for p in previews(with_commitments(self._replica.state), card, context_length)
         ]

@@ -9,13 +9,13 @@ addresses from where the nodes reach each other (`state.links`).
 
 from __future__ import annotations
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from exo.engine.architectures import pipeline_refusal, tensor_refusal
 from exo.events.facts import Accelerator, NodeProfile, Shard, Strategy
 from exo.events.ids import NodeId
 from exo.events.state import State
-from exo.models.cards import ModelCard
+from exo.models.cards import ModelCard, card_for
 
 HEADROOM_BYTES = 256 * 1024 * 1024
 # One-way latency assumed for a pair of nodes whose link is not measured yet.
@@ -197,6 +197,48 @@ def _candidates(
             f"{', '.join(elsewhere)}"
         )
     return [(n, state.nodes[n]) for n in nodes]
+
+
+def committed_bytes(state: State, node_id: NodeId) -> int:
+    """Memory that instances placed on the node will take but its report cannot show
+    yet: their runners there are not loaded (starting, loading, restarting, or not
+    started while weights arrive). Once a runner is ready the node's own report of free
+    memory counts it."""
+    total = 0
+    for instance in state.instances.values():
+        shard = instance.shard_on(node_id)
+        if shard is None:
+            continue
+        runner = state.runner_status(instance.instance_id, node_id)
+        if runner is not None and runner.phase in ("ready", "running"):
+            continue
+        card = card_for(instance.model, state.models)
+        if card is None:
+            continue
+        profile = state.nodes.get(node_id)
+        accelerator = profile.accelerator if profile is not None else "cpu"
+        width = 1 / len(instance.shards) if instance.strategy == "tensor" else 1.0
+        total += required_bytes(
+            card,
+            shard.start_layer,
+            shard.end_layer,
+            width,
+            instance.context_length,
+            accelerator,
+            shard.keep_quantized,
+        )
+    return total
+
+
+def with_commitments(state: State) -> State:
+    """The state as placement should see it: each node's free memory less what instances
+    placed on it but not loaded yet will take, so quick placements do not overcommit."""
+    nodes = {}
+    for node_id, profile in state.nodes.items():
+        committed = committed_bytes(state, node_id)
+        free = max(profile.memory_available - committed, 0)
+        nodes[node_id] = evolve(profile, memory_available=free) if committed else profile
+    return evolve(state, nodes=nodes)
 
 
 def sharding_config(card: ModelCard) -> dict[str, object]:

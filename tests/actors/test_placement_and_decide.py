@@ -5,6 +5,7 @@ from exo.actors.decide import Rejected, decide, instance_id_for
 from exo.actors.placement import (
     HEADROOM_BYTES,
     PlacementError,
+    committed_bytes,
     kv_cache_bytes,
     place,
     required_bytes,
@@ -28,6 +29,7 @@ from exo.events.events import (
     ModelAdded,
     NodeProfiled,
     RequestStarted,
+    RunnerStatusChanged,
 )
 from exo.events.facts import ModelCard, NodeProfile, RunnerStatus
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
@@ -293,3 +295,26 @@ def test_requests_end_with_the_node_that_took_them_and_with_their_instance() -> 
     for event in deleted:
         after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
     assert after.requests == {}
+
+
+def test_instances_not_loaded_yet_count_against_their_node() -> None:
+    state = state_with(a=1.8)
+    placed = []
+    for cid in ("p1", "p2", "p3"):
+        decision = decide(state, envelope(PlaceInstance(BUNDLED_MODEL), cid=cid))
+        if isinstance(decision, Rejected):
+            placed.append(decision.reason)
+            continue
+        (created,) = decision
+        assert isinstance(created, InstanceCreated)
+        placed.append(created.instance.shards[0].keep_quantized)
+        state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
+    # The first fits in float32; the second only as stored, beside the first; the third
+    # not at all, though the node's own report still says 1.8 GiB free.
+    assert placed[:2] == [False, True]
+    assert isinstance(placed[2], str) and "needs" in placed[2], placed
+    # A loaded runner shows in the node's own report: it is no longer counted twice.
+    first = next(iter(sorted(state.instances)))
+    ready = RunnerStatusChanged(InstanceId(first), NodeId("a"), RunnerStatus("ready"))
+    loaded = apply(state, IndexedEvent(state.last_index + 1, 1, ready))
+    assert committed_bytes(loaded, NodeId("a")) < committed_bytes(state, NodeId("a"))
