@@ -60,6 +60,15 @@ def widens(accelerator: Accelerator, keep_quantized: bool) -> bool:
     return accelerator == "cpu" and not keep_quantized
 
 
+def weight_bytes_held(
+    card: ModelCard, start: int, end: int, accelerator: Accelerator, keep_quantized: bool
+) -> int:
+    """Bytes of the weights of layers [start, end) as a runner on `accelerator` holds them."""
+    if widens(accelerator, keep_quantized):
+        return card.float32_bytes(start, end)
+    return card.stored_bytes(start, end)
+
+
 def kv_cache_bytes(
     card: ModelCard,
     layers: int,
@@ -83,10 +92,7 @@ def required_bytes(
 ) -> int:
     """Memory a rank holding layers [start, end) (of `fraction_of_width` of each) needs:
     its weights as the runner holds them, its KV cache for `context` tokens, a headroom."""
-    if widens(accelerator, keep_quantized):
-        weights = card.float32_bytes(start, end)
-    else:
-        weights = card.stored_bytes(start, end)
+    weights = weight_bytes_held(card, start, end, accelerator, keep_quantized)
     kv = kv_cache_bytes(card, end - start, context, accelerator, keep_quantized)
     return int((weights + kv) * fraction_of_width) + HEADROOM_BYTES
 

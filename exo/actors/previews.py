@@ -23,7 +23,7 @@ from exo.actors.placement import (
     check_node_count,
     link_latency,
     place,
-    widens,
+    weight_bytes_held,
     workers_for,
 )
 from exo.events.facts import Accelerator, Shard, Strategy
@@ -159,9 +159,9 @@ def predicted_tokens_per_second(state: State, card: ModelCard, placement: Placem
 def held_bytes(state: State, card: ModelCard, shard: Shard) -> int:
     """Weight bytes the shard's runner reads per token, as its node holds them."""
     accelerator = state.nodes[shard.node_id].accelerator
-    if widens(accelerator, shard.keep_quantized):
-        return card.float32_bytes(shard.start_layer, shard.end_layer)
-    return card.stored_bytes(shard.start_layer, shard.end_layer)
+    return weight_bytes_held(
+        card, shard.start_layer, shard.end_layer, accelerator, shard.keep_quantized
+    )
 
 
 def _bandwidth(state: State, node_id: NodeId) -> float:
