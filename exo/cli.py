@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def _node(args: argparse.Namespace) -> int:
     from exo.actors.environment import RealEnvironment
     from exo.actors.node import NodeConfig, run_node
-    from exo.actors.runtime import CrashLoop
+    from exo.actors.runtime import CrashLoop, leaves
     from exo.logs import configure_logging
 
     configure_logging(args.log_level)
@@ -162,17 +162,10 @@ def _node(args: argparse.Namespace) -> int:
         known, rest = group.split((CrashLoop, OSError))
         if rest is not None or known is None:
             raise
-        for error in _leaves(known):
+        for error in leaves(known):
             print(f"exo node: stopping: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for error in group.exceptions:
-        out.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return out
 
 
 async def _run_until_signalled(run: Any, *args: Any) -> None:

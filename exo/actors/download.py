@@ -24,6 +24,7 @@ from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
 from exo.actors.file_share import FileShare, PeerCopyFailed, plan_sources
 from exo.actors.replica import Replica
+from exo.actors.runtime import leaves
 from exo.events.commands import ReportDownload
 from exo.events.facts import DownloadStatus, ModelCard
 from exo.events.ids import ModelId, NodeId
@@ -333,18 +334,9 @@ class Downloader:
 def first_cause(error: Exception) -> Exception:
     """The failure inside the nurseries a download runs in: a transient one (the hub
     unreachable) if any of them is, so the download is retried."""
-    if not isinstance(error, ExceptionGroup):
-        return error
-    leaves: list[Exception] = []
-    pending: list[Exception] = [error]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, ExceptionGroup):
-            pending.extend(current.exceptions)
-        else:
-            leaves.append(current)
-    transient = [e for e in leaves if isinstance(e, HubUnreachable)]
-    return (transient or leaves or [error])[0]
+    inner = [e for e in leaves(error) if isinstance(e, Exception)]
+    transient = [e for e in inner if isinstance(e, HubUnreachable)]
+    return (transient or inner or [error])[0]
 
 
 class _Progress:

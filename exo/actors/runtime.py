@@ -103,3 +103,14 @@ class Mailbox(Generic[T]):
 
     def __init__(self, capacity: int) -> None:
         self.send, self.receive = trio.open_memory_channel[T](capacity)
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order; `error` itself when it
+    is not a group. What actors and their callers act on, not the nurseries around it."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    out: list[BaseException] = []
+    for inner in error.exceptions:
+        out.extend(leaves(inner))
+    return out
