@@ -32,7 +32,7 @@ from exo.events.state import State
 from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled_model
 from exo.models.cards import card_for
 from exo.models.gguf import is_converted
-from exo.models.hub import bytes_of, files_for_layers
+from exo.models.hub import bytes_of, files_needed
 from exo.models.hub_client import DOWNLOAD_WORKERS, CorruptDownload, HubClient, HubUnreachable
 
 log = logging.getLogger("exo.download")
@@ -45,20 +45,6 @@ RETRY_MAX = 60.0
 def models_needed(state: State, node_id: NodeId) -> list[ModelId]:
     """Models with a shard placed on this node, in a stable order."""
     return sorted({i.model for i in state.instances.values() if i.shard_on(node_id) is not None})
-
-
-def files_needed(state: State, node_id: NodeId, card: ModelCard) -> tuple[str, ...]:
-    """The files this node's shards of the model need (all of them for a tensor shard)."""
-    names: set[str] = set()
-    for instance in state.instances_of(card.model_id):
-        shard = instance.shard_on(node_id)
-        if shard is None:
-            continue
-        if instance.strategy == "tensor":
-            names.update(files_for_layers(card, 0, card.num_layers))
-        else:
-            names.update(files_for_layers(card, shard.start_layer, shard.end_layer))
-    return tuple(sorted(names))
 
 
 def directory_bytes(path: Path) -> int:
@@ -192,14 +178,13 @@ class Downloader:
             state = self._replica.state
             needed = models_needed(state, self._node_id)
             view = [(m, state.download_status(self._node_id, m)) for m in needed]
-            now = self._env.now()
-            due = any(self._retry_at.get(m, (now + 1, 0))[0] <= now for m in needed)
-            if view != seen or due:
+            retries = [at for m, (at, _) in self._retry_at.items() if m in needed]
+            if view != seen or any(at <= self._env.now() for at in retries):
                 for model in needed:
                     await self._reconcile(state, model)
                 seen = view
-            waits = [at - self._env.now() for m, (at, _) in self._retry_at.items() if m in needed]
-            with trio.move_on_after(max(min(waits), 0) if waits else float("inf")):
+                retries = [at for m, (at, _) in self._retry_at.items() if m in needed]
+            with trio.move_on_at(min(retries) if retries else float("inf")):
                 await self._replica.wait_changed()
 
     async def _reconcile(self, state: State, model: ModelId) -> None:
@@ -267,18 +252,28 @@ class Downloader:
         while pending:
             state = self._replica.state
             plan = plan_sources(state, self._node_id, card, pending, copyable, frozenset(refused))
-            from_hub = tuple(sorted(n for n, (kind, _) in plan.items() if kind == "hub"))
-            from_peers = {n: src for n, (kind, src) in plan.items() if kind == "peer"}
+            from_hub: list[str] = []
+            from_peers: dict[str, tuple[NodeId, ...]] = {}
+            waiting: set[NodeId] = set()
+            for name, source in sorted(plan.items()):
+                match source:
+                    case ("hub", None):
+                        from_hub.append(name)
+                    case ("peer", peers):
+                        from_peers[name] = peers
+                    case ("wait", fetcher):
+                        waiting.add(fetcher)
             if not from_hub and not from_peers:
-                waiting = sorted({str(src) for kind, src in plan.values() if kind == "wait"})
-                log.info("waiting for %s to fetch files of %s", ", ".join(waiting), card.model_id)
+                log.info(
+                    "waiting for %s to fetch files of %s", ", ".join(sorted(waiting)), card.model_id
+                )
                 with trio.move_on_after(RETRY_MAX):
                     await self._replica.wait_changed()
                 continue
             done: set[str] = set()
             async with trio.open_nursery() as nursery:
                 if from_hub:
-                    nursery.start_soon(self._from_hub, card, from_hub, progress, done)
+                    nursery.start_soon(self._from_hub, card, tuple(from_hub), progress, done)
                 for name, peers in sorted(from_peers.items()):
                     nursery.start_soon(self._copy, card, name, peers, progress, done, refused)
             pending -= done
@@ -293,12 +288,12 @@ class Downloader:
         self,
         card: ModelCard,
         name: str,
-        peers: object,
+        peers: tuple[NodeId, ...],
         progress: _Progress,
         done: set[str],
         refused: set[tuple[NodeId, str]],
     ) -> None:
-        assert self._files is not None and isinstance(peers, tuple)
+        assert self._files is not None
         target = self._store.partial_path(card, name)
         assert target is not None
         async with self._copy_slots:

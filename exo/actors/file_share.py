@@ -33,6 +33,7 @@ from exo.events.facts import ModelCard
 from exo.events.ids import NodeId, random_token
 from exo.events.state import State
 from exo.models.cards import card_for
+from exo.models.hub import files_needed
 
 log = logging.getLogger("exo.files")
 
@@ -64,8 +65,6 @@ class _Needs:
 
 def _needs(state: State, card: ModelCard) -> list[_Needs]:
     """Every node with a shard of the model: its download phase and the files it needs."""
-    from exo.actors.download import files_needed  # download imports this module
-
     nodes = sorted(
         {s.node_id for i in state.instances_of(card.model_id) for s in i.shards} & set(state.nodes)
     )

@@ -18,7 +18,8 @@ from typing import Any
 from attrs import field, frozen
 
 from exo.events.facts import ModelCard, ModelSource, Quantization, WeightFile
-from exo.events.ids import ModelId
+from exo.events.ids import ModelId, NodeId
+from exo.events.state import State
 
 # The hub's repo id rules: "owner/name", letters, digits, "-", "_", "."; no "--" or "..".
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -268,6 +269,20 @@ def files_for_layers(card: ModelCard, start: int, end: int) -> tuple[str, ...]:
         f.name for f in card.weight_files
     ]
     return tuple(sorted({*card.support_files, *weights}))
+
+
+def files_needed(state: State, node_id: NodeId, card: ModelCard) -> tuple[str, ...]:
+    """The files this node's shards of the model need (all of them for a tensor shard)."""
+    names: set[str] = set()
+    for instance in state.instances_of(card.model_id):
+        shard = instance.shard_on(node_id)
+        if shard is None:
+            continue
+        if instance.strategy == "tensor":
+            names.update(files_for_layers(card, 0, card.num_layers))
+        else:
+            names.update(files_for_layers(card, shard.start_layer, shard.end_layer))
+    return tuple(sorted(names))
 
 
 def bytes_of(card: ModelCard, names: Sequence[str]) -> int:
