@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from exo.events.codec import to_plain
 from exo.events.facts import ModelCard
 from exo.models.hub import NotAModel, bytes_of, files_for_layers, parse_model_name
-from exo.models.hub_client import HubClient, HubError
+from exo.models.hub_client import ByteTally, HubClient, HubError
 
 # Seconds between plain progress lines when the output is not a terminal.
 PLAIN_INTERVAL = 2.0
@@ -73,23 +73,18 @@ def _download(client: HubClient, repo: str, layers: str | None, out: TextIO) -> 
     files = files_for_layers(card, start, end)
     missing = client.missing(card, files)
     total = bytes_of(card, list(files))
-    done = [total - bytes_of(card, missing)]
-    lock = threading.Lock()
+    tally = ByteTally(total - bytes_of(card, missing))
     failure: list[BaseException] = []
-
-    def add(n: int) -> None:
-        with lock:
-            done[0] += n
 
     def work() -> None:
         try:
-            client.download(card, files, add)
+            client.download(card, files, tally.add)
         except BaseException as exc:
             failure.append(exc)
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    _show_progress(worker, lambda: done[0], total, card.model_id, out)
+    _show_progress(worker, lambda: tally.done, total, card.model_id, out)
     if failure:
         raise failure[0]
     print(

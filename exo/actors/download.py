@@ -33,7 +33,13 @@ from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled
 from exo.models.cards import card_for
 from exo.models.gguf import is_converted
 from exo.models.hub import bytes_of, files_needed
-from exo.models.hub_client import DOWNLOAD_WORKERS, CorruptDownload, HubClient, HubUnreachable
+from exo.models.hub_client import (
+    DOWNLOAD_WORKERS,
+    ByteTally,
+    CorruptDownload,
+    HubClient,
+    HubUnreachable,
+)
 
 log = logging.getLogger("exo.download")
 
@@ -221,7 +227,7 @@ class Downloader:
         already = total - await self._env.run_blocking(
             lambda: self._store.size(card, tuple(missing))
         )
-        progress = _Progress(already)
+        progress = ByteTally(already)
         log.info("fetching %d files of %s (%d bytes)", len(missing), card.model_id, total)
         await self._report(card.model_id, DownloadStatus("downloading", already, total))
 
@@ -241,7 +247,7 @@ class Downloader:
             await self._fetch_files(card, set(missing), progress)
             nursery.cancel_scope.cancel()
 
-    async def _fetch_files(self, card: ModelCard, pending: set[str], progress: _Progress) -> None:
+    async def _fetch_files(self, card: ModelCard, pending: set[str], progress: ByteTally) -> None:
         """Each file from a peer that holds it, or after the peer fetching it from the hub
         is done, or from the hub (`file_share.plan_sources`)."""
         refused: set[tuple[NodeId, str]] = set()
@@ -279,7 +285,7 @@ class Downloader:
             pending -= done
 
     async def _from_hub(
-        self, card: ModelCard, names: tuple[str, ...], progress: _Progress, done: set[str]
+        self, card: ModelCard, names: tuple[str, ...], progress: ByteTally, done: set[str]
     ) -> None:
         await self._env.run_blocking(partial(self._store.fetch, card, names, progress.add))
         done.update(names)
@@ -289,7 +295,7 @@ class Downloader:
         card: ModelCard,
         name: str,
         peers: tuple[NodeId, ...],
-        progress: _Progress,
+        progress: ByteTally,
         done: set[str],
         refused: set[tuple[NodeId, str]],
     ) -> None:
@@ -332,15 +338,3 @@ def first_cause(error: Exception) -> Exception:
     inner = [e for e in leaves(error) if isinstance(e, Exception)]
     transient = [e for e in inner if isinstance(e, HubUnreachable)]
     return (transient or inner or [error])[0]
-
-
-class _Progress:
-    """Bytes done, added to from the download's worker threads."""
-
-    def __init__(self, done: int) -> None:
-        self.done = done
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.done += n

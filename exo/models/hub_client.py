@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -467,6 +468,19 @@ def git_blob_id(path: Path) -> str:
 def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class ByteTally:
+    """Bytes done, added to from a download's worker threads (`add` is the `on_bytes`
+    callback of `HubClient.download`)."""
+
+    def __init__(self, done: int = 0) -> None:
+        self.done = done
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
 
 
 def byte_counter(on_bytes: Callable[[int], None]) -> type:
