@@ -36,6 +36,11 @@ def parse_local_model(body: Any) -> tuple[str, str]:
     return name, path
 
 
+def view_of(backend: Backend, model_id: str) -> dict[str, Any] | None:
+    """The GET /models entry of one model."""
+    return next((v for v in backend.model_views() if v["id"] == model_id), None)
+
+
 def register_models(app: QuartTrio, backend: Backend) -> None:
     """Add `GET /models`, `GET /models/<id>` (a hub repo id reads the repo's card) and
     `POST /models` (serve a local model directory under a name)."""
@@ -48,8 +53,7 @@ def register_models(app: QuartTrio, backend: Backend) -> None:
             card = await backend.add_local_model(name, path)
         except BackendError as error:
             return backend_error_response(error)
-        view = next((v for v in backend.model_views() if v["id"] == card.model_id), None)
-        return json_response(view, 201)
+        return json_response(view_of(backend, card.model_id), 201)
 
     @app.get("/models", endpoint="exo_models")
     async def list_models() -> TrioResponse:
@@ -60,5 +64,4 @@ def register_models(app: QuartTrio, backend: Backend) -> None:
         found = await lookup_model(backend, model)
         if isinstance(found, BackendError):
             return backend_error_response(found)
-        view = next((v for v in backend.model_views() if v["id"] == found.model_id), None)
-        return json_response(view)
+        return json_response(view_of(backend, found.model_id))
