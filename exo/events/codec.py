@@ -12,6 +12,7 @@ from typing import Any
 
 import cattrs
 from cattrs.strategies import configure_tagged_union
+from immutables import Map
 
 from exo.engine import protocol
 from exo.events.commands import Command, Envelope
@@ -36,6 +37,7 @@ def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     for kind in (int, float, str, bool):
         converter.register_structure_hook(kind, _strict_scalar(kind))
+    _register_maps(converter)
     configure_tagged_union(AdoptableEvent, converter, tag_name="type")
     configure_tagged_union(Event, converter, tag_name="type")
     configure_tagged_union(Command, converter, tag_name="type")
@@ -46,6 +48,31 @@ def make_converter() -> cattrs.Converter:
     configure_tagged_union(PeerMessage, converter, tag_name="type")
     configure_tagged_union(protocol.FromRunner, converter, tag_name="type")
     return converter
+
+
+def _register_maps(converter: cattrs.Converter) -> None:
+    """The state's persistent maps travel as plain JSON objects (same bytes as a dict)."""
+
+    def is_map(kind: Any) -> bool:
+        return kind is Map or getattr(kind, "__origin__", None) is Map
+
+    def unstructure(value: Map[Any, Any]) -> dict[Any, Any]:
+        return {key: converter.unstructure(item) for key, item in value.items()}
+
+    def structure(data: object, kind: Any) -> Map[Any, Any]:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        key_type, value_type = getattr(kind, "__args__", (Any, Any))
+        return Map(
+            {
+                converter.structure(key, key_type): converter.structure(item, value_type)
+                for key, item in data.items()
+            }
+        )
+
+    converter.register_unstructure_hook_func(is_map, unstructure)
+    converter.register_unstructure_hook(Map, unstructure)
+    converter.register_structure_hook_func(is_map, structure)
 
 
 converter = make_converter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from attrs import evolve, field, frozen
+from immutables import Map
 
 from exo.events.codec import digest
 from exo.events.events import (
@@ -49,27 +50,33 @@ class ApplyError(ValueError):
 
 @frozen
 class State:
+    """What the log has decided so far. Its maps are persistent (structure-sharing, a C
+    HAMT): `apply` changes one key in O(log n) instead of copying a dict per event
+    (docs/architecture.md, "The replicated state")."""
+
     last_index: int = 0
     term: int = 0
     master: NodeId | None = None
-    nodes: dict[NodeId, NodeProfile] = field(factory=dict)
+    nodes: Map[NodeId, NodeProfile] = field(factory=Map)
     # Models added from their repos (the bundled one needs no card here).
-    models: dict[ModelId, ModelCard] = field(factory=dict)
-    instances: dict[InstanceId, Instance] = field(factory=dict)
-    runners: dict[InstanceId, dict[NodeId, RunnerStatus]] = field(factory=dict)
-    downloads: dict[NodeId, dict[ModelId, DownloadStatus]] = field(factory=dict)
-    requests: dict[RequestId, RequestRecord] = field(factory=dict)
-    request_counters: dict[InstanceId, RequestCounters] = field(factory=dict)
+    models: Map[ModelId, ModelCard] = field(factory=Map)
+    instances: Map[InstanceId, Instance] = field(factory=Map)
+    runners: Map[InstanceId, Map[NodeId, RunnerStatus]] = field(factory=Map)
+    downloads: Map[NodeId, Map[ModelId, DownloadStatus]] = field(factory=Map)
+    requests: Map[RequestId, RequestRecord] = field(factory=Map)
+    request_counters: Map[InstanceId, RequestCounters] = field(factory=Map)
     # Measured links: from node -> to node -> stats (the topology placement can use).
-    links: dict[NodeId, dict[NodeId, LinkStats]] = field(factory=dict)
+    links: Map[NodeId, Map[NodeId, LinkStats]] = field(factory=Map)
     # Deposed terms whose divergent suffix this log adopted: "term/master" -> last index.
-    adopted: dict[str, int] = field(factory=dict)
+    adopted: Map[str, int] = field(factory=Map)
 
     def runner_status(self, instance_id: InstanceId, node_id: NodeId) -> RunnerStatus | None:
-        return self.runners.get(instance_id, {}).get(node_id)
+        per_node = self.runners.get(instance_id)
+        return None if per_node is None else per_node.get(node_id)
 
     def download_status(self, node_id: NodeId, model: ModelId) -> DownloadStatus | None:
-        return self.downloads.get(node_id, {}).get(model)
+        per_model = self.downloads.get(node_id)
+        return None if per_model is None else per_model.get(model)
 
     def instances_of(self, model: ModelId) -> list[Instance]:
         return [i for i in self.instances.values() if i.model == model]
@@ -103,29 +110,29 @@ def apply_event(state: State, event: object) -> State:
         case MasterElected(node_id=node_id):
             return evolve(state, master=node_id)
         case NodeProfiled(node_id=node_id, profile=profile):
-            return evolve(state, nodes={**state.nodes, node_id: profile})
+            return evolve(state, nodes=state.nodes.set(node_id, profile))
         case NodeDown(node_id=node_id):
             return evolve(
                 state, nodes=_without(state.nodes, node_id), links=_without(state.links, node_id)
             )
         case LinksMeasured(node_id=node_id, links=links):
-            per_peer = {link.peer: link for link in links}
-            return evolve(state, links={**state.links, node_id: per_peer})
+            per_peer = Map({link.peer: link for link in links})
+            return evolve(state, links=state.links.set(node_id, per_peer))
         case SuffixAdopted(term=term, master=master, through_index=through):
             for adopted in event.events:
                 state = apply_event(state, adopted.event)
-            adopted = dict(state.adopted)
+            marks = state.adopted
             for mark_term, mark_master, mark_through in ((term, master, through), *event.nested):
                 key = adoption_key(mark_term, mark_master)
-                adopted[key] = max(adopted.get(key, 0), mark_through)
-            return evolve(state, adopted=adopted)
+                marks = marks.set(key, max(marks.get(key, 0), mark_through))
+            return evolve(state, adopted=marks)
         case ModelAdded(card=card):
-            return evolve(state, models={**state.models, card.model_id: card})
+            return evolve(state, models=state.models.set(card.model_id, card))
         case InstanceCreated(instance=instance):
             return evolve(
                 state,
-                instances={**state.instances, instance.instance_id: instance},
-                runners={**state.runners, instance.instance_id: {}},
+                instances=state.instances.set(instance.instance_id, instance),
+                runners=state.runners.set(instance.instance_id, Map()),
             )
         case InstanceDeleted(instance_id=instance_id):
             return evolve(
@@ -137,13 +144,13 @@ def apply_event(state: State, event: object) -> State:
         case RunnerStatusChanged(instance_id=instance_id, node_id=node_id, status=status):
             if instance_id not in state.instances:
                 return state
-            per_node = {**state.runners.get(instance_id, {}), node_id: status}
-            return evolve(state, runners={**state.runners, instance_id: per_node})
+            per_node = state.runners.get(instance_id, Map()).set(node_id, status)
+            return evolve(state, runners=state.runners.set(instance_id, per_node))
         case DownloadStatusChanged(node_id=node_id, model=model, status=status):
-            per_model = {**state.downloads.get(node_id, {}), model: status}
-            return evolve(state, downloads={**state.downloads, node_id: per_model})
+            per_model = state.downloads.get(node_id, Map()).set(model, status)
+            return evolve(state, downloads=state.downloads.set(node_id, per_model))
         case RequestStarted(request=request):
-            return evolve(state, requests={**state.requests, request.request_id: request})
+            return evolve(state, requests=state.requests.set(request.request_id, request))
         case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
             return _close_request(state, request_id, event)
         case _:
@@ -166,13 +173,13 @@ def _close_request(state: State, request_id: RequestId, event: object) -> State:
         counters = evolve(counters, failed=counters.failed + 1)
     request_counters = state.request_counters
     if record.instance_id in state.instances:
-        request_counters = {**request_counters, record.instance_id: counters}
+        request_counters = request_counters.set(record.instance_id, counters)
     return evolve(
         state,
-        requests=_without(state.requests, request_id),
+        requests=state.requests.delete(request_id),
         request_counters=request_counters,
     )
 
 
-def _without(mapping: dict[K, V], key: K) -> dict[K, V]:
-    return {k: v for k, v in mapping.items() if k != key}
+def _without(mapping: Map[K, V], key: K) -> Map[K, V]:
+    return mapping.delete(key) if key in mapping else mapping

@@ -156,7 +156,7 @@ def test_request_lifecycle_counts_tokens() -> None:
     assert RequestId("r") in state.requests
     for event in decide(state, envelope(FinishRequest(RequestId("r"), "stop", 7, 9))):  # type: ignore[union-attr]
         state = apply(state, IndexedEvent(state.last_index + 1, 1, event))
-    assert state.requests == {}
+    assert not state.requests
     counters = state.request_counters[instance_id]
     assert (counters.finished, counters.prompt_tokens, counters.completion_tokens) == (1, 7, 9)
 
@@ -221,7 +221,7 @@ def test_a_hub_model_is_added_once_and_then_placed_from_its_card_in_the_state() 
     (added,) = decide(state, envelope(AddModel(card)))  # type: ignore[misc]
     assert added == ModelAdded(card)
     state = apply(state, IndexedEvent(state.last_index + 1, 1, added))
-    assert state.models == {card.model_id: card}
+    assert dict(state.models) == {card.model_id: card}
     # The first card read wins: every node fetches the revision it names.
     newer = attrs.evolve(card, revision="d" * 40)
     assert decide(state, envelope(AddModel(newer))) == []
@@ -294,7 +294,7 @@ def test_requests_end_with_the_node_that_took_them_and_with_their_instance() -> 
     assert [type(e).__name__ for e in deleted] == ["RequestFailed", "InstanceDeleted"]
     for event in deleted:
         after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
-    assert after.requests == {}
+    assert not after.requests
 
 
 def test_instances_not_loaded_yet_count_against_their_node() -> None:
