@@ -1,4 +1,4 @@
-"""`python -m simulations run --seeds A..B | --seed S`: see docs/simulation.md."""
+"""`python -m simulations run --seeds A..B | --seed S [--nodes N]`: see docs/simulation.md."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from simulations.run import SeedResult, configure_worker, run_job, run_seed
+from simulations.scenario import MAX_NODES
 
 
 def parse_seeds(text: str) -> range:
@@ -24,6 +25,16 @@ def parse_seeds(text: str) -> range:
         raise argparse.ArgumentTypeError(f"expected A..B (inclusive), got {text!r}") from None
 
 
+def parse_nodes(text: str) -> int:
+    try:
+        nodes = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of nodes, got {text!r}") from None
+    if not 2 <= nodes <= MAX_NODES:
+        raise argparse.ArgumentTypeError(f"expected 2 to {MAX_NODES} nodes, got {nodes}")
+    return nodes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     which = run.add_mutually_exclusive_group(required=True)
     which.add_argument("--seeds", type=parse_seeds, help="an inclusive range A..B")
     which.add_argument("--seed", type=int, help="one seed; prints its trace hash")
+    run.add_argument(
+        "--nodes",
+        type=parse_nodes,
+        help=f"nodes in every simulated cluster, 2 to {MAX_NODES} (default: drawn per seed, 2 to 7)",
+    )
     run.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="seeds run in parallel processes"
     )
@@ -54,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     install_context_filter()
     if args.seed is not None:
-        result = run_seed(args.seed, keep_dir=args.keep, keep_always=args.keep_always)
+        result = run_seed(
+            args.seed, keep_dir=args.keep, keep_always=args.keep_always, nodes=args.nodes
+        )
         report(result)
         print(f"simulated {result.simulated_seconds:.1f} s: {result.description}")
         print(f"trace-hash: {result.trace_hash}")
         return 0 if result.passed else 1
     started = time.perf_counter()
-    results = list(run_many(args.seeds, args.jobs, args.keep, args.keep_always))
+    results = list(run_many(args.seeds, args.jobs, args.keep, args.keep_always, args.nodes))
     wall = time.perf_counter() - started
     simulated = sum(r.simulated_seconds for r in results)
     failed = [r for r in results if not r.passed]
@@ -75,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_many(seeds: range, jobs: int, keep: Path, keep_always: bool) -> Iterable[SeedResult]:
-    work = [(seed, keep, keep_always) for seed in seeds]
+def run_many(
+    seeds: range, jobs: int, keep: Path, keep_always: bool, nodes: int | None = None
+) -> Iterable[SeedResult]:
+    work = [(seed, keep, keep_always, nodes) for seed in seeds]
     if jobs <= 1:
         for job in work:
             result = run_job(job)
@@ -96,7 +116,8 @@ def report(result: SeedResult) -> None:
     print(f"FAILED {result.description}", flush=True)
     for violation in result.violations:
         print(f"  - {violation}", flush=True)
-    print(f"  replay: python -m simulations run --seed {result.seed}", flush=True)
+    size = f" --nodes {result.forced_nodes}" if result.forced_nodes is not None else ""
+    print(f"  replay: python -m simulations run --seed {result.seed}{size}", flush=True)
     if result.kept is not None:
         print(f"  node logs: {result.kept}/node-*/events.log (exo replay --home DIR)", flush=True)
 

@@ -43,6 +43,7 @@ class SeedResult:
     ops: tuple[tuple[str, str, str], ...] = ()
     messages: int = 0  # peer messages delivered
     runner_starts: int = 0  # runner processes spawned, over all nodes and incarnations
+    forced_nodes: int | None = None  # the --nodes the seed ran with
 
 
 class Trace:
@@ -90,8 +91,9 @@ def run_seed(
     keep_dir: Path | None = None,
     keep_always: bool = False,
     scenario: Scenario | None = None,
+    nodes: int | None = None,
 ) -> SeedResult:
-    scenario = scenario or draw_scenario(seed)
+    scenario = scenario or draw_scenario(seed, nodes)
     root = sim_root()
     trace = Trace()
     trace.record(scenario.describe())
@@ -129,6 +131,7 @@ def run_seed(
             tuple(ops),
             cluster.network.delivered,
             cluster.runner_starts,
+            nodes,
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -141,10 +144,10 @@ def configure_worker(level: int) -> None:
     )
 
 
-def run_job(job: tuple[int, Path, bool]) -> SeedResult:
-    """`run_seed` for a worker process: (seed, keep_dir, keep_always)."""
-    seed, keep_dir, keep_always = job
-    return run_seed(seed, keep_dir=keep_dir, keep_always=keep_always)
+def run_job(job: tuple[int, Path, bool, int | None]) -> SeedResult:
+    """`run_seed` for a worker process: (seed, keep_dir, keep_always, nodes)."""
+    seed, keep_dir, keep_always, nodes = job
+    return run_seed(seed, keep_dir=keep_dir, keep_always=keep_always, nodes=nodes)
 
 
 async def _simulate(

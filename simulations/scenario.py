@@ -66,10 +66,19 @@ class Scenario:
         )
 
 
-def draw_scenario(seed: int) -> Scenario:
+MAX_NODES = 64
+
+
+def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
+    """The scenario of `seed`; `nodes` fixes the cluster size (2 to 64) instead of drawing
+    it from 2 to 7, with everything else drawn the same way."""
     rng = random.Random(f"scenario-{seed}")
     size = rng.randint(2, 7)
-    nodes = tuple(
+    if nodes is not None:
+        if not 2 <= nodes <= MAX_NODES:
+            raise ValueError(f"a simulated cluster has 2 to {MAX_NODES} nodes, not {nodes}")
+        size = nodes
+    specs = tuple(
         NodeSpec(
             memory_total=(total := rng.choice((8, 16, 32, 64)) * GIB),
             memory_available=int(total * rng.uniform(0.5, 0.9)),
@@ -103,7 +112,7 @@ def draw_scenario(seed: int) -> Scenario:
             key=lambda o: (o.at, o.node, o.kind),
         )
     )
-    return Scenario(seed, nodes, link, active, 15.0, tuple(faults), ops)
+    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops)
 
 
 def _draw_fault(rng: random.Random, kind: FaultKind, size: int, active: float) -> Fault:

@@ -472,7 +472,9 @@ class Control:
         common = common_prefix(
             self._segments, self._log.last_index, request.segments, request.last_index
         )
-        events = tuple(self._log.since(common)[: self._timings.sync_batch])
+        events = tuple(
+            self._log.since(common, self._timings.sync_batch, self._timings.sync_batch_bytes)
+        )
         self._network.send(
             sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index)
         )

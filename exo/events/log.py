@@ -42,8 +42,14 @@ def decode_record(line: bytes) -> IndexedEvent:
 
 def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
     """Whole records, the byte length they span, and why the tail was dropped (if it was)."""
+    events, sizes, offset, dropped = _read_sized(path)
+    return events, offset, dropped
+
+
+def _read_sized(path: Path) -> tuple[list[IndexedEvent], list[int], int, str | None]:
     data = path.read_bytes() if path.exists() else b""
     events: list[IndexedEvent] = []
+    sizes: list[int] = []
     offset = 0
     lines = data.split(b"\n")
     # A file ending in "\n" splits into a trailing empty string: not a record.
@@ -54,7 +60,7 @@ def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
             event = decode_record(line)
         except CodecError as exc:
             if last:
-                return events, offset, f"record {number} is torn ({exc})"
+                return events, sizes, offset, f"record {number} is torn ({exc})"
             raise LogCorrupted(f"{path}: record {number}: {exc}") from exc
         expected = events[-1].index + 1 if events else event.index
         if event.index != expected:
@@ -62,10 +68,11 @@ def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
                 f"{path}: record {number} has index {event.index}, expected {expected}"
             )
         events.append(event)
+        sizes.append(len(line) + 1)
         offset += len(line) + 1
     if tail:
-        return events, offset, f"record {len(complete) + 1} is torn (no newline)"
-    return events, offset, None
+        return events, sizes, offset, f"record {len(complete) + 1} is torn (no newline)"
+    return events, sizes, offset, None
 
 
 def _fsync_directory(path: Path) -> None:
@@ -79,9 +86,17 @@ def _fsync_directory(path: Path) -> None:
 class EventLog:
     """An append-only log file of indexed events. Not thread-safe; one writer."""
 
-    def __init__(self, path: Path, events: list[IndexedEvent], dropped_tail: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        events: list[IndexedEvent],
+        dropped_tail: str | None,
+        sizes: list[int] | None = None,
+    ) -> None:
         self.path = path
         self._events = events
+        # Each record's encoded length, so a catch-up batch is bounded in bytes for free.
+        self._sizes = sizes if sizes is not None else [len(encode_record(e)) for e in events]
         self.dropped_tail = dropped_tail
         # How many times a divergent suffix was cut off (observers re-read after a change).
         self.truncations = 0
@@ -91,13 +106,13 @@ class EventLog:
     def open(cls, path: Path) -> EventLog:
         """Open (creating) the log, truncating a torn last record."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        events, good_length, dropped = read_records(path)
+        events, sizes, good_length, dropped = _read_sized(path)
         if dropped is not None:
             with open(path, "r+b") as f:
                 f.truncate(good_length)
                 f.flush()
                 os.fsync(f.fileno())
-        return cls(path, events, dropped)
+        return cls(path, events, dropped, sizes)
 
     @property
     def last_index(self) -> int:
@@ -113,10 +128,22 @@ class EventLog:
     def __iter__(self) -> Iterator[IndexedEvent]:
         return iter(self._events)
 
-    def since(self, index: int) -> list[IndexedEvent]:
-        """Events with an index greater than `index`."""
+    def since(
+        self, index: int, limit: int | None = None, max_bytes: int | None = None
+    ) -> list[IndexedEvent]:
+        """Events with an index greater than `index`: at most `limit` of them, and no more
+        than fit in `max_bytes` of records (always at least one). Copies only what it returns."""
         first = self._events[0].index if self._events else 1
-        return self._events[max(0, index + 1 - first) :]
+        start = max(0, index + 1 - first)
+        end = len(self._events) if limit is None else min(len(self._events), start + limit)
+        if max_bytes is not None:
+            total = 0
+            for position in range(start, end):
+                total += self._sizes[position]
+                if total > max_bytes and position > start:
+                    end = position
+                    break
+        return self._events[start:end]
 
     def append(self, events: Iterable[IndexedEvent]) -> None:
         """Write, flush and fsync `events`, which must continue the log."""
@@ -126,10 +153,12 @@ class EventLog:
             if event.index != expected:
                 raise ValueError(f"append of index {event.index}, expected {expected}")
             expected += 1
-        self._file.write(b"".join(encode_record(e) for e in batch))
+        records = [encode_record(e) for e in batch]
+        self._file.write(b"".join(records))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._events.extend(batch)
+        self._sizes.extend(len(r) for r in records)
 
     def truncate_after(self, index: int) -> list[IndexedEvent]:
         """Drop the records after `index` (a suffix that diverges from the master's log).
@@ -151,6 +180,7 @@ class EventLog:
         _fsync_directory(self.path.parent)
         self._file = open(self.path, "ab")  # noqa: SIM115 — held for the log's lifetime
         self._events = keep
+        self._sizes = self._sizes[: len(keep)]
         self.truncations += 1
         return dropped
 
