@@ -24,6 +24,16 @@ def _home(value: str | None) -> Path:
     return Path(value or os.environ.get("EXO_HOME") or DEFAULT_HOME).expanduser()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="exo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         help="do not announce this node or listen for others (use --peers)",
     )
     node.add_argument(
+        "--archive-log",
+        action="store_true",
+        help="keep the records compaction cuts off the log in HOME/events.archive "
+        "(exo replay --archive replays all history from it)",
+    )
+    node.add_argument(
+        "--snapshot-every",
+        type=_positive_int,
+        default=10_000,
+        help="snapshot the state and compact the log every N events (default %(default)s)",
+    )
+    node.add_argument(
         "--no-worker",
         action="store_true",
         help="coordinator only: take part in election and serve the API, host no runners",
@@ -115,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("log", nargs="?", help="event log file (default: HOME/events.log)")
     rep.add_argument("--home", help="node home whose log to replay")
     rep.add_argument("--until", type=int, help="stop after this event index")
+    rep.add_argument(
+        "--archive",
+        action="store_true",
+        help="replay all history from HOME/events.archive and the log (exo node --archive-log), "
+        "not from the snapshot",
+    )
 
     from exo import models_cli
 
@@ -129,9 +157,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    from attrs import evolve
+
     from exo.actors.environment import RealEnvironment
+    from exo.actors.network import ControlTimings
     from exo.actors.node import NodeConfig, run_node
     from exo.actors.runtime import CrashLoop, leaves
+    from exo.events.log import LogCorrupted
     from exo.logs import configure_logging
 
     configure_logging(args.log_level)
@@ -153,17 +185,26 @@ def _node(args: argparse.Namespace) -> int:
         worker=not args.no_worker,
         ring_port=args.ring_port,
         preload=() if args.no_worker else preload,
+        archive_log=args.archive_log,
+        timings=evolve(ControlTimings(), snapshot_every=args.snapshot_every),
     )
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))
     except BaseExceptionGroup as group:
         # Failures a user can act on (a crash-looping actor, a taken port, an unwritable
         # home) get one line; anything else is a bug and keeps its traceback.
-        known, rest = group.split((CrashLoop, OSError))
+        known, rest = group.split((CrashLoop, OSError, LogCorrupted))
         if rest is not None or known is None:
             raise
         for error in leaves(known):
             print(f"exo node: stopping: {error}", file=sys.stderr)
+            if isinstance(error, LogCorrupted):
+                print(
+                    "exo node: the log cannot be verified, so this node will not serve it; "
+                    "move HOME/events.log and HOME/events.snapshot aside to start empty "
+                    "and catch up from a peer",
+                    file=sys.stderr,
+                )
         return 1
     return 0
 
@@ -181,18 +222,38 @@ async def _run_until_signalled(run: Any, *args: Any) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     from exo.events.codec import to_plain
-    from exo.events.log import LogCorrupted, read_records
+    from exo.events.log import LogCorrupted, read_archive, read_records, snapshot_path
     from exo.events.replay import replay
-    from exo.events.state import ApplyError, state_hash
+    from exo.events.snapshot import SnapshotCorrupted, read_snapshot
+    from exo.events.state import ApplyError, State, apply, state_hash
 
     path = Path(args.log) if args.log else _home(args.home) / "events.log"
-    if not path.exists():
+    snapshot_file = snapshot_path(path)
+    if not path.exists() and not snapshot_file.exists():
         print(f"exo replay: no log at {path}", file=sys.stderr)
         return 2
+    dropped = None
     try:
-        events, _, dropped = read_records(path)
-        state = replay(events, args.until)
-    except (LogCorrupted, ApplyError) as exc:
+        if args.archive:
+            state = replay(read_archive(path), args.until)
+        else:
+            snapshot = read_snapshot(snapshot_file)
+            state = snapshot[0].state if snapshot is not None else State()
+            if args.until is not None and args.until < state.last_index:
+                print(
+                    f"exo replay: index {args.until} is before the snapshot at "
+                    f"{state.last_index}; use --archive (a node keeps one with --archive-log)",
+                    file=sys.stderr,
+                )
+                return 2
+            events, _, dropped = read_records(path)
+            for event in events:
+                if event.index <= state.last_index:
+                    continue
+                if args.until is not None and event.index > args.until:
+                    break
+                state = apply(state, event)
+    except (LogCorrupted, SnapshotCorrupted, ApplyError) as exc:
         print(f"exo replay: {exc}", file=sys.stderr)
         return 1
     if dropped:

@@ -8,8 +8,9 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from attrs import define, field
+from attrs import define, evolve, field
 
+from exo.actors.network import ControlTimings
 from exo.actors.node import NodeConfig, RunningNode, run_node
 from exo.actors.wire import PeerMessage
 from exo.events.ids import NodeId
@@ -111,6 +112,12 @@ class Cluster:
             serve_api=False,
             ready_timeout=20.0,
             profile_interval=2.0,
+            archive_log=True,
+            timings=evolve(
+                ControlTimings(),
+                snapshot_every=self.scenario.snapshot_every,
+                snapshot_keep=self.scenario.snapshot_keep,
+            ),
         )
         with trio.CancelScope() as scope:
             node.scope = scope

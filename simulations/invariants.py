@@ -7,7 +7,9 @@
 - After healing and a quiet period: one master, every node following it, in sync, with
   the same last index and state hash.
 - Every client request is answered or failed within its bound; every answer is right.
-- A decision acknowledged to a client (an instance placed or deleted) is in the final log.
+- A decision acknowledged to a client (an instance placed or deleted) is in the final log
+  (its records, or, for those compaction cut off, the entries of the same ballots seen
+  in any log while the run went on).
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from attrs import define, field
 
-from exo.actors.history import Ballot
+from exo.actors.history import Ballot, segments_of
 from exo.events.events import (
     IndexedEvent,
     InstanceCreated,
@@ -33,6 +35,7 @@ from simulations.workload import Workload
 class _LogCursor:
     log_id: int
     truncations: int
+    compactions: int = 0
     checked: int = 0
     master: NodeId | None = None
     term: int = 0
@@ -63,7 +66,20 @@ class Invariants:
     def _check_log(self, index: int, node_id: NodeId, log: EventLog) -> None:
         cursor = self._cursors.get(index)
         if cursor is None or cursor.log_id != id(log) or cursor.truncations != log.truncations:
-            cursor = self._cursors[index] = _LogCursor(id(log), log.truncations)
+            cursor = self._cursors[index] = _LogCursor(id(log), log.truncations, log.compactions)
+        if cursor.compactions != log.compactions or cursor.checked < log.first_index - 1:
+            cursor.compactions = log.compactions
+            if cursor.checked < log.first_index - 1:
+                # Records cut off (a peer's snapshot installed) before they were checked:
+                # carry on from the ballot the log holds at its first record.
+                cursor.checked = log.first_index - 1
+                opener = _opener_at(log, cursor.checked)
+                cursor.term = opener.term if opener is not None else 0
+                cursor.master = (
+                    opener.event.node_id
+                    if opener is not None and isinstance(opener.event, MasterElected)
+                    else None
+                )
         for event in log.since(cursor.checked):
             if event.term < cursor.term:
                 self.fail(f"{node_id}: index {event.index} has term {event.term} < {cursor.term}")
@@ -128,7 +144,7 @@ class Invariants:
         )
         if leader is None or leader.running is None:
             return
-        created, deleted = decisions(leader.running.event_log)
+        created, deleted = decisions(leader.running.event_log, self._entries)
         for instance_id in workload.acked_created:
             if instance_id not in created:
                 self.fail(f"acknowledged placement of {instance_id} is lost")
@@ -137,11 +153,31 @@ class Invariants:
                 self.fail(f"acknowledged deletion of {instance_id} is lost")
 
 
-def decisions(log: EventLog) -> tuple[set[InstanceId], set[InstanceId]]:
-    """Instances created and deleted anywhere in a log, adopted ones included."""
+def decisions(
+    log: EventLog, seen: dict[tuple[int, NodeId, int], IndexedEvent] | None = None
+) -> tuple[set[InstanceId], set[InstanceId]]:
+    """Instances created and deleted anywhere in a log's history, adopted ones included:
+    its records, the decisions its snapshot retained of records cut off, and from `seen`
+    the entries of its ballots that compaction cut off."""
+    history: list[IndexedEvent] = list(log)
+    if log.snapshot is not None:
+        history.extend(log.snapshot.decisions)
+    if seen and log.first_index > 1:
+        segments = segments_of(log.history())
+        for position, segment in enumerate(segments):
+            end = (
+                segments[position + 1].first_index - 1
+                if position + 1 < len(segments)
+                else log.last_index
+            )
+            end = min(end, log.first_index - 1)
+            for index in range(segment.first_index, end + 1):
+                entry = seen.get((segment.term, segment.master, index))
+                if entry is not None:
+                    history.append(entry)
     created: set[InstanceId] = set()
     deleted: set[InstanceId] = set()
-    for indexed in log:
+    for indexed in history:
         events = (
             [a.event for a in indexed.event.events]
             if isinstance(indexed.event, SuffixAdopted)
@@ -153,3 +189,14 @@ def decisions(log: EventLog) -> tuple[set[InstanceId], set[InstanceId]]:
             elif isinstance(event, InstanceDeleted):
                 deleted.add(event.instance_id)
     return created, deleted
+
+
+def _opener_at(log: EventLog, index: int) -> IndexedEvent | None:
+    """The first entry of the term that holds `index` in `log`'s history."""
+    opener = None
+    for event in log.history():
+        if event.index > index:
+            break
+        if opener is None or event.term != opener.term:
+            opener = event
+    return opener

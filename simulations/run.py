@@ -44,6 +44,7 @@ class SeedResult:
     messages: int = 0  # peer messages delivered
     runner_starts: int = 0  # runner processes spawned, over all nodes and incarnations
     forced_nodes: int | None = None  # the --nodes the seed ran with
+    snapshots_installed: int = 0  # peers' snapshots installed by nodes far behind
 
 
 class Trace:
@@ -106,7 +107,8 @@ def run_seed(
             cluster = trio.run(
                 _simulate, scenario, root, trace, invariants, counters, ops, clock=clock
             )
-        elections = sum(len(r.control.offices) for n in cluster.nodes for r in n.incarnations)
+        incarnations = [r for n in cluster.nodes for r in n.incarnations]
+        elections = sum(len(r.control.offices) for r in incarnations)
         for node in cluster.nodes:
             log_bytes = (node.home / "events.log").read_bytes()
             trace.record(f"log {node.node_id} {hashlib.sha256(log_bytes).hexdigest()}")
@@ -132,6 +134,7 @@ def run_seed(
             cluster.network.delivered,
             cluster.runner_starts,
             nodes,
+            sum(r.control.snapshots_installed for r in incarnations),
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

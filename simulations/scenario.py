@@ -55,6 +55,10 @@ class Scenario:
     quiet: float  # seconds after healing before convergence must hold
     faults: tuple[Fault, ...]
     ops: tuple[Op, ...]
+    # Snapshot interval and records kept (exo's defaults, or small enough to compact and
+    # ship snapshots many times in one run).
+    snapshot_every: int = 10_000
+    snapshot_keep: int = 8192
 
     def describe(self) -> str:
         kinds = sorted({f.kind for f in self.faults})
@@ -63,6 +67,11 @@ class Scenario:
             f"({', '.join(kinds) or 'none'}), {len(self.ops)} client ops, "
             f"drop {self.link.drop:.2f}, duplicate {self.link.duplicate:.2f}, "
             f"latency {self.link.latency * 1000:.1f}+{self.link.jitter * 1000:.1f} ms"
+            + (
+                f", snapshot every {self.snapshot_every} keeping {self.snapshot_keep}"
+                if self.snapshot_every < 10_000
+                else ""
+            )
         )
 
 
@@ -112,7 +121,11 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
             key=lambda o: (o.at, o.node, o.kind),
         )
     )
-    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops)
+    # Drawn from a generator of their own, so every other draw stays what it was.
+    every, keep = random.Random(f"snapshots-{seed}").choice(
+        ((10_000, 8192), (10_000, 8192), (40, 16), (12, 4))
+    )
+    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops, every, keep)
 
 
 def _draw_fault(rng: random.Random, kind: FaultKind, size: int, active: float) -> Fault:

@@ -47,3 +47,24 @@ def test_replay_reports_a_damaged_log(home: Path, capsys: pytest.CaptureFixture[
 def test_replay_of_a_missing_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "--home", str(tmp_path)]) == 2
     assert "no log at" in capsys.readouterr().err
+
+
+def test_replay_from_a_snapshot_and_from_the_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations.traffic import request_traffic
+
+    events = list(request_traffic(1500, seed=3))
+    with EventLog.open(tmp_path / "events.log", archive=True) as log:
+        log.append(events[:1200])
+        log.compact(log.state(), keep=100)
+        log.append(events[1200:])
+    assert main(["replay", "--home", str(tmp_path)]) == 0
+    assert last_line(capsys) == f"state-hash: {state_hash(replay(events))}"
+    assert main(["replay", "--home", str(tmp_path), "--until", "1300"]) == 0
+    assert last_line(capsys) == f"state-hash: {state_hash(replay(events, 1300))}"
+    # Older than the snapshot: only the archive has it.
+    assert main(["replay", "--home", str(tmp_path), "--until", "500"]) == 2
+    assert "before the snapshot at 1200; use --archive" in capsys.readouterr().err
+    assert main(["replay", "--home", str(tmp_path), "--archive", "--until", "500"]) == 0
+    assert last_line(capsys) == f"state-hash: {state_hash(replay(events, 500))}"

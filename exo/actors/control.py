@@ -42,6 +42,7 @@ from exo.actors.wire import (
     Beat,
     Outcome,
     PeerMessage,
+    SnapshotChunk,
     Submit,
     SyncReply,
     SyncRequest,
@@ -56,7 +57,13 @@ from exo.events.events import (
 )
 from exo.events.ids import CommandId, NodeId, new_command_id
 from exo.events.log import EventLog
-from exo.events.replay import replay
+from exo.events.snapshot import (
+    SnapshotCorrupted,
+    body_digest,
+    decode_snapshot,
+    from_text,
+    to_text,
+)
 
 log = logging.getLogger("exo.control")
 
@@ -80,6 +87,15 @@ class ControlStatistics:
     elections: int
     truncated_events: int
     adopted_commands: int
+
+
+@define
+class _IncomingSnapshot:
+    """A master's snapshot arriving in chunks."""
+
+    index: int
+    digest: str
+    data: bytearray
 
 
 @define
@@ -108,7 +124,7 @@ class Control:
         self._network = network
         self._commands = commands
         self._timings = timings
-        self._segments: list[Segment] = segments_of(event_log)
+        self._segments: list[Segment] = segments_of(event_log.history())
         self.ballot: Ballot | None = None
         self.leading = False
         self.synced = False
@@ -130,6 +146,8 @@ class Control:
         self._sync_at = 0.0
         self._sync_backoff = timings.sync_retry_initial
         self._adopting: trio.CancelScope | None = None
+        self._incoming: _IncomingSnapshot | None = None
+        self.snapshots_installed = 0
         self._lead_scope: trio.CancelScope | None = None
         self._led_since = 0.0
         self._match: dict[NodeId, int] = {}
@@ -416,6 +434,7 @@ class Control:
                 await self._env.run_blocking(lambda: self._log.append(indexed))
                 self._applied(indexed)
                 sequencer.remember(indexed)
+                await self._maybe_compact()
                 message = Append(ballot, tuple(indexed))
                 for peer in self._network.peers():
                     self._network.send(peer, message)
@@ -472,11 +491,29 @@ class Control:
         common = common_prefix(
             self._segments, self._log.last_index, request.segments, request.last_index
         )
+        if common == request.last_index and common + 1 < self._log.first_index:
+            # A prefix of this log, older than its oldest record: send the snapshot.
+            chunk = self._snapshot_chunk(request)
+            self._network.send(
+                sender,
+                SyncReply(ballot, request.last_index, common, (), self._log.last_index, chunk),
+            )
+            return
         events = tuple(
             self._log.since(common, self._timings.sync_batch, self._timings.sync_batch_bytes)
         )
         self._network.send(
             sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index)
+        )
+
+    def _snapshot_chunk(self, request: SyncRequest) -> SnapshotChunk:
+        data = self._log.snapshot_bytes
+        offset = request.snapshot_offset
+        if request.snapshot_index != self._log.snapshot_index or not 0 <= offset < len(data):
+            offset = 0
+        piece = data[offset : offset + self._timings.snapshot_chunk]
+        return SnapshotChunk(
+            self._log.snapshot_index, body_digest(data), offset, len(data), to_text(piece)
         )
 
     # -- follower ------------------------------------------------------------------
@@ -486,7 +523,14 @@ class Control:
             return
         self._sync_at = now + self._sync_backoff
         self._sync_backoff = min(self._sync_backoff * 2, self._timings.sync_retry_max)
-        request = SyncRequest(self.ballot, tuple(self._segments), self._log.last_index)
+        incoming = self._incoming
+        request = SyncRequest(
+            self.ballot,
+            tuple(self._segments),
+            self._log.last_index,
+            incoming.index if incoming is not None else 0,
+            len(incoming.data) if incoming is not None else 0,
+        )
         self._asked = (self._log.last_index, self._log.truncations)
         self._network.send(self.ballot.master, request)
 
@@ -520,6 +564,12 @@ class Control:
             if self._asked == (reply.asked_at, self._log.truncations):
                 self._start_adoption(reply.common_index)
             return  # else a reply about a log that has been cut back since: ignore
+        if reply.snapshot is not None:
+            if reply.asked_at == self._log.last_index:
+                await self._receive_snapshot(reply.snapshot)
+            self._sync_backoff = self._timings.sync_retry_initial
+            self._request_sync(now)
+            return
         fresh = [e for e in reply.events if e.index > self._log.last_index]
         if fresh and fresh[0].index == self._log.last_index + 1:
             await self._append_as_follower(fresh)
@@ -540,10 +590,58 @@ class Control:
                     return
                 await self._env.run_blocking(lambda: self._log.append(events))
                 self._applied(events)
+                await self._maybe_compact()
 
     def _applied(self, events: list[IndexedEvent]) -> None:
         self._replica.apply_batch(events)
         extend_segments(self._segments, events)
+
+    async def _maybe_compact(self) -> None:
+        """Snapshot and cut the log every `snapshot_every` events (caller holds the lock)."""
+        timings = self._timings
+        state = self._replica.state
+        if self._log.last_index - self._log.snapshot_index < timings.snapshot_every:
+            return
+        if state.last_index != self._log.last_index:
+            return  # the replica lags the log only inside an adoption's reset
+        cut = await self._env.run_blocking(lambda: self._log.compact(state, timings.snapshot_keep))
+        log.info("snapshot at index %d; %d records cut from the log", state.last_index, cut)
+
+    async def _receive_snapshot(self, chunk: SnapshotChunk) -> None:
+        """Gather the master's snapshot; once whole and verified, start over from it."""
+        incoming = self._incoming
+        if incoming is None or (incoming.index, incoming.digest) != (chunk.index, chunk.digest):
+            incoming = self._incoming = _IncomingSnapshot(chunk.index, chunk.digest, bytearray())
+        if chunk.offset != len(incoming.data):
+            return  # a duplicate or stale chunk; the next request says where we are
+        try:
+            incoming.data += from_text(chunk.data)
+        except SnapshotCorrupted as exc:
+            log.warning("dropping a snapshot chunk from %s: %s", self.ballot, exc)
+            self._incoming = None
+            return
+        if len(incoming.data) < chunk.total:
+            return
+        self._incoming = None
+        data = bytes(incoming.data)
+        try:
+            if body_digest(data) != chunk.digest:
+                raise SnapshotCorrupted("digest mismatch")
+            snapshot = decode_snapshot(data, f"snapshot {chunk.index} from {self.ballot}")
+        except SnapshotCorrupted as exc:
+            log.warning("refusing the master's snapshot: %s", exc)
+            return
+        if snapshot.index != chunk.index or snapshot.index <= self._log.last_index:
+            return
+        async with self._log_lock:
+            with trio.CancelScope(shield=True):
+                if self.leading:
+                    return
+                await self._env.run_blocking(lambda: self._log.install(snapshot, data))
+                self._segments = segments_of(self._log.history())
+                self._replica.reset(snapshot.state)
+                self.snapshots_installed += 1
+        log.info("installed the master's snapshot at index %d", snapshot.index)
 
     def _acknowledge(self) -> None:
         if self.ballot is not None and not self.leading:
@@ -569,7 +667,7 @@ class Control:
 
     async def _adopt_suffix(self, ballot: Ballot, common: int, scope: trio.CancelScope) -> None:
         with scope:
-            suffix = self._log.since(common)
+            suffix = self._log.adoptable_since(common)
             log.warning(
                 "log diverges from %s after index %d: adopting %d events, then truncating",
                 ballot,
@@ -598,8 +696,8 @@ class Control:
                         return
                     dropped = await self._env.run_blocking(lambda: self._log.truncate_after(common))
                     self.truncated_events += len(dropped)
-                    self._segments = segments_of(self._log)
-                    self._replica.reset(replay(self._log))
+                    self._segments = segments_of(self._log.history())
+                    self._replica.reset(self._log.state())
             log.warning("truncated %d divergent events after index %d", len(dropped), common)
             self._sync_backoff = self._timings.sync_retry_initial
             self._request_sync(self._env.now())

@@ -66,5 +66,11 @@ class ControlTimings:
     # and the link's frames stop at 16 MiB): a node 1,000,000 events behind asks ~250 times.
     sync_batch: int = 4096
     sync_batch_bytes: int = 4 * 1024 * 1024
+    # Every this many events the log is snapshotted and cut down to its last
+    # `snapshot_keep` records (enough for the master's outcome memory, REMEMBERED_OUTCOMES
+    # twice over); a node further behind than that receives the snapshot in chunks.
+    snapshot_every: int = 10_000
+    snapshot_keep: int = 8192
+    snapshot_chunk: int = 1024 * 1024
     # Out-of-order events a follower keeps while it asks for the gap.
     buffer_limit: int = 4096

@@ -37,7 +37,6 @@ from exo.events.commands import Envelope, PlaceInstance
 from exo.events.facts import ModelCard
 from exo.events.ids import ModelId, NodeId
 from exo.events.log import EventLog
-from exo.events.replay import replay
 from exo.logs import set_log_context
 
 log = logging.getLogger("exo.node")
@@ -77,6 +76,9 @@ class NodeConfig:
     worker: bool = True
     # First port offered to the MLX rings of multi-node instances (see placement).
     ring_port: int = 31700
+    # Keep the records compaction cuts off the log in HOME/events.archive (exo replay
+    # --archive replays the whole history from it).
+    archive_log: bool = False
 
 
 @frozen
@@ -107,10 +109,12 @@ async def run_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     node_id = load_or_create_node_id(config.home, env.random)
-    event_log = await env.run_blocking(lambda: EventLog.open(config.home / LOG_FILE))
+    event_log = await env.run_blocking(
+        lambda: EventLog.open(config.home / LOG_FILE, archive=config.archive_log)
+    )
     if event_log.dropped_tail:
         log.warning("event log: dropped a torn last record: %s", event_log.dropped_tail)
-    replica = Replica(replay(event_log))
+    replica = Replica(await env.run_blocking(event_log.state))
     set_log_context(lambda: (node_id, replica.state.term, replica.state.last_index))
     log.info("node %s starting at index %d", node_id, replica.state.last_index)
 

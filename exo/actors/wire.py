@@ -50,6 +50,21 @@ class SyncRequest:
     ballot: Ballot
     segments: tuple[Segment, ...]
     last_index: int
+    # A snapshot partly received: its index and the bytes held (ask for the rest).
+    snapshot_index: int = 0
+    snapshot_offset: int = 0
+
+
+@frozen
+class SnapshotChunk:
+    """Part of the master's snapshot, for a follower behind the master's oldest record:
+    `data` (base64) is bytes [offset, offset + len) of `total`, checked by `digest`."""
+
+    index: int
+    digest: str
+    offset: int
+    total: int
+    data: str
 
 
 @frozen
@@ -65,6 +80,7 @@ class SyncReply:
     common_index: int
     events: tuple[IndexedEvent, ...]
     last_index: int
+    snapshot: SnapshotChunk | None = None
 
 
 @frozen

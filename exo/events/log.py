@@ -3,6 +3,12 @@
 Appends are flushed and fsynced before the master broadcasts. A crash can tear only the
 last record; `EventLog.open` detects that (no newline, bad checksum or bad JSON on the
 last line) and truncates it away. Damage anywhere else is reported, never skipped.
+
+Compaction (`EventLog.compact`) writes a snapshot of the state at the last index
+(`events.snapshot` beside the log) and cuts the records older than a kept tail off the
+log, appending them to `events.archive` first when the node keeps one. Opening a log
+loads the snapshot and the records after it; memory and start-up time are bounded by the
+snapshot interval, not by history.
 """
 
 from __future__ import annotations
@@ -14,10 +20,22 @@ from pathlib import Path
 
 from exo.events.codec import CodecError, decode, encode
 from exo.events.events import IndexedEvent
+from exo.events.snapshot import (
+    Snapshot,
+    SnapshotCorrupted,
+    decisions_through,
+    encode_snapshot,
+    fsync_directory,
+    openers_through,
+    read_snapshot,
+    write_atomically,
+)
+from exo.events.state import State, apply
 
 
 class LogCorrupted(Exception):
-    """A record before the last one is damaged or out of order: the log cannot be trusted."""
+    """A record before the last one is damaged or out of order, or the snapshot does not
+    verify: the log cannot be trusted."""
 
 
 def encode_record(event: IndexedEvent) -> bytes:
@@ -42,7 +60,7 @@ def decode_record(line: bytes) -> IndexedEvent:
 
 def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
     """Whole records, the byte length they span, and why the tail was dropped (if it was)."""
-    events, sizes, offset, dropped = _read_sized(path)
+    events, _sizes, offset, dropped = _read_sized(path)
     return events, offset, dropped
 
 
@@ -61,7 +79,8 @@ def _read_sized(path: Path) -> tuple[list[IndexedEvent], list[int], int, str | N
         except CodecError as exc:
             if last:
                 return events, sizes, offset, f"record {number} is torn ({exc})"
-            raise LogCorrupted(f"{path}: record {number}: {exc}") from exc
+            after = f" (after index {events[-1].index})" if events else ""
+            raise LogCorrupted(f"{path}: record {number}{after}: {exc}") from exc
         expected = events[-1].index + 1 if events else event.index
         if event.index != expected:
             raise LogCorrupted(
@@ -75,16 +94,17 @@ def _read_sized(path: Path) -> tuple[list[IndexedEvent], list[int], int, str | N
     return events, sizes, offset, None
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def snapshot_path(log_path: Path) -> Path:
+    return log_path.with_suffix(".snapshot")
+
+
+def archive_path(log_path: Path) -> Path:
+    return log_path.with_suffix(".archive")
 
 
 class EventLog:
-    """An append-only log file of indexed events. Not thread-safe; one writer."""
+    """An append-only log file of indexed events after an optional snapshot. Not
+    thread-safe; one writer."""
 
     def __init__(
         self,
@@ -92,6 +112,9 @@ class EventLog:
         events: list[IndexedEvent],
         dropped_tail: str | None,
         sizes: list[int] | None = None,
+        snapshot: tuple[Snapshot, bytes] | None = None,
+        *,
+        archive: bool = False,
     ) -> None:
         self.path = path
         self._events = events
@@ -100,39 +123,86 @@ class EventLog:
         self.dropped_tail = dropped_tail
         # How many times a divergent suffix was cut off (observers re-read after a change).
         self.truncations = 0
+        # How many times records were cut off the front (compaction or a peer's snapshot).
+        self.compactions = 0
+        self.snapshot: Snapshot | None = snapshot[0] if snapshot else None
+        # The snapshot's framed bytes, as written and as a peer far behind receives them.
+        self.snapshot_bytes: bytes = snapshot[1] if snapshot else b""
+        self.archive = archive
         self._file = open(path, "ab")  # noqa: SIM115 — held for the log's lifetime
 
     @classmethod
-    def open(cls, path: Path) -> EventLog:
-        """Open (creating) the log, truncating a torn last record."""
+    def open(cls, path: Path, *, archive: bool = False) -> EventLog:
+        """Open (creating) the log and its snapshot, truncating a torn last record."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            snapshot = read_snapshot(snapshot_path(path))
+        except SnapshotCorrupted as exc:
+            raise LogCorrupted(str(exc)) from exc
         events, sizes, good_length, dropped = _read_sized(path)
+        if snapshot is not None and events and events[0].index > snapshot[0].index + 1:
+            raise LogCorrupted(
+                f"{path}: starts at index {events[0].index}, after the snapshot at "
+                f"{snapshot[0].index}: records {snapshot[0].index + 1}..{events[0].index - 1} "
+                "are missing"
+            )
         if dropped is not None:
             with open(path, "r+b") as f:
                 f.truncate(good_length)
                 f.flush()
                 os.fsync(f.fileno())
-        return cls(path, events, dropped, sizes)
+        opened = cls(path, events, dropped, sizes, snapshot, archive=archive)
+        if snapshot is not None and events and events[-1].index < snapshot[0].index:
+            # Left by a crash while installing a peer's snapshot: records it replaces.
+            opened._rewrite([], [])
+        return opened
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.index if self.snapshot is not None else 0
+
+    @property
+    def first_index(self) -> int:
+        """The oldest index this log can still send; older ones are in the snapshot."""
+        return self._events[0].index if self._events else self.snapshot_index + 1
 
     @property
     def last_index(self) -> int:
-        return self._events[-1].index if self._events else 0
+        return self._events[-1].index if self._events else self.snapshot_index
 
     @property
     def last_term(self) -> int:
-        return self._events[-1].term if self._events else 0
+        if self._events:
+            return self._events[-1].term
+        return self.snapshot.term if self.snapshot is not None else 0
 
     def __len__(self) -> int:
         return len(self._events)
 
     def __iter__(self) -> Iterator[IndexedEvent]:
+        """The records held (those after the last compaction's kept tail began)."""
         return iter(self._events)
+
+    def history(self) -> Iterator[IndexedEvent]:
+        """Enough of the log to read its ballots from: the snapshot's term openers, then
+        the records held."""
+        if self.snapshot is not None:
+            yield from (e for e in self.snapshot.openers if e.index < self.first_index)
+        yield from self._events
+
+    def state(self) -> State:
+        """The state after the last index: the snapshot's, then the records after it."""
+        state = self.snapshot.state if self.snapshot is not None else State()
+        for event in self.since(state.last_index):
+            state = apply(state, event)
+        return state
 
     def since(
         self, index: int, limit: int | None = None, max_bytes: int | None = None
     ) -> list[IndexedEvent]:
-        """Events with an index greater than `index`: at most `limit` of them, and no more
-        than fit in `max_bytes` of records (always at least one). Copies only what it returns."""
+        """Events with an index greater than `index` (from the first held, when `index` is
+        older): at most `limit` of them, and no more than fit in `max_bytes` of records
+        (always at least one). Copies only what it returns."""
         first = self._events[0].index if self._events else 1
         start = max(0, index + 1 - first)
         end = len(self._events) if limit is None else min(len(self._events), start + limit)
@@ -144,6 +214,13 @@ class EventLog:
                     end = position
                     break
         return self._events[start:end]
+
+    def adoptable_since(self, index: int) -> list[IndexedEvent]:
+        """What a divergent log hands the new master past `index`: the decisions its
+        snapshot retained of records already cut off, then the records it holds."""
+        retained = self.snapshot.decisions if self.snapshot is not None else ()
+        first = self.first_index
+        return [e for e in retained if index < e.index < first] + self.since(index)
 
     def append(self, events: Iterable[IndexedEvent]) -> None:
         """Write, flush and fsync `events`, which must continue the log."""
@@ -160,27 +237,85 @@ class EventLog:
         self._events.extend(batch)
         self._sizes.extend(len(r) for r in records)
 
+    def compact(self, state: State, keep: int) -> int:
+        """Snapshot `state` (the state at the last index) and cut the log down to its last
+        `keep` records, archiving the ones cut off when the log keeps an archive.
+
+        Order makes every crash safe: the snapshot is durable before any record goes, the
+        archive holds the records before the log drops them. Returns how many were cut.
+        """
+        if state.last_index != self.last_index:
+            raise ValueError(f"snapshot of index {state.last_index}, log at {self.last_index}")
+        old = self.snapshot
+        covered = self.since(self.snapshot_index)
+        openers = openers_through(old.openers if old else (), covered)
+        # Every decision the snapshot covers, kept records' too: a follower that installs
+        # it receives no records at or before its index.
+        decisions = decisions_through(old.decisions if old else (), covered)
+        cut = max(0, len(self._events) - keep)
+        snapshot = Snapshot(state, openers, decisions)
+        data = encode_snapshot(snapshot)
+        write_atomically(snapshot_path(self.path), data)
+        self.snapshot, self.snapshot_bytes = snapshot, data
+        if cut:
+            self._cut_front(cut)
+        return cut
+
+    def install(self, snapshot: Snapshot, data: bytes) -> None:
+        """Start over from a peer's snapshot (this log is a prefix of the peer's and too far
+        behind it): the snapshot replaces every record."""
+        self._rewrite([], [])
+        write_atomically(snapshot_path(self.path), data)
+        self.snapshot, self.snapshot_bytes = snapshot, data
+        self.compactions += 1
+
+    def _cut_front(self, count: int) -> None:
+        cut_bytes = sum(self._sizes[:count])
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            head = f.read(cut_bytes)
+            tail = f.read()
+        if self.archive:
+            _append_whole_records(archive_path(self.path), head)
+        self._replace_file(tail)
+        self._events = self._events[count:]
+        self._sizes = self._sizes[count:]
+        self.compactions += 1
+
+    def _rewrite(self, keep: list[IndexedEvent], sizes: list[int]) -> None:
+        self._replace_file(b"".join(encode_record(e) for e in keep))
+        self._events = keep
+        self._sizes = sizes
+
+    def _replace_file(self, data: bytes) -> None:
+        """Swap the log file for one holding `data`, through a temporary copy and a rename,
+        so a crash leaves either the old file or the new one."""
+        self._file.close()
+        write_atomically(self.path, data)
+        self._file = open(self.path, "ab")  # noqa: SIM115 — held for the log's lifetime
+
     def truncate_after(self, index: int) -> list[IndexedEvent]:
         """Drop the records after `index` (a suffix that diverges from the master's log).
 
-        Rewrites the file through a temporary copy and a rename, so a crash leaves either
-        the old log or the new one. Returns the dropped events.
+        When `index` is older than the snapshot, the snapshot (a state past the cut) goes
+        too and the log starts over empty: the node catches up from the master. Returns
+        the dropped events.
         """
+        if index < self.snapshot_index:
+            dropped = self.since(index)
+            if self.archive:
+                _cut_archive_after(archive_path(self.path), index)
+            snapshot_path(self.path).unlink(missing_ok=True)
+            fsync_directory(self.path.parent)
+            self.snapshot, self.snapshot_bytes = None, b""
+            self._rewrite([], [])
+            self.truncations += 1
+            return dropped
         keep = [e for e in self._events if e.index <= index]
         dropped = self._events[len(keep) :]
         if not dropped:
             return []
-        tmp = self.path.with_suffix(".truncating")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(encode_record(e) for e in keep))
-            f.flush()
-            os.fsync(f.fileno())
-        self._file.close()
-        os.replace(tmp, self.path)
-        _fsync_directory(self.path.parent)
-        self._file = open(self.path, "ab")  # noqa: SIM115 — held for the log's lifetime
-        self._events = keep
-        self._sizes = self._sizes[: len(keep)]
+        self._rewrite(keep, self._sizes[: len(keep)])
         self.truncations += 1
         return dropped
 
@@ -192,3 +327,59 @@ class EventLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _append_whole_records(path: Path, records: bytes) -> None:
+    """Append to a file of records, first cutting off a torn last line a crash left."""
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+        f.seek(0, os.SEEK_END)
+        f.write(records)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _cut_archive_after(path: Path, index: int) -> None:
+    """Drop an archive's records after `index` (they belong to a branch that lost)."""
+    if not path.exists():
+        return
+    kept = b"".join(
+        line + b"\n"
+        for line, event in zip(path.read_bytes().split(b"\n")[:-1], _archived(path), strict=False)
+        if event.index <= index
+    )
+    write_atomically(path, kept)
+
+
+def _archived(path: Path) -> Iterator[IndexedEvent]:
+    if not path.exists():
+        return
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            yield decode_record(line)
+        except CodecError as exc:
+            raise LogCorrupted(f"{path}: record {number}: {exc}") from exc
+
+
+def read_archive(log_path: Path) -> list[IndexedEvent]:
+    """Every record a log ever held, from its archive and then the log itself: for `exo
+    replay --archive`. Records an interrupted compaction archived twice appear once;
+    a gap (the node installed a peer's snapshot) raises `LogCorrupted`."""
+    events: list[IndexedEvent] = []
+    for path in (archive_path(log_path), log_path):
+        for event in _archived(path):
+            if events and event.index <= events[-1].index:
+                continue
+            if events and event.index != events[-1].index + 1:
+                raise LogCorrupted(
+                    f"{path}: index {event.index} follows {events[-1].index}: the archive "
+                    "has a gap (the node installed a peer's snapshot there)"
+                )
+            events.append(event)
+    return events

@@ -95,7 +95,7 @@ def test_damage_before_the_tail_is_an_error_not_a_skip(tmp_path: Path) -> None:
     lines = path.read_bytes().split(b"\n")
     lines[1] = lines[1][:-3] + b"xx}"
     path.write_bytes(b"\n".join(lines))
-    with pytest.raises(LogCorrupted, match="record 2: checksum mismatch"):
+    with pytest.raises(LogCorrupted, match=r"record 2 \(after index 1\): checksum mismatch"):
         EventLog.open(path)
 
 

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from attrs import evolve
 
 from exo.actors.control import Control
 from exo.actors.history import Ballot
+from exo.events.log import EventLog
 from simulations.__main__ import main
+from simulations.failover import measure_failover
 from simulations.network import LinkModel
 from simulations.run import run_seed
 from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario
@@ -101,6 +104,17 @@ def test_instances_keep_serving_through_a_failover() -> None:
     assert result.elections == 2
 
 
+def test_a_node_far_behind_catches_up_from_the_masters_snapshot() -> None:
+    """Snapshots every 12 events keeping 4: a node down while the other serves is behind
+    the master's oldest record when it returns, so it installs the snapshot, then the tail."""
+    scenario = evolve(two_nodes(0), snapshot_every=12, snapshot_keep=4, seed=1010)
+    scenario = evolve(scenario, faults=(Fault(8.0, "crash", (0,), 14.0),))
+    result = run_seed(1010, scenario=scenario)
+    assert result.passed, result.violations
+    assert result.snapshots_installed >= 1
+    assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok"]
+
+
 def no_fencing(self: Control, ballot: Ballot, now: float) -> bool:
     """A planted bug: follow whatever master speaks last, older ballots included."""
     if ballot != self.ballot:
@@ -143,3 +157,23 @@ def test_the_simulator_catches_a_master_that_does_not_fence_terms(
     )
     assert done.returncode == 0, done.stderr
     assert re.search(r"state-hash: [0-9a-f]{64}", done.stdout)
+
+
+def test_the_simulator_catches_decisions_lost_to_compaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A planted bug: a divergent log hands over only the records it still holds, not the
+    decisions its snapshot kept of those it cut off. Seed 17 compacts every 12 events and
+    has a master deposed deep in its own term; its placement is then lost."""
+    monkeypatch.setattr(EventLog, "adoptable_since", EventLog.since)
+    result = run_seed(17)
+    assert not result.passed
+    assert any("acknowledged placement" in v and "is lost" in v for v in result.violations)
+
+
+def test_sixty_four_nodes_form_a_cluster_and_survive_their_masters_crash() -> None:
+    """64 nodes, no other fault: the first master is crashed at 10 s; within 5 s of
+    simulated time one node leads and all 63 follow it."""
+    failover = measure_failover(64, seed=3000)
+    assert failover.formed_after < 10.0
+    assert failover.agreed_after < 5.0, failover
