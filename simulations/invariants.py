@@ -11,10 +11,13 @@
   (its records, or, for those compaction cut off, the entries of the same ballots seen
   in any log while the run went on).
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
+- Every instance in a master's state is on nodes that state holds as live, or stops
+  being there within `STRANDED_FOR` (it is deleted and placed again).
 """
 
 from __future__ import annotations
 
+import trio
 from attrs import define, field
 
 from exo.actors.history import Ballot, segments_of
@@ -29,6 +32,9 @@ from exo.events.ids import InstanceId, NodeId
 from exo.events.log import EventLog
 from simulations.cluster import Cluster
 from simulations.workload import Workload
+
+# Simulated seconds an instance may sit on a node its master's state has marked down.
+STRANDED_FOR = 5.0
 
 
 @define
@@ -47,6 +53,7 @@ class Invariants:
     _entries: dict[tuple[int, NodeId, int], IndexedEvent] = field(factory=dict)
     _cursors: dict[int, _LogCursor] = field(factory=dict)
     _offices: dict[Ballot, NodeId] = field(factory=dict)
+    _stranded_since: dict[tuple[NodeId, InstanceId], float] = field(factory=dict)
 
     def fail(self, message: str) -> None:
         if message not in self.violations:
@@ -62,6 +69,30 @@ class Invariants:
                         self.fail(f"ballot {ballot} taken by both {holder} and {node.node_id}")
             if node.running is not None:
                 self._check_log(node.index, node.node_id, node.running.event_log)
+        self._check_stranded(cluster)
+
+    def _check_stranded(self, cluster: Cluster) -> None:
+        now = trio.current_time()
+        stranded: set[tuple[NodeId, InstanceId]] = set()
+        for node in cluster.nodes:
+            if node.running is None or not node.running.control.leading:
+                continue
+            state = node.running.replica.state
+            for instance in state.instances.values():
+                down = [s.node_id for s in instance.shards if s.node_id not in state.nodes]
+                if not down:
+                    continue
+                key = (node.node_id, instance.instance_id)
+                stranded.add(key)
+                since = self._stranded_since.setdefault(key, now)
+                if now - since > STRANDED_FOR:
+                    self.fail(
+                        f"{node.node_id}: instance {instance.instance_id} sits on {down[0]}, "
+                        f"which its state has marked down, for over {STRANDED_FOR:g} s"
+                    )
+        for key in list(self._stranded_since):
+            if key not in stranded:
+                del self._stranded_since[key]
 
     def _check_log(self, index: int, node_id: NodeId, log: EventLog) -> None:
         cursor = self._cursors.get(index)

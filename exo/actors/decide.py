@@ -85,7 +85,7 @@ def decide(state: State, envelope: Envelope) -> Decision:
                 return []
             return [LinksMeasured(origin, links)]
         case AdoptSuffix() as command:
-            return adopt(state, command)
+            return adopt(state, command, envelope.command_id)
         case AddModel(card=card):
             # The first card read wins: every node fetches the revision it names.
             if card.model_id in state.models or card_for(card.model_id) is not None:
@@ -194,6 +194,15 @@ def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Even
     draft = state
     for event in events:
         draft = apply_event(draft, event)
+    return events + place_again(draft, command_id, broken)
+
+
+def place_again(state: State, command_id: CommandId, broken: list[Instance]) -> list[Event]:
+    """Delete `broken` instances (a shard on a node that is gone) and place each again,
+    with the same strategy and context, on the nodes left, when it fits and no other
+    instance of its model remains; ids derive from `command_id`, so a retry is the same."""
+    events: list[Event] = []
+    draft = state
     for instance in broken:
         deleted = InstanceDeleted(instance.instance_id)
         events.append(deleted)
@@ -235,13 +244,15 @@ def orphaned_requests(
     ]
 
 
-def adopt(state: State, command: AdoptSuffix) -> Decision:
+def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = None) -> Decision:
     """Carry a deposed term's divergent events into this log, where they still make sense.
 
     Client-visible decisions (instances, request lifecycle) are kept unless this log has
     already made them moot; node-local facts (profiles, downloads, runner status) are left
     out, because their owners re-assert the current ones to the new master. Adoptions
     inside the suffix are carried too, so a decision survives any number of failovers.
+    An adopted instance with a shard on a node this log has marked down is kept (a client
+    was told of it) and at once deleted and placed again, as losing that node would.
     """
     if (state.term, state.master) != (command.to_term, command.to_master):
         return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
@@ -272,7 +283,26 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
         else:
             consider(indexed.command_id, event)
     through_index = max(e.index for e in fresh)
-    return [SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))]
+    adopted = SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))
+    after = apply_event(state, adopted)
+    created = {a.event.instance.instance_id for a in kept if isinstance(a.event, InstanceCreated)}
+    stranded = sorted(
+        (
+            i
+            for i in after.instances.values()
+            if i.instance_id in created and any(s.node_id not in after.nodes for s in i.shards)
+        ),
+        key=lambda i: i.instance_id,
+    )
+    if not stranded:
+        return [adopted]
+    lost = orphaned_requests(
+        after, set(), {i.instance_id for i in stranded}, "its node was lost during a partition"
+    )
+    for event in lost:
+        after = apply_event(after, event)
+    key = command_id or CommandId(f"adopt-{command.term}/{command.master}/{through_index}")
+    return [adopted, *lost, *place_again(after, key, stranded)]
 
 
 def _still_applies(state: State, event: Event) -> bool:

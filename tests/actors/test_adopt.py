@@ -24,7 +24,9 @@ def instance(name: str) -> Instance:
 
 
 def winner_state(*events: object) -> State:
+    """The winning master's state; it knows the loser's node (which hosts `instance`)."""
     state = apply(State(), IndexedEvent(1, 3, MasterElected(WINNER, 3)))
+    state = apply(state, IndexedEvent(2, 3, NodeProfiled(LOSER, PROFILE)))
     for event in events:
         state = apply(state, IndexedEvent(state.last_index + 1, 3, event))  # type: ignore[arg-type]
     return state
@@ -112,3 +114,36 @@ def test_only_the_master_marks_nodes_down() -> None:
     refused = decide(state, Envelope(CommandId("b"), OTHER, MarkNodeDown(LOSER)))
     assert isinstance(refused, Rejected)
     assert LOSER not in winner_state(NodeProfiled(LOSER, PROFILE), NodeDown(LOSER)).nodes
+
+
+def test_an_adopted_instance_on_a_node_marked_down_is_placed_again() -> None:
+    """The deposed side placed an instance on a node the winner has since marked down:
+    the placement is kept (a client was told of it), then deleted and placed again on the
+    nodes left, and a request adopted on it is failed, so nothing waits on a dead node."""
+    from exo.events.events import RequestStarted
+    from exo.events.facts import RequestRecord
+    from exo.events.ids import RequestId
+    from exo.models.cards import BUNDLED_MODEL
+
+    stranded = Instance(InstanceId("i1"), BUNDLED_MODEL, "pipeline", (Shard(LOSER, 0, 0, 30),))
+    state = winner_state(NodeProfiled(OTHER, PROFILE), NodeDown(LOSER))
+    request = RequestRecord(RequestId("r1"), InstanceId("i1"), OTHER, BUNDLED_MODEL)
+    events = suffix(InstanceCreated(stranded), RequestStarted(request))
+    decision = adopt(state, adopt_command(events), CommandId("adopt-1"))
+    assert not isinstance(decision, Rejected)
+    assert [type(e).__name__ for e in decision] == [
+        "SuffixAdopted",
+        "RequestFailed",
+        "InstanceDeleted",
+        "InstanceCreated",
+    ]
+    replacement = decision[-1]
+    assert isinstance(replacement, InstanceCreated)
+    assert [s.node_id for s in replacement.instance.shards] == [OTHER]
+    # The same adoption decided again (a retry) gives the same events.
+    assert adopt(state, adopt_command(events), CommandId("adopt-1")) == decision
+    after = state
+    for event in decision:
+        after = apply(after, IndexedEvent(after.last_index + 1, 3, event))  # type: ignore[arg-type]
+    assert not after.requests
+    assert all(s.node_id in after.nodes for i in after.instances.values() for s in i.shards)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from attrs import evolve
@@ -177,3 +178,22 @@ def test_sixty_four_nodes_form_a_cluster_and_survive_their_masters_crash() -> No
     failover = measure_failover(64, seed=3000)
     assert failover.formed_after < 10.0
     assert failover.agreed_after < 5.0, failover
+
+
+def test_the_simulator_catches_an_instance_stranded_on_a_down_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A planted bug: adoption keeps an instance placed on a node the winner has marked
+    down and never places it again (what exo did before the fix)."""
+    from exo.actors import decide
+
+    real_adopt = decide.adopt
+
+    def stranding_adopt(*args: Any) -> Any:
+        decision = real_adopt(*args)
+        return decision if isinstance(decision, decide.Rejected) else decision[:1]
+
+    monkeypatch.setattr(decide, "adopt", stranding_adopt)
+    result = run_seed(1)
+    assert not result.passed
+    assert any("which its state has marked down" in v for v in result.violations)

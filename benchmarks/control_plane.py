@@ -1,0 +1,222 @@
+"""The control plane at scale: apply throughput, a restart over 1,000,000 events, and a
+node 1,000,000 events behind catching up.
+
+- apply: events per second of `exo.events.state.apply` over request traffic with 16 and
+  with 10,000 requests in flight (`simulations/traffic.py`).
+- restart: a log of N events written as a node writes it (batches, fsync), then opened
+  and its state rebuilt, twice: with exo's default snapshots (every 10,000 events,
+  8,192 records kept) and without (the whole log replayed). Peak memory of each.
+- catch-up: two simulated nodes (the production control actor, `MockClock`), one with
+  that log and one empty; simulated and wall seconds until the empty one is in sync, the
+  messages it sent, the records it holds, and its peak memory; with and without
+  snapshots.
+
+Each phase runs in a fresh process, so peak memory (ru_maxrss) is that phase's own.
+
+    .venv/bin/python benchmarks/control_plane.py [--events 1000000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exo.actors.network import ControlTimings
+from exo.events.log import EventLog
+from exo.events.state import State, apply, state_hash
+from simulations.traffic import request_traffic
+
+BATCH = 64  # events per append, about what a busy master commits at once
+NO_SNAPSHOTS = 10**12
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def apply_rate(in_flight: int, count: int) -> dict[str, Any]:
+    events = list(request_traffic(count, in_flight=in_flight))
+    started = time.perf_counter()
+    state = State()
+    for event in events:
+        state = apply(state, event)
+    seconds = time.perf_counter() - started
+    return {
+        "in_flight": in_flight,
+        "events": count,
+        "events_per_s": round(count / seconds),
+        "open_requests_at_end": len(state.requests),
+    }
+
+
+def write_log(path: Path, count: int, snapshot_every: int) -> dict[str, Any]:
+    """Write `count` events as a master does: append batches, compact when due."""
+    keep = ControlTimings().snapshot_keep
+    started = time.perf_counter()
+    state = State()
+    with EventLog.open(path) as log:
+        batch: list[Any] = []
+        for event in request_traffic(count, in_flight=64):
+            batch.append(event)
+            state = apply(state, event)
+            if len(batch) == BATCH:
+                log.append(batch)
+                batch = []
+                if log.last_index - log.snapshot_index >= snapshot_every:
+                    log.compact(state, keep)
+        log.append(batch)
+    files = [p for p in path.parent.iterdir() if p.name.startswith(path.stem)]
+    return {
+        "write_seconds": round(time.perf_counter() - started, 1),
+        "bytes_on_disk": sum(p.stat().st_size for p in files),
+        "state_hash": state_hash(state),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def restart(path: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    with EventLog.open(path) as log:
+        opened = time.perf_counter() - started
+        state = log.state()
+        held = len(log)
+    return {
+        "open_seconds": round(opened, 2),
+        "restart_seconds": round(time.perf_counter() - started, 2),
+        "records_in_memory": held,
+        "state_hash": state_hash(state),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def catch_up(path: Path, snapshot_every: int) -> dict[str, Any]:
+    """Node 0 starts with the log at `path`, node 1 empty; until node 1 is in sync."""
+    import shutil
+
+    import trio
+    import trio.testing
+    from attrs import evolve
+
+    from simulations.cluster import Cluster
+    from simulations.network import LinkModel
+    from simulations.run import deterministic_trio, sim_root
+    from simulations.scenario import GIB, NodeSpec, Scenario
+
+    spec = NodeSpec(16 * GIB, 12 * GIB, 8)
+    scenario = Scenario(0, (spec, spec), LinkModel(), 600.0, 0.0, (), (), snapshot_every)
+    scenario = evolve(scenario, snapshot_keep=ControlTimings().snapshot_keep)
+    sent: Counter[str] = Counter()
+    root = sim_root()
+
+    def record(line: str) -> None:
+        parts = line.split(" ")
+        if len(parts) == 3 and ">" in parts[1]:
+            sender = parts[1].split(">")[0]
+            sent[f"{sender} {parts[2]}"] += 1
+
+    async def run() -> dict[str, Any]:
+        cluster = Cluster(scenario, root, record)
+        full, empty = cluster.nodes
+        for suffix in (".log", ".snapshot"):
+            source = path.with_suffix(suffix)
+            if source.exists():
+                shutil.copy(source, full.home / f"events{suffix}")
+        wall = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cluster.run)
+            started = trio.current_time()
+            assert full.running is not None and empty.running is not None
+            target = full.running.event_log
+            while True:
+                follower = empty.running
+                if (
+                    follower.control.synced
+                    and follower.event_log.last_index >= target.last_index
+                    and full.running.control.leading
+                ):
+                    break
+                await trio.sleep(0.05)
+            simulated = trio.current_time() - started
+            cluster.shutdown()
+            nursery.cancel_scope.cancel()
+        mine = {k.split(" ")[1]: v for k, v in sent.items() if k.startswith(empty.node_id)}
+        return {
+            "simulated_seconds": round(simulated, 2),
+            "wall_seconds": round(time.perf_counter() - wall, 1),
+            "follower_messages_sent": sum(mine.values()),
+            "follower_sync_requests": mine.get("SyncRequest", 0),
+            "follower_records_in_memory": len(follower.event_log),
+            "snapshots_installed": follower.control.snapshots_installed,
+            "caught_up_to_index": follower.event_log.last_index,
+            "peak_rss_mib": round(peak_rss_mib()),
+        }
+
+    try:
+        with deterministic_trio(0):
+            return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def in_fresh_process(function: Any, *args: Any) -> Any:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The control plane at scale.")
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--apply-events", type=int, default=200_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.CRITICAL)
+    report: dict[str, Any] = {"events": args.events}
+    report["apply"] = [
+        in_fresh_process(apply_rate, in_flight, args.apply_events) for in_flight in (16, 10_000)
+    ]
+    for row in report["apply"]:
+        print(f"apply: {row['events_per_s']:,} events/s with {row['in_flight']:,} in flight")
+    with tempfile.TemporaryDirectory(prefix="exo-control-plane-") as work:
+        for label, every in (
+            ("snapshots", ControlTimings().snapshot_every),
+            ("none", NO_SNAPSHOTS),
+        ):
+            path = Path(work) / label / "events.log"
+            path.parent.mkdir()
+            written = in_fresh_process(write_log, path, args.events, every)
+            started = in_fresh_process(restart, path)
+            assert started["state_hash"] == written["state_hash"]
+            caught = in_fresh_process(catch_up, path, every)
+            report[f"with_{label}"] = {"write": written, "restart": started, "catch_up": caught}
+            print(
+                f"{label}: {args.events:,} events written in {written['write_seconds']} s "
+                f"({written['bytes_on_disk'] / 2**20:.0f} MiB on disk); restart "
+                f"{started['restart_seconds']} s, {started['records_in_memory']:,} records "
+                f"held, peak {started['peak_rss_mib']} MiB"
+            )
+            print(
+                f"{label}: a node {args.events:,} events behind caught up in "
+                f"{caught['simulated_seconds']} simulated s ({caught['wall_seconds']} s wall), "
+                f"sending {caught['follower_messages_sent']:,} messages "
+                f"({caught['follower_sync_requests']:,} catch-up requests), holding "
+                f"{caught['follower_records_in_memory']:,} records, peak "
+                f"{caught['peak_rss_mib']} MiB"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
