@@ -26,6 +26,7 @@ from exo.actors.file_share import FileShare
 from exo.actors.identity import load_or_create_node_id
 from exo.actors.link_probe import LinkProbe
 from exo.actors.links import LinkNetwork, cluster_secret
+from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
@@ -200,6 +201,9 @@ async def run_node(
                     supervisor.start("data-plane", data_plane.run)
                 if file_share is not None:
                     supervisor.start("file-share", file_share.run)
+                supervisor.start(
+                    "mesh", partial(run_mesh, replica, node_id, links.linked, links.dial)
+                )
                 if config.discovery_port is not None:
                     discovery = Discovery(
                         node_id,

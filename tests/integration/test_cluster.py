@@ -142,3 +142,51 @@ def test_a_coordinator_only_node_is_never_placed_on_but_relays_chat(
     finally:
         for node in nodes:
             node.stop(signal.SIGKILL)
+
+
+def test_nodes_given_one_seed_form_a_full_mesh_and_fail_over_to_one_master(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Three nodes started as a user does where multicast is blocked: B and C know only A
+    (`--peers A`). They learn each other's address from the replicated state and link, so
+    when A is killed one of them leads and the other follows it (before, each elected
+    itself: two masters)."""
+    seed = NodeProcess(tmp_path / "a", models_dir)
+    others = [NodeProcess(tmp_path / name, models_dir) for name in ("b", "c")]
+    common = ("--peer-host", "127.0.0.1", "--cluster-key", "k", "--preload", "")
+    seed.extra = common
+    for node in others:
+        node.extra = ("--peers", f"127.0.0.1:{seed.peer_port}", *common)
+    nodes = [seed, *others]
+    try:
+        for node in nodes:
+            node.start()
+
+        def meshed() -> dict[str, Any] | None:
+            state = agreement(nodes, 3)
+            links = state["state"]["links"] if state else {}
+            pairs = {(a, b) for a, per_peer in links.items() for b in per_peer}
+            return state if len(pairs) == 6 else None
+
+        first = wait_for(meshed, 45, "links between every pair, from one seed")
+        b_id, c_id = (n.state()["node_id"] for n in others)
+        assert c_id in first["state"]["links"][b_id] and b_id in first["state"]["links"][c_id]
+        master = next(n for n in nodes if n.state()["node_id"] == first["master"])
+        assert master.process is not None
+        master.process.kill()
+        survivors = [n for n in nodes if n is not master]
+
+        def one_master() -> dict[str, Any] | None:
+            states = [n.state() for n in survivors]
+            views = {(s["master"], s["term"]) for s in states}
+            if len(views) == 1 and states[0]["master"] != first["master"]:
+                return states[0]
+            return None
+
+        after = wait_for(one_master, 15, "one new master both survivors follow")
+        assert after["master"] in {n.state()["node_id"] for n in survivors}
+        time.sleep(3)  # and it stays one: no second election on the other side
+        assert len({(n.state()["master"], n.state()["term"]) for n in survivors}) == 1
+    finally:
+        for node in nodes:
+            node.stop(signal.SIGKILL)
