@@ -3,8 +3,10 @@ runs on another node, with its tokens streamed straight back over the peer link.
 
 Tokens never enter the replicated log; the API node records only the request's
 lifecycle there. A relayed stream ends with an error, never a hang, when the link to the
-serving node breaks, when that node is marked down, or when the instance is deleted
-(which the master does when any of its nodes is lost).
+serving node breaks, when that node is marked down, when the instance is deleted
+(which the master does when any of its nodes is lost), or when the serving node says
+nothing for `RELAY_IDLE_LIMIT` (it sends `RelayAlive` every `RELAY_KEEPALIVE` while it
+works, so a long prefill is not silence, but a server whose task died is).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from exo.actors.replica import Replica
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.wire import (
     DataMessage,
+    RelayAlive,
     RelayCancel,
     RelayFailed,
     RelayFinished,
@@ -36,8 +39,10 @@ from exo.events.state import State
 
 log = logging.getLogger("exo.data")
 
+RELAY_KEEPALIVE = 5.0
+RELAY_IDLE_LIMIT = 30.0
 
-Relayed = TokenOut | Finished | BackendError
+Relayed = TokenOut | Finished | BackendError | RelayAlive
 
 
 @define
@@ -94,6 +99,8 @@ class DataPlane:
                             scope.cancel()
                     case RelayToken(chunk=chunk):
                         self._route(peer, chunk.request_id, chunk)
+                    case RelayAlive(request_id=request_id):
+                        self._route(peer, request_id, message)
                     case RelayFinished(finished=finished):
                         self._route(peer, finished.request_id, finished)
                     case RelayFailed(request_id=rid, message=text, invalid=invalid):
@@ -129,7 +136,7 @@ class DataPlane:
                 await self._links.send_data(peer, RelayRequest(instance_id, request))
             except PeerLost:
                 raise GenerationFailed(f"no link to node {peer}, which serves it") from None
-            yield _chunks(receive)
+            yield _chunks(receive, peer)
         finally:
             left_early = self._streams.pop(request_id, None) is not None
             abandoned = request_id in self._abandoned
@@ -144,7 +151,7 @@ class DataPlane:
             return  # a stream its client already left
         with suppress(trio.BrokenResourceError):
             stream.send.send_nowait(item)
-        if not isinstance(item, TokenOut):
+        if not isinstance(item, TokenOut | RelayAlive):
             del self._streams[request_id]
             stream.send.close()
 
@@ -162,11 +169,25 @@ class DataPlane:
         with trio.CancelScope() as scope:
             self._serving[(peer, request_id)] = scope
             try:
-                await self._serve_request(peer, message)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_alive, peer, request_id)
+                    await self._serve_request(peer, message)
+                    nursery.cancel_scope.cancel()
             except PeerLost:
                 log.info("relayed request %s: the link to %s broke", request_id, peer)
+            except Exception:
+                # A bug here must not leave the API node waiting: tell it, then log it.
+                log.exception("relayed request %s failed on this node", request_id)
+                with suppress(PeerLost), trio.move_on_after(1):
+                    failed = RelayFailed(request_id, "internal error on the serving node", False)
+                    await self._links.send_data(peer, failed)
             finally:
                 del self._serving[(peer, request_id)]
+
+    async def _keep_alive(self, peer: NodeId, request_id: str) -> None:
+        while True:
+            await trio.sleep(RELAY_KEEPALIVE)
+            await self._links.send_data(peer, RelayAlive(request_id))
 
     async def _serve_request(self, peer: NodeId, message: RelayRequest) -> None:
         request = message.request
@@ -198,9 +219,24 @@ class _StreamTest(Protocol):
     def __call__(self, stream: _Stream, /) -> bool: ...
 
 
-async def _chunks(receive: trio.MemoryReceiveChannel[Relayed]) -> AsyncIterator[Chunk]:
+async def _chunks(
+    receive: trio.MemoryReceiveChannel[Relayed], peer: NodeId
+) -> AsyncIterator[Chunk]:
     async with receive:
-        async for item in receive:
+        while True:
+            item: Relayed | None = None
+            with trio.move_on_after(RELAY_IDLE_LIMIT):
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+            if item is None:
+                raise GenerationFailed(
+                    f"generation stopped: node {peer}, which serves it, sent nothing for "
+                    f"{RELAY_IDLE_LIMIT:g} s"
+                )
+            if isinstance(item, RelayAlive):
+                continue
             if isinstance(item, BackendError):
                 raise item
             yield item

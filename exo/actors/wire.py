@@ -146,7 +146,15 @@ class RelayCancel:
     request_id: str
 
 
-DataMessage = RelayRequest | RelayToken | RelayFinished | RelayFailed | RelayCancel
+@frozen
+class RelayAlive:
+    """The serving node is still working on the request (sent every few seconds while it
+    runs, so the API node can bound how long it waits on a silent server)."""
+
+    request_id: str
+
+
+DataMessage = RelayRequest | RelayToken | RelayFinished | RelayFailed | RelayCancel | RelayAlive
 
 
 # Weight files copied between nodes (exo/actors/file_share.py), so a cluster fetches each
@@ -205,6 +213,7 @@ PeerMessage = (
     | RelayFinished
     | RelayFailed
     | RelayCancel
+    | RelayAlive
     | FileRequest
     | FileChunk
     | FileEnd

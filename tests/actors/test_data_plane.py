@@ -156,3 +156,56 @@ async def test_a_request_for_an_instance_not_served_here_is_refused() -> None:
     ((to, message),) = links.sent
     assert to == PEER and isinstance(message, RelayFailed) and not message.invalid
     assert "not ready on node here" in message.message
+
+
+async def test_a_silent_server_fails_the_stream_but_keepalives_hold_it_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server that says nothing for RELAY_IDLE_LIMIT (its task died, the link stayed up)
+    ends the stream with an error; one that keeps sending RelayAlive does not."""
+    from exo.actors.data_plane import RELAY_IDLE_LIMIT, RELAY_KEEPALIVE
+    from exo.actors.wire import RelayAlive
+
+    links, r = FakeLinks(), replica()
+    async with plane(links, r) as data:
+        async with data.relay(PEER, INSTANCE, REQUEST) as chunks:
+            started = trio.current_time()
+            with pytest.raises(GenerationFailed, match=r"sent nothing for 30 s"):
+                await collect(chunks)
+            assert trio.current_time() - started == pytest.approx(RELAY_IDLE_LIMIT)
+
+        async def slow_server() -> None:
+            for _ in range(int(3 * RELAY_IDLE_LIMIT / RELAY_KEEPALIVE)):
+                await trio.sleep(RELAY_KEEPALIVE)
+                data.deliver(PEER, RelayAlive("req-1"))
+            data.deliver(PEER, RelayFinished(Finished("req-1", "stop", 3, 0)))
+
+        async with data.relay(PEER, INSTANCE, REQUEST) as chunks, trio.open_nursery() as n:
+            n.start_soon(slow_server)
+            assert await collect(chunks) == [Finished("req-1", "stop", 3, 0)]
+
+
+class CrashingHandle:
+    """A runner handle whose stream raises something no one expected."""
+
+    ready = True
+    shard = Shard(HERE, 0, 0, 30)
+
+    @asynccontextmanager
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[AsyncIterator[Any]]:
+        raise RuntimeError("a bug in the serving path")
+        yield  # pragma: no cover
+
+
+async def test_a_bug_on_the_serving_side_is_reported_to_the_api_node() -> None:
+    links, r = FakeLinks(), replica()
+    runners = cast(RunnerSupervisor, type("One", (), {"handles": {INSTANCE: CrashingHandle()}})())
+    data = DataPlane(HERE, r, runners, links)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(data.run)
+        data.deliver(PEER, RelayRequest(INSTANCE, REQUEST))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    ((to, message),) = links.sent
+    assert to == PEER and isinstance(message, RelayFailed) and not message.invalid
+    assert message.message == "internal error on the serving node"
