@@ -1,5 +1,12 @@
 """Simulated nodes: real `run_node` incarnations on the simulated network and environment,
-crashed by cancelling them (their disk, the home directory, stays) and restarted."""
+crashed by cancelling them (their disk, the home directory, stays) and restarted.
+
+A crash can also tear the disk (drawn per seed from a generator of its own): the log
+gets the first bytes of a record that was being written and never synced, and a
+snapshot being written is left half done, as power loss leaves them; what was synced,
+and so everything the node ever acknowledged or sent, stays. Each node's clock runs at
+its own rate (within 1 %) from its own offset, so nothing may compare times across
+nodes."""
 
 from __future__ import annotations
 
@@ -33,6 +40,9 @@ class SimNode:
     # Client operations in flight against this incarnation: a crash fails them, as a
     # dropped connection would.
     clients: set[trio.CancelScope] = field(factory=set)
+    # The last crash tore the disk: tear it before the next start (the old incarnation
+    # is gone by then, so nothing it still had shielded writes after the damage).
+    torn: bool = False
 
     @property
     def up(self) -> bool:
@@ -45,13 +55,16 @@ class Cluster:
         self._record = record
         self.network = SimNetwork(random.Random(f"network-{scenario.seed}"), scenario.link, record)
         id_rng = random.Random(f"ids-{scenario.seed}")
+        clocks = random.Random(f"clocks-{scenario.seed}")
+        self._disk = random.Random(f"disk-{scenario.seed}")
+        self.torn_writes = 0
         self.nodes: list[SimNode] = []
         for index, spec in enumerate(scenario.nodes):
             node_id = NodeId(f"node-{id_rng.getrandbits(48):012x}")
             home = root / f"node-{index}"
             home.mkdir(parents=True)
             (home / "node_id").write_text(node_id + "\n")
-            self.nodes.append(SimNode(index, node_id, home, _host(index, spec)))
+            self.nodes.append(SimNode(index, node_id, home, _host(index, spec, clocks)))
             self.network.add_member(node_id)
         self._nursery: trio.Nursery | None = None
         self._current_tokens: dict[NodeId, object] = {}
@@ -71,6 +84,9 @@ class Cluster:
 
     async def start(self, node: SimNode) -> None:
         assert self._nursery is not None and not node.up
+        if node.torn:
+            node.torn = False
+            self._tear(node)
         self._record(f"{trio.current_time():.6f} start {node.node_id}")
         await self._nursery.start(self._incarnation, node)
 
@@ -78,6 +94,7 @@ class Cluster:
         if node.scope is None:
             return
         self._record(f"{trio.current_time():.6f} crash {node.node_id}")
+        node.torn = self._disk.random() < 0.5
         self.network.disconnect(node.node_id)
         node.scope.cancel()
         node.scope = None
@@ -85,6 +102,23 @@ class Cluster:
         node.env = None
         for scope in node.clients:
             scope.cancel()
+
+    def _tear(self, node: SimNode) -> None:
+        """Leave what power loss mid-write leaves: part of an unsynced record at the end of
+        the log, or a half-written snapshot beside the real one."""
+        self.torn_writes += 1
+        record = b'%08x {"command_id":null,"event":{"node_id":"%s","type":"NodeDown"},' % (
+            self._disk.getrandbits(32),
+            node.node_id.encode(),
+        )
+        torn = record[: self._disk.randint(1, len(record))]
+        if self._disk.random() < 0.5:
+            with open(node.home / "events.log", "ab") as f:
+                f.write(torn)
+            self._record(f"{trio.current_time():.6f} torn-log {node.node_id} {len(torn)}")
+        else:
+            (node.home / "events.snapshot.writing").write_bytes(torn)
+            self._record(f"{trio.current_time():.6f} torn-snapshot {node.node_id} {len(torn)}")
 
     def kill_runner(self, node: SimNode) -> bool:
         """Kill the newest live runner process on `node`; False when there is none."""
@@ -170,8 +204,10 @@ class _Endpoint:
         return bool(self.peers())
 
 
-def _host(index: int, spec: NodeSpec) -> SimHost:
+def _host(index: int, spec: NodeSpec, clocks: random.Random) -> SimHost:
     return SimHost(
+        clock_rate=1.0 + clocks.uniform(-0.01, 0.01),
+        clock_offset=clocks.uniform(0.0, 10_000.0),
         hostname=f"sim-{index}",
         platform="linux-x86_64",
         cpu_cores=spec.cpu_cores,

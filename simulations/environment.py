@@ -27,6 +27,9 @@ class SimHost:
     accelerator: Accelerator
     memory_total: int
     memory_available: int
+    # This node's clock: `clock_offset + clock_rate * simulated time`.
+    clock_rate: float = 1.0
+    clock_offset: float = 0.0
 
     def memory(self) -> tuple[int, int]:
         return self.memory_total, self.memory_available
@@ -43,10 +46,10 @@ class SimEnvironment:
         self.spawned: list[SimProcess] = []
 
     def now(self) -> float:
-        return trio.current_time()
+        return self._host.clock_offset + self._host.clock_rate * trio.current_time()
 
     async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
+        await trio.sleep(max(0.0, seconds) / self._host.clock_rate)
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> ChildProcess:
         process = SimProcess(self._processes)

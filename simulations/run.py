@@ -45,6 +45,7 @@ class SeedResult:
     runner_starts: int = 0  # runner processes spawned, over all nodes and incarnations
     forced_nodes: int | None = None  # the --nodes the seed ran with
     snapshots_installed: int = 0  # peers' snapshots installed by nodes far behind
+    torn_writes: int = 0  # crashes that left a torn record or a half-written snapshot
 
 
 class Trace:
@@ -135,6 +136,7 @@ def run_seed(
             cluster.runner_starts,
             nodes,
             sum(r.control.snapshots_installed for r in incarnations),
+            cluster.torn_writes,
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -69,13 +69,11 @@ class RunnerHandle:
         """Loaded and taking requests (idle or already running some)."""
         return self.status.phase in ("ready", "running")
 
-    def _busy_changed(self) -> None:
-        """`running` while any request is in flight, `ready` when idle: one report per busy spell."""
-        if not self.ready:
-            return
-        phase = "running" if self._inflight else "ready"
-        if phase != self.status.phase:
-            self._set_status(RunnerStatus(phase, self.status.detail, self.restarts))
+    @property
+    def in_flight(self) -> int:
+        """Requests running here now: a local fact, never replicated (it changes twice per
+        request; the replicated phase stays `ready` while the runner serves)."""
+        return len(self._inflight)
 
     def _set_status(self, status: RunnerStatus) -> None:
         self.status = status
@@ -176,7 +174,6 @@ class RunnerHandle:
         if not isinstance(message, protocol.TokenOut):
             del self._inflight[message.request_id]
             channel.close()
-            self._busy_changed()
 
     def _fail_inflight(self, message: str) -> None:
         for channel in self._inflight.values():
@@ -213,13 +210,11 @@ class RunnerHandle:
         send, receive = trio.open_memory_channel[Routed](math.inf)
         request_id = request.request_id
         self._inflight[request_id] = send
-        self._busy_changed()
         try:
             await self._write(protocol.Generate(request))
             yield _chunks(receive)
         finally:
             if self._inflight.pop(request_id, None) is not None:
-                self._busy_changed()
                 with (
                     trio.CancelScope(shield=True),
                     trio.move_on_after(1),

@@ -10,6 +10,7 @@ from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
 
 Accelerator = Literal["cpu", "metal", "cuda"]
 Strategy = Literal["pipeline", "tensor"]
+# "running" is no longer written (busy is a local fact); older logs hold it, read as ready.
 RunnerPhase = Literal["starting", "loading", "ready", "running", "failed"]
 DownloadPhase = Literal["pending", "downloading", "complete", "failed"]
 ModelSource = Literal["bundled", "hub", "local"]
