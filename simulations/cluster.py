@@ -120,6 +120,19 @@ class Cluster:
             (node.home / "events.snapshot.writing").write_bytes(torn)
             self._record(f"{trio.current_time():.6f} torn-snapshot {node.node_id} {len(torn)}")
 
+    def damage_log(self, node: SimNode) -> None:
+        """Flip one checksum digit of the record in the middle of the node's log: damage
+        that only a checksum finds, before the last record (so not a torn write)."""
+        path = node.home / "events.log"
+        lines = path.read_bytes().split(b"\n")
+        if len(lines) < 4:
+            return
+        middle = len(lines) // 2
+        digit = lines[middle][:1]
+        lines[middle] = (b"0" if digit != b"0" else b"1") + lines[middle][1:]
+        path.write_bytes(b"\n".join(lines))
+        self._record(f"{trio.current_time():.6f} damage-log {node.node_id} record {middle + 1}")
+
     def kill_runner(self, node: SimNode) -> bool:
         """Kill the newest live runner process on `node`; False when there is none."""
         if node.env is None:

@@ -223,12 +223,14 @@ async def _inject(cluster: Cluster, fault: Fault, counters: dict[str, int]) -> N
     nodes = [cluster.nodes[i] for i in fault.nodes]
     network = cluster.network
     match fault.kind:
-        case "crash":
+        case "crash" | "corrupt":
             node = nodes[0]
             if not node.up:
                 return
             counters["faults"] += 1
             cluster.crash(node)
+            if fault.kind == "corrupt":
+                cluster.damage_log(node)
             await trio.sleep(fault.duration)
             if not node.up:
                 await cluster.start(node)

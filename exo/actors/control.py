@@ -148,6 +148,9 @@ class Control:
         self._adopting: trio.CancelScope | None = None
         self._incoming: _IncomingSnapshot | None = None
         self.snapshots_installed = 0
+        # A log cut back to what verified on open: never lead before a master has been
+        # followed to the end, or the damage would be served as the truth.
+        self.recovering = event_log.recovered_from is not None
         self._lead_scope: trio.CancelScope | None = None
         self._led_since = 0.0
         self._match: dict[NodeId, int] = {}
@@ -254,12 +257,14 @@ class Control:
     # -- election ------------------------------------------------------------------
 
     def _beat(self, now: float) -> Beat:
+        # A recovering node does not vouch for its log: it must never outrank a candidate.
+        vouched = not self.recovering
         return Beat(
             following=self.ballot,
             leading=self.leading,
             seeking=not self.leading and not self._master_alive(now),
-            log_ballot=last_ballot(self._segments),
-            last_index=self._log.last_index,
+            log_ballot=last_ballot(self._segments) if vouched else None,
+            last_index=self._log.last_index if vouched else 0,
             synced=self.synced,
         )
 
@@ -288,6 +293,8 @@ class Control:
             self._release_acks(now)
 
     def _maybe_elect(self, now: float) -> None:
+        if self.recovering:
+            return
         peers = self._network.peers()
         expecting = self._network.expecting_peers()
         if expecting and now - self._started_at < self._timings.failure_timeout:
@@ -576,6 +583,9 @@ class Control:
         if self._log.last_index >= reply.last_index:
             if not self.synced:
                 log.info("in sync with %s at index %d", self.ballot, self._log.last_index)
+            if self.recovering:
+                log.warning("recovered the damaged log from %s", self.ballot)
+                self.recovering = False
             self.synced = True
             await self._drain_buffer()
             self._acknowledge()

@@ -25,7 +25,7 @@ from exo.actors.environment import Environment
 from exo.actors.file_share import FileShare
 from exo.actors.identity import load_or_create_node_id
 from exo.actors.link_probe import LinkProbe
-from exo.actors.links import LinkNetwork, cluster_secret
+from exo.actors.links import PEERS_FILE, LinkNetwork, cluster_secret
 from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
@@ -110,11 +110,21 @@ async def run_node(
     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     node_id = load_or_create_node_id(config.home, env.random)
+    # A node that was part of a cluster can recover a damaged log from its peers; a lone
+    # one stops instead, naming the damage.
+    has_peers = connect is not None or bool(config.peers) or (config.home / PEERS_FILE).exists()
     event_log = await env.run_blocking(
-        lambda: EventLog.open(config.home / LOG_FILE, archive=config.archive_log)
+        lambda: EventLog.open(config.home / LOG_FILE, archive=config.archive_log, recover=has_peers)
     )
     if event_log.dropped_tail:
         log.warning("event log: dropped a torn last record: %s", event_log.dropped_tail)
+    if event_log.recovered_from:
+        log.error(
+            "event log damaged (%s): kept the %d records that verify, set the damaged files "
+            "aside as *.damaged, and will not lead until caught up from a peer",
+            event_log.recovered_from,
+            len(event_log),
+        )
     replica = Replica(await env.run_blocking(event_log.state))
     set_log_context(lambda: (node_id, replica.state.term, replica.state.last_index))
     log.info("node %s starting at index %d", node_id, replica.state.last_index)

@@ -129,11 +129,44 @@ class EventLog:
         # The snapshot's framed bytes, as written and as a peer far behind receives them.
         self.snapshot_bytes: bytes = snapshot[1] if snapshot else b""
         self.archive = archive
+        # Why the log was cut back to what verifies on open (`open(recover=True)`), if it was.
+        self.recovered_from: str | None = None
         self._file = open(path, "ab")  # noqa: SIM115 — held for the log's lifetime
 
     @classmethod
-    def open(cls, path: Path, *, archive: bool = False) -> EventLog:
-        """Open (creating) the log and its snapshot, truncating a torn last record."""
+    def open(cls, path: Path, *, archive: bool = False, recover: bool = False) -> EventLog:
+        """Open (creating) the log and its snapshot, truncating a torn last record.
+
+        Damage raises `LogCorrupted`, or with `recover` moves the damaged files aside
+        (`*.damaged`) and keeps what verifies: the records before the damage, or nothing
+        when the snapshot is damaged. The node then catches up from a peer.
+        """
+        try:
+            return cls._open(path, archive)
+        except LogCorrupted as exc:
+            if not recover:
+                raise
+            reason = str(exc)
+        try:
+            snapshot = read_snapshot(snapshot_path(path))
+        except SnapshotCorrupted:
+            snapshot = None
+            _set_aside(snapshot_path(path))
+        kept = _verified_prefix(path)
+        if snapshot_path(path).exists() and (
+            snapshot is None or (kept and kept[0].index > snapshot[0].index + 1)
+        ):
+            _set_aside(snapshot_path(path))
+        if not snapshot_path(path).exists() and kept and kept[0].index != 1:
+            kept = []  # records that only continue a snapshot that is gone
+        _set_aside(path)
+        write_atomically(path, b"".join(encode_record(e) for e in kept))
+        opened = cls._open(path, archive)
+        opened.recovered_from = reason
+        return opened
+
+    @classmethod
+    def _open(cls, path: Path, archive: bool) -> EventLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             snapshot = read_snapshot(snapshot_path(path))
@@ -327,6 +360,34 @@ class EventLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _set_aside(path: Path) -> None:
+    """Move a damaged file out of the way (kept for a person to look at)."""
+    if not path.exists():
+        return
+    target = path.with_name(path.name + ".damaged")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.damaged-{number}")
+    os.replace(path, target)
+
+
+def _verified_prefix(path: Path) -> list[IndexedEvent]:
+    """The records of a damaged log up to the first that does not verify or follow."""
+    kept: list[IndexedEvent] = []
+    if not path.exists():
+        return kept
+    for line in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            event = decode_record(line)
+        except CodecError:
+            break
+        if kept and event.index != kept[-1].index + 1:
+            break
+        kept.append(event)
+    return kept
 
 
 def _append_whole_records(path: Path, records: bytes) -> None:

@@ -146,3 +146,29 @@ def test_snapshot_bytes_round_trip(tmp_path: Path) -> None:
     with write_compacting(tmp_path / "events.log", every=500, keep=100) as log:
         assert log.snapshot is not None
         assert decode_snapshot(encode_snapshot(log.snapshot), "x") == log.snapshot
+
+
+def test_recovery_keeps_what_verifies_and_sets_the_damage_aside(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    with EventLog.open(path) as log:
+        log.append(EVENTS[:100])
+    lines = path.read_bytes().split(b"\n")
+    lines[40] = b"0" + lines[40][1:] if lines[40][:1] != b"0" else b"1" + lines[40][1:]
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(LogCorrupted, match=r"record 41 \(after index 40\)"):
+        EventLog.open(path)
+    with EventLog.open(path, recover=True) as log:
+        assert log.recovered_from is not None and "record 41" in log.recovered_from
+        assert list(log) == EVENTS[:40]
+    assert (tmp_path / "events.log.damaged").exists()
+
+
+def test_recovery_from_a_damaged_snapshot_starts_empty(tmp_path: Path) -> None:
+    path = tmp_path / "events.log"
+    write_compacting(path, every=500, keep=100).close()
+    snapshot_path(path).write_bytes(b"00000000 {}\n")
+    with EventLog.open(path, recover=True) as log:
+        assert log.recovered_from is not None and "events.snapshot" in log.recovered_from
+        assert log.last_index == 0 and log.snapshot is None
+    assert (tmp_path / "events.snapshot.damaged").exists()
+    assert (tmp_path / "events.log.damaged").exists()

@@ -206,3 +206,24 @@ def test_crashes_that_tear_the_disk_lose_nothing_acknowledged() -> None:
         result = run_seed(seed)
         assert result.passed, result.violations
         assert result.torn_writes >= 1
+
+
+def test_a_node_whose_log_is_damaged_recovers_it_from_its_peers(tmp_path: Path) -> None:
+    """A record in the middle of one node's log is damaged while it is down. It starts
+    from the records that verify, sets the damaged file aside, does not lead, catches up
+    from the master, and the cluster ends in agreement with nothing acknowledged lost."""
+    spec = NodeSpec(16 * GIB, 12 * GIB, 8)
+    scenario = Scenario(
+        seed=4000,
+        nodes=(spec, spec, spec),
+        link=LinkModel(),
+        active=30.0,
+        quiet=15.0,
+        faults=(Fault(15.0, "corrupt", (1,), 5.0), Fault(16.0, "corrupt", (2,), 6.0)),
+        ops=(Op(4.0, 0, "place"), Op(6.0, 1, "chat"), Op(12.0, 2, "chat"), Op(25.0, 1, "chat")),
+    )
+    result = run_seed(4000, scenario=scenario, keep_dir=tmp_path, keep_always=True)
+    assert result.passed, result.violations
+    assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok", "ok", "ok"]
+    for damaged in ("node-1", "node-2"):
+        assert (tmp_path / "seed-4000" / damaged / "events.log.damaged").exists()
