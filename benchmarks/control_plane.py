@@ -6,6 +6,9 @@ node 1,000,000 events behind catching up.
 - restart: a log of N events written as a node writes it (batches, fsync), then opened
   and its state rebuilt, twice: with exo's default snapshots (every 10,000 events,
   8,192 records kept) and without (the whole log replayed). Peak memory of each.
+- requests: a simulated 2-node cluster serving R chat requests, 8 at a time, through one
+  node's API (the real `NodeBackend`, fake runner): log records written per request,
+  and records held and bytes on disk at the end, under exo's default snapshots.
 - catch-up: two simulated nodes (the production control actor, `MockClock`), one with
   that log and one empty; simulated and wall seconds until the empty one is in sync, the
   messages it sent, the records it holds, and its peak memory; with and without
@@ -168,6 +171,82 @@ def catch_up(path: Path, snapshot_every: int) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def requests_footprint(count: int, concurrency: int = 8) -> dict[str, Any]:
+    import shutil
+
+    import trio
+    import trio.testing
+
+    from exo.engine.protocol import ChatMessage, SamplingParams
+    from exo.events.commands import PlaceInstance
+    from exo.models.cards import BUNDLED_MODEL
+    from simulations.cluster import Cluster
+    from simulations.network import LinkModel
+    from simulations.run import deterministic_trio, sim_root
+    from simulations.scenario import GIB, NodeSpec, Scenario
+
+    spec = NodeSpec(16 * GIB, 12 * GIB, 8)
+    scenario = Scenario(0, (spec, spec), LinkModel(), 10**6, 0.0, (), ())
+    root = sim_root()
+
+    async def run() -> dict[str, Any]:
+        cluster = Cluster(scenario, root, lambda _: None)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cluster.run)
+            api = cluster.nodes[0]
+            await trio.sleep(5)  # elected, registered
+            assert api.running is not None
+            running = api.running
+            outcome = await running.commands.call(
+                PlaceInstance(BUNDLED_MODEL, nodes=(api.node_id,))
+            )
+            assert outcome.accepted, outcome.reason
+            leader = next(n for n in cluster.nodes if n.running and n.running.control.leading)
+            assert leader.running is not None
+            before = leader.running.event_log.last_index
+            wall = time.perf_counter()
+            simulated = trio.current_time()
+            params = SamplingParams(temperature=0.0, max_tokens=8)
+
+            async def client(number: int) -> None:
+                for k in range(number, count, concurrency):
+                    messages = (ChatMessage("user", f"request {k}"),)
+                    async with running.backend.generate(BUNDLED_MODEL, messages, params) as chunks:
+                        async for _ in chunks:
+                            pass
+
+            async with trio.open_nursery() as clients:
+                for number in range(concurrency):
+                    clients.start_soon(client, number)
+            await trio.sleep(3)  # the last tallies land
+            log = leader.running.event_log
+            written = log.last_index - before
+            files = [p for p in leader.home.iterdir() if p.name.startswith("events.")]
+            result = {
+                "requests": count,
+                "concurrency": concurrency,
+                "records_written": written,
+                "records_per_request": round(written / count, 4),
+                "records_held_at_end": len(log),
+                "bytes_on_disk_at_end": sum(p.stat().st_size for p in files),
+                "finished_counted": sum(
+                    c.finished for c in leader.running.replica.state.request_counters.values()
+                ),
+                "simulated_seconds": round(trio.current_time() - simulated, 1),
+                "wall_seconds": round(time.perf_counter() - wall, 1),
+                "peak_rss_mib": round(peak_rss_mib()),
+            }
+            cluster.shutdown()
+            nursery.cancel_scope.cancel()
+        return result
+
+    try:
+        with deterministic_trio(0):
+            return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def in_fresh_process(function: Any, *args: Any) -> Any:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
@@ -177,6 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="The control plane at scale.")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--apply-events", type=int, default=200_000)
+    parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     import logging
@@ -188,6 +268,13 @@ def main() -> None:
     ]
     for row in report["apply"]:
         print(f"apply: {row['events_per_s']:,} events/s with {row['in_flight']:,} in flight")
+    served = in_fresh_process(requests_footprint, args.requests)
+    report["requests"] = served
+    print(
+        f"requests: {served['requests']:,} served, {served['records_written']:,} log records "
+        f"written ({served['records_per_request']} per request), {served['records_held_at_end']:,} "
+        f"held and {served['bytes_on_disk_at_end'] / 2**20:.1f} MiB on disk at the end"
+    )
     with tempfile.TemporaryDirectory(prefix="exo-control-plane-") as work:
         for label, every in (
             ("snapshots", ControlTimings().snapshot_every),

@@ -5,7 +5,8 @@
 - Log matching: an entry of one ballot at one index is the same in every log that holds
   it, at every moment (so followers' logs are prefixes of their master's within a term).
 - After healing and a quiet period: one master, every node following it, in sync, with
-  the same last index and state hash.
+  the same last index and state hash, and no request counted in flight (no request
+  outlives its client or the nodes serving it).
 - Every client request is answered or failed within its bound; every answer is right.
 - A decision acknowledged to a client (an instance placed or deleted) is in the final log
   (its records, or, for those compaction cut off, the entries of the same ballots seen
@@ -150,6 +151,11 @@ class Invariants:
             state = node.running.replica.state
             if node.node_id not in state.nodes:
                 return f"{node.node_id} is not registered"
+            # Every client is done: no request may still be counted in flight anywhere.
+            if state.in_flight:
+                return f"requests still counted in flight: {dict(state.in_flight)}"
+            if state.requests:
+                return f"request records still open: {sorted(state.requests)}"
             # Local facts in the state match the nodes' reality (re-asserted after loss).
             for instance_id, handle in node.running.runners.handles.items():
                 if state.runner_status(instance_id, node.node_id) != handle.status:

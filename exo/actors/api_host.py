@@ -17,10 +17,10 @@ from exo.actors.command_client import CommandClient
 from exo.actors.data_plane import DataPlane
 from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
+from exo.actors.request_tally import RequestTallies
 from exo.actors.runner_handle import LOAD_FAILED, RunnerHandle
 from exo.actors.runners import RunnerSupervisor
 from exo.api.backend import (
-    BackendError,
     Chunk,
     InvalidRequest,
     ModelForbidden,
@@ -31,13 +31,10 @@ from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, Sampling
 from exo.events.codec import to_plain
 from exo.events.commands import (
     AddModel,
-    FailRequest,
-    FinishRequest,
     PlaceInstance,
-    StartRequest,
 )
 from exo.events.facts import Instance, RunnerStatus
-from exo.events.ids import ModelId, NodeId, RequestId, new_request_id
+from exo.events.ids import ModelId, NodeId, new_request_id
 from exo.events.state import State
 from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
 from exo.models.catalog import ALIASES
@@ -132,6 +129,7 @@ class NodeBackend(InstanceManager):
         data_plane: DataPlane | None = None,
         describe: Describe | None = None,
         describe_local: DescribeLocal | None = None,
+        tallies: RequestTallies | None = None,
     ) -> None:
         super().__init__(replica, commands)
         self._node_id = node_id
@@ -144,6 +142,8 @@ class NodeBackend(InstanceManager):
         self._data_plane = data_plane
         self._describe = describe
         self._describe_local = describe_local
+        # Started and ended requests, reported in batches (`request_tally.py`).
+        self.tallies = tallies if tallies is not None else RequestTallies()
 
     def models(self) -> list[ModelCard]:
         registered = self._replica.state.models
@@ -294,32 +294,13 @@ class NodeBackend(InstanceManager):
             peer, instance = route
             instance_id = instance.instance_id
             stream = self._data_plane.relay(peer, instance_id, request)
-        self._lifecycle(StartRequest(request_id, instance_id))
+        self.tallies.started(instance_id)
         outcome: list[Finished] = []
-        error = "ended before completion (client left)"
         try:
             async with stream as chunks:
                 yield _watch(chunks, outcome)
-        except BackendError as exc:
-            error = exc.message
-            raise
         finally:
-            self._close(request_id, outcome, error)
-
-    def _close(self, request_id: RequestId, outcome: list[Finished], error: str) -> None:
-        if outcome:
-            done = outcome[0]
-            self._lifecycle(
-                FinishRequest(
-                    request_id, done.finish_reason, done.prompt_tokens, done.completion_tokens
-                )
-            )
-        else:
-            self._lifecycle(FailRequest(request_id, error))
-
-    def _lifecycle(self, command: StartRequest | FinishRequest | FailRequest) -> None:
-        """Lifecycle reports never delay tokens: queued, not awaited."""
-        self._commands.send_nowait(command)
+            self.tallies.ended(instance_id, outcome[0] if outcome else None)
 
 
 async def _watch(chunks: AsyncIterator[Chunk], outcome: list[Finished]) -> AsyncIterator[Chunk]:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import trio
 from attrs import define
 
-from exo.events.commands import Command, CommandOutcome, Envelope, FailRequest, FinishRequest
+from exo.events.commands import Command, CommandOutcome, Envelope
 from exo.events.ids import CommandId, NodeId, new_command_id
 
 log = logging.getLogger("exo.commands")
@@ -60,13 +60,10 @@ class CommandClient:
         """Send from synchronous code (callbacks, cleanup) without waiting.
 
         When too many commands await an answer the command is dropped with a warning and
-        False is returned: reports sent this way must never delay their caller. The end
-        of a request is never dropped: a request whose start was recorded would stay
-        open in the state for good. There is one end per request started, so this stays
-        bounded by the requests in flight.
+        False is returned: reports sent this way must never delay their caller (each is
+        re-sent when the state still lacks it).
         """
-        closes = isinstance(command, FinishRequest | FailRequest)
-        if len(self._pending) >= MAX_PENDING and not closes:
+        if len(self._pending) >= MAX_PENDING:
             log.warning("command queue full; dropped %s", type(command).__name__)
             return False
         self._track(command)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from exo.actors.placement import (
     PlacementError,
@@ -23,15 +23,13 @@ from exo.events.commands import (
     AdoptSuffix,
     DeleteInstance,
     Envelope,
-    FailRequest,
-    FinishRequest,
     MarkNodeDown,
     PlaceInstance,
     RegisterNode,
     ReportDownload,
     ReportLinks,
+    ReportRequests,
     ReportRunnerStatus,
-    StartRequest,
 )
 from exo.events.events import (
     AdoptedEvent,
@@ -45,11 +43,12 @@ from exo.events.events import (
     NodeProfiled,
     RequestFailed,
     RequestFinished,
+    RequestsTallied,
     RequestStarted,
     RunnerStatusChanged,
     SuffixAdopted,
 )
-from exo.events.facts import Instance, RequestRecord
+from exo.events.facts import Instance
 from exo.events.ids import CommandId, InstanceId, NodeId
 from exo.events.state import State, apply_event
 from exo.models.cards import card_for
@@ -111,28 +110,17 @@ def decide(state: State, envelope: Envelope) -> Decision:
             if state.download_status(origin, model) == status:
                 return []
             return [DownloadStatusChanged(origin, model, status)]
-        case StartRequest(request_id=request_id, instance_id=instance_id):
-            instance = state.instances.get(instance_id)
-            if instance is None:
-                return Rejected(f"no instance {instance_id}")
-            if request_id in state.requests:
+        case ReportRequests(tallies=tallies):
+            known = tuple(t for t in tallies if t.instance_id in state.instances)
+            gauges = {t.instance_id: t.in_flight for t in known if t.in_flight}
+            ended = any(t.finished or t.failed for t in known)
+            if origin not in state.nodes:
+                # A node marked down keeps no gauges; what ended still counts.
+                known = tuple(evolve(t, in_flight=0) for t in known)
+                gauges = {}
+            if not ended and gauges == dict(state.in_flight.get(origin, {})):
                 return []
-            return [RequestStarted(RequestRecord(request_id, instance_id, origin, instance.model))]
-        case FinishRequest() as command:
-            if command.request_id not in state.requests:
-                return []
-            return [
-                RequestFinished(
-                    command.request_id,
-                    command.finish_reason,
-                    command.prompt_tokens,
-                    command.completion_tokens,
-                )
-            ]
-        case FailRequest(request_id=request_id, error=error):
-            if request_id not in state.requests:
-                return []
-            return [RequestFailed(request_id, error)]
+            return [RequestsTallied(origin, known)]
     return Rejected(f"unknown command {type(envelope.command).__name__}")
 
 

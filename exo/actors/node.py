@@ -29,6 +29,7 @@ from exo.actors.links import PEERS_FILE, LinkNetwork, cluster_secret
 from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
+from exo.actors.request_tally import RequestTallies, run_request_reports
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
@@ -185,6 +186,7 @@ async def run_node(
         links.on_link_lost = _both(
             data_plane.link_lost, file_share.link_lost if file_share else None
         )
+    tallies = RequestTallies()
     backend = NodeBackend(
         node_id,
         replica,
@@ -196,6 +198,7 @@ async def run_node(
         data_plane,
         describe,
         describe_local,
+        tallies,
     )
 
     try:
@@ -227,6 +230,10 @@ async def run_node(
                     supervisor.start("discovery", discovery.run)
             supervisor.start("control", lambda: control.run(inbox.receive))
             supervisor.start("commands", lambda: client.run(env.sleep))
+            supervisor.start(
+                "request-reports",
+                partial(run_request_reports, tallies, replica, node_id, client, env.sleep),
+            )
             supervisor.start(
                 "topology",
                 lambda: run_topology(

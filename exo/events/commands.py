@@ -7,14 +7,14 @@ from attrs import frozen
 from exo.events.events import IndexedEvent
 from exo.events.facts import (
     DownloadStatus,
-    FinishReason,
     LinkStats,
     ModelCard,
     NodeProfile,
+    RequestTally,
     RunnerStatus,
     Strategy,
 )
-from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
+from exo.events.ids import CommandId, InstanceId, ModelId, NodeId
 
 
 @frozen
@@ -61,23 +61,10 @@ class ReportDownload:
 
 
 @frozen
-class StartRequest:
-    request_id: RequestId
-    instance_id: InstanceId
+class ReportRequests:
+    """This node's request tallies since its last report (`exo/actors/request_tally.py`)."""
 
-
-@frozen
-class FinishRequest:
-    request_id: RequestId
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@frozen
-class FailRequest:
-    request_id: RequestId
-    error: str
+    tallies: tuple[RequestTally, ...]
 
 
 @frozen
@@ -116,9 +103,7 @@ Command = (
     | DeleteInstance
     | ReportRunnerStatus
     | ReportDownload
-    | StartRequest
-    | FinishRequest
-    | FailRequest
+    | ReportRequests
 )
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]
 

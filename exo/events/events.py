@@ -12,6 +12,7 @@ from exo.events.facts import (
     ModelCard,
     NodeProfile,
     RequestRecord,
+    RequestTally,
     RunnerStatus,
 )
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
@@ -60,6 +61,16 @@ class DownloadStatusChanged:
     status: DownloadStatus
 
 
+@frozen
+class RequestsTallied:
+    """An API node's requests since its last report (about once a second while it
+    serves): no event per request. Its tallies replace the node's in-flight gauges."""
+
+    node_id: NodeId
+    tallies: tuple[RequestTally, ...]
+
+
+# Written per request by logs before 2026-12-04; replayed, and adopted from old suffixes.
 @frozen
 class RequestStarted:
     request: RequestRecord
@@ -143,6 +154,7 @@ Event = (
     | RequestStarted
     | RequestFinished
     | RequestFailed
+    | RequestsTallied
 )
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
 

@@ -206,6 +206,19 @@ class RequestRecord:
 
 
 @frozen
+class RequestTally:
+    """What one API node's requests on one instance did since its last report: how many
+    are in flight now (a gauge) and how many ended, with their tokens (deltas)."""
+
+    instance_id: InstanceId
+    in_flight: int = 0
+    finished: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@frozen
 class RequestCounters:
     finished: int = 0
     failed: int = 0
@@ -226,6 +239,7 @@ __all__ = [
     "Quantization",
     "RequestCounters",
     "RequestRecord",
+    "RequestTally",
     "RunnerPhase",
     "RunnerStatus",
     "Shard",

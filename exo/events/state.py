@@ -24,6 +24,7 @@ from exo.events.events import (
     NodeProfiled,
     RequestFailed,
     RequestFinished,
+    RequestsTallied,
     RequestStarted,
     RunnerStatusChanged,
     SuffixAdopted,
@@ -36,6 +37,7 @@ from exo.events.facts import (
     NodeProfile,
     RequestCounters,
     RequestRecord,
+    RequestTally,
     RunnerStatus,
 )
 from exo.events.ids import InstanceId, ModelId, NodeId, RequestId
@@ -63,8 +65,11 @@ class State:
     instances: Map[InstanceId, Instance] = field(factory=Map)
     runners: Map[InstanceId, Map[NodeId, RunnerStatus]] = field(factory=Map)
     downloads: Map[NodeId, Map[ModelId, DownloadStatus]] = field(factory=Map)
+    # Per-request records, written only by logs from before request tallies.
     requests: Map[RequestId, RequestRecord] = field(factory=Map)
     request_counters: Map[InstanceId, RequestCounters] = field(factory=Map)
+    # Requests in flight: API node -> instance -> count, as each node last reported.
+    in_flight: Map[NodeId, Map[InstanceId, int]] = field(factory=Map)
     # Measured links: from node -> to node -> stats (the topology placement can use).
     links: Map[NodeId, Map[NodeId, LinkStats]] = field(factory=Map)
     # Deposed terms whose divergent suffix this log adopted: "term/master" -> last index.
@@ -113,7 +118,10 @@ def apply_event(state: State, event: object) -> State:
             return evolve(state, nodes=state.nodes.set(node_id, profile))
         case NodeDown(node_id=node_id):
             return evolve(
-                state, nodes=_without(state.nodes, node_id), links=_without(state.links, node_id)
+                state,
+                nodes=_without(state.nodes, node_id),
+                links=_without(state.links, node_id),
+                in_flight=_without(state.in_flight, node_id),
             )
         case LinksMeasured(node_id=node_id, links=links):
             per_peer = Map({link.peer: link for link in links})
@@ -140,6 +148,7 @@ def apply_event(state: State, event: object) -> State:
                 instances=_without(state.instances, instance_id),
                 runners=_without(state.runners, instance_id),
                 request_counters=_without(state.request_counters, instance_id),
+                in_flight=_without_instance(state.in_flight, instance_id),
             )
         case RunnerStatusChanged(instance_id=instance_id, node_id=node_id, status=status):
             if instance_id not in state.instances:
@@ -153,6 +162,8 @@ def apply_event(state: State, event: object) -> State:
             return evolve(state, requests=state.requests.set(request.request_id, request))
         case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
             return _close_request(state, request_id, event)
+        case RequestsTallied(node_id=node_id, tallies=tallies):
+            return _tally(state, node_id, tallies)
         case _:
             raise ApplyError(f"unknown event {type(event).__name__}")
 
@@ -179,6 +190,40 @@ def _close_request(state: State, request_id: RequestId, event: object) -> State:
         requests=state.requests.delete(request_id),
         request_counters=request_counters,
     )
+
+
+def _tally(state: State, node_id: NodeId, tallies: tuple[RequestTally, ...]) -> State:
+    counters = state.request_counters
+    gauges: dict[InstanceId, int] = {}
+    for tally in tallies:
+        if tally.instance_id not in state.instances:
+            continue
+        if tally.in_flight:
+            gauges[tally.instance_id] = tally.in_flight
+        old = counters.get(tally.instance_id, RequestCounters())
+        counters = counters.set(
+            tally.instance_id,
+            RequestCounters(
+                old.finished + tally.finished,
+                old.failed + tally.failed,
+                old.prompt_tokens + tally.prompt_tokens,
+                old.completion_tokens + tally.completion_tokens,
+            ),
+        )
+    in_flight = (
+        state.in_flight.set(node_id, Map(gauges)) if gauges else _without(state.in_flight, node_id)
+    )
+    return evolve(state, request_counters=counters, in_flight=in_flight)
+
+
+def _without_instance(
+    per_node: Map[NodeId, Map[InstanceId, int]], instance_id: InstanceId
+) -> Map[NodeId, Map[InstanceId, int]]:
+    for node_id, gauges in per_node.items():
+        if instance_id in gauges:
+            rest = gauges.delete(instance_id)
+            per_node = per_node.set(node_id, rest) if rest else per_node.delete(node_id)
+    return per_node
 
 
 def _without(mapping: Map[K, V], key: K) -> Map[K, V]:

@@ -15,12 +15,11 @@ from exo.events.commands import (
     AddModel,
     DeleteInstance,
     Envelope,
-    FinishRequest,
     MarkNodeDown,
     PlaceInstance,
     RegisterNode,
+    ReportRequests,
     ReportRunnerStatus,
-    StartRequest,
 )
 from exo.events.events import (
     IndexedEvent,
@@ -28,10 +27,11 @@ from exo.events.events import (
     MasterElected,
     ModelAdded,
     NodeProfiled,
+    RequestsTallied,
     RequestStarted,
     RunnerStatusChanged,
 )
-from exo.events.facts import ModelCard, NodeProfile, RunnerStatus
+from exo.events.facts import ModelCard, NodeProfile, RequestRecord, RequestTally, RunnerStatus
 from exo.events.ids import CommandId, InstanceId, ModelId, NodeId, RequestId
 from exo.events.state import State, apply
 from exo.models.cards import BUNDLED_MODEL, CARDS
@@ -131,9 +131,6 @@ def test_rejections_say_why() -> None:
     state = state_with(a=8)
     assert decide(state, envelope(PlaceInstance(ModelId("nope")))) == Rejected("unknown model nope")
     assert decide(state, envelope(DeleteInstance(InstanceId("i")))) == Rejected("no instance i")
-    assert decide(state, envelope(StartRequest(RequestId("r"), InstanceId("i")))) == Rejected(
-        "no instance i"
-    )
 
 
 def test_unchanged_reports_produce_no_events() -> None:
@@ -142,23 +139,29 @@ def test_unchanged_reports_produce_no_events() -> None:
     assert (
         decide(state, envelope(ReportRunnerStatus(InstanceId("gone"), RunnerStatus("ready")))) == []
     )
-    assert decide(state, envelope(FinishRequest(RequestId("r"), "stop", 1, 1))) == []
+    assert decide(state, envelope(ReportRequests(()))) == []
+    # A tally of an instance the state does not have counts nothing.
+    assert decide(state, envelope(ReportRequests((RequestTally(InstanceId("i"), 2, 1),)))) == []
 
 
-def test_request_lifecycle_counts_tokens() -> None:
+def test_request_tallies_count_tokens_and_gauge_what_is_in_flight() -> None:
     state = state_with(a=8)
     (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL)))  # type: ignore[misc]
     state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
     instance_id = created.instance.instance_id  # type: ignore[union-attr]
-    (started,) = decide(state, envelope(StartRequest(RequestId("r"), instance_id)))  # type: ignore[misc]
-    assert isinstance(started, RequestStarted) and started.request.api_node == "a"
-    state = apply(state, IndexedEvent(state.last_index + 1, 1, started))
-    assert RequestId("r") in state.requests
-    for event in decide(state, envelope(FinishRequest(RequestId("r"), "stop", 7, 9))):  # type: ignore[union-attr]
-        state = apply(state, IndexedEvent(state.last_index + 1, 1, event))
-    assert not state.requests
+    report = ReportRequests((RequestTally(instance_id, 3, 1, 0, 7, 9),))
+    (tallied,) = decide(state, envelope(report))  # type: ignore[misc]
+    assert tallied == RequestsTallied(NodeId("a"), report.tallies)
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, tallied))
+    assert dict(state.in_flight[NodeId("a")]) == {instance_id: 3}
     counters = state.request_counters[instance_id]
     assert (counters.finished, counters.prompt_tokens, counters.completion_tokens) == (1, 7, 9)
+    # The same gauge again and nothing ended: no event.
+    assert decide(state, envelope(ReportRequests((RequestTally(instance_id, 3),)))) == []
+    # All done: the gauge goes, the counters stay.
+    (idle,) = decide(state, envelope(ReportRequests((RequestTally(instance_id, 0, 3),))))  # type: ignore[misc]
+    state = apply(state, IndexedEvent(state.last_index + 1, 1, idle))
+    assert not state.in_flight and state.request_counters[instance_id].finished == 4
 
 
 def test_coordinator_only_nodes_are_never_placed_on() -> None:
@@ -270,6 +273,8 @@ def test_a_retry_decided_after_its_outcome_was_forgotten_keeps_the_live_instance
 
 
 def test_requests_end_with_the_node_that_took_them_and_with_their_instance() -> None:
+    """Gauges go with the node that reported them and with their instance; per-request
+    records from older logs are failed the same way."""
     state = state_with(a=8, b=8)
     (created,) = decide(state, envelope(PlaceInstance(BUNDLED_MODEL, nodes=(NodeId("a"),))))  # type: ignore[misc]
     assert isinstance(created, InstanceCreated)
@@ -277,24 +282,32 @@ def test_requests_end_with_the_node_that_took_them_and_with_their_instance() -> 
     state = apply(state, IndexedEvent(state.last_index + 1, 1, created))
     state = apply(state, IndexedEvent(state.last_index + 1, 1, MasterElected(NodeId("a"), 1)))
     for rid, origin in (("r-a", "a"), ("r-b", "b")):
-        (started,) = decide(state, envelope(StartRequest(RequestId(rid), iid), origin, rid))  # type: ignore[misc]
-        state = apply(state, IndexedEvent(state.last_index + 1, 1, started))
-    # Node b, whose API took r-b, is lost: r-b is failed; r-a goes on (a still serves it).
+        legacy = RequestStarted(RequestRecord(RequestId(rid), iid, NodeId(origin), BUNDLED_MODEL))
+        state = apply(state, IndexedEvent(state.last_index + 1, 1, legacy))
+        (tallied,) = decide(state, envelope(ReportRequests((RequestTally(iid, 2),)), origin, rid))  # type: ignore[misc]
+        state = apply(state, IndexedEvent(state.last_index + 1, 1, tallied))
+    assert set(state.in_flight) == {"a", "b"}
+    # Node b, whose API took r-b, is lost: r-b is failed and b's gauge goes.
     lost_b = decide(state, envelope(MarkNodeDown(NodeId("b")), "a", "down-b"))
     assert isinstance(lost_b, list)
     assert [type(e).__name__ for e in lost_b] == ["NodeDown", "RequestFailed"]
     after = state
     for event in lost_b:
         after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
-    assert set(after.requests) == {"r-a"}
+    assert set(after.requests) == {"r-a"} and set(after.in_flight) == {"a"}
     assert after.request_counters[iid].failed == 1
+    # A report from the node marked down counts what ended but keeps no gauge.
+    late = decide(after, envelope(ReportRequests((RequestTally(iid, 1, 1),)), "b", "late"))
+    for event in late:  # type: ignore[union-attr]
+        after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
+    assert set(after.in_flight) == {"a"} and after.request_counters[iid].finished == 1
     # Deleting the instance ends what ran on it.
     deleted = decide(after, envelope(DeleteInstance(iid), "a", "del"))
     assert isinstance(deleted, list)
     assert [type(e).__name__ for e in deleted] == ["RequestFailed", "InstanceDeleted"]
     for event in deleted:
         after = apply(after, IndexedEvent(after.last_index + 1, 1, event))
-    assert not after.requests
+    assert not after.requests and not after.in_flight
 
 
 def test_instances_not_loaded_yet_count_against_their_node() -> None:

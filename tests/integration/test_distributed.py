@@ -104,10 +104,10 @@ def test_pipeline_and_tensor_on_three_nodes_answer_as_one_node(
     assert greedy(a) == expected
     delete(c, tensor["id"])
 
-    # The request lifecycle is in the log on the API nodes; the tokens never were.
+    # Request tallies are in the log (in flight, then ended); the tokens never were.
     def settled() -> dict[str, Any] | None:
         state = agreement(cluster, 3)
-        return state if state is not None and not state["state"]["requests"] else None
+        return state if state is not None and not state["state"]["in_flight"] else None
 
     wait_for(settled, 15, "every node agreeing, no request left open")
 

@@ -83,7 +83,7 @@ def test_state_reports_the_node_and_the_ready_runner(node: NodeProcess) -> None:
 def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
     ask(node, stream=False, max_tokens=4)
     view = wait_for(
-        lambda: node.state() if not node.state()["state"]["requests"] else None, 10, "quiet state"
+        lambda: node.state() if not node.state()["state"]["in_flight"] else None, 10, "quiet state"
     )
     replayed = subprocess.run(
         [
