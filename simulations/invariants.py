@@ -12,11 +12,15 @@
   (its records, or, for those compaction cut off, the entries of the same ballots seen
   in any log while the run went on).
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
+- Two nodes lead at once only on sides of a partition: never both linked (both ways)
+  with one node for longer than `SHARED_PEER_FOR`.
 - Every instance in a master's state is on nodes that state holds as live, or stops
   being there within `STRANDED_FOR` (it is deleted and placed again).
 """
 
 from __future__ import annotations
+
+from typing import Generic, TypeVar
 
 import trio
 from attrs import define, field
@@ -36,6 +40,27 @@ from simulations.workload import Workload
 
 # Simulated seconds an instance may sit on a node its master's state has marked down.
 STRANDED_FOR = 5.0
+# Simulated seconds two masters may both be linked with one node (a failover in progress).
+SHARED_PEER_FOR = 6.0
+
+
+Key = TypeVar("Key")
+
+
+@define
+class _Lasting(Generic[Key]):
+    """Conditions that may hold for a moment but must not last: since when each holds."""
+
+    _since: dict[Key, float] = field(factory=dict)
+
+    def lasting(self, holding: set[Key], limit: float) -> list[Key]:
+        """Those of `holding` that have held for longer than `limit` simulated seconds."""
+        now = trio.current_time()
+        for key in [k for k in self._since if k not in holding]:
+            del self._since[key]
+        for key in holding:
+            self._since.setdefault(key, now)
+        return sorted((k for k in holding if now - self._since[k] > limit), key=str)
 
 
 @define
@@ -54,7 +79,8 @@ class Invariants:
     _entries: dict[tuple[int, NodeId, int], IndexedEvent] = field(factory=dict)
     _cursors: dict[int, _LogCursor] = field(factory=dict)
     _offices: dict[Ballot, NodeId] = field(factory=dict)
-    _stranded_since: dict[tuple[NodeId, InstanceId], float] = field(factory=dict)
+    _stranded: _Lasting[tuple[NodeId, InstanceId]] = field(factory=lambda: _Lasting())
+    _shared: _Lasting[tuple[NodeId, NodeId, NodeId]] = field(factory=lambda: _Lasting())
 
     def fail(self, message: str) -> None:
         if message not in self.violations:
@@ -71,29 +97,45 @@ class Invariants:
             if node.running is not None:
                 self._check_log(node.index, node.node_id, node.running.event_log)
         self._check_stranded(cluster)
+        self._check_shared_peers(cluster)
+
+    def _check_shared_peers(self, cluster: Cluster) -> None:
+        """Two masters may coexist only on sides that cannot both reach one node."""
+        network = cluster.network
+        leaders = sorted(
+            n.node_id for n in cluster.nodes if n.running is not None and n.running.control.leading
+        )
+        shared = {
+            (first, second, node.node_id)
+            for position, first in enumerate(leaders)
+            for second in leaders[position + 1 :]
+            for node in cluster.nodes
+            if node.running is not None
+            and node.node_id not in (first, second)
+            and network.linked(first, node.node_id)
+            and network.linked(second, node.node_id)
+        }
+        for first, second, peer in self._shared.lasting(shared, SHARED_PEER_FOR):
+            self.fail(
+                f"two masters, {first} and {second}, both linked with {peer} "
+                f"for over {SHARED_PEER_FOR:g} s"
+            )
 
     def _check_stranded(self, cluster: Cluster) -> None:
-        now = trio.current_time()
-        stranded: set[tuple[NodeId, InstanceId]] = set()
+        stranded: dict[tuple[NodeId, InstanceId], NodeId] = {}
         for node in cluster.nodes:
             if node.running is None or not node.running.control.leading:
                 continue
             state = node.running.replica.state
             for instance in state.instances.values():
                 down = [s.node_id for s in instance.shards if s.node_id not in state.nodes]
-                if not down:
-                    continue
-                key = (node.node_id, instance.instance_id)
-                stranded.add(key)
-                since = self._stranded_since.setdefault(key, now)
-                if now - since > STRANDED_FOR:
-                    self.fail(
-                        f"{node.node_id}: instance {instance.instance_id} sits on {down[0]}, "
-                        f"which its state has marked down, for over {STRANDED_FOR:g} s"
-                    )
-        for key in list(self._stranded_since):
-            if key not in stranded:
-                del self._stranded_since[key]
+                if down:
+                    stranded[(node.node_id, instance.instance_id)] = down[0]
+        for leader, instance_id in self._stranded.lasting(set(stranded), STRANDED_FOR):
+            self.fail(
+                f"{leader}: instance {instance_id} sits on {stranded[(leader, instance_id)]}, "
+                f"which its state has marked down, for over {STRANDED_FOR:g} s"
+            )
 
     def _check_log(self, index: int, node_id: NodeId, log: EventLog) -> None:
         cursor = self._cursors.get(index)

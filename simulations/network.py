@@ -82,6 +82,15 @@ class SimNetwork:
         else:
             self._blocked.pop((sender, receiver), None)
 
+    def linked(self, a: NodeId, b: NodeId) -> bool:
+        """Both are up and messages pass both ways between them (loss aside)."""
+        return (
+            self.is_connected(a)
+            and self.is_connected(b)
+            and (a, b) not in self._blocked
+            and (b, a) not in self._blocked
+        )
+
     def heal(self) -> None:
         self._blocked.clear()
 

@@ -237,7 +237,7 @@ async def _inject(cluster: Cluster, fault: Fault, counters: dict[str, int]) -> N
         case "runner_crash":
             if cluster.kill_runner(nodes[0]):
                 counters["faults"] += 1
-        case "partition" | "isolate" | "one_way":
+        case "partition" | "isolate" | "one_way" | "bridge":
             pairs = _blocked_pairs(cluster, fault)
             if not pairs:
                 return
@@ -255,6 +255,11 @@ def _blocked_pairs(cluster: Cluster, fault: Fault) -> list[tuple[NodeId, NodeId]
     match fault.kind:
         case "one_way":
             return [(ids[s], ids[t]) for s in fault.nodes for t in fault.targets]
+        case "bridge":
+            other = [i for i in ids if i not in side and i != ids[fault.targets[0]]]
+            return [(a, b) for a in sorted(side) for b in other] + [
+                (b, a) for a in sorted(side) for b in other
+            ]
         case _:
             other = [i for i in ids if i not in side]
             return [(a, b) for a in sorted(side) for b in other] + [

@@ -15,8 +15,9 @@ from attrs import frozen
 from simulations.network import LinkModel
 
 # "corrupt" (a crash that also damages a record in the middle of the log) is only
-# scripted by tests, never drawn: drawing it would move every other draw.
-FaultKind = Literal["crash", "partition", "one_way", "isolate", "runner_crash", "corrupt"]
+# scripted by tests; "bridge" is drawn from a generator of its own (`_draw_bridges`):
+# adding either to FAULT_KINDS would move every other draw.
+FaultKind = Literal["crash", "partition", "one_way", "isolate", "runner_crash", "corrupt", "bridge"]
 OpKind = Literal["chat", "place", "delete"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("crash", "partition", "one_way", "isolate", "runner_crash")
 
@@ -109,6 +110,7 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
     for kind in enabled:
         for _ in range(rng.randint(1, 4)):
             faults.append(_draw_fault(rng, kind, size, active))
+    faults.extend(_draw_bridges(seed, size, active))
     faults.sort(key=lambda f: (f.at, f.kind, f.nodes))
     ops = tuple(
         sorted(
@@ -128,6 +130,22 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
         ((10_000, 8192), (10_000, 8192), (40, 16), (12, 4))
     )
     return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops, every, keep)
+
+
+def _draw_bridges(seed: int, size: int, active: float) -> list[Fault]:
+    """Non-transitive partitions in about a third of the seeds: two sides that cannot
+    hear each other, and one node (the bridge) that both sides reach."""
+    rng = random.Random(f"bridges-{seed}")
+    if size < 3 or rng.random() >= 0.35:
+        return []
+    bridges = []
+    for _ in range(rng.randint(1, 3)):
+        bridge = rng.randrange(size)
+        others = [n for n in range(size) if n != bridge]
+        side = tuple(sorted(rng.sample(others, rng.randint(1, len(others) - 1))))
+        at, duration = rng.uniform(1.0, active - 1.0), rng.uniform(3.0, 12.0)
+        bridges.append(Fault(at, "bridge", side, duration, (bridge,)))
+    return bridges
 
 
 def _draw_fault(rng: random.Random, kind: FaultKind, size: int, active: float) -> Fault:

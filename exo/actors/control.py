@@ -291,11 +291,38 @@ class Control:
         if self.leading and beat.following == self.ballot and beat.synced:
             self._match[sender] = max(self._match.get(sender, 0), beat.last_index)
             self._release_acks(now)
+        if (
+            self.leading
+            and self.ballot is not None
+            and _follows_live_master(beat, self.node_id)
+            and beat.following is not None
+            and beat.following > self.ballot
+        ):
+            # A peer we reach follows a newer master it hears: two masters must never
+            # share a peer (a partition that is not transitive). Step down; the rule in
+            # `_maybe_elect` keeps us from standing again while that lasts.
+            log.info(
+                "stepping down: %s follows %s, newer than %s", sender, beat.following, self.ballot
+            )
+            self._stop_leading()
+            self.ballot = beat.following
+            self.synced = False
+            self._masterless_since = None
 
     def _maybe_elect(self, now: float) -> None:
         if self.recovering:
             return
         peers = self._network.peers()
+        for peer in peers:
+            beat = self._beats.get(peer)
+            if (
+                beat is not None
+                and self._alive(peer, now)
+                and _follows_live_master(beat, self.node_id)
+            ):
+                # A master is alive, and a peer we reach follows it: standing would make
+                # a second master sharing that peer. Wait for it (or for the peer to lose it).
+                return
         expecting = self._network.expecting_peers()
         if expecting and now - self._started_at < self._timings.failure_timeout:
             return  # give peers one timeout to be heard from before standing
@@ -717,6 +744,16 @@ class Control:
             if segment.term == term:
                 return segment.master
         raise LookupError(f"no segment of term {term}")
+
+
+def _follows_live_master(beat: Beat, me: NodeId) -> bool:
+    """The peer follows a master other than `me` and hears it (it does not seek)."""
+    return (
+        beat.following is not None
+        and beat.following.master != me
+        and not beat.leading
+        and not beat.seeking
+    )
 
 
 __all__ = ["Control", "ControlStatistics", "ControlTimings", "Inbound"]

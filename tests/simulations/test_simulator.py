@@ -227,3 +227,19 @@ def test_a_node_whose_log_is_damaged_recovers_it_from_its_peers(tmp_path: Path) 
     assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok", "ok", "ok"]
     for damaged in ("node-1", "node-2"):
         assert (tmp_path / "seed-4000" / damaged / "events.log.damaged").exists()
+
+
+def test_the_simulator_catches_two_masters_sharing_a_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A planted bug: masters that ignore peers following a newer live master (what exo
+    did before). Seed 57's bridge fault (two sides that both reach one node) then leaves
+    two masters linked with the same nodes."""
+    from exo.actors import control
+
+    monkeypatch.setattr(control, "_follows_live_master", lambda beat, me: False)
+    result = run_seed(57)
+    assert not result.passed
+    assert any(v.startswith("two masters") for v in result.violations)
+    monkeypatch.undo()
+    assert run_seed(57).passed
