@@ -8,12 +8,16 @@
   the same last index and state hash, and no request counted in flight (no request
   outlives its client or the nodes serving it).
 - Every client request is answered or failed within its bound; every answer is right.
+- A command is decided once: its events are one run of consecutive entries of one term
+  in the final log (a retry, however late, is answered, never decided again).
 - A decision acknowledged to a client (an instance placed or deleted) is in the final log
   (its records, or, for those compaction cut off, the entries of the same ballots seen
   in any log while the run went on).
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
 - Two nodes lead at once only on sides of a partition: never both linked (both ways)
   with one node for longer than `SHARED_PEER_FOR`.
+- Every placement a master decides fits: no shard takes more than its node had free,
+  less what earlier placements not loaded yet had committed.
 - Every instance in a master's state is on nodes that state holds as live, or stops
   being there within `STRANDED_FOR` (it is deleted and placed again).
 """
@@ -26,6 +30,7 @@ import trio
 from attrs import define, field
 
 from exo.actors.history import Ballot, segments_of
+from exo.actors.placement import shard_bytes, with_commitments
 from exo.events.events import (
     IndexedEvent,
     InstanceCreated,
@@ -33,8 +38,10 @@ from exo.events.events import (
     MasterElected,
     SuffixAdopted,
 )
-from exo.events.ids import InstanceId, NodeId
+from exo.events.facts import Instance
+from exo.events.ids import CommandId, InstanceId, NodeId
 from exo.events.log import EventLog
+from exo.events.state import ApplyError, State, apply
 from simulations.cluster import Cluster
 from simulations.workload import Workload
 
@@ -71,6 +78,8 @@ class _LogCursor:
     checked: int = 0
     master: NodeId | None = None
     term: int = 0
+    # The state at `checked`, while the cursor has seen every entry from the start.
+    state: State | None = field(factory=State)
 
 
 @define
@@ -147,6 +156,7 @@ class Invariants:
                 # Records cut off (a peer's snapshot installed) before they were checked:
                 # carry on from the ballot the log holds at its first record.
                 cursor.checked = log.first_index - 1
+                cursor.state = None
                 opener = _opener_at(log, cursor.checked)
                 cursor.term = opener.term if opener is not None else 0
                 cursor.master = (
@@ -171,7 +181,27 @@ class Invariants:
                     f"{node_id}: index {event.index} of ballot {event.term}/{cursor.master} "
                     "differs from the same entry in another log"
                 )
+            if cursor.state is not None:
+                if seen is event and isinstance(event.event, InstanceCreated):
+                    self._check_fits(cursor.state, event.event.instance)
+                try:
+                    cursor.state = apply(cursor.state, event)
+                except ApplyError:
+                    cursor.state = None
             cursor.checked = event.index
+
+    def _check_fits(self, before: State, instance: Instance) -> None:
+        """A placement takes no more of a node than its master knew free, less what it had
+        committed to instances not loaded yet (adopted placements are not decided here)."""
+        view = with_commitments(before)
+        for shard in instance.shards:
+            need = shard_bytes(before, instance, shard)
+            profile = view.nodes.get(shard.node_id)
+            if need is not None and profile is not None and need > profile.memory_available:
+                self.fail(
+                    f"{instance.instance_id} commits {need} bytes on {shard.node_id}, which "
+                    f"had {profile.memory_available} free after earlier placements"
+                )
 
     def converged(self, cluster: Cluster) -> str | None:
         """None when the cluster agrees; otherwise what still differs."""
@@ -224,6 +254,8 @@ class Invariants:
         if leader is None or leader.running is None:
             return
         created, deleted = decisions(leader.running.event_log, self._entries)
+        for problem in decided_twice(history_of(leader.running.event_log, self._entries)):
+            self.fail(problem)
         for instance_id in workload.acked_created:
             if instance_id not in created:
                 self.fail(f"acknowledged placement of {instance_id} is lost")
@@ -232,15 +264,12 @@ class Invariants:
                 self.fail(f"acknowledged deletion of {instance_id} is lost")
 
 
-def decisions(
+def history_of(
     log: EventLog, seen: dict[tuple[int, NodeId, int], IndexedEvent] | None = None
-) -> tuple[set[InstanceId], set[InstanceId]]:
-    """Instances created and deleted anywhere in a log's history, adopted ones included:
-    its records, the decisions its snapshot retained of records cut off, and from `seen`
-    the entries of its ballots that compaction cut off."""
-    history: list[IndexedEvent] = list(log)
-    if log.snapshot is not None:
-        history.extend(log.snapshot.decisions)
+) -> list[IndexedEvent]:
+    """A log's history as far as it can be told: the entries of its ballots that `seen`
+    holds from before its first record (compaction cut them), then its records."""
+    history: list[IndexedEvent] = []
     if seen and log.first_index > 1:
         segments = segments_of(log.history())
         for position, segment in enumerate(segments):
@@ -249,11 +278,21 @@ def decisions(
                 if position + 1 < len(segments)
                 else log.last_index
             )
-            end = min(end, log.first_index - 1)
-            for index in range(segment.first_index, end + 1):
+            for index in range(segment.first_index, min(end, log.first_index - 1) + 1):
                 entry = seen.get((segment.term, segment.master, index))
                 if entry is not None:
                     history.append(entry)
+    return history + list(log)
+
+
+def decisions(
+    log: EventLog, seen: dict[tuple[int, NodeId, int], IndexedEvent] | None = None
+) -> tuple[set[InstanceId], set[InstanceId]]:
+    """Instances created and deleted anywhere in a log's history, adopted ones included,
+    and among the decisions its snapshot retained of records cut off."""
+    history = history_of(log, seen)
+    if log.snapshot is not None:
+        history.extend(log.snapshot.decisions)
     created: set[InstanceId] = set()
     deleted: set[InstanceId] = set()
     for indexed in history:
@@ -268,6 +307,24 @@ def decisions(
             elif isinstance(event, InstanceDeleted):
                 deleted.add(event.instance_id)
     return created, deleted
+
+
+def decided_twice(history: list[IndexedEvent]) -> list[str]:
+    """Commands whose events are not one run of consecutive entries of one term: a retry
+    decided again (each command is decided once; its retries are answered, not applied)."""
+    runs: dict[CommandId, tuple[int, int]] = {}  # command -> (term, last index)
+    problems: list[str] = []
+    for entry in history:
+        if entry.command_id is None:
+            continue
+        previous = runs.get(entry.command_id)
+        if previous is not None and previous != (entry.term, entry.index - 1):
+            problems.append(
+                f"command {entry.command_id} decided again at index {entry.index} "
+                f"(term {entry.term}) after index {previous[1]} (term {previous[0]})"
+            )
+        runs[entry.command_id] = (entry.term, entry.index)
+    return problems
 
 
 def _opener_at(log: EventLog, index: int) -> IndexedEvent | None:

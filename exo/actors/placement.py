@@ -10,9 +10,10 @@ addresses from where the nodes reach each other (`state.links`).
 from __future__ import annotations
 
 from attrs import evolve, frozen
+from immutables import Map
 
 from exo.engine.architectures import pipeline_refusal, tensor_refusal
-from exo.events.facts import Accelerator, NodeProfile, Shard, Strategy
+from exo.events.facts import Accelerator, Instance, NodeProfile, Shard, Strategy
 from exo.events.ids import NodeId
 from exo.events.state import State
 from exo.models.cards import ModelCard, card_for
@@ -218,22 +219,27 @@ def committed_bytes(state: State, node_id: NodeId) -> int:
         runner = state.runner_status(instance.instance_id, node_id)
         if runner is not None and runner.phase in ("ready", "running"):
             continue
-        card = card_for(instance.model, state.models)
-        if card is None:
-            continue
-        profile = state.nodes.get(node_id)
-        accelerator = profile.accelerator if profile is not None else "cpu"
-        width = 1 / len(instance.shards) if instance.strategy == "tensor" else 1.0
-        total += required_bytes(
-            card,
-            shard.start_layer,
-            shard.end_layer,
-            width,
-            instance.context_length,
-            accelerator,
-            shard.keep_quantized,
-        )
+        total += shard_bytes(state, instance, shard) or 0
     return total
+
+
+def shard_bytes(state: State, instance: Instance, shard: Shard) -> int | None:
+    """Memory one shard of an instance takes on its node (None: no card for its model)."""
+    card = card_for(instance.model, state.models)
+    if card is None:
+        return None
+    profile = state.nodes.get(shard.node_id)
+    accelerator = profile.accelerator if profile is not None else "cpu"
+    width = 1 / len(instance.shards) if instance.strategy == "tensor" else 1.0
+    return required_bytes(
+        card,
+        shard.start_layer,
+        shard.end_layer,
+        width,
+        instance.context_length,
+        accelerator,
+        shard.keep_quantized,
+    )
 
 
 def with_commitments(state: State) -> State:
@@ -244,7 +250,7 @@ def with_commitments(state: State) -> State:
         committed = committed_bytes(state, node_id)
         free = max(profile.memory_available - committed, 0)
         nodes[node_id] = evolve(profile, memory_available=free) if committed else profile
-    return evolve(state, nodes=nodes)
+    return evolve(state, nodes=Map(nodes))
 
 
 def sharding_config(card: ModelCard) -> dict[str, object]:
@@ -303,7 +309,7 @@ def _tensor(
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:.2f} GiB"
 
 
 def split_layers(num_layers: int, weights: list[int]) -> list[int]:

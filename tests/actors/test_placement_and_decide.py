@@ -73,7 +73,7 @@ def test_single_node_pipeline_takes_every_layer() -> None:
 
 def test_a_node_without_room_is_refused_with_numbers() -> None:
     # The figure is what the weights as stored need: float32 would need more still.
-    with pytest.raises(PlacementError, match=r"node a has 0\.1 GiB free, needs 0\.\d GiB"):
+    with pytest.raises(PlacementError, match=r"node a has 0\.10 GiB free, needs 0\.\d\d GiB"):
         place(state_with(a=0.1), CARD, "pipeline")
 
 

@@ -243,3 +243,31 @@ def test_the_simulator_catches_two_masters_sharing_a_peer(
     assert any(v.startswith("two masters") for v in result.violations)
     monkeypatch.undo()
     assert run_seed(57).passed
+
+
+def quick_placements() -> Scenario:
+    """Two placements on one small node at the same moment: 1.6 GiB free, 1.1 GiB each."""
+    small, big = NodeSpec(4 * GIB, int(1.6 * GIB), 8), NodeSpec(16 * GIB, 12 * GIB, 8)
+    ops = (Op(5.0, 0, "place"), Op(5.0, 0, "place"))
+    return Scenario(5000, (small, big), LinkModel(), 20.0, 10.0, (), ops)
+
+
+def test_quick_placements_never_overcommit_a_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_seed(5000, scenario=quick_placements())
+    assert result.passed, result.violations
+    assert sorted(outcome for _, outcome, _ in result.ops) == ["failed", "ok"]
+    # A planted bug: placement that forgets what it placed but has not loaded yet.
+    from exo.actors import decide
+
+    monkeypatch.setattr(decide, "with_commitments", lambda state: state)
+    broken = run_seed(5000, scenario=quick_placements())
+    assert any("free after earlier placements" in v for v in broken.violations)
+
+
+def test_the_simulator_catches_a_command_decided_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted bug: a master with no memory of outcomes decides every retry again."""
+    from exo.actors.master import Sequencer
+
+    monkeypatch.setattr(Sequencer, "_store", lambda self, outcome: None)
+    result = run_seed(0)
+    assert any("decided again" in v for v in result.violations)
