@@ -140,6 +140,8 @@ class Control:
         self._asked: tuple[int, int] | None = None
         self._heard: dict[NodeId, float] = {}
         self._beats: dict[NodeId, Beat] = {}
+        self._beat_at: dict[NodeId, float] = {}
+        self._followed_at = 0.0
         self._buffer: dict[int, IndexedEvent] = {}
         # The master's last index as its heartbeats tell it.
         self._master_last = 0
@@ -277,10 +279,17 @@ class Control:
             return False
         if self.ballot.master == self.node_id:
             return self.leading
-        return self._alive(self.ballot.master, now)
+        if not self._alive(self.ballot.master, now):
+            return False
+        # Heard, but no longer leading this ballot (it stepped down, or restarted): a
+        # master that only says it is alive must not keep its followers from electing.
+        beat = self._beats.get(self.ballot.master)
+        heard_at = self._beat_at.get(self.ballot.master, float("-inf"))
+        return beat is None or heard_at < self._followed_at or not _resigned(beat, self.ballot)
 
     def _on_beat(self, sender: NodeId, beat: Beat, now: float) -> None:
         self._beats[sender] = beat
+        self._beat_at[sender] = now
         for ballot in (beat.following, beat.log_ballot):
             if ballot is not None:
                 self._max_term = max(self._max_term, ballot.term)
@@ -306,6 +315,7 @@ class Control:
             )
             self._stop_leading()
             self.ballot = beat.following
+            self._followed_at = now
             self.synced = False
             self._masterless_since = None
 
@@ -400,6 +410,7 @@ class Control:
         self._stop_leading()
         self._stop_adopting()
         self.ballot = ballot
+        self._followed_at = now
         self.synced = False
         self._masterless_since = None
         self._master_last = 0
@@ -427,7 +438,8 @@ class Control:
     async def _lead(self, ballot: Ballot, scope: trio.CancelScope) -> None:
         with scope:
             recent = self._log.since(max(0, self._log.last_index - 2 * REMEMBERED_OUTCOMES))
-            sequencer = Sequencer(ballot.term, recent)
+            snapshot = self._log.snapshot
+            sequencer = Sequencer(ballot.term, recent, snapshot.commands if snapshot else ())
             await self._commit(
                 ballot, [(MasterElected(self.node_id, ballot.term), None)], sequencer
             )
@@ -744,6 +756,15 @@ class Control:
             if segment.term == term:
                 return segment.master
         raise LookupError(f"no segment of term {term}")
+
+
+def _resigned(beat: Beat, ballot: Ballot) -> bool:
+    """The master of `ballot` says it no longer leads it (a beat about an older ballot is
+    one sent before it took office, delivered late: it says nothing)."""
+    following = beat.following
+    if following is None or following > ballot:
+        return True
+    return following == ballot and not beat.leading
 
 
 def _follows_live_master(beat: Beat, me: NodeId) -> bool:

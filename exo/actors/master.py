@@ -17,11 +17,12 @@ from exo.actors.decide import Rejected, decide
 from exo.events.commands import CommandOutcome, Envelope
 from exo.events.events import Event, IndexedEvent, SuffixAdopted
 from exo.events.ids import CommandId
+from exo.events.snapshot import RETAINED_COMMANDS
 from exo.events.state import State, apply
 
 # Commands decided in one batch share one fsync.
 MAX_BATCH = 64
-REMEMBERED_OUTCOMES = 4096
+REMEMBERED_OUTCOMES = RETAINED_COMMANDS
 
 
 @frozen
@@ -33,11 +34,19 @@ class Decided:
 
 
 class Sequencer:
-    def __init__(self, term: int, log: Iterable[IndexedEvent] = ()) -> None:
+    def __init__(
+        self,
+        term: int,
+        log: Iterable[IndexedEvent] = (),
+        snapshot_commands: Iterable[tuple[str, int]] = (),
+    ) -> None:
         self.term = term
         self._outcomes: OrderedDict[CommandId, CommandOutcome] = OrderedDict()
         # The log already answers the commands it holds events of (a new master inherits
-        # them); commands that produced no event are harmless to decide again.
+        # them), and the snapshot those of the records compaction cut; commands that
+        # produced no event are harmless to decide again.
+        for command_id, index in snapshot_commands:
+            self._store(CommandOutcome(CommandId(command_id), True, "", index))
         self.remember(log)
 
     def decide_batch(self, state: State, batch: list[Envelope]) -> Decided:

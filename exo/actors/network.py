@@ -67,8 +67,8 @@ class ControlTimings:
     sync_batch: int = 4096
     sync_batch_bytes: int = 4 * 1024 * 1024
     # Every this many events the log is snapshotted and cut down to its last
-    # `snapshot_keep` records (enough for the master's outcome memory, REMEMBERED_OUTCOMES
-    # twice over); a node further behind than that receives the snapshot in chunks.
+    # `snapshot_keep` records (the snapshot keeps the command ids of what it cut, for the
+    # master's outcome memory); a node further behind receives the snapshot in chunks.
     snapshot_every: int = 10_000
     snapshot_keep: int = 8192
     snapshot_chunk: int = 1024 * 1024

@@ -23,6 +23,7 @@ from exo.events.events import IndexedEvent
 from exo.events.snapshot import (
     Snapshot,
     SnapshotCorrupted,
+    commands_through,
     decisions_through,
     encode_snapshot,
     fsync_directory,
@@ -285,8 +286,9 @@ class EventLog:
         # Every decision the snapshot covers, kept records' too: a follower that installs
         # it receives no records at or before its index.
         decisions = decisions_through(old.decisions if old else (), covered)
+        commands = commands_through(old.commands if old else (), covered)
         cut = max(0, len(self._events) - keep)
-        snapshot = Snapshot(state, openers, decisions)
+        snapshot = Snapshot(state, openers, decisions, commands)
         data = encode_snapshot(snapshot)
         write_atomically(snapshot_path(self.path), data)
         self.snapshot, self.snapshot_bytes = snapshot, data

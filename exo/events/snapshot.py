@@ -33,6 +33,9 @@ from exo.events.state import State
 
 # Decisions a snapshot keeps for adoption; beyond this the oldest go (docs/architecture.md).
 RETAINED_DECISIONS = 4096
+# Command ids a snapshot keeps, so a master that takes office after compaction still
+# answers a late retry instead of deciding it again (the master's outcome memory).
+RETAINED_COMMANDS = 4096
 DECISION_TYPES = (ModelAdded, InstanceCreated, InstanceDeleted)
 
 
@@ -48,6 +51,8 @@ class Snapshot:
     # The decisions among the records through `state.last_index` (adoptions trimmed to
     # them), in order, the newest RETAINED_DECISIONS.
     decisions: tuple[IndexedEvent, ...] = ()
+    # (command id, index) of the newest RETAINED_COMMANDS commands decided through it.
+    commands: tuple[tuple[str, int], ...] = ()
 
     @property
     def index(self) -> int:
@@ -84,6 +89,23 @@ def decisions_through(
             if inner:
                 kept.append(evolve(indexed, event=evolve(event, events=inner)))
     return tuple(kept[-RETAINED_DECISIONS:])
+
+
+def commands_through(
+    previous: tuple[tuple[str, int], ...], covered: Iterable[IndexedEvent]
+) -> tuple[tuple[str, int], ...]:
+    """`previous` command ids plus those of the records `covered` (adopted ones too),
+    once each, the newest `RETAINED_COMMANDS`."""
+    seen = dict(previous)
+    for indexed in covered:
+        ids = [indexed.command_id]
+        if isinstance(indexed.event, SuffixAdopted):
+            ids += [a.command_id for a in indexed.event.events]
+        for command_id in ids:
+            if command_id is not None:
+                seen.pop(command_id, None)
+                seen[command_id] = indexed.index
+    return tuple(seen.items())[-RETAINED_COMMANDS:]
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:

@@ -172,3 +172,22 @@ def test_recovery_from_a_damaged_snapshot_starts_empty(tmp_path: Path) -> None:
         assert log.last_index == 0 and log.snapshot is None
     assert (tmp_path / "events.snapshot.damaged").exists()
     assert (tmp_path / "events.log.damaged").exists()
+
+
+def test_a_snapshot_keeps_the_ids_of_the_commands_it_covers(tmp_path: Path) -> None:
+    """A master taking office after compaction still knows those commands were decided."""
+    from exo.actors.master import Sequencer
+    from exo.events.commands import Envelope, RegisterNode
+    from exo.events.ids import CommandId, NodeId
+    from tests.actors.test_mesh import profile
+
+    with write_compacting(tmp_path / "events.log", every=500, keep=10) as log:
+        assert log.snapshot is not None
+        covered = [e.command_id for e in EVENTS if e.index <= log.snapshot_index]
+        assert [c for c, _ in log.snapshot.commands] == covered[-len(log.snapshot.commands) :]
+        old = EVENTS[5]
+        assert old.command_id is not None and old.index < log.first_index
+        sequencer = Sequencer(2, log.since(0), log.snapshot.commands)
+        retry = Envelope(CommandId(old.command_id), NodeId("n"), RegisterNode(profile(1)))
+        decided = sequencer.decide_batch(log.state(), [retry])
+        assert decided.events == [] and decided.answers[0][1].index == old.index
