@@ -43,6 +43,8 @@ class SimNode:
     # The last crash tore the disk: tear it before the next start (the old incarnation
     # is gone by then, so nothing it still had shielded writes after the damage).
     torn: bool = False
+    # Left the cluster for good: never started again.
+    gone: bool = False
 
     @property
     def up(self) -> bool:
@@ -78,12 +80,16 @@ class Cluster:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.network.run)
+            late = {index for index, _ in self.scenario.joins}
             for node in self.nodes:
-                await self.start(node)
+                if node.index not in late:
+                    await self.start(node)
             task_status.started()
 
     async def start(self, node: SimNode) -> None:
         assert self._nursery is not None and not node.up
+        if node.gone:
+            return
         if node.torn:
             node.torn = False
             self._tear(node)

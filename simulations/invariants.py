@@ -11,6 +11,8 @@
 - A command is decided once: its events are one run of consecutive entries of one term
   in the final log (a retry, however late, is answered, never decided again).
 - A decision acknowledged to a client (an instance placed or deleted) is in the final log
+  unless every node that ever held it has left the cluster for good (a master cut off
+  from all others acknowledges alone: liveness before quorum)
   (its records, or, for those compaction cut off, the entries of the same ballots seen
   in any log while the run went on).
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
@@ -86,6 +88,8 @@ class _LogCursor:
 class Invariants:
     violations: list[str] = field(factory=list)
     _entries: dict[tuple[int, NodeId, int], IndexedEvent] = field(factory=dict)
+    # The nodes whose logs held each instance's creation and deletion (any entry).
+    _holders: dict[tuple[str, InstanceId], set[NodeId]] = field(factory=dict)
     _cursors: dict[int, _LogCursor] = field(factory=dict)
     _offices: dict[Ballot, NodeId] = field(factory=dict)
     _stranded: _Lasting[tuple[NodeId, InstanceId]] = field(factory=lambda: _Lasting())
@@ -176,6 +180,8 @@ class Invariants:
                     self.fail(f"{node_id}: term {event.term} does not start with MasterElected")
             key = (event.term, cursor.master or NodeId("?"), event.index)
             seen = self._entries.setdefault(key, event)
+            for kind, instance_id in _instance_decisions(event):
+                self._holders.setdefault((kind, instance_id), set()).add(node_id)
             if seen != event:
                 self.fail(
                     f"{node_id}: index {event.index} of ballot {event.term}/{cursor.master} "
@@ -256,12 +262,20 @@ class Invariants:
         created, deleted = decisions(leader.running.event_log, self._entries)
         for problem in decided_twice(history_of(leader.running.event_log, self._entries)):
             self.fail(problem)
-        for instance_id in workload.acked_created:
-            if instance_id not in created:
-                self.fail(f"acknowledged placement of {instance_id} is lost")
-        for instance_id in workload.acked_deleted:
-            if instance_id not in deleted:
-                self.fail(f"acknowledged deletion of {instance_id} is lost")
+        gone = {n.node_id for n in cluster.nodes if n.gone}
+        for kind, acked, kept in (
+            ("placement", workload.acked_created, created),
+            ("deletion", workload.acked_deleted, deleted),
+        ):
+            for instance_id in acked:
+                holders = self._holders.get(
+                    ("created" if kind == "placement" else "deleted", instance_id)
+                )
+                if instance_id in kept or (holders and holders <= gone):
+                    # Liveness before quorum: a master cut off from every other node
+                    # acknowledges alone; if it then leaves for good, so does the decision.
+                    continue
+                self.fail(f"acknowledged {kind} of {instance_id} is lost")
 
 
 def history_of(
@@ -293,19 +307,9 @@ def decisions(
     history = history_of(log, seen)
     if log.snapshot is not None:
         history.extend(log.snapshot.decisions)
-    created: set[InstanceId] = set()
-    deleted: set[InstanceId] = set()
-    for indexed in history:
-        events = (
-            [a.event for a in indexed.event.events]
-            if isinstance(indexed.event, SuffixAdopted)
-            else [indexed.event]
-        )
-        for event in events:
-            if isinstance(event, InstanceCreated):
-                created.add(event.instance.instance_id)
-            elif isinstance(event, InstanceDeleted):
-                deleted.add(event.instance_id)
+    found = [decision for indexed in history for decision in _instance_decisions(indexed)]
+    created = {instance_id for kind, instance_id in found if kind == "created"}
+    deleted = {instance_id for kind, instance_id in found if kind == "deleted"}
     return created, deleted
 
 
@@ -325,6 +329,21 @@ def decided_twice(history: list[IndexedEvent]) -> list[str]:
             )
         runs[entry.command_id] = (entry.term, entry.index)
     return problems
+
+
+def _instance_decisions(indexed: IndexedEvent) -> list[tuple[str, InstanceId]]:
+    events = (
+        [a.event for a in indexed.event.events]
+        if isinstance(indexed.event, SuffixAdopted)
+        else [indexed.event]
+    )
+    out: list[tuple[str, InstanceId]] = []
+    for event in events:
+        if isinstance(event, InstanceCreated):
+            out.append(("created", event.instance.instance_id))
+        elif isinstance(event, InstanceDeleted):
+            out.append(("deleted", event.instance_id))
+    return out
 
 
 def _opener_at(log: EventLog, index: int) -> IndexedEvent | None:

@@ -18,7 +18,7 @@ import trio.testing
 from attrs import evolve, frozen
 
 from exo.events.ids import NodeId
-from simulations.cluster import Cluster
+from simulations.cluster import Cluster, SimNode
 from simulations.invariants import Invariants
 from simulations.scenario import Fault, Scenario, draw_scenario
 from simulations.workload import Workload
@@ -173,6 +173,10 @@ async def _simulate(
         async with trio.open_nursery() as active:
             for fault in scenario.faults:
                 active.start_soon(_inject, cluster, fault, counters)
+            for index, at in scenario.joins:
+                active.start_soon(_join, cluster, cluster.nodes[index], at)
+            for index, at in scenario.leaves:
+                active.start_soon(_leave, cluster, cluster.nodes[index], at)
             await trio.sleep(scenario.active)
             active.cancel_scope.cancel()
         # Heal: every partition lifted, every node back up, no more loss.
@@ -216,6 +220,18 @@ async def _check_continuously(cluster: Cluster, invariants: Invariants) -> None:
     while True:
         invariants.check(cluster)
         await trio.sleep(CHECK_INTERVAL)
+
+
+async def _join(cluster: Cluster, node: SimNode, at: float) -> None:
+    await trio.sleep(at)
+    if not node.up:
+        await cluster.start(node)
+
+
+async def _leave(cluster: Cluster, node: SimNode, at: float) -> None:
+    await trio.sleep(at)
+    node.gone = True
+    cluster.crash(node)
 
 
 async def _inject(cluster: Cluster, fault: Fault, counters: dict[str, int]) -> None:

@@ -62,6 +62,10 @@ class Scenario:
     # ship snapshots many times in one run).
     snapshot_every: int = 10_000
     snapshot_keep: int = 8192
+    # Membership changes: (node, when) it first starts (a join; others start at 0), and
+    # (node, when) it stops for good (a leave: not restarted at the heal).
+    joins: tuple[tuple[int, float], ...] = ()
+    leaves: tuple[tuple[int, float], ...] = ()
 
     def describe(self) -> str:
         kinds = sorted({f.kind for f in self.faults})
@@ -75,6 +79,8 @@ class Scenario:
                 if self.snapshot_every < 10_000
                 else ""
             )
+            + (f", {len(self.joins)} joining late" if self.joins else "")
+            + (f", {len(self.leaves)} leaving" if self.leaves else "")
         )
 
 
@@ -129,7 +135,26 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
     every, keep = random.Random(f"snapshots-{seed}").choice(
         ((10_000, 8192), (10_000, 8192), (40, 16), (12, 4))
     )
-    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops, every, keep)
+    joins, leaves = _draw_membership(seed, size, active)
+    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops, every, keep, joins, leaves)
+
+
+def _draw_membership(
+    seed: int, size: int, active: float
+) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[int, float], ...]]:
+    """Nodes that join late (a quarter of the seeds) and one that leaves for good (a
+    fifth of the seeds of 3 nodes or more), from a generator of their own."""
+    rng = random.Random(f"members-{seed}")
+    everyone = list(range(size))
+    joins: list[tuple[int, float]] = []
+    if size >= 3 and rng.random() < 0.25:
+        for node in sorted(rng.sample(everyone, rng.randint(1, max(1, size // 3)))):
+            joins.append((node, rng.uniform(2.0, active / 2)))
+    leaves: list[tuple[int, float]] = []
+    staying = [n for n in everyone if n not in {j for j, _ in joins}]
+    if size >= 3 and len(staying) >= 3 and rng.random() < 0.2:
+        leaves.append((rng.choice(staying), rng.uniform(5.0, active)))
+    return tuple(joins), tuple(leaves)
 
 
 def _draw_bridges(seed: int, size: int, active: float) -> list[Fault]:
