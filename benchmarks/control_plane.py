@@ -107,19 +107,17 @@ def catch_up(path: Path, snapshot_every: int) -> dict[str, Any]:
     import shutil
 
     import trio
-    import trio.testing
     from attrs import evolve
 
     from simulations.cluster import Cluster
     from simulations.network import LinkModel
-    from simulations.run import deterministic_trio, sim_root
+    from simulations.run import run_simulated
     from simulations.scenario import GIB, NodeSpec, Scenario
 
     spec = NodeSpec(16 * GIB, 12 * GIB, 8)
     scenario = Scenario(0, (spec, spec), LinkModel(), 600.0, 0.0, (), (), snapshot_every)
     scenario = evolve(scenario, snapshot_keep=ControlTimings().snapshot_keep)
     sent: Counter[str] = Counter()
-    root = sim_root()
 
     def record(line: str) -> None:
         parts = line.split(" ")
@@ -127,7 +125,7 @@ def catch_up(path: Path, snapshot_every: int) -> dict[str, Any]:
             sender = parts[1].split(">")[0]
             sent[f"{sender} {parts[2]}"] += 1
 
-    async def run() -> dict[str, Any]:
+    async def run(root: Path) -> dict[str, Any]:
         cluster = Cluster(scenario, root, record)
         full, empty = cluster.nodes
         for suffix in (".log", ".snapshot"):
@@ -164,32 +162,25 @@ def catch_up(path: Path, snapshot_every: int) -> dict[str, Any]:
             "peak_rss_mib": round(peak_rss_mib()),
         }
 
-    try:
-        with deterministic_trio(0):
-            return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    return run_simulated(0, run)
 
 
 def requests_footprint(count: int, concurrency: int = 8) -> dict[str, Any]:
-    import shutil
 
     import trio
-    import trio.testing
 
     from exo.engine.protocol import ChatMessage, SamplingParams
     from exo.events.commands import PlaceInstance
     from exo.models.cards import BUNDLED_MODEL
     from simulations.cluster import Cluster
     from simulations.network import LinkModel
-    from simulations.run import deterministic_trio, sim_root
+    from simulations.run import run_simulated
     from simulations.scenario import GIB, NodeSpec, Scenario
 
     spec = NodeSpec(16 * GIB, 12 * GIB, 8)
     scenario = Scenario(0, (spec, spec), LinkModel(), 10**6, 0.0, (), ())
-    root = sim_root()
 
-    async def run() -> dict[str, Any]:
+    async def run(root: Path) -> dict[str, Any]:
         cluster = Cluster(scenario, root, lambda _: None)
         async with trio.open_nursery() as nursery:
             await nursery.start(cluster.run)
@@ -240,11 +231,7 @@ def requests_footprint(count: int, concurrency: int = 8) -> dict[str, Any]:
             nursery.cancel_scope.cancel()
         return result
 
-    try:
-        with deterministic_trio(0):
-            return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    return run_simulated(0, run)
 
 
 def in_fresh_process(function: Any, *args: Any) -> Any:

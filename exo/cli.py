@@ -225,7 +225,7 @@ def _replay(args: argparse.Namespace) -> int:
     from exo.events.log import LogCorrupted, read_archive, read_records, snapshot_path
     from exo.events.replay import replay
     from exo.events.snapshot import SnapshotCorrupted, read_snapshot
-    from exo.events.state import ApplyError, State, apply, state_hash
+    from exo.events.state import ApplyError, State, state_hash
 
     path = Path(args.log) if args.log else _home(args.home) / "events.log"
     snapshot_file = snapshot_path(path)
@@ -247,12 +247,7 @@ def _replay(args: argparse.Namespace) -> int:
                 )
                 return 2
             events, _, dropped = read_records(path)
-            for event in events:
-                if event.index <= state.last_index:
-                    continue
-                if args.until is not None and event.index > args.until:
-                    break
-                state = apply(state, event)
+            state = replay(events, args.until, start=state)
     except (LogCorrupted, SnapshotCorrupted, ApplyError) as exc:
         print(f"exo replay: {exc}", file=sys.stderr)
         return 1

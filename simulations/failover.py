@@ -3,16 +3,14 @@ for the 64-node test and `benchmarks/control_plane.py`."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import trio
-import trio.testing
 from attrs import frozen
 
 from simulations.cluster import Cluster, SimNode
 from simulations.network import LinkModel
-from simulations.run import deterministic_trio, sim_root
+from simulations.run import run_simulated
 from simulations.scenario import GIB, NodeSpec, Scenario
 
 POLL = 0.05
@@ -29,13 +27,7 @@ class Failover:
 def measure_failover(nodes: int, seed: int = 0, limit: float = 60.0) -> Failover:
     spec = NodeSpec(16 * GIB, 12 * GIB, 8)
     scenario = Scenario(seed, (spec,) * nodes, LinkModel(), limit, 0.0, (), ())
-    root = sim_root()
-    try:
-        with deterministic_trio(seed):
-            clock = trio.testing.MockClock(autojump_threshold=0)
-            return trio.run(_measure, scenario, root, limit, clock=clock)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    return run_simulated(seed, lambda root: _measure(scenario, root, limit))
 
 
 async def _measure(scenario: Scenario, root: Path, limit: float) -> Failover:

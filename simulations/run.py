@@ -9,9 +9,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 import trio.testing
@@ -22,6 +23,8 @@ from simulations.cluster import Cluster, SimNode
 from simulations.invariants import Invariants
 from simulations.scenario import Fault, Scenario, draw_scenario
 from simulations.workload import Workload
+
+T = TypeVar("T")
 
 CHECK_INTERVAL = 0.25
 # After the quiet period, how long the cluster may take to agree before it is a failure.
@@ -85,6 +88,17 @@ def sim_root() -> Path:
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
     return Path(tempfile.mkdtemp(prefix="exo-sim-", dir=base))
+
+
+def run_simulated(seed: int, main: Callable[[Path], Awaitable[T]]) -> T:
+    """Run `main(root)` under `MockClock` with Trio's scheduler seeded from `seed`, node
+    homes under a fresh `root` removed afterwards: for measurements outside `run_seed`."""
+    root = sim_root()
+    try:
+        with deterministic_trio(seed):
+            return trio.run(main, root, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_seed(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from exo.events.codec import CodecError, decode, encode
 from exo.events.events import IndexedEvent
+from exo.events.replay import replay
 from exo.events.snapshot import (
     Snapshot,
     SnapshotCorrupted,
@@ -31,7 +32,7 @@ from exo.events.snapshot import (
     read_snapshot,
     write_atomically,
 )
-from exo.events.state import State, apply
+from exo.events.state import State
 
 
 class LogCorrupted(Exception):
@@ -226,10 +227,7 @@ class EventLog:
 
     def state(self) -> State:
         """The state after the last index: the snapshot's, then the records after it."""
-        state = self.snapshot.state if self.snapshot is not None else State()
-        for event in self.since(state.last_index):
-            state = apply(state, event)
-        return state
+        return replay(self._events, start=self.snapshot.state if self.snapshot else None)
 
     def since(
         self, index: int, limit: int | None = None, max_bytes: int | None = None
@@ -411,21 +409,18 @@ def _cut_archive_after(path: Path, index: int) -> None:
     """Drop an archive's records after `index` (they belong to a branch that lost)."""
     if not path.exists():
         return
-    kept = b"".join(
-        line + b"\n"
-        for line, event in zip(path.read_bytes().split(b"\n")[:-1], _archived(path), strict=False)
-        if event.index <= index
-    )
+    kept = b"".join(line + b"\n" for line, event in _archived(path) if event.index <= index)
     write_atomically(path, kept)
 
 
-def _archived(path: Path) -> Iterator[IndexedEvent]:
+def _archived(path: Path) -> Iterator[tuple[bytes, IndexedEvent]]:
+    """Each whole record of a file of records, with its line; damage is `LogCorrupted`."""
     if not path.exists():
         return
     lines = path.read_bytes().split(b"\n")
     for number, line in enumerate(lines[:-1], start=1):
         try:
-            yield decode_record(line)
+            yield line, decode_record(line)
         except CodecError as exc:
             raise LogCorrupted(f"{path}: record {number}: {exc}") from exc
 
@@ -436,7 +431,7 @@ def read_archive(log_path: Path) -> list[IndexedEvent]:
     a gap (the node installed a peer's snapshot) raises `LogCorrupted`."""
     events: list[IndexedEvent] = []
     for path in (archive_path(log_path), log_path):
-        for event in _archived(path):
+        for _, event in _archived(path):
             if events and event.index <= events[-1].index:
                 continue
             if events and event.index != events[-1].index + 1:

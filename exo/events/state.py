@@ -54,7 +54,7 @@ class ApplyError(ValueError):
 class State:
     """What the log has decided so far. Its maps are persistent (structure-sharing, a C
     HAMT): `apply` changes one key in O(log n) instead of copying a dict per event
-    (docs/architecture.md, "The replicated state")."""
+    (docs/architecture.md, "The pure core")."""
 
     last_index: int = 0
     term: int = 0
