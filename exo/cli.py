@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         help="snapshot the state and compact the log every N events (default %(default)s)",
     )
     node.add_argument(
+        "--snapshot-bytes",
+        type=_positive_int,
+        default=32 * 1024 * 1024,
+        metavar="N",
+        help="also snapshot once the records since the last snapshot pass N bytes "
+        "(default %(default)s)",
+    )
+    node.add_argument(
         "--no-worker",
         action="store_true",
         help="coordinator only: take part in election and serve the API, host no runners",
@@ -186,7 +194,11 @@ def _node(args: argparse.Namespace) -> int:
         ring_port=args.ring_port,
         preload=() if args.no_worker else preload,
         archive_log=args.archive_log,
-        timings=evolve(ControlTimings(), snapshot_every=args.snapshot_every),
+        timings=evolve(
+            ControlTimings(),
+            snapshot_every=args.snapshot_every,
+            snapshot_bytes=args.snapshot_bytes,
+        ),
     )
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))

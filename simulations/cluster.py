@@ -170,6 +170,10 @@ class Cluster:
                 ControlTimings(),
                 snapshot_every=self.scenario.snapshot_every,
                 snapshot_keep=self.scenario.snapshot_keep,
+                snapshot_bytes=self.scenario.snapshot_bytes,
+                snapshot_keep_bytes=self.scenario.snapshot_keep_bytes,
+                snapshot_chunk=self.scenario.snapshot_chunk,
+                snapshot_window=self.scenario.snapshot_window,
             ),
         )
         with trio.CancelScope() as scope:

@@ -66,6 +66,14 @@ class Scenario:
     # (node, when) it stops for good (a leave: not restarted at the heal).
     joins: tuple[tuple[int, float], ...] = ()
     leaves: tuple[tuple[int, float], ...] = ()
+    # Compaction by size: once the records since the snapshot pass `snapshot_bytes`,
+    # keeping no more than `snapshot_keep_bytes` of them.
+    snapshot_bytes: int = 32 * 1024 * 1024
+    snapshot_keep_bytes: int = 16 * 1024 * 1024
+    # Snapshot transfer: chunk size and bytes asked for at once (small, so that the
+    # simulator's snapshots travel as several pipelined chunks).
+    snapshot_chunk: int = 1024 * 1024
+    snapshot_window: int = 4 * 1024 * 1024
 
     def describe(self) -> str:
         kinds = sorted({f.kind for f in self.faults})
@@ -77,6 +85,11 @@ class Scenario:
             + (
                 f", snapshot every {self.snapshot_every} keeping {self.snapshot_keep}"
                 if self.snapshot_every < 10_000
+                else ""
+            )
+            + (
+                f", snapshot every {self.snapshot_bytes} bytes keeping {self.snapshot_keep_bytes}"
+                if self.snapshot_bytes < 1024 * 1024
                 else ""
             )
             + (f", {len(self.joins)} joining late" if self.joins else "")
@@ -132,11 +145,22 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
         )
     )
     # Drawn from a generator of their own, so every other draw stays what it was.
-    every, keep = random.Random(f"snapshots-{seed}").choice(
-        ((10_000, 8192), (10_000, 8192), (40, 16), (12, 4))
+    every, keep, by_size = random.Random(f"snapshots-{seed}").choice(
+        (
+            (10_000, 8192, False),
+            (10_000, 8192, False),
+            (40, 16, False),
+            (12, 4, False),
+            (10_000, 8192, True),
+        )
     )
+    sizes: dict[str, int] = {"snapshot_chunk": 1000, "snapshot_window": 4000}
+    if by_size:
+        sizes |= {"snapshot_bytes": 8000, "snapshot_keep_bytes": 3000}
     joins, leaves = _draw_membership(seed, size, active)
-    return Scenario(seed, specs, link, active, 15.0, tuple(faults), ops, every, keep, joins, leaves)
+    return Scenario(
+        seed, specs, link, active, 15.0, tuple(faults), ops, every, keep, joins, leaves, **sizes
+    )
 
 
 def _draw_membership(

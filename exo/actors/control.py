@@ -36,6 +36,7 @@ from exo.actors.history import (
 from exo.actors.master import MAX_BATCH, REMEMBERED_OUTCOMES, Sequencer
 from exo.actors.network import ControlTimings, PeerNetwork
 from exo.actors.replica import Replica
+from exo.actors.snapshot_transfer import IncomingSnapshot, snapshot_chunks
 from exo.actors.wire import (
     Append,
     AppendAck,
@@ -57,13 +58,7 @@ from exo.events.events import (
 )
 from exo.events.ids import CommandId, NodeId, new_command_id
 from exo.events.log import EventLog
-from exo.events.snapshot import (
-    SnapshotCorrupted,
-    body_digest,
-    decode_snapshot,
-    from_text,
-    to_text,
-)
+from exo.events.snapshot import SnapshotCorrupted
 
 log = logging.getLogger("exo.control")
 
@@ -87,15 +82,6 @@ class ControlStatistics:
     elections: int
     truncated_events: int
     adopted_commands: int
-
-
-@define
-class _IncomingSnapshot:
-    """A master's snapshot arriving in chunks."""
-
-    index: int
-    digest: str
-    data: bytearray
 
 
 @define
@@ -148,7 +134,7 @@ class Control:
         self._sync_at = 0.0
         self._sync_backoff = timings.sync_retry_initial
         self._adopting: trio.CancelScope | None = None
-        self._incoming: _IncomingSnapshot | None = None
+        self._incoming: IncomingSnapshot | None = None
         self.snapshots_installed = 0
         # A log cut back to what verified on open: never lead before a master has been
         # followed to the end, or the damage would be served as the truth.
@@ -314,10 +300,7 @@ class Control:
                 "stepping down: %s follows %s, newer than %s", sender, beat.following, self.ballot
             )
             self._stop_leading()
-            self.ballot = beat.following
-            self._followed_at = now
-            self.synced = False
-            self._masterless_since = None
+            self._follow(beat.following, now)
 
     def _maybe_elect(self, now: float) -> None:
         if self.recovering:
@@ -539,11 +522,11 @@ class Control:
         )
         if common == request.last_index and common + 1 < self._log.first_index:
             # A prefix of this log, older than its oldest record: send the snapshot.
-            chunk = self._snapshot_chunk(request)
-            self._network.send(
-                sender,
-                SyncReply(ballot, request.last_index, common, (), self._log.last_index, chunk),
-            )
+            for chunk in self._snapshot_chunks(request):
+                reply = SyncReply(
+                    ballot, request.last_index, common, (), self._log.last_index, chunk
+                )
+                self._network.send(sender, reply)
             return
         events = tuple(
             self._log.since(common, self._timings.sync_batch, self._timings.sync_batch_bytes)
@@ -552,14 +535,19 @@ class Control:
             sender, SyncReply(ballot, request.last_index, common, events, self._log.last_index)
         )
 
-    def _snapshot_chunk(self, request: SyncRequest) -> SnapshotChunk:
-        data = self._log.snapshot_bytes
-        offset = request.snapshot_offset
-        if request.snapshot_index != self._log.snapshot_index or not 0 <= offset < len(data):
-            offset = 0
-        piece = data[offset : offset + self._timings.snapshot_chunk]
-        return SnapshotChunk(
-            self._log.snapshot_index, body_digest(data), offset, len(data), to_text(piece)
+    def _snapshot_chunks(self, request: SyncRequest) -> list[SnapshotChunk]:
+        index, timings = self._log.snapshot_index, self._timings
+        start, until = request.snapshot_offset, request.snapshot_until
+        if request.snapshot_index != index:
+            start, until = 0, timings.snapshot_window
+        return snapshot_chunks(
+            self._log.snapshot_bytes,
+            index,
+            self._log.snapshot_digest,
+            start,
+            until,
+            chunk=timings.snapshot_chunk,
+            window=timings.snapshot_window,
         )
 
     # -- follower ------------------------------------------------------------------
@@ -570,12 +558,24 @@ class Control:
         self._sync_at = now + self._sync_backoff
         self._sync_backoff = min(self._sync_backoff * 2, self._timings.sync_retry_max)
         incoming = self._incoming
+        if incoming is None:
+            self._send_sync_request(0, 0, self._timings.snapshot_window)
+        else:
+            self._send_sync_request(
+                incoming.index, *incoming.resume_range(self._timings.snapshot_window)
+            )
+
+    def _send_sync_request(self, snapshot_index: int, start: int, until: int) -> None:
+        assert self.ballot is not None
+        if self._incoming is not None:
+            self._incoming.asked_until = max(self._incoming.asked_until, until)
         request = SyncRequest(
             self.ballot,
             tuple(self._segments),
             self._log.last_index,
-            incoming.index if incoming is not None else 0,
-            len(incoming.data) if incoming is not None else 0,
+            snapshot_index,
+            start,
+            until,
         )
         self._asked = (self._log.last_index, self._log.truncations)
         self._network.send(self.ballot.master, request)
@@ -612,9 +612,7 @@ class Control:
             return  # else a reply about a log that has been cut back since: ignore
         if reply.snapshot is not None:
             if reply.asked_at == self._log.last_index:
-                await self._receive_snapshot(reply.snapshot)
-            self._sync_backoff = self._timings.sync_retry_initial
-            self._request_sync(now)
+                await self._receive_snapshot(reply.snapshot, now)
             return
         fresh = [e for e in reply.events if e.index > self._log.last_index]
         if fresh and fresh[0].index == self._log.last_index + 1:
@@ -646,37 +644,46 @@ class Control:
         extend_segments(self._segments, events)
 
     async def _maybe_compact(self) -> None:
-        """Snapshot and cut the log every `snapshot_every` events (caller holds the lock)."""
-        timings = self._timings
+        """Snapshot and cut the log every `snapshot_every` events or `snapshot_bytes` of
+        records (caller holds the lock)."""
+        timings, log_ = self._timings, self._log
         state = self._replica.state
-        if self._log.last_index - self._log.snapshot_index < timings.snapshot_every:
+        due_by_count = log_.last_index - log_.snapshot_index >= timings.snapshot_every
+        if not due_by_count and log_.bytes_since_snapshot < timings.snapshot_bytes:
             return
-        if state.last_index != self._log.last_index:
+        if state.last_index != log_.last_index:
             return  # the replica lags the log only inside an adoption's reset
-        cut = await self._env.run_blocking(lambda: self._log.compact(state, timings.snapshot_keep))
+        cut = await self._env.run_blocking(
+            lambda: log_.compact(state, timings.snapshot_keep, timings.snapshot_keep_bytes)
+        )
         log.info("snapshot at index %d; %d records cut from the log", state.last_index, cut)
 
-    async def _receive_snapshot(self, chunk: SnapshotChunk) -> None:
-        """Gather the master's snapshot; once whole and verified, start over from it."""
+    async def _receive_snapshot(self, chunk: SnapshotChunk, now: float) -> None:
+        """Gather the master's snapshot, asking for more while it streams in; once whole
+        and verified, start over from it and ask for the tail."""
+        window = self._timings.snapshot_window
         incoming = self._incoming
-        if incoming is None or (incoming.index, incoming.digest) != (chunk.index, chunk.digest):
-            incoming = self._incoming = _IncomingSnapshot(chunk.index, chunk.digest, bytearray())
-        if chunk.offset != len(incoming.data):
-            return  # a duplicate or stale chunk; the next request says where we are
+        if incoming is None or not incoming.matches(chunk):
+            # The first request of a catch-up, or one after the master's snapshot moved
+            # on, asked for a window from the start.
+            incoming = self._incoming = IncomingSnapshot.starting_with(chunk, window)
         try:
-            incoming.data += from_text(chunk.data)
+            grew = incoming.add(chunk)
         except SnapshotCorrupted as exc:
             log.warning("dropping a snapshot chunk from %s: %s", self.ballot, exc)
-            self._incoming = None
             return
-        if len(incoming.data) < chunk.total:
+        if not grew:
+            return  # a duplicate, or early: the sync timer asks again if one is lost
+        self._sync_backoff = self._timings.sync_retry_initial
+        self._sync_at = now + self._sync_backoff  # progress: no stall to repair
+        if not incoming.complete:
+            more = incoming.next_range(window)
+            if more is not None:
+                self._send_sync_request(incoming.index, *more)
             return
         self._incoming = None
-        data = bytes(incoming.data)
         try:
-            if body_digest(data) != chunk.digest:
-                raise SnapshotCorrupted("digest mismatch")
-            snapshot = decode_snapshot(data, f"snapshot {chunk.index} from {self.ballot}")
+            snapshot, data = incoming.finish(f"snapshot {chunk.index} from {self.ballot}")
         except SnapshotCorrupted as exc:
             log.warning("refusing the master's snapshot: %s", exc)
             return
@@ -691,6 +698,7 @@ class Control:
                 self._replica.reset(snapshot.state)
                 self.snapshots_installed += 1
         log.info("installed the master's snapshot at index %d", snapshot.index)
+        self._request_sync(now)
 
     def _acknowledge(self) -> None:
         if self.ballot is not None and not self.leading:

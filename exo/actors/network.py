@@ -66,11 +66,18 @@ class ControlTimings:
     # and the link's frames stop at 16 MiB): a node 1,000,000 events behind asks ~250 times.
     sync_batch: int = 4096
     sync_batch_bytes: int = 4 * 1024 * 1024
-    # Every this many events the log is snapshotted and cut down to its last
-    # `snapshot_keep` records (the snapshot keeps the command ids of what it cut, for the
-    # master's outcome memory); a node further behind receives the snapshot in chunks.
+    # Every this many events, or once the records after the snapshot pass
+    # `snapshot_bytes`, the log is snapshotted and cut down to its last `snapshot_keep`
+    # records and `snapshot_keep_bytes` (the snapshot keeps the command ids of what it
+    # cut, for the master's outcome memory); a node further behind receives the snapshot
+    # in chunks.
     snapshot_every: int = 10_000
+    snapshot_bytes: int = 32 * 1024 * 1024
     snapshot_keep: int = 8192
+    snapshot_keep_bytes: int = 16 * 1024 * 1024
+    # A snapshot travels in chunks of this many bytes, at most `snapshot_window` bytes
+    # asked for at once (the follower asks again while half of that is in flight).
     snapshot_chunk: int = 1024 * 1024
+    snapshot_window: int = 4 * 1024 * 1024
     # Out-of-order events a follower keeps while it asks for the gap.
     buffer_limit: int = 4096

@@ -50,9 +50,11 @@ class SyncRequest:
     ballot: Ballot
     segments: tuple[Segment, ...]
     last_index: int
-    # A snapshot partly received: its index and the bytes held (ask for the rest).
+    # A snapshot partly received: its index, and the byte range of it to send next
+    # (`snapshot_until` 0: one chunk from `snapshot_offset`).
     snapshot_index: int = 0
     snapshot_offset: int = 0
+    snapshot_until: int = 0
 
 
 @frozen

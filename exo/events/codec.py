@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import Any
 
 import cattrs
+import msgspec
 from cattrs.strategies import configure_tagged_union
 from immutables import Map
 
@@ -33,8 +35,10 @@ def _strict_scalar(kind: type) -> Any:
     return structure
 
 
-def make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True)
+def make_converter(*, detailed: bool = True) -> cattrs.Converter:
+    """The converter; `detailed=False` gives the same rules with cheaper bookkeeping,
+    which cannot say where a record went wrong (see `from_plain`)."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
     for kind in (int, float, str, bool):
         converter.register_structure_hook(kind, _strict_scalar(kind))
     _register_maps(converter)
@@ -76,6 +80,9 @@ def _register_maps(converter: cattrs.Converter) -> None:
 
 
 converter = make_converter()
+# Decodes a valid record in 85% of the time (docs/benchmarks.md); an invalid one is decoded
+# again by `converter` for the message.
+_fast_converter = make_converter(detailed=False)
 
 
 def to_plain(value: object, as_type: Any = None) -> Any:
@@ -85,6 +92,10 @@ def to_plain(value: object, as_type: Any = None) -> Any:
 
 def from_plain(data: object, kind: Any) -> Any:
     """The record of type `kind` that `data` encodes, or `CodecError`."""
+    try:
+        return _fast_converter.structure(data, kind)
+    except Exception:  # the detailed pass below says what is wrong
+        pass
     try:
         return converter.structure(data, kind)
     except Exception as exc:
@@ -142,11 +153,39 @@ def encode(value: object, as_type: Any = None) -> bytes:
 
 
 def decode(raw: bytes | str, kind: Any) -> Any:
+    return from_plain(parse_json(raw), kind)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON text as plain data: msgspec parses a log record in a sixth of the stdlib's
+    time, integers of any size exactly, and refuses NaN and infinities as JSON does."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
         raise CodecError(f"not JSON: {exc}") from exc
-    return from_plain(data, kind)
+
+
+_json_decoder = msgspec.json.Decoder()
+
+
+def frame(body: bytes) -> bytes:
+    """One record as it is stored (log, archive, snapshot): `<crc32 hex> <body>\\n`."""
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def unframe(line: bytes) -> bytes:
+    """The body of one stored record (without its newline) whose checksum verifies;
+    `CodecError` with the reason otherwise."""
+    head, sep, body = line.partition(b" ")
+    if not sep or len(head) != 8:
+        raise CodecError("record has no checksum prefix")
+    try:
+        expected = int(head, 16)
+    except ValueError as exc:
+        raise CodecError(f"bad checksum field {head!r}") from exc
+    if zlib.crc32(body) != expected:
+        raise CodecError("checksum mismatch")
+    return body
 
 
 def digest(value: object) -> str:
@@ -163,6 +202,9 @@ __all__ = [
     "decode",
     "digest",
     "encode",
+    "frame",
     "from_plain",
+    "parse_json",
     "to_plain",
+    "unframe",
 ]

@@ -14,16 +14,16 @@ snapshot interval, not by history.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from exo.events.codec import CodecError, decode, encode
+from exo.events.codec import CodecError, decode, encode, frame, unframe
 from exo.events.events import IndexedEvent
 from exo.events.replay import replay
 from exo.events.snapshot import (
     Snapshot,
     SnapshotCorrupted,
+    body_digest,
     commands_through,
     decisions_through,
     encode_snapshot,
@@ -41,22 +41,12 @@ class LogCorrupted(Exception):
 
 
 def encode_record(event: IndexedEvent) -> bytes:
-    body = encode(event)
-    return b"%08x %s\n" % (zlib.crc32(body), body)
+    return frame(encode(event))
 
 
 def decode_record(line: bytes) -> IndexedEvent:
     """One record (without its newline); raises `CodecError` with the reason."""
-    head, sep, body = line.partition(b" ")
-    if not sep or len(head) != 8:
-        raise CodecError("record has no checksum prefix")
-    try:
-        expected = int(head, 16)
-    except ValueError as exc:
-        raise CodecError(f"bad checksum field {head!r}") from exc
-    if zlib.crc32(body) != expected:
-        raise CodecError("checksum mismatch")
-    event: IndexedEvent = decode(body, IndexedEvent)
+    event: IndexedEvent = decode(unframe(line), IndexedEvent)
     return event
 
 
@@ -66,7 +56,12 @@ def read_records(path: Path) -> tuple[list[IndexedEvent], int, str | None]:
     return events, offset, dropped
 
 
-def _read_sized(path: Path) -> tuple[list[IndexedEvent], list[int], int, str | None]:
+def _read_sized(
+    path: Path, *, stop_at_damage: bool = False
+) -> tuple[list[IndexedEvent], list[int], int, str | None]:
+    """Records, their sizes, the byte length they span, and why reading stopped before
+    the end: a torn last record, or with `stop_at_damage` any record that does not
+    verify or follow (instead of `LogCorrupted`)."""
     data = path.read_bytes() if path.exists() else b""
     events: list[IndexedEvent] = []
     sizes: list[int] = []
@@ -82,12 +77,16 @@ def _read_sized(path: Path) -> tuple[list[IndexedEvent], list[int], int, str | N
             if last:
                 return events, sizes, offset, f"record {number} is torn ({exc})"
             after = f" (after index {events[-1].index})" if events else ""
-            raise LogCorrupted(f"{path}: record {number}{after}: {exc}") from exc
+            reason = f"{path}: record {number}{after}: {exc}"
+            if stop_at_damage:
+                return events, sizes, offset, reason
+            raise LogCorrupted(reason) from exc
         expected = events[-1].index + 1 if events else event.index
         if event.index != expected:
-            raise LogCorrupted(
-                f"{path}: record {number} has index {event.index}, expected {expected}"
-            )
+            reason = f"{path}: record {number} has index {event.index}, expected {expected}"
+            if stop_at_damage:
+                return events, sizes, offset, reason
+            raise LogCorrupted(reason)
         events.append(event)
         sizes.append(len(line) + 1)
         offset += len(line) + 1
@@ -130,7 +129,10 @@ class EventLog:
         self.snapshot: Snapshot | None = snapshot[0] if snapshot else None
         # The snapshot's framed bytes, as written and as a peer far behind receives them.
         self.snapshot_bytes: bytes = snapshot[1] if snapshot else b""
+        self._digest, self._digest_of = "", b"-"
         self.archive = archive
+        # Bytes of the records after the snapshot: what a compaction by size looks at.
+        self._unsnapshotted_bytes = self._bytes_after(self.snapshot_index)
         # Why the log was cut back to what verifies on open (`open(recover=True)`), if it was.
         self.recovered_from: str | None = None
         self._file = open(path, "ab")  # noqa: SIM115 — held for the log's lifetime
@@ -154,7 +156,7 @@ class EventLog:
         except SnapshotCorrupted:
             snapshot = None
             _set_aside(snapshot_path(path))
-        kept = _verified_prefix(path)
+        kept = _read_sized(path, stop_at_damage=True)[0]
         if snapshot_path(path).exists() and (
             snapshot is None or (kept and kept[0].index > snapshot[0].index + 1)
         ):
@@ -195,6 +197,23 @@ class EventLog:
     @property
     def snapshot_index(self) -> int:
         return self.snapshot.index if self.snapshot is not None else 0
+
+    @property
+    def snapshot_digest(self) -> str:
+        """sha256 of the snapshot's bytes, computed once per snapshot (each chunk sent
+        carries it)."""
+        if self._digest_of is not self.snapshot_bytes:
+            self._digest, self._digest_of = body_digest(self.snapshot_bytes), self.snapshot_bytes
+        return self._digest
+
+    @property
+    def bytes_since_snapshot(self) -> int:
+        """The encoded size of the records after the snapshot."""
+        return self._unsnapshotted_bytes
+
+    def _bytes_after(self, index: int) -> int:
+        first = self.first_index
+        return sum(self._sizes[max(0, index + 1 - first) :])
 
     @property
     def first_index(self) -> int:
@@ -268,10 +287,12 @@ class EventLog:
         os.fsync(self._file.fileno())
         self._events.extend(batch)
         self._sizes.extend(len(r) for r in records)
+        self._unsnapshotted_bytes += sum(len(r) for r in records)
 
-    def compact(self, state: State, keep: int) -> int:
+    def compact(self, state: State, keep: int, keep_bytes: int | None = None) -> int:
         """Snapshot `state` (the state at the last index) and cut the log down to its last
-        `keep` records, archiving the ones cut off when the log keeps an archive.
+        `keep` records (fewer where they would pass `keep_bytes`), archiving the ones cut
+        off when the log keeps an archive.
 
         Order makes every crash safe: the snapshot is durable before any record goes, the
         archive holds the records before the log drops them. Returns how many were cut.
@@ -286,10 +307,16 @@ class EventLog:
         decisions = decisions_through(old.decisions if old else (), covered)
         commands = commands_through(old.commands if old else (), covered)
         cut = max(0, len(self._events) - keep)
+        if keep_bytes is not None:
+            kept_bytes = sum(self._sizes[cut:])
+            while cut < len(self._events) and kept_bytes > keep_bytes:
+                kept_bytes -= self._sizes[cut]
+                cut += 1
         snapshot = Snapshot(state, openers, decisions, commands)
         data = encode_snapshot(snapshot)
         write_atomically(snapshot_path(self.path), data)
         self.snapshot, self.snapshot_bytes = snapshot, data
+        self._unsnapshotted_bytes = 0
         if cut:
             self._cut_front(cut)
         return cut
@@ -300,6 +327,7 @@ class EventLog:
         self._rewrite([], [])
         write_atomically(snapshot_path(self.path), data)
         self.snapshot, self.snapshot_bytes = snapshot, data
+        self._unsnapshotted_bytes = 0
         self.compactions += 1
 
     def _cut_front(self, count: int) -> None:
@@ -319,6 +347,7 @@ class EventLog:
         self._replace_file(b"".join(encode_record(e) for e in keep))
         self._events = keep
         self._sizes = sizes
+        self._unsnapshotted_bytes = self._bytes_after(self.snapshot_index)
 
     def _replace_file(self, data: bytes) -> None:
         """Swap the log file for one holding `data`, through a temporary copy and a rename,
@@ -372,22 +401,6 @@ def _set_aside(path: Path) -> None:
         number += 1
         target = path.with_name(f"{path.name}.damaged-{number}")
     os.replace(path, target)
-
-
-def _verified_prefix(path: Path) -> list[IndexedEvent]:
-    """The records of a damaged log up to the first that does not verify or follow."""
-    kept: list[IndexedEvent] = []
-    if not path.exists():
-        return kept
-    for line in path.read_bytes().split(b"\n")[:-1]:
-        try:
-            event = decode_record(line)
-        except CodecError:
-            break
-        if kept and event.index != kept[-1].index + 1:
-            break
-        kept.append(event)
-    return kept
 
 
 def _append_whole_records(path: Path, records: bytes) -> None:

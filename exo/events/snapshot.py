@@ -15,13 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import evolve, frozen
 
-from exo.events.codec import CodecError, decode, encode
+from exo.events.codec import CodecError, decode, encode, frame, unframe
 from exo.events.events import (
     IndexedEvent,
     InstanceCreated,
@@ -109,24 +108,15 @@ def commands_through(
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    body = encode(snapshot)
-    return b"%08x %s\n" % (zlib.crc32(body), body)
+    return frame(encode(snapshot))
 
 
 def decode_snapshot(data: bytes, source: str) -> Snapshot:
     """The snapshot `data` frames; `SnapshotCorrupted` naming `source` and the reason."""
-    head, sep, rest = data.partition(b" ")
-    body = rest[:-1] if rest.endswith(b"\n") else None
-    if not sep or len(head) != 8 or body is None:
+    if not data.endswith(b"\n"):
         raise SnapshotCorrupted(f"{source}: not a snapshot record (torn or truncated)")
     try:
-        expected = int(head, 16)
-    except ValueError:
-        raise SnapshotCorrupted(f"{source}: bad checksum field {head!r}") from None
-    if zlib.crc32(body) != expected:
-        raise SnapshotCorrupted(f"{source}: checksum mismatch")
-    try:
-        snapshot: Snapshot = decode(body, Snapshot)
+        snapshot: Snapshot = decode(unframe(data[:-1]), Snapshot)
     except CodecError as exc:
         raise SnapshotCorrupted(f"{source}: {exc}") from exc
     return snapshot

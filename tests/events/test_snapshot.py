@@ -191,3 +191,27 @@ def test_a_snapshot_keeps_the_ids_of_the_commands_it_covers(tmp_path: Path) -> N
         retry = Envelope(CommandId(old.command_id), NodeId("n"), RegisterNode(profile(1)))
         decided = sequencer.decide_batch(log.state(), [retry])
         assert decided.events == [] and decided.answers[0][1].index == old.index
+
+
+def test_the_log_counts_the_bytes_since_its_snapshot_through_appends_cuts_and_reopens(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.log"
+    with EventLog.open(path) as log:
+        log.append(EVENTS[:300])
+        assert log.bytes_since_snapshot == path.stat().st_size
+        log.compact(log.state(), keep=1000, keep_bytes=path.stat().st_size // 3)
+        # The byte bound cut more than the record bound would have (it keeps all 300).
+        assert 0 < len(log) < 110 and log.first_index > 190
+        assert log.bytes_since_snapshot == 0
+        log.append(EVENTS[300:400])
+        grown = log.bytes_since_snapshot
+        log.truncate_after(350)
+    assert grown > 0
+    with EventLog.open(path) as log:
+        assert log.last_index == 350
+        # The reopened log counts only the records past the snapshot at 300, not the tail.
+        assert log.bytes_since_snapshot == sum(
+            len(line) + 1 for line in path.read_bytes().split(b"\n")[:-1][-50:]
+        )
+        assert log.bytes_since_snapshot < path.stat().st_size

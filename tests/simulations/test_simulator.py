@@ -116,6 +116,25 @@ def test_a_node_far_behind_catches_up_from_the_masters_snapshot() -> None:
     assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok"]
 
 
+def test_a_snapshot_in_many_chunks_arrives_pipelined_over_a_lossy_link() -> None:
+    """The same catch-up with 300-byte chunks, 1,200 bytes asked for at a time, on a link
+    that drops, duplicates and reorders: the snapshot still arrives whole."""
+    scenario = evolve(
+        two_nodes(0),
+        snapshot_every=12,
+        snapshot_keep=4,
+        snapshot_chunk=300,
+        snapshot_window=1200,
+        link=LinkModel(drop=0.05, duplicate=0.05, latency=0.02, jitter=0.02),
+        seed=1011,
+    )
+    scenario = evolve(scenario, faults=(Fault(8.0, "crash", (0,), 14.0),))
+    result = run_seed(1011, scenario=scenario)
+    assert result.passed, result.violations
+    assert result.snapshots_installed >= 1
+    assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok"]
+
+
 def no_fencing(self: Control, ballot: Ballot, now: float) -> bool:
     """A planted bug: follow whatever master speaks last, older ballots included."""
     if ballot != self.ballot:
