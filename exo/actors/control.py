@@ -770,7 +770,12 @@ def _resigned(beat: Beat, ballot: Ballot) -> bool:
     """The master of `ballot` says it no longer leads it (a beat about an older ballot is
     one sent before it took office, delivered late: it says nothing)."""
     following = beat.following
-    if following is None or following > ballot:
+    if following is None:
+        # A node with no ballot restarted, unless this beat left before it took office
+        # and arrived late: its log then ends before the ballot (a restarted master's log
+        # holds what it wrote as master; a recovering one vouches for none).
+        return beat.log_ballot is None or beat.log_ballot >= ballot
+    if following > ballot:
         return True
     return following == ballot and not beat.leading
 
