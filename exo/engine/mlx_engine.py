@@ -18,6 +18,7 @@ stay as stored.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -29,11 +30,13 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
+from attrs import frozen
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from exo.engine import chat_format, constrained, pipeline, protocol, sampling, tensor
 from exo.engine.blas import loaded_blas
 from exo.engine.doorbell import Doorbells
+from exo.engine.reply import Reply
 from exo.models.hub import layer_of, rank_needs, tensor_role
 
 _WARMUP_MESSAGES = (protocol.ChatMessage("user", "Hi"),)
@@ -229,20 +232,15 @@ class MlxEngine:
             raise ValueError("the prompt is empty")
         return list(self.tokenizer.encode(request.text))
 
-    def generate(
-        self, request: protocol.GenerateRequest, cancelled: Callable[[], bool]
-    ) -> Iterator[protocol.TokenOut | protocol.Finished]:
-        """Stream the reply: TokenOut chunks, then exactly one Finished.
-
-        Bad parameters and over-long prompts raise here, before anything is yielded.
-        `cancelled` is polled after every token and between prefill chunks. `max_tokens`
-        0 only counts the prompt: the Finished reports its length, nothing is generated.
-        """
+    def prepare(self, request: protocol.GenerateRequest) -> Prepared:
+        """Check the request and tokenize its prompt; ValueError (for the client) when
+        its parameters are bad or its prompt leaves no room in the context. `max_tokens`
+        of the result is what may be generated (0: only count the prompt)."""
         params = request.params
         _check_params(params)
         prompt = self.encode_prompt(request)
         if params.max_tokens == 0:  # count only: how long the prompt is, nothing generated
-            return iter([protocol.Finished(request.request_id, "length", len(prompt), 0)])
+            return Prepared(request.request_id, prompt, 0, params)
         room = self.info.context_length - len(prompt)
         if room <= 0:
             raise PromptTooLong(
@@ -250,60 +248,75 @@ class MlxEngine:
                 f"{self.info.context_length}; shorten the conversation"
             )
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        if params.seed is not None:
-            mx.random.seed(mlx_seed(params.seed))
-        return self._stream(request.request_id, prompt, max_tokens, params, cancelled)
+        return Prepared(request.request_id, prompt, max_tokens, params)
+
+    def processors(self, prepared: Prepared) -> list[sampling.LogitsProcessor]:
+        """The logits processors of a request (penalties, bias, its JSON schema); a fresh
+        set per generation, since the constraint's matcher follows its reply."""
+        params = prepared.params
+        processors = sampling.processors_for(params, len(prepared.prompt))
+        if params.json_schema is not None:
+            processors.append(constrained.json_schema_processor(self.tokenizer, params.json_schema))
+        return processors
+
+    def generate(
+        self, request: protocol.GenerateRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[protocol.TokenOut | protocol.Finished]:
+        """Stream one reply on its own: TokenOut chunks, then exactly one Finished (the
+        path of distributed instances; a single runner batches, `exo.engine.batching`).
+
+        Bad parameters and over-long prompts raise here, before anything is yielded.
+        `cancelled` is polled after every token and between prefill chunks. `max_tokens`
+        0 only counts the prompt: the Finished reports its length, nothing is generated.
+        """
+        prepared = self.prepare(request)
+        if prepared.max_tokens == 0:
+            return iter([protocol.Finished(request.request_id, "length", len(prepared.prompt), 0)])
+        processors = self.processors(prepared)
+        return self._stream(prepared, processors, cancelled)
 
     def _stream(
         self,
-        request_id: str,
-        prompt: list[int],
-        max_tokens: int,
-        params: protocol.SamplingParams,
+        prepared: Prepared,
+        processors: list[sampling.LogitsProcessor],
         cancelled: Callable[[], bool],
     ) -> Iterator[protocol.TokenOut | protocol.Finished]:
-        stops = tuple(s for s in params.stop if s)
-        processors = sampling.processors_for(params, len(prompt))
-        if params.json_schema is not None:
-            processors.append(constrained.json_schema_processor(self.tokenizer, params.json_schema))
+        params = prepared.params
 
         def prefill_progress(_done: int, _total: int) -> None:
             if cancelled():
                 raise _CancelledDuringPrefill
 
+        tokenizer = self.tokenizer
+        if params.ignore_eos:
+            tokenizer = copy.copy(tokenizer)
+            tokenizer.eos_token_ids = ()
         responses = mlx_lm.stream_generate(
             self.model,
-            self.tokenizer,
-            mx.array(prompt),
-            max_tokens=max_tokens,
+            tokenizer,
+            mx.array(prepared.prompt),
+            max_tokens=prepared.max_tokens,
             sampler=sampling.sampler_for(params),
             logits_processors=processors or None,
             prefill_step_size=PREFILL_STEP,
             prompt_progress_callback=prefill_progress,
         )
-        held = ""
-        held_logprobs: list[protocol.TokenLogprob] = []
-        completion = 0
-        last_token = -1
+        reply = Reply(prepared.request_id, params.stop)
         reason: protocol.FinishReason | None = None
-        matched: str | None = None
         try:
             for response in responses:
                 at_eos = response.finish_reason == "stop"
-                if not at_eos:
-                    completion += 1
-                    last_token = response.token
-                    if params.logprobs is not None:
-                        held_logprobs.append(
-                            sampling.token_logprob(
-                                self.tokenizer, response.logprobs, response.token, params.logprobs
-                            )
-                        )
-                emit, held, matched = split_stop(held + response.text, stops)
-                if emit:
-                    yield protocol.TokenOut(request_id, emit, last_token, tuple(held_logprobs))
-                    held_logprobs = []
-                if matched is not None:
+                logprob = (
+                    sampling.token_logprob(
+                        self.tokenizer, response.logprobs, response.token, params.logprobs
+                    )
+                    if params.logprobs is not None and not at_eos
+                    else None
+                )
+                out = reply.add(response.text, None if at_eos else response.token, logprob)
+                if out is not None:
+                    yield out
+                if reply.matched is not None:
                     reason = "stop"
                 elif response.finish_reason is not None:
                     reason = "stop" if at_eos else "length"
@@ -315,11 +328,18 @@ class MlxEngine:
             reason = "cancelled"
         finally:
             responses.close()
-        if reason is None:  # the stream ended without saying why; treat it as the limit
-            reason = "length"
-        if held:  # text held back for a stop string that never completed was real text
-            yield protocol.TokenOut(request_id, held, last_token, tuple(held_logprobs))
-        yield protocol.Finished(request_id, reason, len(prompt), completion, matched)
+        # The stream ended without saying why: treat it as the limit.
+        yield from reply.finish(reason or "length", len(prepared.prompt))
+
+
+@frozen
+class Prepared:
+    """A checked request: its prompt's tokens and how many may be generated."""
+
+    request_id: str
+    prompt: list[int]
+    max_tokens: int
+    params: protocol.SamplingParams
 
 
 def load_shard_files(
@@ -357,34 +377,6 @@ def load_shard_files(
     model, loaded_config = load_model(model_dir, lazy=True, strict=False)
     tokenizer = load_tokenizer(model_dir, eos_token_ids=loaded_config.get("eos_token_id"))
     return model, tokenizer
-
-
-def mlx_seed(seed: int) -> int:
-    """The seed as MLX takes it (an unsigned 64-bit integer): the API accepts any signed
-    64-bit seed, as OpenAI's does, and distinct seeds stay distinct."""
-    return seed % 2**64
-
-
-def split_stop(text: str, stops: Sequence[str]) -> tuple[str, str, str | None]:
-    """Split pending text into (safe to emit, held back, the stop string found).
-
-    When a stop string occurs, everything before its earliest occurrence is emitted and
-    the rest dropped. Otherwise the longest tail that could begin a stop string is held
-    back, so a stop string split across tokens is never partly emitted.
-    """
-    if not stops:
-        return text, "", None
-    found = [(i, s) for i, s in ((text.find(s), s) for s in stops) if i >= 0]
-    if found:
-        at, stop = min(found)
-        return text[:at], "", stop
-    hold = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), hold, -1):
-            if text.endswith(stop[:size]):
-                hold = size
-                break
-    return text[: len(text) - hold], text[len(text) - hold :], None
 
 
 def _check_params(params: protocol.SamplingParams) -> None:

@@ -45,7 +45,8 @@ class SamplingParams:
     subtracts a constant from every token already generated, frequency subtracts it once
     per occurrence. `logprobs`: None for none, else how many top alternatives to report
     with each token's own log-probability. `json_schema` (JSON text) constrains the reply
-    to JSON that the schema accepts.
+    to JSON that the schema accepts. `ignore_eos` (vLLM's extension, for benchmarks)
+    generates past the end-of-sequence token up to `max_tokens`.
     """
 
     temperature: float = 1.0
@@ -61,6 +62,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None
     json_schema: str | None = None
+    ignore_eos: bool = False
 
 
 @frozen
@@ -95,6 +97,11 @@ class Load:
     # On CPU: keep the weights as stored instead of widening them to float32 (placement
     # found float32 does not fit).
     keep_quantized: bool = False
+    # Sequences decoded together (a single runner; a distributed instance serves one at a
+    # time), and the tokens of KV cache that placement planned memory for, which the
+    # running sequences and the prompt cache share (None: `context_length`).
+    batch_size: int = 8
+    kv_budget_tokens: int | None = None
 
 
 @frozen
@@ -174,6 +181,8 @@ class Finished:
     completion_tokens: int
     # The stop string that ended the reply (finish_reason "stop"), None for end of sequence.
     stop_sequence: str | None = None
+    # Prompt tokens whose keys and values came from the prompt cache (not computed again).
+    cached_tokens: int = 0
 
 
 @frozen

@@ -7,8 +7,9 @@ records on stdin, `FromRunner` records on the original stdout. Libraries print t
 stdout freely, so the first thing the runner does is move the protocol to a private
 copy of fd 1 and point fd 1 at stderr; nothing but protocol lines reaches the node's pipe.
 
-Stdin is read on a thread into a queue so that a `Cancel` can reach a generation that is
-running on the main thread; requests that arrive meanwhile wait in FIFO order.
+Stdin is read on a thread into a queue; the main thread takes what arrived between two
+steps of its scheduler, so new requests join the running batch and a `Cancel` reaches
+its request within one step.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from attrs import frozen
 
 from exo.engine import protocol
-from exo.engine.mlx_engine import MlxEngine
+from exo.engine.batching import BatchScheduler
+from exo.engine.mlx_engine import PREFILL_STEP, MlxEngine
+from exo.engine.sequential import SequentialScheduler
 from exo.events.codec import CodecError, decode, encode
 
 log = logging.getLogger("exo.engine.runner")
@@ -50,6 +52,7 @@ class EndOfInput:
 
 
 Inbox = queue.Queue[protocol.ToRunner | BadLine | EndOfInput]
+Out = protocol.TokenOut | protocol.Finished | protocol.RequestError
 
 
 def claim_stdout() -> BinaryIO:
@@ -91,14 +94,30 @@ def _decode_line(raw: bytes, inbox: Inbox) -> None:
         inbox.put(BadLine(f"malformed runner input line ignored: {exc}"))
 
 
+class Scheduler(Protocol):
+    """What the runner loop drives: `BatchScheduler` or `SequentialScheduler`."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def submit(self, request: protocol.GenerateRequest) -> list[Out]: ...
+
+    def cancel(self, request_id: str) -> list[Out]: ...
+
+    def cancel_all(self) -> list[Out]: ...
+
+    def step(self) -> list[Out]: ...
+
+
 class Runner:
-    """Handles the inbox on the main thread: one engine, one generation at a time."""
+    """Handles the inbox on the main thread: one engine, its scheduler, and between every
+    two scheduler steps whatever arrived (new requests join the batch, cancels end theirs)."""
 
     def __init__(self, out: BinaryIO, inbox: Inbox) -> None:
         self.out = out
         self.inbox = inbox
         self.engine: MlxEngine | None = None
-        self.pending: deque[protocol.ToRunner] = deque()
+        self.scheduler: Scheduler | None = None
         self.stopping = False
         self.exit_status = 0
 
@@ -106,16 +125,38 @@ class Runner:
         self.out.write(encode(message, protocol.FromRunner) + b"\n")
         self.out.flush()
 
+    def send_all(self, messages: list[Out]) -> None:
+        if messages:
+            self.out.write(b"".join(encode(m, protocol.FromRunner) + b"\n" for m in messages))
+            self.out.flush()
+
     def run(self) -> int:
         """Serve until Shutdown or EOF (exit status 0) or a failed load (1)."""
         try:
             while not self.stopping:
-                item = self.pending.popleft() if self.pending else self.inbox.get()
-                status = self.handle(item)
-                if status is not None:
-                    return status
+                scheduler = self.scheduler
+                if scheduler is None or not scheduler.busy:
+                    status = self.handle(self.inbox.get())
+                    if status is not None:
+                        return status
+                while not self.stopping:  # everything that arrived meanwhile
+                    try:
+                        item = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    status = self.handle(item)
+                    if status is not None:
+                        return status
+                scheduler = self.scheduler
+                if scheduler is not None and scheduler.busy and not self.stopping:
+                    self.send_all(scheduler.step())
+                    if isinstance(scheduler, SequentialScheduler) and scheduler.broken:
+                        self.stopping = True
+                        self.exit_status = 1
             return self.exit_status
         finally:
+            if self.scheduler is not None and not self.exit_status:
+                self.send_all(self.scheduler.cancel_all())
             # Release the other ranks, unless the ring is what broke (it could hang).
             if self.engine is not None and not self.engine.follower and not self.exit_status:
                 self.engine.close()
@@ -126,14 +167,16 @@ class Runner:
             case protocol.Load():
                 return self.load(item)
             case protocol.Generate():
-                self.generate(item.request)
+                self.submit(item.request)
             case protocol.Cancel():
-                self.drop_queued(item.request_id)
+                if self.scheduler is not None:
+                    self.send_all(self.scheduler.cancel(item.request_id))
             case BadLine():
                 log.warning("%s", item.message)
                 self.send(protocol.RequestError(request_id="", message=item.message))
             case protocol.Shutdown() | EndOfInput():
                 log.info("shutting down (%s)", type(item).__name__)
+                self.stopping = True
                 return 0
         return None
 
@@ -160,8 +203,10 @@ class Runner:
             )
             return 1
         info = engine.info
+        self.engine = engine
+        self.scheduler = scheduler_for(engine, request)
         log.info(
-            "loaded %s in %.2fs: %s %s, %d layers, context %d, blas %s",
+            "loaded %s in %.2fs: %s %s, %d layers, context %d, blas %s, %s",
             request.model_dir,
             time.perf_counter() - started,
             info.device,
@@ -169,8 +214,10 @@ class Runner:
             info.num_layers,
             info.context_length,
             info.blas,
+            f"batches of {request.batch_size}"
+            if isinstance(self.scheduler, BatchScheduler)
+            else "one request at a time",
         )
-        self.engine = engine
         self.send(protocol.Ready(info=info))
         if engine.follower:
             # A later rank serves rank 0 until it says stop; no requests here.
@@ -194,88 +241,30 @@ class Runner:
         timer.daemon = True  # a runner that stops in time is not held up by it
         timer.start()
 
-    def generate(self, request: protocol.GenerateRequest) -> None:
-        if self.engine is None:
+    def submit(self, request: protocol.GenerateRequest) -> None:
+        if self.scheduler is None:
             self.send(
                 protocol.RequestError(request_id=request.request_id, message="no model is loaded")
             )
             return
-        started = time.perf_counter()
-        outcome = "ended"
         try:
-            for message in self.engine.generate(request, self.cancel_check(request.request_id)):
-                self.send(message)
-                if isinstance(message, protocol.Finished):
-                    outcome = f"{message.finish_reason}, {message.completion_tokens} tokens"
-        except ValueError as exc:  # bad parameters, prompt too long
+            self.send_all(self.scheduler.submit(request))
+        except ValueError as exc:  # bad parameters, prompt too long, a bad JSON schema
             log.info("request %s rejected: %s", request.request_id, exc)
             self.send(protocol.RequestError(request_id=request.request_id, message=str(exc)))
-            return
-        except Exception as exc:
-            log.error("request %s failed:\n%s", request.request_id, traceback.format_exc())
-            self.send(
-                protocol.RequestError(
-                    request_id=request.request_id,
-                    message=f"engine error: {type(exc).__name__}: {exc}",
-                    failed=True,
-                )
-            )
-            if self.engine.group is not None and isinstance(exc, RuntimeError):
-                # A broken ring does not mend: leave, and let the node start this rank again.
-                log.error("the ring of this instance broke; the runner exits")
-                self.stopping = True
-                self.exit_status = 1
-            return
-        log.info(
-            "request %s %s in %.2fs", request.request_id, outcome, time.perf_counter() - started
-        )
 
-    def cancel_check(self, request_id: str) -> Callable[[], bool]:
-        """`cancelled()` for one generation: drains the inbox without blocking.
 
-        Cancels for this request stop it; cancels for queued requests drop them; other
-        requests queue up; Shutdown or EOF stop this request and then the runner.
-        """
-        cancelled = False
-
-        def check() -> bool:
-            nonlocal cancelled
-            while True:
-                try:
-                    item = self.inbox.get_nowait()
-                except queue.Empty:
-                    return cancelled
-                match item:
-                    case protocol.Cancel() if item.request_id == request_id:
-                        cancelled = True
-                    case protocol.Cancel():
-                        self.drop_queued(item.request_id)
-                    case BadLine():
-                        self.handle(item)
-                    case protocol.Shutdown() | EndOfInput():
-                        log.info("shutting down (%s) during %s", type(item).__name__, request_id)
-                        cancelled = True
-                        self.stopping = True
-                    case _:
-                        self.pending.append(item)
-
-        return check
-
-    def drop_queued(self, request_id: str) -> None:
-        """Cancel a request that has not started: it finishes with no tokens."""
-        for item in list(self.pending):
-            if isinstance(item, protocol.Generate) and item.request.request_id == request_id:
-                self.pending.remove(item)
-                self.send(
-                    protocol.Finished(
-                        request_id=request_id,
-                        finish_reason="cancelled",
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                    )
-                )
-                return
-        log.info("cancel for %s, which is not running or queued", request_id)
+def scheduler_for(engine: MlxEngine, load: protocol.Load) -> Scheduler:
+    """Batches for a runner holding the whole model; one request at a time for the first
+    rank of a distributed instance."""
+    if engine.group is not None:
+        return SequentialScheduler(engine)
+    return BatchScheduler(
+        engine,
+        batch_size=load.batch_size,
+        prefill_step=PREFILL_STEP,
+        kv_budget_tokens=load.kv_budget_tokens or engine.info.context_length,
+    )
 
 
 def main() -> int:

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    make_logits_processors,
+    make_sampler,
+)
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from exo.engine import protocol
@@ -27,9 +33,38 @@ REPETITION_CONTEXT = 64
 
 
 def sampler_for(params: protocol.SamplingParams) -> Sampler:
-    return make_sampler(
-        temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
-    )
+    """The request's sampler. A seeded one draws from a random key of its own, so a seed
+    repeats its reply whatever else the runner samples meanwhile (requests decoded in one
+    batch, or interleaved); an unseeded one uses MLX's global generator."""
+    if params.seed is None or params.temperature == 0:
+        return make_sampler(
+            temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k
+        )
+    return _seeded_sampler(params, mlx_seed(params.seed))
+
+
+def _seeded_sampler(params: protocol.SamplingParams, seed: int) -> Sampler:
+    key = mx.random.key(seed)
+    scale = 1.0 / params.temperature
+
+    def sample(logprobs: mx.array) -> mx.array:
+        nonlocal key
+        key, draw = mx.random.split(key)
+        if 0 < params.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, params.top_p)
+        if params.min_p:
+            logprobs = apply_min_p(logprobs, params.min_p)
+        if params.top_k > 0:
+            logprobs = apply_top_k(logprobs, params.top_k)
+        return mx.random.categorical(logprobs * scale, key=draw)
+
+    return sample
+
+
+def mlx_seed(seed: int) -> int:
+    """The seed as MLX takes it (an unsigned 64-bit integer): the API accepts any signed
+    64-bit seed, as OpenAI's does, and distinct seeds stay distinct."""
+    return seed % 2**64
 
 
 def reply_penalty(prompt_tokens: int, presence: float, frequency: float) -> LogitsProcessor:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from exo.engine import blas
-from exo.engine.mlx_engine import split_stop
+from exo.engine.reply import split_stop
 
 
 @pytest.mark.parametrize(

@@ -74,17 +74,25 @@ def test_cancel_during_a_long_prefill(runner: RunnerProcess) -> None:
     assert (text, finished.finish_reason, finished.completion_tokens) == ("", "cancelled", 0)
 
 
-def test_queued_requests_run_in_order_and_queued_cancel_drops_one(runner: RunnerProcess) -> None:
-    runner.send(chat("r-a", STORY, max_tokens=8))
-    runner.send(chat("r-b", STORY, max_tokens=8))
-    runner.send(chat("r-c", CAPITAL, max_tokens=4))
+def test_requests_decode_together_and_a_cancel_ends_only_its_own(runner: RunnerProcess) -> None:
+    runner.send(chat("r-a", STORY, max_tokens=12, ignore_eos=True))
+    runner.send(chat("r-b", STORY, max_tokens=12))
+    runner.send(chat("r-c", CAPITAL, max_tokens=4, ignore_eos=True))
     runner.send(protocol.Cancel(request_id="r-b"))
-    done: list[tuple[str, str]] = []
+    order: list[tuple[str, str]] = []
+    done: dict[str, protocol.Finished] = {}
     while len(done) < 3:
         message = runner.recv()
+        assert isinstance(message, protocol.TokenOut | protocol.Finished), message
+        order.append((type(message).__name__, message.request_id))
         if isinstance(message, protocol.Finished):
-            done.append((message.request_id, message.finish_reason))
-    assert done == [("r-b", "cancelled"), ("r-a", "length"), ("r-c", "length")]
+            done[message.request_id] = message
+    assert done["r-b"].finish_reason == "cancelled"
+    assert (done["r-a"].finish_reason, done["r-a"].completion_tokens) == ("length", 12)
+    assert (done["r-c"].finish_reason, done["r-c"].completion_tokens) == ("length", 4)
+    # One batch: the short request finished while the long one was still streaming.
+    assert order.index(("Finished", "r-c")) < order.index(("Finished", "r-a"))
+    assert order.index(("TokenOut", "r-a")) < order.index(("Finished", "r-c"))
 
 
 def test_prompt_too_long_is_a_request_error(runner: RunnerProcess) -> None:

@@ -1,0 +1,289 @@
+"""Continuous batching: the requests of one runner decode together, one step at a time.
+
+mlx-lm's `BatchGenerator` does the batching: it decodes every running sequence in one
+forward pass per step, and between steps prefills new prompts a chunk at a time
+(`prefill_step` tokens), so a long prompt never stalls the streams already decoding for
+its whole prefill. Each sequence keeps its own sampler (a seeded one draws from its own
+key), logits processors (penalties, bias, a JSON schema's matcher) and stop tokens.
+
+What this scheduler adds around it:
+- admission: at most `batch_size` sequences run; the rest wait in arrival order, and a
+  sequence starts only while the keys and values of those running (and the prompt
+  cache) fit the tokens of KV memory placement planned;
+- the prompt cache: a prompt starts from the longest cached prefix of it, and every
+  reply's cache is kept for the next turn (`prompt_cache.py`);
+- each request's text: detokenizing, stop strings, log-probabilities (`reply.py`);
+- failures: a request whose logits processor fails ends alone with an error; a forward
+  pass that fails ends every running request and starts a fresh generator.
+
+Pure of I/O: the runner feeds it requests and cancels, calls `step` while it is busy
+and sends what comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from attrs import define, field
+from mlx_lm.generate import BatchGenerator, StopSequences
+
+from exo.engine import protocol, sampling
+from exo.engine.mlx_engine import MlxEngine, Prepared
+from exo.engine.prompt_cache import PromptCache
+from exo.engine.reply import Reply
+
+log = logging.getLogger("exo.engine.batching")
+
+Out = protocol.TokenOut | protocol.Finished | protocol.RequestError
+
+# Prompts prefilled together in one chunk (each padded to the longest of them).
+PREFILL_BATCH = 8
+
+
+@define
+class _Sequence:
+    prepared: Prepared
+    processors: list[sampling.LogitsProcessor]
+    reply: Reply
+    detokenizer: Any
+    uid: int = -1
+    cached_tokens: int = 0
+    error: str | None = None
+    done: bool = field(default=False)
+
+    @property
+    def request_id(self) -> str:
+        return self.prepared.request_id
+
+    @property
+    def tokens(self) -> int:
+        """Tokens this sequence holds keys and values for (about: the prompt and reply)."""
+        return len(self.prepared.prompt) + self.reply.completion_tokens
+
+
+class BatchScheduler:
+    """The requests of one runner holding a whole model, decoded in batches."""
+
+    def __init__(
+        self,
+        engine: MlxEngine,
+        *,
+        batch_size: int,
+        prefill_step: int,
+        kv_budget_tokens: int,
+        prompt_cache: bool = True,
+    ) -> None:
+        self._engine = engine
+        self._batch_size = batch_size
+        self._prefill_step = prefill_step
+        self._kv_budget = kv_budget_tokens
+        eos = sorted(int(t) for t in engine.tokenizer.eos_token_ids)
+        self._stop_at_eos = StopSequences([[t] for t in eos])
+        self._no_stops = StopSequences()
+        self._generator = self._new_generator()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: dict[int, _Sequence] = {}
+        self.cache = PromptCache(kv_budget_tokens) if prompt_cache else None
+
+    def _new_generator(self) -> BatchGenerator:
+        return BatchGenerator(
+            self._engine.model,
+            completion_batch_size=self._batch_size,
+            prefill_batch_size=min(self._batch_size, PREFILL_BATCH),
+            prefill_step_size=self._prefill_step,
+        )
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, request: protocol.GenerateRequest) -> list[Out]:
+        """Queue a request. Bad parameters and over-long prompts raise ValueError here;
+        a count-only request (`max_tokens` 0) is answered at once."""
+        prepared = self._engine.prepare(request)
+        if prepared.max_tokens == 0:
+            return [protocol.Finished(request.request_id, "length", len(prepared.prompt), 0)]
+        processors = self._engine.processors(prepared)
+        sequence = _Sequence(
+            prepared,
+            processors,
+            Reply(request.request_id, prepared.params.stop),
+            self._engine.tokenizer.detokenizer,
+        )
+        self._waiting.append(sequence)
+        return []
+
+    def cancel(self, request_id: str) -> list[Out]:
+        """End a request wherever it is: waiting, it finishes with nothing; running, with
+        what it generated so far. Unknown ids (already ended) are ignored."""
+        for sequence in self._waiting:
+            if sequence.request_id == request_id:
+                self._waiting.remove(sequence)
+                return [protocol.Finished(request_id, "cancelled", 0, 0)]
+        for sequence in self._running.values():
+            if sequence.request_id == request_id:
+                self._stop([sequence])
+                return self._finish(sequence, "cancelled")
+        return []
+
+    def cancel_all(self) -> list[Out]:
+        out: list[Out] = []
+        for request_id in [s.request_id for s in self._waiting] + [
+            s.request_id for s in self._running.values()
+        ]:
+            out.extend(self.cancel(request_id))
+        return out
+
+    def step(self) -> list[Out]:
+        """Start what fits, then one decode step of every running sequence and one
+        prefill chunk of those starting; the messages that step produced."""
+        self._admit()
+        if not self._running:
+            return []
+        try:
+            _, responses = self._generator.next()
+        except Exception as exc:
+            return self._fail_all(exc)
+        out: list[Out] = []
+        for response in responses:
+            sequence = self._running.get(response.uid)
+            if sequence is not None and not sequence.done:
+                out.extend(self._on_token(sequence, response))
+        out.extend(self._end_failed())
+        return out
+
+    # -- admission -----------------------------------------------------------------
+
+    def _admit(self) -> None:
+        in_use = sum(s.tokens for s in self._running.values())
+        while self._waiting and len(self._running) < self._batch_size:
+            sequence = self._waiting[0]
+            size = len(sequence.prepared.prompt)
+            if self._running and in_use + size > self._kv_budget:
+                break  # it waits until running sequences free their memory
+            self._waiting.popleft()
+            in_use += size
+            if self.cache is not None:
+                self.cache.trim(in_use)
+            self._start(sequence)
+
+    def _start(self, sequence: _Sequence) -> None:
+        prepared = sequence.prepared
+        prompt = prepared.prompt
+        cache, cached = self.cache.take(prompt) if self.cache is not None else (None, 0)
+        sequence.cached_tokens = cached
+        (uid,) = self._generator.insert(
+            [prompt[cached:]],
+            max_tokens=[prepared.max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[prompt[:cached]],
+            samplers=[sampling.sampler_for(prepared.params)],
+            logits_processors=[[self._guarded(sequence)]] if sequence.processors else None,
+            stop_sequences=[self._no_stops if prepared.params.ignore_eos else self._stop_at_eos],
+        )
+        sequence.uid = uid
+        self._running[uid] = sequence
+
+    def _guarded(self, sequence: _Sequence) -> sampling.LogitsProcessor:
+        """The sequence's processors as one, whose failure ends only this sequence."""
+
+        def process(tokens: Any, logits: Any) -> Any:
+            if sequence.error is not None:
+                return logits
+            try:
+                for processor in sequence.processors:
+                    logits = processor(tokens, logits)
+            except Exception as exc:
+                log.error("request %s: logits processor failed: %r", sequence.request_id, exc)
+                sequence.error = f"engine error: {type(exc).__name__}: {exc}"
+            return logits
+
+        return process
+
+    # -- tokens --------------------------------------------------------------------
+
+    def _on_token(self, sequence: _Sequence, response: Any) -> list[Out]:
+        params = sequence.prepared.params
+        detokenizer = sequence.detokenizer
+        at_eos = response.finish_reason == "stop"
+        if not at_eos:
+            detokenizer.add_token(response.token)
+        if response.finish_reason is not None:
+            detokenizer.finalize()
+        logprob = (
+            sampling.token_logprob(
+                self._engine.tokenizer, response.logprobs, response.token, params.logprobs
+            )
+            if params.logprobs is not None and not at_eos
+            else None
+        )
+        reply = sequence.reply
+        out: list[Out] = []
+        piece = reply.add(detokenizer.last_segment, None if at_eos else response.token, logprob)
+        if piece is not None:
+            out.append(piece)
+        if response.finish_reason is not None:
+            self._keep_cache(response.all_tokens, response.prompt_cache)
+            del self._running[sequence.uid]
+            out.extend(self._finish(sequence, "stop" if at_eos else "length"))
+        elif reply.matched is not None:
+            self._stop([sequence])
+            out.extend(self._finish(sequence, "stop"))
+        return out
+
+    def _finish(self, sequence: _Sequence, reason: protocol.FinishReason) -> list[Out]:
+        sequence.done = True
+        return list(
+            sequence.reply.finish(reason, len(sequence.prepared.prompt), sequence.cached_tokens)
+        )
+
+    def _stop(self, sequences: Iterable[_Sequence]) -> None:
+        """Take running sequences out of the batch, keeping their caches."""
+        uids = [s.uid for s in sequences]
+        caches = self._generator.remove(uids, return_prompt_caches=self.cache is not None)
+        for cache, tokens in caches.values():
+            self._keep_cache(tokens, cache)
+        for uid in uids:
+            self._running.pop(uid, None)
+
+    def _keep_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        if self.cache is not None and tokens and cache:
+            self.cache.keep(tokens, cache)
+
+    # -- failures ------------------------------------------------------------------
+
+    def _end_failed(self) -> list[Out]:
+        failed = [s for s in self._running.values() if s.error is not None]
+        if not failed:
+            return []
+        self._generator.remove([s.uid for s in failed])
+        out: list[Out] = []
+        for sequence in failed:
+            del self._running[sequence.uid]
+            sequence.done = True
+            assert sequence.error is not None
+            out.append(protocol.RequestError(sequence.request_id, sequence.error, failed=True))
+        return out
+
+    def _fail_all(self, exc: Exception) -> list[Out]:
+        log.exception("a batch step failed; ending its %d requests", len(self._running))
+        message = f"engine error: {type(exc).__name__}: {exc}"
+        out: list[Out] = [
+            protocol.RequestError(s.request_id, message, failed=True)
+            for s in self._running.values()
+        ]
+        self._running.clear()
+        self._generator.close()
+        self._generator = self._new_generator()
+        return out
