@@ -1,5 +1,5 @@
 """The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log,
-`exo models` manages the hub models in this machine's cache."""
+`exo models` manages the hub models in this machine's cache, `exo bench` measures a node."""
 
 from __future__ import annotations
 
@@ -24,14 +24,22 @@ def _home(value: str | None) -> Path:
     return Path(value or os.environ.get("EXO_HOME") or DEFAULT_HOME).expanduser()
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a number of at least {least}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         "--ready-timeout", type=float, default=300.0, help="seconds a request waits for its model"
     )
     node.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="sequences each runner decodes together (default %(default)s)",
+    )
+    node.add_argument(
+        "--queue-limit",
+        type=_non_negative_int,
+        default=32,
+        metavar="M",
+        help="requests waiting per instance beyond the batch; more get 429 (default %(default)s)",
+    )
+    node.add_argument(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
@@ -155,12 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     from exo import models_cli
 
     models_cli.add_parser(sub)
+    from exo.bench import cli as bench_cli
+
+    bench_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "node":
         return _node(args)
     if args.command == "models":
         return models_cli.run(args)
+    if args.command == "bench":
+        return bench_cli.run(args)
     return _replay(args)
 
 
@@ -170,6 +197,7 @@ def _node(args: argparse.Namespace) -> int:
     from exo.actors.environment import RealEnvironment
     from exo.actors.network import ControlTimings
     from exo.actors.node import NodeConfig, run_node
+    from exo.actors.runner_handle import ServingLimits
     from exo.actors.runtime import CrashLoop, leaves
     from exo.events.log import LogCorrupted
     from exo.logs import configure_logging
@@ -194,6 +222,7 @@ def _node(args: argparse.Namespace) -> int:
         ring_port=args.ring_port,
         preload=() if args.no_worker else preload,
         archive_log=args.archive_log,
+        serving=ServingLimits(args.batch_size, args.queue_limit),
         timings=evolve(
             ControlTimings(),
             snapshot_every=args.snapshot_every,

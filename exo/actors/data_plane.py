@@ -32,7 +32,7 @@ from exo.actors.wire import (
     RelayRequest,
     RelayToken,
 )
-from exo.api.backend import BackendError, Chunk, GenerationFailed, InvalidRequest
+from exo.api.backend import BackendError, Chunk, GenerationFailed, InvalidRequest, Overloaded
 from exo.engine.protocol import Finished, GenerateRequest, TokenOut
 from exo.events.ids import InstanceId, NodeId
 from exo.events.state import State
@@ -103,9 +103,8 @@ class DataPlane:
                         self._route(peer, request_id, message)
                     case RelayFinished(finished=finished):
                         self._route(peer, finished.request_id, finished)
-                    case RelayFailed(request_id=rid, message=text, invalid=invalid):
-                        error = InvalidRequest(text) if invalid else GenerationFailed(text)
-                        self._route(peer, rid, error)
+                    case RelayFailed():
+                        self._route(peer, message.request_id, relayed_error(message))
 
     async def _watch_state(self) -> None:
         while True:
@@ -212,7 +211,18 @@ class DataPlane:
                     await self._links.send_data(peer, relayed)
         except BackendError as exc:
             invalid = isinstance(exc, InvalidRequest)
-            await self._links.send_data(peer, RelayFailed(request_id, exc.message, invalid))
+            retry_after = exc.retry_after if isinstance(exc, Overloaded) else None
+            failed = RelayFailed(request_id, exc.message, invalid, retry_after)
+            await self._links.send_data(peer, failed)
+
+
+def relayed_error(failed: RelayFailed) -> BackendError:
+    """The error a serving node reported, as the API node raises it to its client."""
+    if failed.retry_after is not None:
+        return Overloaded(failed.message, failed.retry_after)
+    if failed.invalid:
+        return InvalidRequest(failed.message)
+    return GenerationFailed(failed.message)
 
 
 class _StreamTest(Protocol):

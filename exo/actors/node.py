@@ -30,6 +30,7 @@ from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.request_tally import RequestTallies, run_request_reports
+from exo.actors.runner_handle import ServingLimits
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
@@ -78,6 +79,8 @@ class NodeConfig:
     worker: bool = True
     # First port offered to the MLX rings of multi-node instances (see placement).
     ring_port: int = 31700
+    # Sequences each runner decodes together, and requests waiting beyond them.
+    serving: ServingLimits = field(factory=ServingLimits)
     # Keep the records compaction cuts off the log in HOME/events.archive (exo replay
     # --archive replays the whole history from it).
     archive_log: bool = False
@@ -180,7 +183,7 @@ async def run_node(
     async def describe_local(name: str, path: str) -> ModelCard:
         return await env.run_blocking(lambda: model_store.describe_directory(Path(path), name))
 
-    runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir)
+    runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir, config.serving)
     if links is not None:
         data_plane = DataPlane(node_id, replica, runners, links)
         links.on_link_lost = _both(

@@ -3,6 +3,12 @@ requests to it and their tokens back, report its status, and restart it when it 
 
 A runner that dies fails every request in flight at once (its stdout closes), so no
 client waits on a dead process.
+
+Admission happens here, where the requests of the runner are counted: a runner decodes
+`batch_size` sequences together (one for a distributed instance) and queues up to
+`queue_limit` more; a request beyond that is refused at once with `Overloaded` (429 and
+`Retry-After`, estimated from how long requests have been taking), never queued without
+bound.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 
 import trio
+from attrs import frozen
 
 from exo.actors.environment import ChildProcess, Environment
-from exo.api.backend import Chunk, GenerationFailed, InvalidRequest, Unavailable
+from exo.api.backend import Chunk, GenerationFailed, InvalidRequest, Overloaded, Unavailable
 from exo.engine import protocol
 from exo.engine.blas import runner_env
 from exo.events.codec import CodecError, decode, encode
@@ -32,6 +39,22 @@ STDERR_TAIL_LINES = 40
 MAX_RESTART_BACKOFF = 30.0
 # How the status of a runner that could not load its model begins (requests stop waiting).
 LOAD_FAILED = "runner could not start"
+# Weight of the newest request in the running mean of request durations (Retry-After).
+DURATION_WEIGHT = 0.2
+# Bounds of the Retry-After an overloaded runner suggests, in seconds.
+RETRY_AFTER_RANGE = (1.0, 60.0)
+
+
+@frozen
+class ServingLimits:
+    """How many requests a runner serves at once and how many more wait (exo node
+    --batch-size, --queue-limit)."""
+
+    batch_size: int = 8
+    queue_limit: int = 32
+
+
+DEFAULT_LIMITS = ServingLimits()
 
 
 class _RunnerGone:
@@ -50,9 +73,14 @@ class RunnerHandle:
         shard: Shard,
         model_dir: Path,
         report: Callable[[RunnerStatus], None],
+        limits: ServingLimits = DEFAULT_LIMITS,
+        kv_budget_tokens: int | None = None,
     ) -> None:
         self.instance = instance
         self.shard = shard
+        self.limits = limits
+        self._kv_budget_tokens = kv_budget_tokens
+        self._mean_seconds: float | None = None
         self._env = env
         self._model_dir = model_dir
         self._report = report
@@ -68,6 +96,28 @@ class RunnerHandle:
     def ready(self) -> bool:
         """Loaded and taking requests (idle or already running some)."""
         return self.status.phase in ("ready", "running")
+
+    @property
+    def concurrency(self) -> int:
+        """Sequences the runner decodes at once: a distributed instance runs one."""
+        return 1 if self.instance.ring else self.limits.batch_size
+
+    @property
+    def capacity(self) -> int:
+        """Requests taken at most: those decoding and those waiting their turn."""
+        return self.concurrency + self.limits.queue_limit
+
+    def retry_after(self) -> float:
+        """Seconds until a slot is likely free: the waiting requests' turns at the mean
+        duration of the requests served so far."""
+        mean = self._mean_seconds if self._mean_seconds is not None else 1.0
+        waiting = max(0, len(self._inflight) - self.concurrency) + 1
+        low, high = RETRY_AFTER_RANGE
+        return min(high, max(low, mean * waiting / self.concurrency))
+
+    def _took(self, seconds: float) -> None:
+        mean = self._mean_seconds
+        self._mean_seconds = seconds if mean is None else mean + DURATION_WEIGHT * (seconds - mean)
 
     @property
     def in_flight(self) -> int:
@@ -119,6 +169,8 @@ class RunnerHandle:
                         self.instance.strategy,
                         self.instance.context_length,
                         self.shard.keep_quantized,
+                        self.limits.batch_size,
+                        self._kv_budget_tokens,
                     )
                 )
                 reason = await self._pump_stdout(process)
@@ -207,13 +259,21 @@ class RunnerHandle:
         """Run `request` on this runner; leaving early cancels it there."""
         if not self.ready:
             raise Unavailable(f"runner for {self.instance.model} is {self.status.phase}")
+        if len(self._inflight) >= self.capacity:
+            raise Overloaded(
+                f"{self.instance.model} is serving {self.concurrency} requests with "
+                f"{self.limits.queue_limit} more waiting on this node; retry later",
+                self.retry_after(),
+            )
         send, receive = trio.open_memory_channel[Routed](math.inf)
         request_id = request.request_id
         self._inflight[request_id] = send
+        started = self._env.now()
         try:
             await self._write(protocol.Generate(request))
             yield _chunks(receive)
         finally:
+            self._took(self._env.now() - started)
             if self._inflight.pop(request_id, None) is not None:
                 with (
                     trio.CancelScope(shield=True),

@@ -13,12 +13,14 @@ from attrs import frozen
 
 from exo.actors.command_client import CommandClient
 from exo.actors.environment import Environment
+from exo.actors.placement import planned_context
 from exo.actors.replica import Replica
-from exo.actors.runner_handle import RunnerHandle
+from exo.actors.runner_handle import DEFAULT_LIMITS, RunnerHandle, ServingLimits
 from exo.events.commands import ReportRunnerStatus
 from exo.events.facts import Instance, RunnerStatus, Shard
 from exo.events.ids import InstanceId, ModelId, NodeId
 from exo.events.state import State
+from exo.models.cards import card_for
 
 log = logging.getLogger("exo.runners")
 
@@ -63,8 +65,10 @@ class RunnerSupervisor:
         replica: Replica,
         commands: CommandClient,
         model_dir: Callable[[ModelId], Path],
+        limits: ServingLimits = DEFAULT_LIMITS,
     ) -> None:
         self._node_id = node_id
+        self._limits = limits
         self._env = env
         self._replica = replica
         self._commands = commands
@@ -101,7 +105,18 @@ class RunnerSupervisor:
         def report(status: RunnerStatus) -> None:
             self._report(instance_id, status)
 
-        handle = RunnerHandle(self._env, instance, shard, self._model_dir(instance.model), report)
+        card = card_for(instance.model, self._replica.state.models)
+        # The runner's sequences and prompt cache share the KV memory placement planned.
+        budget = planned_context(card, instance.context_length) if card is not None else None
+        handle = RunnerHandle(
+            self._env,
+            instance,
+            shard,
+            self._model_dir(instance.model),
+            report,
+            self._limits,
+            budget,
+        )
         with trio.CancelScope() as scope:
             self.handles[instance_id] = handle
             self._scopes[instance_id] = scope

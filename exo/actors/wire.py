@@ -139,6 +139,8 @@ class RelayFailed:
     request_id: str
     message: str
     invalid: bool
+    # Set when the instance was overloaded: seconds to wait before retrying (429).
+    retry_after: float | None = None
 
 
 @frozen

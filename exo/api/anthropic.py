@@ -89,7 +89,7 @@ def anthropic_error(
 
 
 def backend_error(error: BackendError) -> TrioResponse:
-    return anthropic_error(error.status, error.message)
+    return anthropic_error(error.status, error.message, error.headers)
 
 
 def anthropic_http_error(error: HTTPException, message: str | None = None) -> TrioResponse:
@@ -123,9 +123,16 @@ def stop_reason(finished: Finished, called: bool = False) -> str:
 
 
 def _usage(finished: Finished | None) -> dict[str, int]:
+    """Anthropic counts the prompt tokens read from the cache apart from `input_tokens`."""
     if finished is None:
-        return {"input_tokens": 0, "output_tokens": 0}
-    return {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens}
+        finished = Finished("", "length", 0, 0)
+    cached = finished.cached_tokens
+    return {
+        "input_tokens": finished.prompt_tokens - cached,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": finished.completion_tokens,
+    }
 
 
 def _end(finished: Finished | None, called: bool = False) -> dict[str, Any]:
@@ -325,10 +332,14 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
             return backend_error(found)
         if chat.stream:
             form = MessagesSseFormat(chat)
+            body = GenerationStream(
+                backend, prompt.model, prompt.messages, chat.params, form, prompt.offered_tools
+            )
+            early = await body.begin()
+            if early is not None:
+                return backend_error(early)
             return TrioResponse(
-                GenerationStream(
-                    backend, prompt.model, prompt.messages, chat.params, form, prompt.offered_tools
-                ),
+                body,
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

@@ -5,6 +5,7 @@ Production passes the node's `ApiBackend` (exo/actors/api_host.py); tests may pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -27,6 +28,11 @@ class BackendError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries (`Retry-After` for an overload)."""
+        return {}
 
 
 class InvalidRequest(BackendError):
@@ -72,6 +78,22 @@ class Unavailable(BackendError):
 
     status = 503
     kind = "unavailable_error"
+
+
+class Overloaded(BackendError):
+    """Every sequence of the instance is taken and its queue is full: try again later."""
+
+    status = 429
+    kind = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class GenerationFailed(BackendError):

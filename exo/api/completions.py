@@ -1,7 +1,9 @@
 """OpenAI's legacy `POST /v1/completions`: raw text in, text out, no chat template.
 
 Clients still use it for plain continuation and fill-in tools. The prompt goes to the
-model as it is (`GenerateRequest.text`). As at OpenAI, `max_tokens` defaults to 16 here.
+model as it is (`GenerateRequest.text`). As at OpenAI, `max_tokens` defaults to 16 here,
+and 0 is allowed: the prompt is counted (`usage.prompt_tokens`) and nothing generated,
+which is how `exo bench` sizes a prompt to the token without paying for a prefill.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from exo.api.openai import (
 )
 from exo.api.openai_params import parse_sampling
 from exo.api.streaming import GenerationStream, whole_generation
-from exo.api.validation import decode_json_body, invalid, is_int, optional_positive_int
+from exo.api.validation import decode_json_body, invalid, is_int
 from exo.engine.protocol import Finished, SamplingParams, TokenOut
 
 DEFAULT_MAX_TOKENS = 16
@@ -61,6 +63,17 @@ def _parse_prompt(value: object) -> str:
     return value
 
 
+def _parse_max_tokens(body: dict[str, Any]) -> int:
+    value = body.get("max_tokens")
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    if not is_int(value) or value < 0:
+        raise invalid(
+            f"'max_tokens' must be an integer of at least 0; got {value!r}.", "max_tokens"
+        )
+    return value
+
+
 def parse_completion_request(body: object) -> CompletionRequest:
     """Validate a decoded completions body; raises InvalidRequest naming the field."""
     if not isinstance(body, dict):
@@ -68,7 +81,7 @@ def parse_completion_request(body: object) -> CompletionRequest:
     model = parse_model(body)
     prompt = _parse_prompt(body.get("prompt"))
     sampling = parse_sampling(body)
-    max_tokens = optional_positive_int(body, "max_tokens")
+    max_tokens = _parse_max_tokens(body)
     stream, include_usage = parse_stream(body)
     logprobs = body.get("logprobs")
     if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= MAX_LEGACY_LOGPROBS):
@@ -82,7 +95,7 @@ def parse_completion_request(body: object) -> CompletionRequest:
         raise invalid(f"Only best_of=1 is supported; got {best_of!r}.", "best_of")
     params = evolve(
         sampling,
-        max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+        max_tokens=max_tokens,
         logprobs=logprobs,
     )
     return CompletionRequest(model, prompt, params, stream, include_usage)
@@ -155,15 +168,19 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
         if isinstance(found, BackendError):
             return backend_error_response(found)
         if completion.stream:
+            body = GenerationStream(
+                backend,
+                completion.model,
+                (),
+                completion.params,
+                CompletionSse(completion),
+                text=completion.prompt,
+            )
+            early = await body.begin()
+            if early is not None:
+                return backend_error_response(early)
             return TrioResponse(
-                GenerationStream(
-                    backend,
-                    completion.model,
-                    (),
-                    completion.params,
-                    CompletionSse(completion),
-                    text=completion.prompt,
-                ),
+                body,
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

@@ -78,7 +78,7 @@ def backend_error_payload(error: BackendError) -> dict[str, Any]:
 
 
 def backend_error_response(error: BackendError) -> TrioResponse:
-    return json_response(backend_error_payload(error), error.status)
+    return json_response(backend_error_payload(error), error.status, error.headers)
 
 
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request."

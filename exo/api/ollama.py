@@ -75,12 +75,14 @@ class OllamaRequest:
     text: str | None = None  # a `raw` generate prompt: no chat template
 
 
-def ollama_error(status: int, message: str) -> TrioResponse:
-    return json_response({"error": message}, status)
+def ollama_error(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> TrioResponse:
+    return json_response({"error": message}, status, headers)
 
 
 def backend_error(error: BackendError) -> TrioResponse:
-    return ollama_error(error.status, error.message)
+    return ollama_error(error.status, error.message, error.headers)
 
 
 def _keep_alive_until() -> str:
@@ -238,7 +240,8 @@ def _stats(finished: Finished, started: float) -> dict[str, Any]:
         "done_reason": finished.finish_reason,
         "total_duration": elapsed,
         "load_duration": 0,
-        "prompt_eval_count": finished.prompt_tokens,
+        # Ollama counts the prompt tokens it evaluated: those the prompt cache lacked.
+        "prompt_eval_count": finished.prompt_tokens - finished.cached_tokens,
         "eval_count": finished.completion_tokens,
         "eval_duration": elapsed,
     }
@@ -392,8 +395,12 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         request_args = (backend, card.model_id, messages, asked.params)
         if asked.stream:
             form = NdjsonFormat(model, chat, asked.tools)
+            body = GenerationStream(*request_args, form, asked.tools, asked.text)
+            early = await body.begin()
+            if early is not None:
+                return backend_error(early)
             return TrioResponse(
-                GenerationStream(*request_args, form, asked.tools, asked.text),
+                body,
                 status=200,
                 content_type=NDJSON_CONTENT_TYPE,
             )

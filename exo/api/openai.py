@@ -285,11 +285,12 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def usage(finished: Finished) -> dict[str, int]:
+def usage(finished: Finished) -> dict[str, Any]:
     return {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
     }
 
 
@@ -479,15 +480,14 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             return backend_error_response(found)
 
         if chat.stream:
+            body = GenerationStream(
+                backend, chat.model, chat.messages, chat.params, SseFormat(chat), chat.offered_tools
+            )
+            early = await body.begin()
+            if early is not None:
+                return backend_error_response(early)
             return TrioResponse(
-                GenerationStream(
-                    backend,
-                    chat.model,
-                    chat.messages,
-                    chat.params,
-                    SseFormat(chat),
-                    chat.offered_tools,
-                ),
+                body,
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

@@ -1,7 +1,8 @@
 """The sampling fields OpenAI's chat and completion requests share, validated once.
 
 Ranges follow OpenAI's documentation; `top_k`, `min_p` and `repetition_penalty` are the
-extensions vLLM and llama.cpp accept, so clients written for those work too.
+extensions vLLM and llama.cpp accept, so clients written for those work too, as is vLLM's
+`ignore_eos`, which benchmarks (`exo bench`) need to generate exactly `max_tokens`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def _logit_bias(body: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(entries))
 
 
+def _ignore_eos(body: Mapping[str, Any]) -> bool:
+    value = body.get("ignore_eos")
+    if value is not None and not isinstance(value, bool):
+        raise invalid(f"'ignore_eos' must be a boolean; got {value!r}.", "ignore_eos")
+    return bool(value)
+
+
 def parse_n(body: Mapping[str, Any]) -> None:
     n = body.get("n")
     if n is not None and (not is_int(n) or n != 1):
@@ -71,7 +79,8 @@ def parse_n(body: Mapping[str, Any]) -> None:
 
 
 def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
-    """Temperature, nucleus/top-k/min-p, penalties, logit bias, seed and stop strings."""
+    """Temperature, nucleus/top-k/min-p, penalties, logit bias, seed, stop strings and
+    `ignore_eos`."""
     temperature = optional_number(body, "temperature", 0.0, 2.0)
     top_p = optional_number(body, "top_p", 0.0, 1.0, low_open=True)
     min_p = optional_number(body, "min_p", 0.0, 1.0)
@@ -90,6 +99,7 @@ def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
         frequency_penalty=frequency or 0.0,
         repetition_penalty=None if repetition in (None, 1.0) else repetition,
         logit_bias=_logit_bias(body),
+        ignore_eos=_ignore_eos(body),
     )
 
 

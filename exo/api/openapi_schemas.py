@@ -180,6 +180,9 @@ def openai_sampling() -> dict[str, Schema]:
             }
         ),
         "max_tokens": nullable(integer(1)),
+        "ignore_eos": nullable(
+            described(BOOLEAN, "vLLM's extension: generate past the end of sequence.")
+        ),
         "stream": nullable(BOOLEAN),
         "stream_options": nullable(obj({"include_usage": nullable(BOOLEAN)})),
     }
@@ -276,7 +279,9 @@ def completion_request() -> Schema:
     fields = {
         **openai_sampling(),
         "prompt": {"anyOf": [NON_EMPTY, array(NON_EMPTY, minItems=1, maxItems=1)]},
-        "max_tokens": nullable(described(integer(1), "Default 16.")),
+        "max_tokens": nullable(
+            described(integer(0), "Default 16; 0 counts the prompt and generates nothing.")
+        ),
         "logprobs": nullable(integer(0, completions.MAX_LEGACY_LOGPROBS)),
         "echo": refused(enum(False, None), "echo is not supported"),
         "suffix": refused(enum("", None), "fill in the middle is not supported"),
@@ -285,7 +290,14 @@ def completion_request() -> Schema:
     return {**obj(fields, "model", "prompt"), "allOf": [only_when("stream_options", "stream")]}
 
 
-USAGE = record({"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": COUNT})
+USAGE = record(
+    {
+        "prompt_tokens": COUNT,
+        "completion_tokens": COUNT,
+        "total_tokens": COUNT,
+        "prompt_tokens_details": record({"cached_tokens": COUNT}),
+    }
+)
 CHAT_FINISH = enum("stop", "length", "tool_calls")
 
 
@@ -619,7 +631,14 @@ def anthropic_message() -> Schema:
             "content": array({"anyOf": [text_part("text"), anthropic_tool_use()]}),
             "stop_reason": enum("end_turn", "stop_sequence", "max_tokens", "tool_use"),
             "stop_sequence": nullable(STRING),
-            "usage": record({"input_tokens": COUNT, "output_tokens": COUNT}),
+            "usage": record(
+                {
+                    "input_tokens": COUNT,
+                    "cache_creation_input_tokens": COUNT,
+                    "cache_read_input_tokens": COUNT,
+                    "output_tokens": COUNT,
+                }
+            ),
         }
     )
 

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 def _usage(finished: Finished) -> dict[str, Any]:
     return {
         "input_tokens": finished.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": finished.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": finished.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
@@ -295,8 +295,12 @@ def register_responses(app: QuartTrio, backend: Backend) -> None:
         form = ResponsesFormat(parsed)
         generation = (backend, parsed.model, parsed.messages, parsed.params)
         if parsed.stream:
+            body = GenerationStream(*generation, form, parsed.offered_tools)
+            early = await body.begin()
+            if early is not None:
+                return backend_error_response(early)
             return TrioResponse(
-                GenerationStream(*generation, form, parsed.offered_tools),
+                body,
                 status=200,
                 headers=SSE_HEADERS,
                 content_type=SSE_CONTENT_TYPE,

@@ -13,8 +13,15 @@ task in it fails, the cancellation lands in quart's code, outside the generator.
 client goes away, quart-trio cancels the request task: the Cancelled leaves through
 `__aexit__` (or `_pull`), which cancels the generation on the runner straight away.
 
-Errors (on entry or mid-stream) become the format's error bytes: the 200 status and
-headers are already on the wire by then.
+A route first calls `begin`, which enters the generation and waits for its first chunk:
+a failure before any token (an overloaded instance, a prompt too long for the context,
+no instance ready in time) is then answered with its own HTTP status and headers
+(429 with `Retry-After`, 400, 503) in the dialect's error shape, as clients expect of a
+request that was never accepted. Errors after that become the format's error bytes:
+the 200 status and headers are on the wire by then. Entering in the route and leaving in
+the body is safe because the backend keeps no cancel scope open across its yield; a
+stream whose body is never entered (the client left in between) is closed by Trio's
+async-generator finalizer, which cancels the request on the runner.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from attrs import frozen
 from quart.wrappers.response import ResponseBody
 
 from exo.api.backend import Backend, BackendError, Chunk, GenerationFailed
+from exo.api.errors import as_backend_error
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 
 UNFINISHED = "The generation ended without finishing."
@@ -103,15 +111,38 @@ class GenerationStream(ResponseBody):
         self._chunks: AsyncIterator[Chunk] | None = None
         self._pending: deque[bytes] = deque(form.start())
         self._ended = False
+        self._begun = False
+        # The backend error that ended the stream, when it came before any token.
+        self._early_error: BackendError | None = None
+        self._tokens = 0
 
-    async def __aenter__(self) -> GenerationStream:
+    async def begin(self) -> BackendError | None:
+        """Enter the generation and wait for its first chunk. A backend error before any
+        token is returned (and the stream is spent) for the route to answer with its
+        status; anything later streams as the format's error bytes."""
+        self._begun = True
         try:
             generation = self._backend.generate(*self._request)
             self._chunks = await generation.__aenter__()
+        except BackendError as error:
+            self._ended = True
+            return error
         except Exception as error:
             self._end_with_error(error)
-        else:
-            self._generation = generation
+            return None
+        self._generation = generation
+        started = len(self._pending)
+        await self._pull()
+        early = self._early_error
+        if early is not None and len(self._pending) > started:
+            # Nothing was sent yet: the error gets its own status instead of these bytes.
+            self._pending.clear()
+            return early
+        return None
+
+    async def __aenter__(self) -> GenerationStream:
+        if not self._begun:
+            await self.begin()
         return self
 
     async def __aexit__(
@@ -167,6 +198,7 @@ class GenerationStream(ResponseBody):
             self._end_with_error(error)
             return
         if isinstance(item, TokenOut):
+            self._tokens += 1
             self._pending.extend(self._form.token(item))
             return
         try:
@@ -179,5 +211,8 @@ class GenerationStream(ResponseBody):
         self._ended = True
 
     def _end_with_error(self, error: Exception) -> None:
+        known = as_backend_error(error)
+        if known is not None and self._tokens == 0:
+            self._early_error = known
         self._pending.extend(self._form.error(error))
         self._ended = True

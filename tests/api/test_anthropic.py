@@ -134,14 +134,15 @@ async def test_raw_stream_events_come_in_the_documented_order() -> None:
     ]
     start = events[0][1]["message"]
     assert start["content"] == [] and start["stop_reason"] is None
-    assert start["usage"] == {"input_tokens": 0, "output_tokens": 0}  # not known yet
+    nothing_cached = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert start["usage"] == {"input_tokens": 0, "output_tokens": 0, **nothing_cached}
     assert events[1][1]["content_block"] == {"type": "text", "text": ""}
     assert [data["delta"] for _, data in events[3:5]] == [
         {"type": "text_delta", "text": "Hel"},
         {"type": "text_delta", "text": "lo"},
     ]
     assert events[6][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
-    assert events[6][1]["usage"] == {"input_tokens": 4, "output_tokens": 2}
+    assert events[6][1]["usage"] == {"input_tokens": 4, "output_tokens": 2, **nothing_cached}
 
 
 async def test_system_prompts_and_turns_reach_the_backend_in_order() -> None:

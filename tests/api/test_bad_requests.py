@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from exo.api.app import MAX_REQUEST_BYTES
-from exo.api.backend import BackendError, Unavailable, UnknownModel
+from exo.api.backend import BackendError, Overloaded, Unavailable, UnknownModel
 
 from .fakes import MODEL, FakeBackend, tokens
 from .helpers import NODE_LABEL, assert_error_shape, host_port, raw_exchange, running
@@ -101,6 +101,8 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
         body(stream=True, stream_options={"include_usage": "yes"}),
         "stream_options.include_usage",
     ),
+    ("ignore-eos-string", body(ignore_eos="true"), "ignore_eos"),
+    ("ignore-eos-number", body(ignore_eos=1), "ignore_eos"),
     ("top-k-negative", body(top_k=-2), "top_k"),
     ("top-k-float", body(top_k=1.5), "top_k"),
     ("min-p-too-high", body(min_p=1.5), "min_p"),
@@ -295,6 +297,45 @@ async def test_backend_entry_error_maps_to_status(
             response = await client.post(CHAT, content=body())
     assert response.status_code == status
     assert_error_shape(response.json(), type=type_, param=param, code=code)
+
+
+# One request per route and dialect, streamed and not, each asking for the model.
+OVERLOAD_ROUTES = [
+    ("chat", CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ("completions", "/v1/completions", {"model": MODEL, "prompt": "hi"}),
+    ("responses", "/v1/responses", {"model": MODEL, "input": "hi"}),
+    (
+        "anthropic",
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    ("ollama", "/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(
+    ("path", "request_body"), [r[1:] for r in OVERLOAD_ROUTES], ids=[r[0] for r in OVERLOAD_ROUTES]
+)
+async def test_an_overloaded_instance_is_429_with_retry_after_in_every_dialect(
+    path: str, request_body: dict[str, Any], stream: bool
+) -> None:
+    backend = FakeBackend(tokens("x"), entry_error=Overloaded("every slot is taken", 7.2))
+    with trio.fail_after(10):
+        async with running(backend) as url, httpx.AsyncClient(base_url=url) as client:
+            response = await client.post(path, json={**request_body, "stream": stream})
+    assert response.status_code == 429, response.text
+    assert response.headers["retry-after"] == "8"
+    error = response.json()
+    if path == "/v1/messages":
+        assert error == {
+            "type": "error",
+            "error": {"type": "rate_limit_error", "message": "every slot is taken"},
+        }
+    elif path == "/api/chat":
+        assert error == {"error": "every slot is taken"}
+    else:
+        assert_error_shape(error, type="rate_limit_error", code="rate_limit_exceeded")
 
 
 async def test_unexpected_exception_is_json_500_without_traceback() -> None:

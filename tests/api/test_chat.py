@@ -147,7 +147,12 @@ async def test_streamed_sse_shape_with_usage(hold_nursery: bool) -> None:
         "finish_reason": "stop",
     }
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert usage["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 2,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert all(event["usage"] is None for event in (role, a, b, final))
 
 
@@ -240,18 +245,18 @@ async def test_error_mid_stream_raises_in_openai_client() -> None:
             await client.close()
 
 
-async def test_entry_error_when_streaming_is_an_error_event() -> None:
-    # Headers (200) are committed before the backend is entered, so entry errors arrive as
-    # an SSE error event, like errors mid-stream.
+async def test_entry_error_when_streaming_gets_its_own_status() -> None:
+    # The route waits for the first chunk before it answers 200, so a failure before any
+    # token is an ordinary error response (as a client expects of a refused request).
     backend = FakeBackend(tokens("a"), entry_error=Unavailable("no instance is ready"))
     with trio.fail_after(10):
         async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
             response = await http.post(
                 CHAT, json={"model": MODEL, "messages": USER, "stream": True}
             )
-    events = sse_data(response.text)
-    assert events[-1] == "[DONE]"
-    assert_error_shape(events[-2], type="unavailable_error")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/json")
+    assert_error_shape(response.json(), type="unavailable_error")
 
 
 async def test_cancelled_finish_never_reaches_client() -> None:

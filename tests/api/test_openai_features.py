@@ -307,6 +307,22 @@ async def test_completions_whole_streamed_and_raw_prompt() -> None:
     assert second.params.max_tokens == 2
 
 
+async def test_completions_count_only_and_ignore_eos() -> None:
+    """`max_tokens` 0 counts the prompt (how `exo bench` sizes prompts); `ignore_eos`
+    reaches the engine."""
+    backend = FakeBackend(tokens(finish="length", prompt_tokens=6))
+    with trio.fail_after(10):
+        async with running(backend) as url, client_for(url) as client:
+            counted = await client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+            await client.completions.create(
+                model=MODEL, prompt="x", max_tokens=2, extra_body={"ignore_eos": True}
+            )
+    assert counted.usage is not None and counted.usage.prompt_tokens == 6
+    first, second = backend.calls
+    assert first.params.max_tokens == 0 and not first.params.ignore_eos
+    assert second.params.ignore_eos
+
+
 async def test_completions_legacy_logprobs() -> None:
     backend = FakeBackend(logprob_script())
     with trio.fail_after(10):
@@ -331,7 +347,8 @@ async def test_completions_legacy_logprobs() -> None:
         ({"model": MODEL, "prompt": "x", "echo": True}, "echo"),
         ({"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix"),
         ({"model": MODEL, "prompt": "x", "best_of": 2}, "best_of"),
-        ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"model": MODEL, "prompt": "x", "ignore_eos": "yes"}, "ignore_eos"),
         ({"model": MODEL, "prompt": "x", "temperature": 3}, "temperature"),
         ({"prompt": "x"}, "model"),
     ],

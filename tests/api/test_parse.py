@@ -69,6 +69,8 @@ def test_roles_and_content_forms() -> None:
             {"logit_bias": {"50": -100, "7": 2.5}},
             SamplingParams(logit_bias=((7, 2.5), (50, -100.0))),
         ),
+        ({"ignore_eos": True}, SamplingParams(ignore_eos=True)),
+        ({"ignore_eos": None}, SamplingParams()),
         ({"logprobs": True}, SamplingParams(logprobs=0)),
         ({"logprobs": True, "top_logprobs": 3}, SamplingParams(logprobs=3)),
         ({"logprobs": False, "top_logprobs": None}, SamplingParams()),
