@@ -6,7 +6,7 @@ prepares it (float32, OpenBLAS preloaded: the script re-executes itself with the
 runner's environment), greedy, with `ignore_eos` so every stream generates exactly its
 budget. Figures (medians over `--reps`):
 
-- ceiling: memory read bandwidth from every core (numpy sums, one thread per core) over
+- ceiling: memory read bandwidth from every core (numpy `max`, one thread per core) over
   the bytes of the weights one decode step reads: the tok/s no single stream can pass;
 - raw: mlx-lm's `stream_generate`, one stream (the baseline);
 - today: exo's one-at-a-time path (`MlxEngine.generate`, what every runner ran before
@@ -60,7 +60,9 @@ def ask(request_id: str, text: str, max_tokens: int = GEN_TOKENS) -> protocol.Ge
 
 
 def bandwidth_gbs(seconds: float = 2.0) -> float:
-    """Bytes per second read by one numpy sum per core over arrays larger than any cache."""
+    """Bytes per second read by one numpy `max` per core over arrays larger than any
+    cache (`max` streams at the memory's speed; `sum` measured half of it here, limited
+    by its arithmetic)."""
     import numpy as np
 
     cores = os.cpu_count() or 1
@@ -70,7 +72,7 @@ def bandwidth_gbs(seconds: float = 2.0) -> float:
     def read(n: int) -> None:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            arrays[n].sum()
+            arrays[n].max()
             counts[n] += 1
 
     threads = [threading.Thread(target=read, args=(n,)) for n in range(cores)]
@@ -254,10 +256,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from exo.engine.blas import loaded_blas
-    from exo.engine.mlx_engine import PREFILL_STEP, MlxEngine
+    from exo.engine.mlx_engine import MlxEngine
+    from exo.engine.runner import prefill_step
 
     with tempfile.TemporaryDirectory() as models:
         engine = MlxEngine.load(ensure_bundled_model(Path(models)), 0, 30)
+    step = prefill_step(engine)
     report: dict[str, Any] = {"blas": loaded_blas(), "streams": args.streams}
     gb = statistics.median(bandwidth_gbs() for _ in range(args.reps))
     per_token = weight_bytes(engine.full_model)
@@ -271,18 +275,19 @@ def main() -> None:
     for _ in range(args.reps):  # alternate, so machine noise hits every side
         for name, measure in singles.items():
             single[name].append(measure(engine))
-        single["batch_of_1"].append(batch_decode(engine, 1, PREFILL_STEP)["aggregate_tok_s"])
+        single["batch_of_1"].append(batch_decode(engine, 1, step)["aggregate_tok_s"])
     report["single_stream_tok_s"] = {k: statistics.median(v) for k, v in single.items()}
-    report["batch"] = median_of(args.reps, lambda: batch_decode(engine, args.streams, PREFILL_STEP))
+    report["batch"] = median_of(args.reps, lambda: batch_decode(engine, args.streams, step))
     long_prompt = HISTORY + " Tell me about it."
     report["join"] = {
-        step: median_of(
-            args.reps, lambda step=step: join_under_load(engine, args.streams, step, long_prompt)
+        chunk: median_of(
+            args.reps,
+            lambda chunk=chunk: join_under_load(engine, args.streams, chunk, long_prompt),
         )
-        for step in (int(s) for s in args.prefill_steps.split(","))
+        for chunk in (int(s) for s in args.prefill_steps.split(","))
     }
-    report["second_turn"] = median_of(args.reps, lambda: second_turn(engine, PREFILL_STEP))
-    print_report(report, PREFILL_STEP)
+    report["second_turn"] = median_of(args.reps, lambda: second_turn(engine, step))
+    print_report(report, step)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
