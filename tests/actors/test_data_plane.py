@@ -22,7 +22,7 @@ from exo.actors.wire import (
     RelayRequest,
     RelayToken,
 )
-from exo.api.backend import GenerationFailed, InvalidRequest
+from exo.api.backend import GenerationFailed, InvalidRequest, Overloaded
 from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams, TokenOut
 from exo.events.events import (
     Event,
@@ -113,6 +113,12 @@ async def test_the_servers_verdict_keeps_its_class() -> None:
             data.deliver(PEER, RelayFailed("req-1", "engine error", False))
             with pytest.raises(GenerationFailed, match="engine error"):
                 await collect(chunks)
+        async with data.relay(PEER, INSTANCE, REQUEST) as chunks:
+            # The serving node's instance is full: its client gets the 429 and the wait.
+            data.deliver(PEER, RelayFailed("req-1", "every slot is taken", False, 4.5))
+            with pytest.raises(Overloaded, match="every slot") as refused:
+                await collect(chunks)
+            assert refused.value.headers == {"Retry-After": "5"}
 
 
 @pytest.mark.parametrize("breakage", ["link", "instance", "node"])
