@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 from mlx_lm.generate import BatchGenerator, StopSequences
 
 from exo.engine import protocol, sampling
@@ -52,7 +52,7 @@ class _Sequence:
     uid: int = -1
     cached_tokens: int = 0
     error: str | None = None
-    done: bool = field(default=False)
+    done: bool = False
 
     @property
     def request_id(self) -> str:

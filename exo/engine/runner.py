@@ -258,9 +258,9 @@ class Runner:
 
 def prefill_step(engine: MlxEngine) -> int:
     """Prompt tokens prefilled per scheduler step, between two decode steps of the running
-    streams. On a CPU a chunk costs about 9 ms a token of the bundled model, so 64 keep
-    the others' largest gap near a second (512 made it 6.5 s) at no cost to the new
-    request's TTFT (benchmarks/serving.py); a GPU prefills 512 in milliseconds."""
+    streams. On a CPU a chunk of the bundled model costs about 14 ms a token beside 7
+    decoding streams, so 64 keep their largest gap near a second (512: 7.1 s) at no cost
+    to the new request's TTFT (docs/benchmarks.md); a GPU prefills 512 in milliseconds."""
     return PREFILL_STEP_CPU if engine.info.device == "cpu" else PREFILL_STEP
 
 
