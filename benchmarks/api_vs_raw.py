@@ -157,6 +157,7 @@ def main() -> None:
     report["decode_ratio"] = report["api"]["decode_tok_s"] / report["raw"]["decode_tok_s"]
     report["ttft_overhead_ms"] = report["api"]["ttft_ms"] - report["raw"]["ttft_ms"]
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     print(f"BLAS: {report['blas']}; {args.reps} alternating runs, {args.max_tokens} tokens, greedy")
     print("| path | decode tok/s (median) | TTFT ms (median) | tokens |")

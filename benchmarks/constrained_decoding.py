@@ -165,6 +165,7 @@ def main() -> None:
     }
     report["ratio"] = report["constrained_tok_s"] / report["unconstrained_tok_s"]
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     print(f"llguidance {report['llguidance']}; BLAS: {report['blas']}; {args.reps} reps, temp 1.0")
     print(

@@ -295,6 +295,7 @@ def main() -> None:
                 f"{caught['peak_rss_mib']} MiB"
             )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

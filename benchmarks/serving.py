@@ -289,6 +289,7 @@ def main() -> None:
     report["second_turn"] = median_of(args.reps, lambda: second_turn(engine, step))
     print_report(report, step)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from exo.events.codec import CodecError, decode, encode, frame, unframe
 from exo.events.events import IndexedEvent
-from exo.events.replay import replay
+from exo.events.replay import collector_paused, replay
 from exo.events.snapshot import (
     Snapshot,
     SnapshotCorrupted,
@@ -69,27 +69,28 @@ def _read_sized(
     lines = data.split(b"\n")
     # A file ending in "\n" splits into a trailing empty string: not a record.
     complete, tail = lines[:-1], lines[-1]
-    for number, line in enumerate(complete, start=1):
-        last = number == len(complete) and not tail
-        try:
-            event = decode_record(line)
-        except CodecError as exc:
-            if last:
-                return events, sizes, offset, f"record {number} is torn ({exc})"
-            after = f" (after index {events[-1].index})" if events else ""
-            reason = f"{path}: record {number}{after}: {exc}"
-            if stop_at_damage:
-                return events, sizes, offset, reason
-            raise LogCorrupted(reason) from exc
-        expected = events[-1].index + 1 if events else event.index
-        if event.index != expected:
-            reason = f"{path}: record {number} has index {event.index}, expected {expected}"
-            if stop_at_damage:
-                return events, sizes, offset, reason
-            raise LogCorrupted(reason)
-        events.append(event)
-        sizes.append(len(line) + 1)
-        offset += len(line) + 1
+    with collector_paused():
+        for number, line in enumerate(complete, start=1):
+            last = number == len(complete) and not tail
+            try:
+                event = decode_record(line)
+            except CodecError as exc:
+                if last:
+                    return events, sizes, offset, f"record {number} is torn ({exc})"
+                after = f" (after index {events[-1].index})" if events else ""
+                reason = f"{path}: record {number}{after}: {exc}"
+                if stop_at_damage:
+                    return events, sizes, offset, reason
+                raise LogCorrupted(reason) from exc
+            expected = events[-1].index + 1 if events else event.index
+            if event.index != expected:
+                reason = f"{path}: record {number} has index {event.index}, expected {expected}"
+                if stop_at_damage:
+                    return events, sizes, offset, reason
+                raise LogCorrupted(reason)
+            events.append(event)
+            sizes.append(len(line) + 1)
+            offset += len(line) + 1
     if tail:
         return events, sizes, offset, f"record {len(complete) + 1} is torn (no newline)"
     return events, sizes, offset, None
