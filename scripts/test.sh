@@ -8,7 +8,15 @@ scripts/install.sh --dev
 .venv/bin/ruff format --check .
 .venv/bin/pyright
 # The tests that load the model in their own process run it as a runner does: with the
-# OpenBLAS the runners preload (MLX's own reference BLAS prefills 20-40x slower).
-preload=$(.venv/bin/python -c 'import os; from exo.engine.blas import runner_env; print(runner_env(os.environ).get("LD_PRELOAD", ""))')
-LD_PRELOAD="$preload" .venv/bin/pytest "$@"
+# OpenBLAS, gemv forward and kernel choice the runners get (MLX's own reference BLAS
+# prefills 20-40x slower).
+mapfile -t runner_vars < <(.venv/bin/python -c '
+import os
+from exo.engine.blas import runner_env
+env = runner_env(os.environ)
+for name in ("LD_PRELOAD", "OPENBLAS_CORETYPE"):
+    if name in env:
+        print(f"{name}={env[name]}")
+')
+env "${runner_vars[@]}" .venv/bin/pytest "$@"
 .venv/bin/python -m simulations run --seeds 0..199

@@ -5,17 +5,37 @@ at float32 matmul than OpenBLAS on the same CPU. MLX calls `cblas_sgemm` through
 dynamic linker, so preloading Debian's OpenBLAS build of `libblas.so.3` into the runner
 process interposes it without rebuilding anything. Only the runner needs it, which is why
 this is an environment for a child process rather than something the node does to itself.
-Set `EXO_BLAS=reference` to keep the bundled BLAS (for comparisons or a broken OpenBLAS).
+
+Two more things make OpenBLAS fast at decoding (one row of activations times each weight
+matrix), both measured in docs/benchmarks.md:
+- a small preloaded shim (`native/gemv_forward.c`, compiled once with the system's C
+  compiler) sends single-row `cblas_sgemm` calls to `cblas_sgemv`: Debian's OpenBLAS runs
+  them through its general GEMM, which packs the whole weight matrix on every call;
+- `OPENBLAS_CORETYPE` names the kernels the CPU can run: Debian's OpenBLAS 0.3.21 does
+  not know newer CPUs and falls back to its SSE3 "Prescott" kernels on a Sapphire Rapids
+  Xeon.
+
+`EXO_BLAS=openblas` preloads OpenBLAS alone, as detected (the baseline for comparisons);
+`EXO_BLAS=reference` keeps the bundled BLAS.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import hashlib
+import logging
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Debian / Ubuntu multiarch paths of OpenBLAS's reference-ABI `libblas.so.3`
 # (packages libopenblas0-pthread, libopenblas0-openmp), preferred in this order.
@@ -28,6 +48,8 @@ OPENBLAS_CANDIDATES: tuple[Path, ...] = tuple(
 )
 
 BLAS_ENV = "EXO_BLAS"
+GEMV_FORWARD_SOURCE = Path(__file__).with_name("native") / "gemv_forward.c"
+_GEMV_FORWARD_PREFIX = "libexo-gemv-forward-"
 
 
 def find_openblas() -> Path | None:
@@ -49,14 +71,94 @@ def runner_env(base: Mapping[str, str], ranked: bool = False) -> dict[str, str]:
     env = dict(base)
     if ranked:
         env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # 2**4 cycles, OpenBLAS's least
-    if base.get(BLAS_ENV, "").lower() == "reference":
+    mode = base.get(BLAS_ENV, "").lower()
+    if mode == "reference":
         return env
     openblas = find_openblas()
     if openblas is None:
         return env
-    existing = [p for p in env.get("LD_PRELOAD", "").split() if p and p != str(openblas)]
-    env["LD_PRELOAD"] = " ".join([str(openblas), *existing])
+    preload = [str(openblas)]
+    if mode != "openblas":
+        coretype = openblas_coretype(cpu_flags(), platform.machine())
+        if coretype is not None:
+            env.setdefault("OPENBLAS_CORETYPE", coretype)
+        shim = gemv_forward_library()
+        if shim is not None:
+            preload.insert(0, str(shim))
+    existing = [p for p in env.get("LD_PRELOAD", "").split() if p and p not in preload]
+    env["LD_PRELOAD"] = " ".join([*preload, *existing])
     return env
+
+
+def openblas_coretype(flags: frozenset[str], machine: str) -> str | None:
+    """The OpenBLAS kernel family for a CPU with these /proc/cpuinfo flags, or None to let
+    OpenBLAS detect it. Only families every OpenBLAS since 0.3.10 knows are named."""
+    if machine not in ("x86_64", "AMD64"):
+        return None
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def gemv_forward_library() -> Path | None:
+    """The gemv-forwarding shim, compiled once per version of its source into the user's
+    cache; None (logged once) without a C compiler or when compiling fails."""
+    return build_gemv_forward(_cache_dir())
+
+
+def build_gemv_forward(directory: Path) -> Path | None:
+    """Compile `native/gemv_forward.c` into `directory` unless a build of this exact
+    source is there already; None when that cannot be done."""
+    source = GEMV_FORWARD_SOURCE.read_bytes()
+    target = directory / f"{_GEMV_FORWARD_PREFIX}{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler (cc): CPU decoding runs without the gemv forward, slower")
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed: nodes starting together never load half a file.
+        with tempfile.TemporaryDirectory(dir=directory) as work:
+            built = Path(work) / target.name
+            command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(built)]
+            subprocess.run(
+                [*command, str(GEMV_FORWARD_SOURCE), "-ldl"],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            built.replace(target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning(
+            "could not build the gemv forward (%s%s): CPU decoding runs slower",
+            exc,
+            f": {detail.decode(errors='replace').strip()}" if detail else "",
+        )
+        return None
+    return target
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "exo" / "native"
 
 
 def set_blas_threads(threads: int) -> bool:
@@ -84,18 +186,31 @@ def loaded_blas() -> str:
     path = _sgemm_library() or _mapped_blas()
     if path is None:
         return "none loaded"
+    if Path(path).name.startswith(_GEMV_FORWARD_PREFIX):
+        below = _mapped_blas()
+        return f"{_describe(below) if below else 'none loaded'} with gemv forward"
     return _describe(path)
 
 
 def _describe(path: str) -> str:
     name = Path(path).name
     if "openblas" in path.lower():
-        return f"openblas ({path})"
+        return f"openblas ({path}, {_openblas_core()} kernels)"
     if "mlx" in path and name.startswith("libblas"):
         return "reference (bundled with mlx)"
     if "mkl" in name:
         return f"mkl ({path})"
     return f"other ({path})"
+
+
+def _openblas_core() -> str:
+    """The kernel family the loaded OpenBLAS chose (or was told by OPENBLAS_CORETYPE)."""
+    try:
+        corename = ctypes.CDLL(None).openblas_get_corename
+    except AttributeError:
+        return "unknown"
+    corename.restype = ctypes.c_char_p
+    return (corename() or b"unknown").decode()
 
 
 class _DlInfo(ctypes.Structure):

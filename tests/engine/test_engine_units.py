@@ -31,10 +31,15 @@ def test_split_stop(
 def test_runner_env_preloads_openblas_unless_disabled() -> None:
     found = blas.find_openblas()
     env = blas.runner_env({"PATH": "/bin", "LD_PRELOAD": "/x/other.so"})
+    plain = blas.runner_env({"PATH": "/bin", "LD_PRELOAD": "/x/other.so", "EXO_BLAS": "openblas"})
     if found is None:
-        assert env["LD_PRELOAD"] == "/x/other.so"
+        assert env["LD_PRELOAD"] == plain["LD_PRELOAD"] == "/x/other.so"
     else:
-        assert env["LD_PRELOAD"] == f"{found} /x/other.so"
+        shim = blas.gemv_forward_library()
+        first = [] if shim is None else [str(shim)]
+        assert env["LD_PRELOAD"].split() == [*first, str(found), "/x/other.so"]
+        assert plain["LD_PRELOAD"] == f"{found} /x/other.so"
+        assert "OPENBLAS_CORETYPE" not in plain
     assert "LD_PRELOAD" not in blas.runner_env({"EXO_BLAS": "reference"})
 
 
@@ -56,4 +61,8 @@ def test_loaded_blas_sees_the_preload() -> None:
         "reference (bundled with mlx)"
     )
     if blas.find_openblas() is not None:
-        assert _blas_in_child(blas.runner_env(plain)).startswith("openblas (")
+        described = _blas_in_child(blas.runner_env(plain))
+        assert described.startswith("openblas (")
+        assert described.endswith("with gemv forward") == (blas.gemv_forward_library() is not None)
+        alone = _blas_in_child(blas.runner_env({**plain, "EXO_BLAS": "openblas"}))
+        assert alone.startswith("openblas (") and "gemv" not in alone

@@ -1,0 +1,132 @@
+"""Single-stream CPU decode by BLAS setup, against the memory-bandwidth ceiling.
+
+The BLAS a runner uses is fixed when its process starts (LD_PRELOAD), so every setup runs
+in its own child process, the setups alternating for `--reps` rounds so that machine
+noise hits each of them; the figures are medians. Each child loads the bundled model as
+a CPU runner does (float32) and measures, greedy, 128 tokens after a short prompt:
+
+- raw: mlx-lm's `stream_generate`, decode tok/s;
+- exo: exo's `BatchScheduler` with one stream (what a runner runs), decode tok/s.
+
+Setups (exo/engine/blas.py):
+- reference: MLX's bundled BLAS (`EXO_BLAS=reference`);
+- openblas: Debian's OpenBLAS as it detects the CPU (`EXO_BLAS=openblas`, what runners
+  preloaded before the gemv forward);
+- + coretype: also `OPENBLAS_CORETYPE` from the CPU flags;
+- + gemv forward: also the shim that sends single-row sgemm calls to sgemv (exo's default).
+
+The ceiling: memory read bandwidth from every core over the bytes one decode step reads.
+
+    .venv/bin/python benchmarks/cpu_decode.py [--reps 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exo.engine import blas
+
+
+def setups(base: dict[str, str]) -> dict[str, dict[str, str]]:
+    plain = {k: v for k, v in base.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
+    openblas = blas.runner_env({**plain, blas.BLAS_ENV: "openblas"})
+    coretype = blas.openblas_coretype(blas.cpu_flags(), platform.machine())
+    found: dict[str, dict[str, str]] = {
+        "reference": blas.runner_env({**plain, blas.BLAS_ENV: "reference"}),
+        "openblas": openblas,
+    }
+    if coretype is not None:
+        found["+ coretype"] = {**openblas, "OPENBLAS_CORETYPE": coretype}
+    if blas.gemv_forward_library() is not None:
+        found["+ gemv forward"] = blas.runner_env(plain)
+    return found
+
+
+def child() -> None:
+    """Measure in this process (started with one setup's environment); print JSON."""
+    from serving import GEN_TOKENS, batch_decode, raw_decode, weight_bytes
+
+    from exo.engine.blas import loaded_blas
+    from exo.engine.mlx_engine import MlxEngine
+    from exo.engine.runner import prefill_step
+    from exo.models.bundled import ensure_bundled_model
+
+    with tempfile.TemporaryDirectory() as models:
+        engine = MlxEngine.load(ensure_bundled_model(Path(models)), 0, 30)
+    raw_decode(engine)  # warm-up
+    figures = {
+        "blas": loaded_blas(),
+        "gen_tokens": GEN_TOKENS,
+        "weight_bytes": weight_bytes(engine.full_model),
+        "raw_tok_s": raw_decode(engine),
+        "exo_tok_s": batch_decode(engine, 1, prefill_step(engine))["aggregate_tok_s"],
+    }
+    print(json.dumps(figures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="CPU decode by BLAS setup (module docstring)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child()
+        return
+    from serving import bandwidth_gbs
+
+    envs = setups(dict(os.environ))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in envs}
+    bandwidth: list[float] = []
+    for _ in range(args.reps):
+        bandwidth.append(bandwidth_gbs())
+        for name, env in envs.items():
+            done = subprocess.run(
+                [sys.executable, __file__, "--child"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    gb = statistics.median(bandwidth)
+    weights = runs["openblas"][0]["weight_bytes"]
+    ceiling = gb * 1e9 / weights
+    report: dict[str, Any] = {
+        "bandwidth_gb_s": gb,
+        "weight_bytes": weights,
+        "ceiling_tok_s": ceiling,
+        "setups": {},
+    }
+    baseline = statistics.median(r["exo_tok_s"] for r in runs["openblas"])
+    print(
+        f"memory bandwidth {gb:.1f} GB/s over {weights / 1e6:.0f} MB of weights per token: "
+        f"ceiling {ceiling:.1f} tok/s; medians of {args.reps}"
+    )
+    for name, rows in runs.items():
+        raw = statistics.median(r["raw_tok_s"] for r in rows)
+        exo = statistics.median(r["exo_tok_s"] for r in rows)
+        report["setups"][name] = {"blas": rows[0]["blas"], "raw_tok_s": raw, "exo_tok_s": exo}
+        print(
+            f"{name:15} raw {raw:5.1f} tok/s, exo {exo:5.1f} tok/s "
+            f"({exo / baseline:.2f}x openblas, {exo / ceiling:.2f} of the ceiling)  "
+            f"[{rows[0]['blas']}]"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
