@@ -8,12 +8,12 @@ a CPU runner does (float32) and measures, greedy, 128 tokens after a short promp
 - raw: mlx-lm's `stream_generate`, decode tok/s;
 - exo: exo's `BatchScheduler` with one stream (what a runner runs), decode tok/s.
 
-Setups (exo/engine/blas.py):
-- reference: MLX's bundled BLAS (`EXO_BLAS=reference`);
-- openblas: Debian's OpenBLAS as it detects the CPU (`EXO_BLAS=openblas`, what runners
-  preloaded before the gemv forward);
-- + coretype: also `OPENBLAS_CORETYPE` from the CPU flags;
-- + gemv forward: also the shim that sends single-row sgemm calls to sgemv (exo's default).
+Setups, each adding one change to the one before (exo/engine/blas.py, table_rope.py):
+- openblas: Debian's OpenBLAS as it detects the CPU, `mx.fast.rope` (`EXO_BLAS=openblas`;
+  what runners ran before these changes, the baseline);
+- + coretype: `OPENBLAS_CORETYPE` from the CPU flags;
+- + gemv forward: the shim that sends single-row sgemm calls to sgemv;
+- + table rope: RoPE from precomputed tables (exo's default).
 
 The ceiling: memory read bandwidth from every core over the bytes one decode step reads.
 
@@ -38,22 +38,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from exo.engine import blas
 
 
-def setups(base: dict[str, str]) -> dict[str, dict[str, str]]:
+def setups(base: dict[str, str]) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """Each setup's environment and child arguments."""
     plain = {k: v for k, v in base.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
     openblas = blas.runner_env({**plain, blas.BLAS_ENV: "openblas"})
     coretype = blas.openblas_coretype(blas.cpu_flags(), platform.machine())
-    found: dict[str, dict[str, str]] = {
-        "reference": blas.runner_env({**plain, blas.BLAS_ENV: "reference"}),
-        "openblas": openblas,
-    }
+    mlx_rope = ["--mlx-rope"]
+    found: dict[str, tuple[dict[str, str], list[str]]] = {"openblas": (openblas, mlx_rope)}
     if coretype is not None:
-        found["+ coretype"] = {**openblas, "OPENBLAS_CORETYPE": coretype}
+        found["+ coretype"] = ({**openblas, "OPENBLAS_CORETYPE": coretype}, mlx_rope)
     if blas.gemv_forward_library() is not None:
-        found["+ gemv forward"] = blas.runner_env(plain)
+        found["+ gemv forward"] = (blas.runner_env(plain), mlx_rope)
+    found["+ table rope"] = (blas.runner_env(plain), [])
     return found
 
 
-def child() -> None:
+def mlx_rope(model: Any) -> None:
+    """Put MLX's own `nn.RoPE` back where the engine installed tables."""
+    import mlx.nn as nn
+
+    from exo.engine.table_rope import TableRoPE
+
+    for _, module in model.named_modules():
+        for name, child in list(module.children().items()):
+            if isinstance(child, TableRoPE):
+                rope = nn.RoPE(child.dims, child.traditional, child.base, child.scale)
+                setattr(module, name, rope)
+
+
+def child(with_mlx_rope: bool) -> None:
     """Measure in this process (started with one setup's environment); print JSON."""
     from serving import GEN_TOKENS, batch_decode, raw_decode, weight_bytes
 
@@ -64,6 +77,8 @@ def child() -> None:
 
     with tempfile.TemporaryDirectory() as models:
         engine = MlxEngine.load(ensure_bundled_model(Path(models)), 0, 30)
+    if with_mlx_rope:
+        mlx_rope(engine.model)
     raw_decode(engine)  # warm-up
     figures = {
         "blas": loaded_blas(),
@@ -80,9 +95,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mlx-rope", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child()
+        child(args.mlx_rope)
         return
     from serving import bandwidth_gbs
 
@@ -91,9 +107,9 @@ def main() -> None:
     bandwidth: list[float] = []
     for _ in range(args.reps):
         bandwidth.append(bandwidth_gbs())
-        for name, env in envs.items():
+        for name, (env, extra) in envs.items():
             done = subprocess.run(
-                [sys.executable, __file__, "--child"],
+                [sys.executable, __file__, "--child", *extra],
                 env=env,
                 capture_output=True,
                 text=True,

@@ -229,6 +229,10 @@ def _node(args: argparse.Namespace) -> int:
             snapshot_bytes=args.snapshot_bytes,
         ),
     )
+    if config.worker and sys.platform.startswith("linux"):
+        from exo.engine.blas import gemv_forward_library
+
+        gemv_forward_library()  # compiled here if needed, not inside the event loop
     try:
         trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))
     except BaseExceptionGroup as group:

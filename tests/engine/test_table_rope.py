@@ -23,29 +23,42 @@ def test_the_rotation_equals_mlx_bit_for_bit(
 ) -> None:
     rope = nn.RoPE(dims, traditional=traditional, base=10000.0, scale=scale)
     tabled = TableRoPE(rope, positions=600)
-    x = mx.random.normal((2, 5, 7, head), key=mx.random.key(dims + head))
-    for offset in (0, 1, 250, 593):
-        assert mx.array_equal(tabled(x, offset=offset), rope(x, offset=offset)), offset
-    per_sequence = mx.array([3, 411])
-    # mlx-lm's batches pass an array of offsets, which nn.RoPE's annotation leaves out.
-    expected = rope(x, offset=per_sequence)  # type: ignore[arg-type]
-    assert mx.array_equal(tabled(x, offset=per_sequence), expected)
+    # One sequence decoding one token (the tables), then a batch and a prompt chunk
+    # (handed to mx.fast.rope).
+    for shape in ((1, 5, 1, head), (3, 5, 1, head), (1, 5, 7, head)):
+        x = mx.random.normal(shape, key=mx.random.key(dims + head + shape[0] + shape[2]))
+        for offset in (0, 1, 250, 599 - shape[2]):
+            assert mx.array_equal(tabled(x, offset=offset), rope(x, offset=offset)), offset
+        # mlx-lm's batches pass an array of offsets, which nn.RoPE's annotation leaves out.
+        per_sequence = mx.array([411, 3, 17][: shape[0]])
+        expected = rope(x, offset=per_sequence)  # type: ignore[arg-type]
+        assert mx.array_equal(tabled(x, offset=per_sequence), expected), shape
+
+
+def test_the_tables_are_used_for_one_row_and_only_then() -> None:
+    rope = nn.RoPE(64, traditional=True, base=10000.0)
+    tabled = TableRoPE(rope, positions=64)
+    tabled(mx.zeros((2, 3, 1, 64)), offset=5)
+    tabled(mx.zeros((1, 3, 4, 64)), offset=5)
+    assert tabled._tables is None
+    tabled(mx.zeros((1, 3, 1, 64)), offset=5)
+    assert tabled._tables is not None
 
 
 def test_beyond_the_tables_it_is_mlx_rope_itself() -> None:
     rope = nn.RoPE(64, traditional=False, base=10000.0)
     tabled = TableRoPE(rope, positions=16)
-    x = mx.random.normal((1, 2, 4, 64), key=mx.random.key(1))
-    assert mx.array_equal(tabled(x, offset=14), rope(x, offset=14))
+    x = mx.random.normal((1, 2, 1, 64), key=mx.random.key(1))
+    assert mx.array_equal(tabled(x, offset=16), rope(x, offset=16))
+    assert tabled._tables is None
 
 
-def test_left_padding_reads_row_zero_and_the_real_tokens_are_unchanged() -> None:
-    # A batch's padded sequence starts at a negative offset: pad tokens sit before 0.
+def test_a_padded_position_reads_row_zero_without_failing() -> None:
+    # A batch's left padding puts its (masked) pad tokens at negative positions.
     rope = nn.RoPE(64, traditional=True, base=10000.0)
     tabled = TableRoPE(rope, positions=64)
-    x = mx.random.normal((1, 2, 6, 64), key=mx.random.key(2))
-    out = tabled(x, offset=mx.array([-2]))
-    assert mx.array_equal(out[:, :, 2:], rope(x[:, :, 2:], offset=0))
+    x = mx.random.normal((1, 2, 1, 64), key=mx.random.key(2))
+    assert mx.array_equal(tabled(x, offset=mx.array([-2])), rope(x, offset=0))
 
 
 def test_the_tables_are_not_parameters() -> None:
@@ -71,6 +84,7 @@ def test_the_engine_rotates_with_tables_on_cpu_and_decodes_the_same(model_dir: P
         return logits
 
     with_tables = greedy(24)
+    assert ropes[0]._tables is not None  # the decode steps read the tables
     for layer, rope in zip(model.model.layers, ropes, strict=True):  # type: ignore[attr-defined]
         layer.self_attn.rope = nn.RoPE(
             rope.dims, traditional=rope.traditional, base=rope.base, scale=rope.scale
