@@ -60,9 +60,11 @@ def find_openblas() -> Path | None:
 
 
 def runner_env(base: Mapping[str, str], ranked: bool = False) -> dict[str, str]:
-    """The environment for a runner process: `base` plus LD_PRELOAD of OpenBLAS on Linux.
+    """The environment for a runner process: `base` plus, on Linux, LD_PRELOAD of the gemv
+    forward and OpenBLAS and an `OPENBLAS_CORETYPE` for the CPU (module docstring).
 
-    An existing LD_PRELOAD is kept after ours. `EXO_BLAS=reference` in `base` disables it.
+    An existing LD_PRELOAD is kept after ours. `EXO_BLAS=openblas` in `base` preloads
+    OpenBLAS alone; `EXO_BLAS=reference` nothing.
     `ranked`: a rank of a multi-node instance. Its OpenBLAS threads then go to sleep soon
     after each call instead of spinning for a while: pipeline ranks on one machine compute
     in turn, and a finished rank's spinning threads took the cores of the next one
