@@ -57,13 +57,12 @@ def mlx_rope(model: Any) -> None:
     """Put MLX's own `nn.RoPE` back where the engine installed tables."""
     import mlx.nn as nn
 
-    from exo.engine.table_rope import TableRoPE
+    from exo.engine.table_rope import TableRoPE, swap
 
-    for _, module in model.named_modules():
-        for name, child in list(module.children().items()):
-            if isinstance(child, TableRoPE):
-                rope = nn.RoPE(child.dims, child.traditional, child.base, child.scale)
-                setattr(module, name, rope)
+    def untabled(rope: Any) -> nn.Module:
+        return nn.RoPE(rope.dims, rope.traditional, rope.base, rope.scale)
+
+    swap(model, lambda child: isinstance(child, TableRoPE), untabled)
 
 
 def child(with_mlx_rope: bool) -> None:

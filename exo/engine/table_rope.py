@@ -26,6 +26,7 @@ The tables cover the engine's context length, which no request may pass
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -110,11 +111,31 @@ def rotation_tables(
 
 def install(model: nn.Module, positions: int) -> int:
     """Replace every plain `nn.RoPE` in `model` by a `TableRoPE` covering `positions`;
-    returns how many were replaced."""
+    returns how many were replaced. Layers whose ropes are alike share one, so the
+    tables exist once per model, not once per layer."""
+    shared: dict[tuple[int, bool, float, float], TableRoPE] = {}
+
+    def tabled(rope: nn.Module) -> nn.Module:
+        assert isinstance(rope, nn.RoPE)
+        alike = (rope.dims, rope.traditional, rope.base, rope.scale)
+        if alike not in shared:
+            shared[alike] = TableRoPE(rope, positions)
+        return shared[alike]
+
+    return swap(model, lambda child: type(child) is nn.RoPE, tabled)
+
+
+def swap(
+    model: nn.Module,
+    matches: Callable[[nn.Module], bool],
+    replacement: Callable[[nn.Module], nn.Module],
+) -> int:
+    """Replace every submodule of `model` that `matches` by its `replacement`; returns
+    how many were replaced."""
     replaced = 0
     for _, module in model.named_modules():
         for name, child in list(module.children().items()):
-            if type(child) is nn.RoPE:
-                setattr(module, name, TableRoPE(child, positions))
+            if isinstance(child, nn.Module) and matches(child):
+                setattr(module, name, replacement(child))
                 replaced += 1
     return replaced

@@ -72,6 +72,7 @@ def test_the_engine_rotates_with_tables_on_cpu_and_decodes_the_same(model_dir: P
     model = engine.model
     ropes = [layer.self_attn.rope for layer in model.model.layers]  # type: ignore[attr-defined]
     assert all(isinstance(r, TableRoPE) for r in ropes)
+    assert len({id(r) for r in ropes}) == 1  # one set of tables for the 30 alike layers
     assert engine.info.context_length == ropes[0].positions
 
     def greedy(steps: int) -> list[mx.array]:
