@@ -43,7 +43,7 @@ from exo.api.errors import (
     json_response,
 )
 from exo.api.openai import SSE_CONTENT_TYPE, SSE_HEADERS
-from exo.api.streaming import GenerationStream, Whole, whole_generation
+from exo.api.streaming import GenerationStream, Whole, streamed_response, whole_generation
 from exo.api.tool_calls import (
     CallParser,
 )
@@ -335,15 +335,7 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
             body = GenerationStream(
                 backend, prompt.model, prompt.messages, chat.params, form, prompt.offered_tools
             )
-            early = await body.begin()
-            if early is not None:
-                return backend_error(early)
-            return TrioResponse(
-                body,
-                status=200,
-                headers=SSE_HEADERS,
-                content_type=SSE_CONTENT_TYPE,
-            )
+            return await streamed_response(body, backend_error, SSE_CONTENT_TYPE, SSE_HEADERS)
         return await whole_answer(prompt, chat.params, lambda whole: reply_message(chat, whole))
 
     @app.post(f"{MESSAGES_PATH}/count_tokens", endpoint="anthropic_count_tokens")

@@ -31,7 +31,7 @@ from exo.api.openai import (
     usage,
 )
 from exo.api.openai_params import parse_sampling
-from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.validation import decode_json_body, invalid, is_int
 from exo.engine.protocol import Finished, SamplingParams, TokenOut
 
@@ -176,14 +176,8 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
                 CompletionSse(completion),
                 text=completion.prompt,
             )
-            early = await body.begin()
-            if early is not None:
-                return backend_error_response(early)
-            return TrioResponse(
-                body,
-                status=200,
-                headers=SSE_HEADERS,
-                content_type=SSE_CONTENT_TYPE,
+            return await streamed_response(
+                body, backend_error_response, SSE_CONTENT_TYPE, SSE_HEADERS
             )
         try:
             whole = await whole_generation(

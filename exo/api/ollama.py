@@ -26,7 +26,7 @@ from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel,
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.openai import parse_messages
 from exo.api.openai_params import ANY_JSON_OBJECT
-from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.tool_calls import CallParser, parse_tools
 from exo.api.validation import decode_json_body, is_number
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
@@ -396,14 +396,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         if asked.stream:
             form = NdjsonFormat(model, chat, asked.tools)
             body = GenerationStream(*request_args, form, asked.tools, asked.text)
-            early = await body.begin()
-            if early is not None:
-                return backend_error(early)
-            return TrioResponse(
-                body,
-                status=200,
-                content_type=NDJSON_CONTENT_TYPE,
-            )
+            return await streamed_response(body, backend_error, NDJSON_CONTENT_TYPE)
         started = time.perf_counter()
         try:
             whole = await whole_generation(*request_args, asked.tools, asked.text)

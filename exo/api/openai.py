@@ -41,7 +41,7 @@ from exo.api.openai_params import (
     parse_response_format,
     parse_sampling,
 )
-from exo.api.streaming import GenerationStream, whole_generation
+from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.tool_calls import (
     CallParser,
     ToolChoice,
@@ -483,14 +483,8 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             body = GenerationStream(
                 backend, chat.model, chat.messages, chat.params, SseFormat(chat), chat.offered_tools
             )
-            early = await body.begin()
-            if early is not None:
-                return backend_error_response(early)
-            return TrioResponse(
-                body,
-                status=200,
-                headers=SSE_HEADERS,
-                content_type=SSE_CONTENT_TYPE,
+            return await streamed_response(
+                body, backend_error_response, SSE_CONTENT_TYPE, SSE_HEADERS
             )
         try:
             completion = await complete_chat(backend, chat)

@@ -40,7 +40,7 @@ from exo.api.responses_request import (
     ResponsesRequest,
     parse_responses_request,
 )
-from exo.api.streaming import GenerationStream, Whole, whole_generation
+from exo.api.streaming import GenerationStream, Whole, streamed_response, whole_generation
 from exo.api.tool_calls import (
     CallParser,
 )
@@ -296,14 +296,8 @@ def register_responses(app: QuartTrio, backend: Backend) -> None:
         generation = (backend, parsed.model, parsed.messages, parsed.params)
         if parsed.stream:
             body = GenerationStream(*generation, form, parsed.offered_tools)
-            early = await body.begin()
-            if early is not None:
-                return backend_error_response(early)
-            return TrioResponse(
-                body,
-                status=200,
-                headers=SSE_HEADERS,
-                content_type=SSE_CONTENT_TYPE,
+            return await streamed_response(
+                body, backend_error_response, SSE_CONTENT_TYPE, SSE_HEADERS
             )
         try:
             whole = await whole_generation(*generation, parsed.offered_tools)

@@ -27,13 +27,14 @@ async-generator finalizer, which cancels the request on the runner.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
 from attrs import frozen
 from quart.wrappers.response import ResponseBody
+from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, Chunk, GenerationFailed
 from exo.api.errors import as_backend_error
@@ -216,3 +217,17 @@ class GenerationStream(ResponseBody):
             self._early_error = known
         self._pending.extend(self._form.error(error))
         self._ended = True
+
+
+async def streamed_response(
+    body: GenerationStream,
+    error_response: Callable[[BackendError], TrioResponse],
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> TrioResponse:
+    """A route's answer to a streamed request: 200 with `body` once its first chunk has
+    come, or the dialect's error response for a failure before it (`begin`)."""
+    early = await body.begin()
+    if early is not None:
+        return error_response(early)
+    return TrioResponse(body, status=200, headers=headers, content_type=content_type)
