@@ -113,7 +113,7 @@ class BatchScheduler:
         a count-only request (`max_tokens` 0) is answered at once."""
         prepared = self._engine.prepare(request)
         if prepared.max_tokens == 0:
-            return [protocol.Finished(request.request_id, "length", len(prepared.prompt), 0)]
+            return [prepared.counted()]
         processors = self._engine.processors(prepared)
         sequence = _Sequence(
             prepared,
@@ -221,12 +221,8 @@ class BatchScheduler:
             detokenizer.add_token(response.token)
         if response.finish_reason is not None:
             detokenizer.finalize()
-        logprob = (
-            sampling.token_logprob(
-                self._engine.tokenizer, response.logprobs, response.token, params.logprobs
-            )
-            if params.logprobs is not None and not at_eos
-            else None
+        logprob = sampling.step_logprob(
+            self._engine.tokenizer, response.logprobs, response.token, params.logprobs, at_eos
         )
         reply = sequence.reply
         out: list[Out] = []

@@ -274,7 +274,7 @@ class MlxEngine:
         """
         prepared = self.prepare(request)
         if prepared.max_tokens == 0:
-            return iter([protocol.Finished(request.request_id, "length", len(prepared.prompt), 0)])
+            return iter([prepared.counted()])
         processors = self.processors(prepared)
         return self._stream(prepared, processors, cancelled)
 
@@ -309,12 +309,8 @@ class MlxEngine:
         try:
             for response in responses:
                 at_eos = response.finish_reason == "stop"
-                logprob = (
-                    sampling.token_logprob(
-                        self.tokenizer, response.logprobs, response.token, params.logprobs
-                    )
-                    if params.logprobs is not None and not at_eos
-                    else None
+                logprob = sampling.step_logprob(
+                    self.tokenizer, response.logprobs, response.token, params.logprobs, at_eos
                 )
                 out = reply.add(response.text, None if at_eos else response.token, logprob)
                 if out is not None:
@@ -343,6 +339,10 @@ class Prepared:
     prompt: list[int]
     max_tokens: int
     params: protocol.SamplingParams
+
+    def counted(self) -> protocol.Finished:
+        """The whole answer to a count-only request (`max_tokens` 0): the prompt's length."""
+        return protocol.Finished(self.request_id, "length", len(self.prompt), 0)
 
 
 def load_shard_files(

@@ -98,6 +98,16 @@ def processors_for(params: protocol.SamplingParams, prompt_tokens: int) -> list[
     return processors
 
 
+def step_logprob(
+    tokenizer: TokenizerWrapper, logprobs: mx.array, token: int, top: int | None, at_eos: bool
+) -> protocol.TokenLogprob | None:
+    """What one generation step adds to its reply's log-probabilities: nothing when none
+    were asked for (`top` None) or at the end of the sequence (that step adds no token)."""
+    if top is None or at_eos:
+        return None
+    return token_logprob(tokenizer, logprobs, token, top)
+
+
 def token_logprob(
     tokenizer: TokenizerWrapper, logprobs: mx.array, token: int, top: int
 ) -> protocol.TokenLogprob:
