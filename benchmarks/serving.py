@@ -10,7 +10,7 @@ budget. Figures (medians over `--reps`):
   the bytes of the weights one decode step reads: the tok/s no single stream can pass;
 - raw: mlx-lm's `stream_generate`, one stream (the baseline);
 - today: exo's one-at-a-time path (`MlxEngine.generate`, what every runner ran before
-  batching, and what distributed instances still run);
+  batching);
 - batch of 1, batch of N: exo's `BatchScheduler`, decode tok/s from each stream's first
   token to its last, aggregate over the streams for N;
 - join: a request arriving while N-1 streams decode, its TTFT against the same request

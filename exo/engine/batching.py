@@ -14,7 +14,11 @@ What this scheduler adds around it:
   reply's cache is kept for the next turn (`prompt_cache.py`);
 - each request's text: detokenizing, stop strings, log-probabilities (`reply.py`);
 - failures: a request whose logits processor fails ends alone with an error; a forward
-  pass that fails ends every running request and starts a fresh generator.
+  pass that fails ends every running request and starts a fresh generator, unless the
+  ring of a distributed instance broke (`broken`): then the runner must exit.
+
+The model may be a whole one or the head of a distributed instance (`PipelineHead`,
+`TensorHead`): the other ranks follow its cache operations (`exo.engine.mirror`).
 
 Pure of I/O: the runner feeds it requests and cancels, calls `step` while it is busy
 and sends what comes back.
@@ -87,6 +91,8 @@ class BatchScheduler:
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
         self.cache = PromptCache(kv_budget_tokens) if prompt_cache else None
+        # A failed pass that leaves a distributed instance unusable (its ring broke).
+        self.broken = False
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -274,6 +280,9 @@ class BatchScheduler:
 
     def _fail_all(self, exc: Exception) -> list[Out]:
         log.exception("a batch step failed; ending its %d requests", len(self._running))
+        if self._engine.group is not None and isinstance(exc, RuntimeError):
+            log.error("the ring of this instance broke; the runner exits")
+            self.broken = True
         message = f"engine error: {type(exc).__name__}: {exc}"
         out: list[Out] = [
             protocol.RequestError(s.request_id, message, failed=True)

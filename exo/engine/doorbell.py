@@ -3,9 +3,10 @@
 Why not through the MLX ring: a rank waiting in the ring's `recv` spins on its socket,
 so an idle follower burned a whole core (measured: 99% CPU between requests) and, on a
 small machine, a waiting rank took a core from the one computing. A doorbell wait
-blocks in the kernel instead. Each message is three int32s; the tensors that follow
-still travel through the ring, and are sent only after the doorbell rang, so the
-receiver spins for the transfer alone.
+blocks in the kernel instead. Each message is a `Bell`: six int32s and the bytes of
+rank 0's cache operations since the last pass (`mirror.py`), usually none. The tensors
+that follow still travel through the ring, and are sent only after the doorbell rang, so
+the receiver spins for the transfer alone.
 
 Each rank listens on its ring address's port + `DOORBELL_OFFSET`; a rank connects to
 another on first use and says who it is. A peer that dies closes its socket: waiting on
@@ -17,11 +18,28 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import NamedTuple
 
 DOORBELL_OFFSET = 64
 CONNECT_TIMEOUT = 60.0
-_MESSAGE = struct.Struct("!3i")
+_HEADER = struct.Struct("!6i")
 _HELLO = struct.Struct("!i")
+
+
+class Bell(NamedTuple):
+    """One doorbell message: what comes next through the ring.
+
+    `kind`: what to do (the strategies' own codes); `cache`: the number of the cache list
+    the pass runs on; `rows` x `length`: the tokens of the pass; `dtype`: the index of the
+    tensors' dtype; `ops`: cache operations to apply first (`mirror.Journal.take`).
+    """
+
+    kind: int
+    cache: int = 0
+    rows: int = 0
+    length: int = 0
+    dtype: int = 0
+    ops: bytes = b""
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -37,21 +55,25 @@ class Doorbells:
         self._out: dict[int, socket.socket] = {}
         self._in: dict[int, socket.socket] = {}
 
-    def ring(self, to: int, values: tuple[int, int, int]) -> None:
+    def ring(self, to: int, bell: Bell) -> None:
         sock = self._out.get(to) or self._connect(to)
+        *fields, ops = bell
         try:
-            sock.sendall(_MESSAGE.pack(*values))
+            sock.sendall(_HEADER.pack(*fields, len(ops)) + ops)
         except OSError as exc:
             raise RuntimeError(f"[ring doorbell] rank {to} is gone: {exc}") from exc
 
-    def wait(self, sender: int) -> tuple[int, int, int]:
+    def wait(self, sender: int) -> Bell:
         """The next message from `sender`; blocks (without spinning) until it comes."""
         sock = self._in.get(sender) or self._accept_from(sender)
-        data = _receive_exactly(sock, _MESSAGE.size)
-        if data is None:
+        header = _receive_exactly(sock, _HEADER.size)
+        if header is None:
             raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
-        kind, n, extra = _MESSAGE.unpack(data)
-        return kind, n, extra
+        kind, cache, rows, length, dtype, size = _HEADER.unpack(header)
+        ops = _receive_exactly(sock, size) if size else b""
+        if ops is None:
+            raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
+        return Bell(kind, cache, rows, length, dtype, ops)
 
     def close(self) -> None:
         for sock in (*self._out.values(), *self._in.values(), self._listener):
@@ -87,7 +109,7 @@ class Doorbells:
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
-    data = b""
+    data = bytearray()
     while len(data) < size:
         try:
             chunk = sock.recv(size - len(data))
@@ -96,4 +118,4 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
         if not chunk:
             return None
         data += chunk
-    return data
+    return bytes(data)

@@ -33,7 +33,16 @@ import mlx_lm
 from attrs import frozen
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from exo.engine import chat_format, constrained, pipeline, protocol, sampling, table_rope, tensor
+from exo.engine import (
+    chat_format,
+    constrained,
+    model_fixes,
+    pipeline,
+    protocol,
+    sampling,
+    table_rope,
+    tensor,
+)
 from exo.engine.blas import loaded_blas
 from exo.engine.doorbell import Doorbells
 from exo.engine.reply import Reply
@@ -58,7 +67,9 @@ class _CancelledDuringPrefill(Exception):
 
 
 class MlxEngine:
-    """One loaded model and its tokenizer; generates for one request at a time."""
+    """One loaded model (or the head of a distributed group) and its tokenizer: checks
+    and prepares requests; `generate` streams one alone (warm-up, benchmarks), the
+    runner batches them (`exo.engine.batching`)."""
 
     def __init__(
         self, model: nn.Module, tokenizer: TokenizerWrapper, info: protocol.EngineInfo
@@ -113,9 +124,17 @@ class MlxEngine:
                 f"layers [{start_layer}, {end_layer}) of {num_layers} are a pipeline shard: "
                 "loading one needs every rank's host"
             )
+        if distributed:
+            # Placement refuses these first; a runner loaded by hand says why, too.
+            refusal = (
+                pipeline.pipeline_refusal if strategy == "pipeline" else tensor.tensor_refusal
+            )(config, len(hosts))
+            if refusal is not None:
+                raise ValueError(refusal)
         group, doorbells = (
             pipeline.init_ring(rank, list(hosts), strategy) if distributed else (None, None)
         )
+        model_fixes.install()
         model, tokenizer = load_shard_files(model_dir, start_layer, end_layer, config)
         if group is not None and strategy == "pipeline":
             pipeline.keep_layers(model, start_layer, end_layer, last=rank == group.size() - 1)
@@ -266,7 +285,7 @@ class MlxEngine:
         self, request: protocol.GenerateRequest, cancelled: Callable[[], bool]
     ) -> Iterator[protocol.TokenOut | protocol.Finished]:
         """Stream one reply on its own: TokenOut chunks, then exactly one Finished (the
-        path of distributed instances; a single runner batches, `exo.engine.batching`).
+        warm-up's path and the benchmarks' baseline; runners batch, `exo.engine.batching`).
 
         Bad parameters and over-long prompts raise here, before anything is yielded.
         `cancelled` is polled after every token and between prefill chunks. `max_tokens`

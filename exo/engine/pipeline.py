@@ -8,9 +8,12 @@ the logits of the last position back to rank 0, its ring neighbour. Rank 0 sampl
 detokenizes and streams, through mlx-lm's own generation loop: to it the whole pipeline
 is one model.
 
-Between ranks, every forward pass is a doorbell `[kind, n, dtype]` (kind 2: a new sequence,
-reset the caches; 1: continue; 0: stop; see `doorbell.py`), rung once the hidden states
-`[1, n, hidden]` are computed, which then follow through the ring.
+Between ranks, every forward pass is a doorbell (`doorbell.Bell`: which cache list, rows,
+tokens, dtype, and rank 0's cache operations since the last pass; kind 0 says stop), rung
+once the hidden states `[rows, n, hidden]` are computed, which then follow through the
+ring. Each rank applies the cache operations to its own caches (`mirror.py`) before it
+runs the pass, so rank 0 batches requests as a single runner does: mlx-lm's
+`BatchGenerator` drives the head, and every rank holds the same rows.
 
 How a model is cut (`keep_layers`), so that mlx-lm's own forward pass still runs on every
 rank, unchanged, whatever the architecture:
@@ -50,9 +53,10 @@ from mlx_lm.models.cache import make_prompt_cache
 from exo.engine import architectures
 from exo.engine.architectures import Architecture
 from exo.engine.blas import set_blas_threads
-from exo.engine.doorbell import Doorbells
+from exo.engine.doorbell import Bell, Doorbells
+from exo.engine.mirror import Journal, Mirror, Witness, split_witness
 
-STOP, CONTINUE, NEW_SEQUENCE = 0, 1, 2
+STOP, FORWARD = 0, 1
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
@@ -269,28 +273,33 @@ class PipelineHead:
         self._group = group
         self._doorbells = doorbells
         self._vocab = vocab_size
+        self._journal = Journal()
         self.layers = cast(Any, model).layers
 
     def make_cache(self) -> list[Any]:
-        """The model's own caches (mlx-lm's `make_prompt_cache` asks for these)."""
-        return make_cache(self._model)
+        """The model's own caches and their witness (mlx-lm's `make_prompt_cache` asks
+        for these)."""
+        return [*make_cache(self._model), Witness.new(self._journal)]
 
     def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **_: Any) -> mx.array:
         assert cache is not None
-        kind = NEW_SEQUENCE if cache[0].offset == 0 else CONTINUE
-        hidden = first_stage(self._model, inputs, cache)
+        layers, witness = split_witness(cache)
+        rows, length = inputs.shape
+        hidden = first_stage(self._model, inputs, layers)
         mx.eval(hidden)
-        self._doorbells.ring(1, (kind, inputs.shape[1], DTYPES.index(hidden.dtype)))
+        dtype = DTYPES.index(hidden.dtype)
+        ops = self._journal.take()
+        self._doorbells.ring(1, Bell(FORWARD, witness.number, rows, length, dtype, ops))
         mx.eval(mx.distributed.send(hidden, 1, group=self._group))
         last = self._group.size() - 1
         self._doorbells.wait(last)  # the last rank has the logits ready
-        logits = mx.distributed.recv((1, 1, self._vocab), hidden.dtype, last, group=self._group)
+        logits = mx.distributed.recv((rows, 1, self._vocab), hidden.dtype, last, group=self._group)
         mx.eval(logits)
         return logits
 
     def stop(self) -> None:
         """Tell the other ranks to leave their loops (the runner is shutting down)."""
-        self._doorbells.ring(1, (STOP, 0, 0))
+        self._doorbells.ring(1, Bell(STOP))
 
 
 def serve_follower(
@@ -299,24 +308,25 @@ def serve_follower(
     """The loop of every rank after the first, until rank 0 says stop."""
     rank, size = group.rank(), group.size()
     last = rank == size - 1
-    cache = make_cache(model)
+    mirror = Mirror(lambda: make_cache(model))
     while True:
-        kind, length, dtype_code = doorbells.wait(rank - 1)
-        dtype = DTYPES[dtype_code]
-        if kind == STOP:
+        bell = doorbells.wait(rank - 1)
+        if bell.kind == STOP:
             if not last:
-                doorbells.ring(rank + 1, (kind, length, dtype_code))
+                doorbells.ring(rank + 1, bell)
             return
-        if kind == NEW_SEQUENCE:
-            cache = make_cache(model)
-        hidden = mx.distributed.recv((1, length, hidden_size), dtype, rank - 1, group=group)
+        mirror.apply(bell.ops)
+        cache = mirror[bell.cache]
+        dtype = DTYPES[bell.dtype]
+        shape = (bell.rows, bell.length, hidden_size)
+        hidden = mx.distributed.recv(shape, dtype, rank - 1, group=group)
         out = later_stage(model, hidden, cache, last)
         if last:
             logits = out.astype(dtype)
             mx.eval(logits)
-            doorbells.ring(0, (CONTINUE, 1, dtype_code))
+            doorbells.ring(0, Bell(FORWARD, bell.cache, bell.rows, 1, bell.dtype))
             mx.eval(mx.distributed.send(logits, 0, group=group))
         else:
             mx.eval(out)
-            doorbells.ring(rank + 1, (kind, length, dtype_code))
+            doorbells.ring(rank + 1, bell)
             mx.eval(mx.distributed.send(out, rank + 1, group=group))

@@ -23,14 +23,13 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from attrs import frozen
 
 from exo.engine import protocol
 from exo.engine.batching import BatchScheduler
 from exo.engine.mlx_engine import PREFILL_STEP, MlxEngine
-from exo.engine.sequential import SequentialScheduler
 from exo.events.codec import CodecError, decode, encode
 
 log = logging.getLogger("exo.engine.runner")
@@ -96,21 +95,6 @@ def _decode_line(raw: bytes, inbox: Inbox) -> None:
         inbox.put(BadLine(f"malformed runner input line ignored: {exc}"))
 
 
-class Scheduler(Protocol):
-    """What the runner loop drives: `BatchScheduler` or `SequentialScheduler`."""
-
-    @property
-    def busy(self) -> bool: ...
-
-    def submit(self, request: protocol.GenerateRequest) -> list[Out]: ...
-
-    def cancel(self, request_id: str) -> list[Out]: ...
-
-    def cancel_all(self) -> list[Out]: ...
-
-    def step(self) -> list[Out]: ...
-
-
 class Runner:
     """Handles the inbox on the main thread: one engine, its scheduler, and between every
     two scheduler steps whatever arrived (new requests join the batch, cancels end theirs)."""
@@ -119,7 +103,7 @@ class Runner:
         self.out = out
         self.inbox = inbox
         self.engine: MlxEngine | None = None
-        self.scheduler: Scheduler | None = None
+        self.scheduler: BatchScheduler | None = None
         self.stopping = False
         self.exit_status = 0
 
@@ -152,7 +136,7 @@ class Runner:
                 scheduler = self.scheduler
                 if scheduler is not None and scheduler.busy and not self.stopping:
                     self.send_all(scheduler.step())
-                    if isinstance(scheduler, SequentialScheduler) and scheduler.broken:
+                    if scheduler.broken:
                         self.stopping = True
                         self.exit_status = 1
             return self.exit_status
@@ -216,9 +200,7 @@ class Runner:
             info.num_layers,
             info.context_length,
             info.blas,
-            f"batches of {request.batch_size}"
-            if isinstance(self.scheduler, BatchScheduler)
-            else "one request at a time",
+            f"batches of {request.batch_size}",
         )
         self.send(protocol.Ready(info=info))
         if engine.follower:
@@ -264,11 +246,9 @@ def prefill_step(engine: MlxEngine) -> int:
     return PREFILL_STEP_CPU if engine.info.device == "cpu" else PREFILL_STEP
 
 
-def scheduler_for(engine: MlxEngine, load: protocol.Load) -> Scheduler:
-    """Batches for a runner holding the whole model; one request at a time for the first
-    rank of a distributed instance."""
-    if engine.group is not None:
-        return SequentialScheduler(engine)
+def scheduler_for(engine: MlxEngine, load: protocol.Load) -> BatchScheduler:
+    """Batches, on a runner holding the whole model as on the first rank of a distributed
+    instance (its other ranks mirror its caches, `exo.engine.mirror`)."""
     return BatchScheduler(
         engine,
         batch_size=load.batch_size,

@@ -2,10 +2,12 @@
 
 Every rank holds a slice of every layer (mlx-lm's `model.shard(group)`: attention heads
 and MLP columns split, two all-reduces per layer), so all ranks must run every forward
-pass together. Rank 0 drives mlx-lm's generation loop as for one model; before each
-forward pass it broadcasts a header `[kind, n]` and the `n` input token ids, and the
-other ranks run the same pass on them. The all-reduces leave identical logits on every
-rank; only rank 0 samples.
+pass together. Rank 0 drives mlx-lm's generation loop as for one model (batches
+included); before each forward pass it rings every other rank's doorbell
+(`doorbell.Bell`: which cache list, rows, tokens, and rank 0's cache operations since the
+last pass, `mirror.py`) and broadcasts the `[rows, n]` input token ids, and the other
+ranks run the same pass on them, on caches kept in step with rank 0's. The all-reduces
+leave identical logits on every rank; only rank 0 samples.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 
 from exo.engine import architectures
-from exo.engine.doorbell import Doorbells
-from exo.engine.pipeline import CONTINUE, NEW_SEQUENCE, STOP
+from exo.engine.doorbell import Bell, Doorbells
+from exo.engine.mirror import Journal, Mirror, Witness, split_witness
+from exo.engine.pipeline import FORWARD, STOP
 
 
 def tensor_refusal(config: Mapping[str, Any], ranks: int | None = None) -> str | None:
@@ -64,21 +67,23 @@ class TensorHead:
         self._model = model
         self._group = group
         self._doorbells = doorbells
+        self._journal = Journal()
         self.layers = cast(Any, model).layers
 
     def make_cache(self) -> list[Any]:
-        """The model's own caches, as the other ranks make them: mlx-lm's
-        `make_prompt_cache` would otherwise give every layer of this stand-in a plain KV
-        cache, which is wrong for layers whose state is another kind of cache, and keeps
-        every position for sliding-window layers (gpt-oss) instead of the window."""
-        return make_prompt_cache(self._model)
+        """The model's own caches, as the other ranks make them, and their witness:
+        mlx-lm's `make_prompt_cache` would otherwise give every layer of this stand-in a
+        plain KV cache, which is wrong for layers whose state is another kind of cache,
+        and keeps every position for sliding-window layers (gpt-oss) instead of the window."""
+        return [*make_prompt_cache(self._model), Witness.new(self._journal)]
 
     def __call__(self, inputs: mx.array, cache: list[Any] | None = None, **_: Any) -> mx.array:
         assert cache is not None
-        kind = NEW_SEQUENCE if cache[0].offset == 0 else CONTINUE
-        self._ring_all((kind, inputs.shape[1], 0))
+        layers, witness = split_witness(cache)
+        rows, length = inputs.shape
+        self._ring_all(Bell(FORWARD, witness.number, rows, length, 0, self._journal.take()))
         shared = _broadcast(inputs.astype(mx.int32), self._group)
-        logits = cast(mx.array, self._model(shared, cache=cache))
+        logits = cast(mx.array, self._model(shared, cache=layers))
         # Evaluate the whole pass now, as the other ranks do: mlx-lm evaluates only the
         # caches after a prefill chunk, which would skip the last layer's all-reduces
         # here while the other ranks wait in them.
@@ -87,21 +92,21 @@ class TensorHead:
 
     def stop(self) -> None:
         """Tell the other ranks to leave their loops (the runner is shutting down)."""
-        self._ring_all((STOP, 0, 0))
+        self._ring_all(Bell(STOP))
 
-    def _ring_all(self, message: tuple[int, int, int]) -> None:
+    def _ring_all(self, bell: Bell) -> None:
         for rank in range(1, self._group.size()):
-            self._doorbells.ring(rank, message)
+            self._doorbells.ring(rank, bell)
 
 
 def serve_follower(model: nn.Module, group: mx.distributed.Group, doorbells: Doorbells) -> None:
     """The loop of every rank after the first, until rank 0 says stop."""
-    cache: list[Any] = make_prompt_cache(model)
+    mirror = Mirror(lambda: make_prompt_cache(model))
     while True:
-        kind, length, _ = doorbells.wait(0)
-        if kind == STOP:
+        bell = doorbells.wait(0)
+        if bell.kind == STOP:
             return
-        if kind == NEW_SEQUENCE:
-            cache = make_prompt_cache(model)
-        inputs = _broadcast(mx.zeros((1, length), dtype=mx.int32), group)
+        mirror.apply(bell.ops)
+        cache = mirror[bell.cache]
+        inputs = _broadcast(mx.zeros((bell.rows, bell.length), dtype=mx.int32), group)
         mx.eval(model(inputs, cache=cache))

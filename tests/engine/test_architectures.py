@@ -26,10 +26,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.generate import generate_step
+from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.utils import MODEL_REMAPPING, _get_classes
 
-from exo.engine import architectures, pipeline, protocol, tensor
+from exo.engine import architectures, model_fixes, pipeline, protocol, tensor
 from exo.engine.architectures import Architecture
 from exo.engine.blas import runner_env
 from exo.engine.mlx_engine import dequantize_to_float32
@@ -138,6 +138,7 @@ def tiny_model(
     Every float parameter is drawn (norm weights too), so a rank that skipped or doubled
     a norm or a scaling would show. gemma3 ties its head, as its checkpoints do.
     """
+    model_fixes.install()  # as the runner does before it loads a model
     config = {**config_of(case), **overrides}
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
@@ -334,7 +335,7 @@ def test_tensor_sharding_is_refused_where_mlx_lm_cannot() -> None:
 @pytest.mark.parametrize(("strategy", "ranks"), [("pipeline", 3), ("tensor", 2)])
 def test_a_real_ring_gives_the_tokens_of_the_whole_model(strategy: str, ranks: int) -> None:
     """Processes joined by the ring backend drive every case through mlx-lm's generation
-    loop, with the runner's heads and follower loops."""
+    loop and its batch generator, with the runner's heads and follower loops."""
     hosts = ",".join(f"127.0.0.1:{free_port()}" for _ in range(ranks))
     processes = [
         subprocess.Popen(
@@ -353,6 +354,11 @@ def test_a_real_ring_gives_the_tokens_of_the_whole_model(strategy: str, ranks: i
     expected = CASES if strategy == "pipeline" else TENSOR_CASES
     assert [r[1] for r in results] == list(expected), outputs[0]
     for _, case, same, diff in results:
+        assert same == "same" and float(diff) < TOLERANCE, (case, same, diff)
+    # The same ring batches: rank 0's batch generator, the others' caches in step with it.
+    batches = [line.split() for line in outputs[0].splitlines() if line.startswith("batch ")]
+    assert [r[1] for r in batches] == list(expected), outputs[0]
+    for _, case, same, diff in batches:
         assert same == "same" and float(diff) < TOLERANCE, (case, same, diff)
 
 
@@ -423,6 +429,30 @@ def _generate(model: Any) -> tuple[list[int], mx.array]:
     return tokens, mx.stack(logprobs)
 
 
+def _batched(model: Any) -> tuple[list[list[int]], mx.array]:
+    """Greedy tokens of three prompts of different lengths from mlx-lm's batch generator,
+    the third joining while the first two decode, and all their log-probabilities."""
+    generator = BatchGenerator(
+        model, completion_batch_size=4, prefill_batch_size=4, prefill_step_size=4
+    )
+    uids = generator.insert([list(PROMPT), [8, 8, 2]], max_tokens=[DECODE_STEPS + 2] * 2)
+    tokens: dict[int, list[int]] = {}
+    logprobs: list[mx.array] = []
+    finished: set[int] = set()
+    steps = 0
+    while len(finished) < len(uids) or steps <= 2:
+        if steps == 2:
+            uids += generator.insert([[4, 40, 41, 42, 43, 44]], max_tokens=[DECODE_STEPS])
+        for response in generator.next_generated():
+            tokens.setdefault(response.uid, []).append(response.token)
+            logprobs.append(response.logprobs)
+            if response.finish_reason is not None:
+                finished.add(response.uid)
+        steps += 1
+    generator.close()
+    return [tokens[uid] for uid in uids], mx.stack(logprobs)
+
+
 def _ring_rank(strategy: str, hosts: list[str], rank: int) -> None:
     """One rank of `test_a_real_ring_...`: every case in turn, then the next."""
     group, doorbells = pipeline.init_ring(rank, hosts, strategy)
@@ -445,11 +475,17 @@ def _ring_rank(strategy: str, hosts: list[str], rank: int) -> None:
             if strategy == "pipeline"
             else tensor.TensorHead(model, group, doorbells)
         )
+        whole = tiny_model(case)
         got, got_probs = _generate(head)
-        head.stop()
-        want, want_probs = _generate(tiny_model(case))
+        want, want_probs = _generate(whole)
         diff = largest(got_probs - want_probs)
         print(f"case {case} {'same' if got == want else 'differ'} {diff:.3e}", flush=True)
+        batch, batch_probs = _batched(head)
+        head.stop()
+        batch_want, batch_want_probs = _batched(whole)
+        diff = largest(batch_probs - batch_want_probs)
+        same = "same" if batch == batch_want else "differ"
+        print(f"batch {case} {same} {diff:.3e}", flush=True)
     doorbells.close()
 
 

@@ -1,7 +1,8 @@
 """Pipeline and tensor parallelism across runner processes joined by the MLX ring backend
 on 127.0.0.1: three pipeline ranks holding 10 layers each give exactly the greedy tokens
 of one runner holding all 30; three tensor ranks holding a third of every layer give the
-same greedy tokens; and a rank that dies breaks the ring loudly, never silently."""
+same greedy tokens; requests sent together decode together in one batch, each with the
+reply it gets alone; and a rank that dies breaks the ring loudly, never silently."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from tests.engine.helpers import REPO_ROOT, RunnerProcess, chat
 from tests.integration.nodes import free_port
 
 PROMPTS = ("What is the capital of France? Answer in one sentence.", "Count from 1 to 5.")
+BATCH_PROMPTS = (*PROMPTS, "Name three colours.", "Why is the sky blue?")
+# A greedy choice that batching may flip must be a near tie (as in test_batching.py).
+NEAR_TIE = 0.05
 
 
 def tokens_of(process: RunnerProcess, request_id: str) -> tuple[list[int], str, int]:
@@ -75,6 +79,52 @@ def test_three_ranks_give_the_tokens_of_one(
     # Rank 0's shutdown releases the others: every rank exits cleanly.
     codes = [ranks[0].close()] + [p.close() for p in ranks[1:]]
     assert codes == [0, 0, 0], [p.stderr()[-2000:] for p in ranks]
+
+
+def replies_of(
+    process: RunnerProcess, requests: list[protocol.Generate]
+) -> tuple[dict[str, list[protocol.TokenOut]], list[protocol.FromRunner]]:
+    """Send the requests at once; each one's TokenOuts, and every message in order."""
+    for request in requests:
+        process.send(request)
+    replies: dict[str, list[protocol.TokenOut]] = {r.request.request_id: [] for r in requests}
+    order: list[protocol.FromRunner] = []
+    finished = 0
+    while finished < len(requests):
+        message = process.recv(120)
+        order.append(message)
+        if isinstance(message, protocol.TokenOut):
+            replies[message.request_id].append(message)
+        elif isinstance(message, protocol.Finished):
+            finished += 1
+        else:
+            raise AssertionError(f"unexpected {message!r}")
+    return replies, order
+
+
+def test_requests_sent_together_decode_together_as_alone(
+    runner: RunnerProcess, ranks: list[RunnerProcess]
+) -> None:
+    requests = [
+        chat(f"b{n}", prompt, max_tokens=12, logprobs=2) for n, prompt in enumerate(BATCH_PROMPTS)
+    ]
+    alone = {
+        r.request.request_id: replies_of(runner, [r])[0][r.request.request_id] for r in requests
+    }
+    together, order = replies_of(ranks[0], requests)
+    # One batch: every request had a token before the first one finished.
+    first_end = next(i for i, m in enumerate(order) if isinstance(m, protocol.Finished))
+    started = {m.request_id for m in order[:first_end] if isinstance(m, protocol.TokenOut)}
+    assert started == set(together), order[: first_end + 1]
+    for request_id, mine in alone.items():
+        theirs = together[request_id]
+        for at, (one, other) in enumerate(zip(mine, theirs, strict=False)):
+            if one.token != other.token:
+                gap = one.logprobs[0].top[0].logprob - one.logprobs[0].top[1].logprob
+                assert gap < NEAR_TIE, (request_id, at, one.text, other.text, gap)
+                break
+        else:
+            assert [t.token for t in mine] == [t.token for t in theirs], request_id
 
 
 def test_a_dead_rank_fails_the_request_and_the_ring(ranks: list[RunnerProcess]) -> None:
