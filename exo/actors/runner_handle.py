@@ -5,7 +5,7 @@ A runner that dies fails every request in flight at once (its stdout closes), so
 client waits on a dead process.
 
 Admission happens here, where the requests of the runner are counted: a runner decodes
-`batch_size` sequences together (one for a distributed instance) and queues up to
+`batch_size` sequences together (a distributed instance's rank 0 too) and queues up to
 `queue_limit` more; a request beyond that is refused at once with `Overloaded` (429 and
 `Retry-After`, estimated from how long requests have been taking), never queued without
 bound.
@@ -99,8 +99,8 @@ class RunnerHandle:
 
     @property
     def concurrency(self) -> int:
-        """Sequences the runner decodes at once: a distributed instance runs one."""
-        return 1 if self.instance.ring else self.limits.batch_size
+        """Sequences the runner decodes at once (rank 0's batch, on a distributed instance)."""
+        return self.limits.batch_size
 
     @property
     def capacity(self) -> int:
