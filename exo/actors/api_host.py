@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,7 @@ from exo.events.commands import (
 from exo.events.facts import Instance, RunnerStatus
 from exo.events.ids import ModelId, NodeId, new_request_id
 from exo.events.state import State
+from exo.metrics import NodeMetrics
 from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
 from exo.models.catalog import ALIASES
 from exo.models.hub import NotAModel, parse_model_name
@@ -130,6 +132,7 @@ class NodeBackend(InstanceManager):
         describe: Describe | None = None,
         describe_local: DescribeLocal | None = None,
         tallies: RequestTallies | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         super().__init__(replica, commands)
         self._node_id = node_id
@@ -144,6 +147,7 @@ class NodeBackend(InstanceManager):
         self._describe_local = describe_local
         # Started and ended requests, reported in batches (`request_tally.py`).
         self.tallies = tallies if tallies is not None else RequestTallies()
+        self._metrics = metrics
 
     def models(self) -> list[ModelCard]:
         registered = self._replica.state.models
@@ -282,6 +286,7 @@ class NodeBackend(InstanceManager):
         tools: tuple[Tool, ...] = (),
         text: str | None = None,
     ) -> AsyncIterator[AsyncIterator[Chunk]]:
+        started = time.perf_counter()
         card = await self.find_model(model)
         route = await self._ready_route(card)
         request_id = new_request_id(self._rng)
@@ -298,7 +303,10 @@ class NodeBackend(InstanceManager):
         outcome: list[Finished] = []
         try:
             async with stream as chunks:
-                yield _watch(chunks, outcome)
+                watched = _watch(chunks, outcome)
+                if self._metrics is not None:
+                    watched = self._metrics.timed(watched, card.model_id, started)
+                yield watched
         finally:
             self.tallies.ended(instance_id, outcome[0] if outcome else None)
 

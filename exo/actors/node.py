@@ -28,6 +28,7 @@ from exo.actors.link_probe import LinkProbe
 from exo.actors.links import PEERS_FILE, LinkNetwork, cluster_secret
 from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
+from exo.actors.node_metrics import state_metrics
 from exo.actors.replica import Replica
 from exo.actors.request_tally import RequestTallies, run_request_reports
 from exo.actors.runner_handle import ServingLimits
@@ -41,6 +42,7 @@ from exo.events.facts import ModelCard
 from exo.events.ids import ModelId, NodeId
 from exo.events.log import EventLog
 from exo.logs import set_log_context
+from exo.metrics import NodeMetrics
 
 log = logging.getLogger("exo.node")
 
@@ -190,6 +192,8 @@ async def run_node(
             data_plane.link_lost, file_share.link_lost if file_share else None
         )
     tallies = RequestTallies()
+    metrics = NodeMetrics()
+    metrics.add_collector(state_metrics(node_id, lambda: replica.state, runners))
     backend = NodeBackend(
         node_id,
         replica,
@@ -202,6 +206,7 @@ async def run_node(
         describe,
         describe_local,
         tallies,
+        metrics,
     )
 
     try:
@@ -259,7 +264,7 @@ async def run_node(
                 )
             host, port = config.api_host, config.api_port
             if config.serve_api:
-                app = create_app(backend, node_label=node_id)
+                app = create_app(backend, node_label=node_id, metrics=metrics)
                 host, port = await nursery.start(
                     partial(serve, app, config.api_host, config.api_port, listen=env.listen_tcp)
                 )

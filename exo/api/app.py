@@ -20,7 +20,7 @@ from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from exo.actors.environment import Listen, listen_tcp
-from exo.api.admin import register_admin
+from exo.api.admin import register_admin, register_metrics
 from exo.api.anthropic import (
     anthropic_error,
     anthropic_http_error,
@@ -42,6 +42,7 @@ from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
 from exo.api.openapi import register_openapi
 from exo.api.responses import register_responses
+from exo.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,12 @@ _hypercorn_log = logging.getLogger("exo.api.hypercorn")
 _hypercorn_log.addFilter(_DropClientGoneRaces())
 
 
-def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
-    """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic dialects."""
+def create_app(
+    backend: Backend, *, node_label: str = "exo", metrics: NodeMetrics | None = None
+) -> QuartTrio:
+    """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic
+    dialects, and `GET /metrics` (`metrics`: the node's; by default a registry of the
+    app's own, counting its HTTP requests)."""
     # No static folder: Quart would otherwise serve `/static/<path>`, a route outside the API.
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
@@ -113,6 +118,7 @@ def create_app(backend: Backend, *, node_label: str = "exo") -> QuartTrio:
     register_responses(app, backend)
     register_anthropic(app, backend)
     register_openapi(app)
+    register_metrics(app, metrics if metrics is not None else NodeMetrics())
 
     @app.before_request
     async def receive_whole_body() -> None:

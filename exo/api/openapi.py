@@ -112,6 +112,19 @@ def admin_paths() -> dict[str, Schema]:
             s.record({"status": s.const("ok")}),
         ),
         "/state": plain("This node's view of the replicated cluster state", s.state_view()),
+        "/metrics": {
+            "get": op(
+                "This node's metrics in the Prometheus text format (docs/api.md lists them)",
+                "admin",
+                {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                }
+                | errors("OpenAI", ANY_ROUTE),
+            )
+        },
         "/instances": {
             **plain(
                 "Every instance", s.record({"instances": s.array(s.ref("Instance"))}), "instances"

@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.nodes import NodeProcess, wait_for
 from tests.integration.streams import MODEL, LongStream, client
@@ -78,6 +79,52 @@ def test_state_reports_the_node_and_the_ready_runner(node: NodeProcess) -> None:
     # The runner says which BLAS it computes with; on Linux the install provides OpenBLAS.
     if sys.platform == "linux":
         assert "openblas" in runner["detail"], runner["detail"]
+
+
+def _scrape(node: NodeProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = httpx.get(f"{node.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_what_a_client_did(node: NodeProcess) -> None:
+    """The official client's request shows in `/metrics` as prometheus_client parses it:
+    the HTTP count, its tokens, one first-token time; and the state's gauges."""
+    node.wait_ready()
+    before = _scrape(node)
+    with client(node) as c:
+        reply = c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=12
+        )
+    assert reply.usage is not None
+    after = _scrape(node)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = {"dialect": "openai", "route": "/v1/chat/completions", "method": "POST"}
+    assert grew("exo_http_requests_total", **route, status="200") == 1
+    assert grew("exo_prompt_tokens_total", model=MODEL) == reply.usage.prompt_tokens
+    assert grew("exo_completion_tokens_total", model=MODEL) == reply.usage.completion_tokens
+    assert grew("exo_time_to_first_token_seconds_count", model=MODEL) == 1
+    assert grew("exo_inter_token_latency_seconds_count", model=MODEL) >= 1
+    view = node.state()
+    me = view["node_id"]
+    assert after[("exo_nodes", frozenset())] == 1
+    assert after[("exo_is_master", frozenset())] == 1
+    assert after[("exo_term", frozenset())] == view["term"]
+    assert 0 < after[("exo_log_index", frozenset())] <= view["index"]
+    (instance_id,) = view["state"]["instances"]
+    ready = {("instance", instance_id), ("node", me), ("phase", "ready")}
+    assert after[("exo_runner_status", frozenset(ready))] == 1
+    assert after[("exo_runner_batch_size", frozenset({("instance", instance_id)}))] == 8
+    memory = view["state"]["nodes"][me]["memory_total"]
+    assert after[("exo_node_memory_total_bytes", frozenset({("node", me)}))] == memory
 
 
 def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
