@@ -160,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("EXO_LOG_LEVEL", "info").lower(),
         help="log detail (env EXO_LOG_LEVEL; debug adds runner stderr)",
     )
+    node.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=["text", "json"],
+        default=os.environ.get("EXO_LOG_FORMAT", "text").lower(),
+        help="text lines for people, or one JSON object a line with node id, term, event "
+        "index and request id (env EXO_LOG_FORMAT; default %(default)s)",
+    )
 
     rep = sub.add_parser(
         "replay", help="rebuild the state from an event log and print it with its hash"
@@ -202,7 +210,7 @@ def _node(args: argparse.Namespace) -> int:
     from exo.events.log import LogCorrupted
     from exo.logs import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     home = _home(args.home)
     models_dir = args.models_dir or os.environ.get("EXO_MODELS_DIR")
     preload = tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip())

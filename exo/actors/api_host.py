@@ -37,6 +37,7 @@ from exo.events.commands import (
 from exo.events.facts import Instance, RunnerStatus
 from exo.events.ids import ModelId, NodeId, new_request_id
 from exo.events.state import State
+from exo.logs import request_context
 from exo.metrics import NodeMetrics
 from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
 from exo.models.catalog import ALIASES
@@ -301,12 +302,15 @@ class NodeBackend(InstanceManager):
             stream = self._data_plane.relay(peer, instance_id, request)
         self.tallies.started(instance_id)
         outcome: list[Finished] = []
+        # Log lines of this request's task, the route's included, carry its id.
         try:
-            async with stream as chunks:
-                watched = _watch(chunks, outcome)
-                if self._metrics is not None:
-                    watched = self._metrics.timed(watched, card.model_id, started)
-                yield watched
+            with request_context(request_id):
+                log.debug("%s for %s runs on %s", request_id, card.model_id, instance_id)
+                async with stream as chunks:
+                    watched = _watch(chunks, outcome)
+                    if self._metrics is not None:
+                        watched = self._metrics.timed(watched, card.model_id, started)
+                    yield watched
         finally:
             self.tallies.ended(instance_id, outcome[0] if outcome else None)
 
