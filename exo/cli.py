@@ -1,5 +1,6 @@
 """The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log,
-`exo models` manages the hub models in this machine's cache, `exo bench` measures a node."""
+`exo models` manages the hub models in this machine's cache, `exo bench` measures a node,
+`exo status` shows the cluster as a node sees it."""
 
 from __future__ import annotations
 
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     from exo.bench import cli as bench_cli
 
     bench_cli.add_parser(sub)
+    from exo import status_cli
+
+    status_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "node":
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return models_cli.run(args)
     if args.command == "bench":
         return bench_cli.run(args)
+    if args.command == "status":
+        return status_cli.run(args)
     return _replay(args)
 
 

@@ -127,6 +127,20 @@ def test_metrics_count_what_a_client_did(node: NodeProcess) -> None:
     assert after[("exo_node_memory_total_bytes", frozenset({("node", me)}))] == memory
 
 
+def test_exo_status_shows_the_node_and_its_instance(node: NodeProcess) -> None:
+    node.wait_ready()
+    command = [sys.executable, "-m", "exo.cli", "status", "--url", node.url]
+    summary = json.loads(subprocess.check_output([*command, "--json"], timeout=30))
+    view = node.state()
+    assert summary["master"] == view["node_id"] and summary["term"] == view["term"]
+    assert [n["id"] for n in summary["nodes"]] == [view["node_id"]]
+    (instance,) = summary["instances"]
+    assert instance["model"] == MODEL
+    assert [(s["node"], s["runner"]) for s in instance["shards"]] == [(view["node_id"], "ready")]
+    text = subprocess.check_output(command, timeout=30, text=True)
+    assert f"cluster: master {view['node_id']}" in text and "runner ready" in text
+
+
 def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
     ask(node, stream=False, max_tokens=4)
     view = wait_for(
