@@ -22,11 +22,13 @@ from exo.actors.request_tally import RequestTallies
 from exo.actors.runner_handle import LOAD_FAILED, RunnerHandle
 from exo.actors.runners import RunnerSupervisor
 from exo.api.backend import (
+    KEEPALIVE_S,
     Chunk,
     InvalidRequest,
     ModelForbidden,
     Unavailable,
     UnknownModel,
+    Update,
 )
 from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams, Tool
 from exo.events.codec import to_plain
@@ -215,6 +217,31 @@ class NodeBackend(InstanceManager):
             "hash": self._replica.hash(),
             "state": to_plain(state),
         }
+
+    async def updates(self, after: int | None) -> AsyncIterator[Update]:
+        replica = self._replica
+        index: int | None = None
+        resets = replica.resets
+        if after is not None and replica.events_after(after) is not None:
+            index = after
+        while True:
+            events = replica.events_after(index) if index is not None else None
+            if events is None or replica.resets != resets:
+                resets = replica.resets
+                view = self.state_view()
+                index = view["index"]
+                yield "snapshot", view
+                continue
+            if not events:
+                # No checkpoint between the check above and this wait: nothing is missed.
+                with trio.move_on_after(KEEPALIVE_S) as quiet:
+                    await replica.wait_changed()
+                if quiet.cancelled_caught:
+                    yield "keepalive", {}
+                continue
+            for event in events:
+                index = event.index
+                yield "event", to_plain(event)
 
     async def _ready_route(self, card: ModelCard) -> Route:
         """Where a request for the model runs: a ready rank-0 runner on this node, or else

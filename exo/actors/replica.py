@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -15,6 +16,10 @@ log = logging.getLogger("exo.replica")
 
 T = TypeVar("T")
 
+# Applied events kept for watchers that fell behind (`GET /events`): a watcher further
+# behind than this gets a fresh snapshot instead.
+RECENT_EVENTS = 4096
+
 
 class Replica:
     def __init__(self, state: State) -> None:
@@ -23,6 +28,7 @@ class Replica:
         self._hash: tuple[int, str] | None = None
         # Counts `reset`s: a state that went back (a divergent suffix cut off).
         self.resets = 0
+        self._recent: deque[IndexedEvent] = deque(maxlen=RECENT_EVENTS)
 
     def apply_batch(self, events: list[IndexedEvent]) -> None:
         """Apply the events that continue the state; older ones are duplicates and are skipped."""
@@ -31,6 +37,7 @@ class Replica:
             if event.index <= self.state.last_index:
                 continue
             self.state = apply(self.state, event)
+            self._recent.append(event)
         if self.state.last_index != before:
             self._changed.set()
             self._changed = trio.Event()
@@ -40,8 +47,20 @@ class Replica:
         self.state = state
         self._hash = None
         self.resets += 1
+        self._recent.clear()
         self._changed.set()
         self._changed = trio.Event()
+
+    def events_after(self, index: int) -> list[IndexedEvent] | None:
+        """The events applied after `index`, in order; None when they are no longer all
+        kept (or `index` is not a point of this state's history), so a watcher must start
+        again from the state itself."""
+        last = self.state.last_index
+        if index == last:
+            return []
+        if index > last or not self._recent or self._recent[0].index > index + 1:
+            return None
+        return [event for event in self._recent if event.index > index]
 
     def hash(self) -> str:
         """The state hash at the current index, computed once per index."""

@@ -1,13 +1,17 @@
-"""Operational routes: liveness, the node's view of the cluster state, its metrics."""
+"""Operational routes: liveness, the node's view of the cluster state and its changes as
+they happen, its metrics."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
 
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend
-from exo.api.errors import json_response
+from exo.api.backend import Backend, InvalidRequest
+from exo.api.errors import backend_error_response, json_response
 from exo.metrics import CONTENT_TYPE, NodeMetrics
 
 
@@ -22,6 +26,25 @@ def register_admin(app: QuartTrio, backend: Backend) -> None:
     async def state() -> TrioResponse:
         return json_response(backend.state_view())
 
+    @app.get("/events")
+    async def events() -> TrioResponse:
+        """Server-sent events: `snapshot` (the state view) to start from, then `event` per
+        replicated event (its `id` is its index), so a page applies changes instead of
+        polling the state. `?from=N` or `Last-Event-ID` (an EventSource reconnecting)
+        resumes after index N when the node still has those events at hand."""
+        raw = request.args.get("from", request.headers.get("Last-Event-ID"))
+        after: int | None = None
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit()):
+                error = InvalidRequest(f"from must be an event index (>= 0), got {raw!r}", "from")
+                return backend_error_response(error)
+            after = int(raw)
+        return TrioResponse(
+            _server_sent(backend.updates(after)),
+            200,
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+
 
 def register_metrics(app: QuartTrio, metrics: NodeMetrics) -> None:
     """Add `GET /metrics` (Prometheus text format) and count every answered request."""
@@ -35,3 +58,15 @@ def register_metrics(app: QuartTrio, metrics: NodeMetrics) -> None:
         rule = request.url_rule.rule if request.url_rule is not None else None
         metrics.count_request(rule, request.method, response.status_code)
         return response
+
+
+async def _server_sent(
+    updates: AsyncIterator[tuple[str, dict[str, object]]],
+) -> AsyncIterator[bytes]:
+    async for kind, data in updates:
+        if kind == "keepalive":
+            yield b": keep-alive\n\n"
+            continue
+        index = data.get("index")
+        head = f"event: {kind}\n" + (f"id: {index}\n" if isinstance(index, int) else "")
+        yield (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()

@@ -14,6 +14,10 @@ from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut,
 from exo.models.cards import ModelCard
 
 Chunk = TokenOut | Finished
+# What `Backend.updates` yields: ("snapshot" | "event" | "keepalive", its JSON data).
+Update = tuple[str, dict[str, Any]]
+# Seconds without news after which `updates` says it is alive (proxies drop quiet streams).
+KEEPALIVE_S = 15.0
 
 
 class BackendError(Exception):
@@ -125,6 +129,14 @@ class Backend(Protocol):
 
     def state_view(self) -> dict[str, Any]:
         """`{"node_id", "master", "term", "index", "hash", "state"}` for GET /state."""
+        ...
+
+    def updates(self, after: int | None) -> AsyncIterator[Update]:
+        """The state as it changes, for `GET /events`: a `("snapshot", state_view)` to start
+        from (unless the events after index `after` are all still at hand), then
+        `("event", indexed event)` for each event applied, in order; again a snapshot
+        where the node's log was cut back or the watcher fell too far behind; and
+        `("keepalive", {})` after `KEEPALIVE_S` without news. Never ends by itself."""
         ...
 
     def instances(self) -> list[dict[str, Any]]:

@@ -112,6 +112,29 @@ def admin_paths() -> dict[str, Schema]:
             s.record({"status": s.const("ok")}),
         ),
         "/state": plain("This node's view of the replicated cluster state", s.state_view()),
+        "/events": {
+            "get": op(
+                "Server-sent events: a snapshot of the state (as /state), then each replicated "
+                "event as it is applied (id: its index); resume with ?from=N or Last-Event-ID",
+                "admin",
+                {
+                    "200": {
+                        "description": "OK",
+                        # Each event's data: the state view (snapshot) or an event.
+                        "content": {SSE: {"schema": s.ANY_OBJECT}},
+                    }
+                }
+                | errors("OpenAI", (*ANY_ROUTE, 400)),
+                parameters=[
+                    {
+                        "name": "from",
+                        "in": "query",
+                        "required": False,
+                        "schema": s.integer(0, 2**53),
+                    }
+                ],
+            )
+        },
         "/metrics": {
             "get": op(
                 "This node's metrics in the Prometheus text format (docs/api.md lists them)",

@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel
+from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel, Update
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.events.codec import to_plain
 from exo.events.facts import FinishReason
@@ -101,6 +101,10 @@ class FakeBackend:
     aliases: dict[str, str] = field(factory=dict)
     # Raised by find_model, as a hub lookup would (gated repo, hub unreachable).
     find_error: BackendError | None = None
+    # What `updates` streams after its snapshot, and the `after` of each call.
+    events: list[dict[str, Any]] = field(factory=list)
+    updates_after: list[int | None] = field(factory=list)
+    endless_updates: bool = True
 
     def models(self) -> list[ModelCard]:
         return list(self.cards)
@@ -125,6 +129,19 @@ class FakeBackend:
             for a, repo in sorted(self.aliases.items())
         ]
         return views
+
+    async def updates(self, after: int | None) -> AsyncIterator[Update]:
+        """A snapshot unless resuming, `events` after `after`, a keepalive, then silence
+        (or the end, for a client that reads whole bodies)."""
+        self.updates_after.append(after)
+        if after is None:
+            yield "snapshot", self.state
+        for event in self.events:
+            if after is None or event["index"] > after:
+                yield "event", event
+        yield "keepalive", {}
+        if self.endless_updates:  # as a node's: the client decides when it has enough
+            await trio.sleep_forever()
 
     def _card(self, model: str) -> ModelCard:
         card = next((c for c in self.cards if c.model_id == model), None)

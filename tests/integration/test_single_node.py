@@ -141,6 +141,40 @@ def test_exo_status_shows_the_node_and_its_instance(node: NodeProcess) -> None:
     assert f"cluster: master {view['node_id']}" in text and "runner ready" in text
 
 
+def test_events_stream_the_state_and_then_each_change(node: NodeProcess) -> None:
+    """`GET /events` starts with the state and then sends every replicated event, in
+    order, as the node applies it: a request's tallies show up without polling."""
+    node.wait_ready()
+    asked = threading.Thread(target=ask, args=(node, False, 4))
+    received: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream("GET", f"{node.url}/events", timeout=60) as reply:
+        assert reply.headers["content-type"] == "text/event-stream"
+        kind = ""
+        for line in reply.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: "):
+                received.append((kind, json.loads(line[len("data: ") :])))
+                if len(received) == 1:
+                    asked.start()  # the snapshot is in hand: now change the state
+                elif (
+                    received[-1][1].get("event", {}).get("type") == "RequestsTallied"
+                    and not asked.is_alive()
+                ):
+                    break  # the tally reported after the request ended
+    asked.join(timeout=60)
+    (first_kind, snapshot), *events = received
+    assert first_kind == "snapshot" and snapshot["node_id"] == node.state()["node_id"]
+    assert events and all(kind == "event" for kind, _ in events)
+    indexes = [data["index"] for _, data in events]
+    assert indexes == list(range(snapshot["index"] + 1, snapshot["index"] + 1 + len(events)))
+    # Resuming after the snapshot's index gives the same events, without a snapshot.
+    with httpx.stream("GET", f"{node.url}/events?from={snapshot['index']}", timeout=60) as reply:
+        data_lines = (line for line in reply.iter_lines() if line.startswith(("event:", "data:")))
+        assert next(data_lines) == "event: event"
+        assert json.loads(next(data_lines)[len("data: ") :]) == events[0][1]
+
+
 def test_replay_of_the_log_matches_the_live_hash(node: NodeProcess) -> None:
     ask(node, stream=False, max_tokens=4)
     view = wait_for(
