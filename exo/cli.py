@@ -1,6 +1,6 @@
 """The `exo` command: `exo node` runs a node, `exo replay` rebuilds a state from a log,
 `exo models` manages the hub models in this machine's cache, `exo bench` measures a node,
-`exo status` shows the cluster as a node sees it."""
+`exo status` shows the cluster as a node sees it, `exo service` installs a node as a service."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from exo import models_cli, service_cli, status_cli
+from exo.bench import cli as bench_cli
 from exo.events.ids import ModelId
 from exo.models.cards import BUNDLED_MODEL
 
@@ -44,6 +46,22 @@ def _non_negative_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        return _node(args)
+    if args.command == "models":
+        return models_cli.run(args)
+    if args.command == "bench":
+        return bench_cli.run(args)
+    if args.command == "status":
+        return status_cli.run(args)
+    if args.command == "service":
+        return service_cli.run(args)
+    return _replay(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every `exo` command and its flags."""
     parser = argparse.ArgumentParser(prog="exo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -183,26 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         "not from the snapshot",
     )
 
-    from exo import models_cli
-
     models_cli.add_parser(sub)
-    from exo.bench import cli as bench_cli
-
     bench_cli.add_parser(sub)
-    from exo import status_cli
-
     status_cli.add_parser(sub)
+    service_cli.add_parser(sub)
 
-    args = parser.parse_args(argv)
-    if args.command == "node":
-        return _node(args)
-    if args.command == "models":
-        return models_cli.run(args)
-    if args.command == "bench":
-        return bench_cli.run(args)
-    if args.command == "status":
-        return status_cli.run(args)
-    return _replay(args)
+    return parser
 
 
 def _node(args: argparse.Namespace) -> int:
