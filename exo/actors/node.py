@@ -193,7 +193,9 @@ async def run_node(
         )
     tallies = RequestTallies()
     metrics = NodeMetrics()
-    metrics.add_collector(state_metrics(node_id, lambda: replica.state, runners))
+    metrics.add_collector(
+        state_metrics(node_id, lambda: replica.state, runners, control.statistics)
+    )
     backend = NodeBackend(
         node_id,
         replica,

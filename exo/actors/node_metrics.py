@@ -10,20 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exo.actors.control import ControlStatistics
 from exo.actors.runners import RunnerSupervisor
 from exo.events.ids import NodeId
 from exo.events.state import State
 
 
 def state_metrics(
-    node_id: NodeId, state: Callable[[], State], runners: RunnerSupervisor
+    node_id: NodeId,
+    state: Callable[[], State],
+    runners: RunnerSupervisor,
+    control: Callable[[], ControlStatistics] | None = None,
 ) -> Callable[[], Iterator[Metric]]:
-    """A collect function for `NodeMetrics.add_collector`."""
+    """A collect function for `NodeMetrics.add_collector`; `control`: the control actor's
+    statistics (its elections and log repairs), where there is one."""
 
     def collect() -> Iterator[Metric]:
         yield from _log(node_id, state())
+        if control is not None:
+            yield from _control(control())
         yield from _nodes(state())
         yield from _instances(state())
         yield from _downloads(state())
@@ -49,6 +56,25 @@ def _log(node_id: NodeId, state: State) -> Iterator[Metric]:
     )
     adopted.add_metric([], len(state.adopted))
     yield from (index, term, master, adopted)
+
+
+def _control(statistics: ControlStatistics) -> Iterator[Metric]:
+    won = CounterMetricFamily(
+        "exo_elections_won", "Terms this node took office as master (since it started)."
+    )
+    won.add_metric([], statistics.elections)
+    truncated = CounterMetricFamily(
+        "exo_truncated_events", "Events this node's log cut back to agree with a new master."
+    )
+    truncated.add_metric([], statistics.truncated_events)
+    adopted = CounterMetricFamily(
+        "exo_adopted_commands",
+        "Commands that offered this node's divergent events of a deposed term to a new master.",
+    )
+    adopted.add_metric([], statistics.adopted_commands)
+    synced = GaugeMetricFamily("exo_synced", "1 while this node holds the master's log.")
+    synced.add_metric([], 1 if statistics.synced else 0)
+    yield from (won, truncated, adopted, synced)
 
 
 def _nodes(state: State) -> Iterator[Metric]:

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from exo.actors.control import ControlStatistics
 from exo.actors.node_metrics import state_metrics
 from exo.events.events import IndexedEvent, LinksMeasured, NodeProfiled
 from exo.events.facts import LinkStats, NodeProfile
@@ -27,10 +28,15 @@ def profile(memory: int) -> NodeProfile:
     return NodeProfile("host", "linux-x86_64", 2, memory, memory // 2, "cpu", 52415, 52416)
 
 
+STATISTICS = ControlStatistics(
+    None, leading=True, synced=True, elections=2, truncated_events=5, adopted_commands=1
+)
+
+
 def node_metrics(state: State, handles: dict[str, Any] | None = None) -> NodeMetrics:
     metrics = NodeMetrics()
     runners = cast(Any, SimpleNamespace(handles=handles or {}))
-    metrics.add_collector(state_metrics(A, lambda: state, runners))
+    metrics.add_collector(state_metrics(A, lambda: state, runners, lambda: STATISTICS))
     return metrics
 
 
@@ -57,6 +63,10 @@ def test_gauges_read_the_state_and_this_nodes_runners() -> None:
     found = scrape(node_metrics(state, {"inst-1": handle}))
     assert found[("exo_log_index", frozenset())] == 3
     assert found[("exo_term", frozenset())] == 2
+    assert found[("exo_elections_won_total", frozenset())] == 2
+    assert found[("exo_truncated_events_total", frozenset())] == 5
+    assert found[("exo_adopted_commands_total", frozenset())] == 1
+    assert found[("exo_synced", frozenset())] == 1
     assert found[("exo_nodes", frozenset())] == 2
     assert found[("exo_node_memory_total_bytes", frozenset({("node", B)}))] == 8 * 2**30
     link = frozenset({("from", A), ("to", B)})

@@ -117,6 +117,8 @@ def test_metrics_count_what_a_client_did(node: NodeProcess) -> None:
     me = view["node_id"]
     assert after[("exo_nodes", frozenset())] == 1
     assert after[("exo_is_master", frozenset())] == 1
+    assert after[("exo_elections_won_total", frozenset())] == 1  # it elected itself, once
+    assert after[("exo_synced", frozenset())] == 1
     assert after[("exo_term", frozenset())] == view["term"]
     assert 0 < after[("exo_log_index", frozenset())] <= view["index"]
     (instance_id,) = view["state"]["instances"]
