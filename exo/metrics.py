@@ -14,8 +14,8 @@ process never mix their counts. Two kinds of metric:
   links (`exo.actors.node_metrics`).
 
 Route labels are the routes' rules (`/v1/chat/completions`, `/v1/responses/<path:...>`),
-never raw paths, and a request no route matched is counted as `unmatched`, so a scanner
-cannot grow the series without bound.
+never raw paths, and a request no route matched is counted as `unmatched`
+(`exo.api.admin`), so a scanner cannot grow the series without bound.
 """
 
 from __future__ import annotations
@@ -41,19 +41,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # one decode step apart, tens of milliseconds on a CPU and a few on a GPU.
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 GAP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def dialect_of(route: str) -> str:
-    """The API dialect a route rule belongs to."""
-    if route.startswith(("/api/", "/ollama")) or route == "/":
-        return "ollama"
-    if route.startswith("/v1/messages"):
-        return "anthropic"
-    if route.startswith("/v1/responses"):
-        return "responses"
-    if route.startswith("/v1/"):
-        return "openai"
-    return "exo"
 
 
 class _Gathered(Collector):
@@ -115,10 +102,8 @@ class NodeMetrics:
         """Also report what `collect` yields at each scrape."""
         self.registry.register(_Gathered(collect))
 
-    def count_request(self, route: str | None, method: str, status: int) -> None:
-        rule = route if route is not None else "unmatched"
-        dialect = dialect_of(rule) if route is not None else "none"
-        self.requests.labels(dialect, rule, method, str(status)).inc()
+    def count_request(self, dialect: str, route: str, method: str, status: int) -> None:
+        self.requests.labels(dialect, route, method, str(status)).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -220,10 +220,8 @@ class NodeBackend(InstanceManager):
 
     async def updates(self, after: int | None) -> AsyncIterator[Update]:
         replica = self._replica
-        index: int | None = None
+        index = after  # where the events it no longer keeps are asked for: a snapshot
         resets = replica.resets
-        if after is not None and replica.events_after(after) is not None:
-            index = after
         while True:
             events = replica.events_after(index) if index is not None else None
             if events is None or replica.resets != resets:

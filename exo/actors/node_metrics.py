@@ -28,13 +28,14 @@ def state_metrics(
     statistics (its elections and log repairs), where there is one."""
 
     def collect() -> Iterator[Metric]:
-        yield from _log(node_id, state())
+        current = state()  # one state for the whole scrape
+        yield from _log(node_id, current)
         if control is not None:
             yield from _control(control())
-        yield from _nodes(state())
-        yield from _instances(state())
-        yield from _downloads(state())
-        yield from _links(state())
+        yield from _nodes(current)
+        yield from _instances(current)
+        yield from _downloads(current)
+        yield from _links(current)
         yield from _local_runners(runners)
 
     return collect

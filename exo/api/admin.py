@@ -10,8 +10,10 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api.anthropic import is_anthropic_path
 from exo.api.backend import Backend, InvalidRequest
 from exo.api.errors import backend_error_response, json_response
+from exo.api.ollama import is_ollama_path
 from exo.metrics import CONTENT_TYPE, NodeMetrics
 
 
@@ -55,9 +57,26 @@ def register_metrics(app: QuartTrio, metrics: NodeMetrics) -> None:
 
     @app.after_request
     async def count(response: TrioResponse) -> TrioResponse:
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        metrics.count_request(rule, request.method, response.status_code)
+        if request.url_rule is None:  # one series for every path no route serves
+            dialect, route = "none", "unmatched"
+        else:
+            route = request.url_rule.rule
+            dialect = dialect_of(route)
+        metrics.count_request(dialect, route, request.method, response.status_code)
         return response
+
+
+def dialect_of(route: str) -> str:
+    """The API dialect a route rule belongs to."""
+    if is_ollama_path(route) or route == "/":  # `/` is Ollama's "is it running"
+        return "ollama"
+    if is_anthropic_path(route):
+        return "anthropic"
+    if route.startswith("/v1/responses"):
+        return "responses"
+    if route.startswith("/v1/"):
+        return "openai"
+    return "exo"
 
 
 async def _server_sent(

@@ -13,8 +13,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from exo.api.admin import dialect_of
 from exo.engine.protocol import Finished, TokenOut
-from exo.metrics import NodeMetrics, dialect_of
+from exo.metrics import NodeMetrics
 
 from .fakes import MODEL, FakeBackend, tokens
 from .helpers import running
