@@ -54,7 +54,9 @@ def run(args: argparse.Namespace, platform: str = sys.platform, execute: Run | N
         return 1
     path = service_path(platform)
     if args.verb == "install":
-        node_args = [a for a in args.node_args if a != "--"] if args.node_args else []
+        node_args = list(args.node_args)
+        if node_args[:1] == ["--"]:  # the separator itself, not a value after it
+            node_args = node_args[1:]
         command = [sys.executable, "-m", "exo.cli", "node", *node_args]
         env = {k: os.environ[k] for k in CARRIED_ENV if k in os.environ}
         path.parent.mkdir(parents=True, exist_ok=True)

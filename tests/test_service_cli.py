@@ -62,11 +62,11 @@ def test_install_writes_and_starts_and_uninstall_stops_and_removes(
     def record(command: Sequence[str]) -> None:
         ran.append(list(command))
 
-    parser_args = cli_args(["service", "install", "--", "--peers", "10.0.0.2:52416"])
+    parser_args = cli_args(["service", "install", "--", "--peers", "10.0.0.2:52416", "--"])
     assert service_cli.run(parser_args, "linux", record) == 0
     path = config_home / "config" / "systemd" / "user" / "exo.service"
     unit = path.read_text()
-    assert "node --peers 10.0.0.2:52416" in unit
+    assert "node --peers 10.0.0.2:52416 --\n" in unit  # only the separator is dropped
     assert f'Environment="EXO_HOME={config_home / "exo home"}"' in unit
     assert "hf_secret" not in unit  # a secret never goes into a file others may read
     assert ran == [
