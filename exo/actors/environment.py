@@ -53,8 +53,10 @@ class Environment(Protocol):
         """Start a child process with pipes on stdin, stdout and stderr."""
         ...
 
-    async def run_blocking(self, fn: Callable[[], T]) -> T:
-        """Run blocking disk work (fsync, model conversion) off the event loop."""
+    async def run_blocking(self, fn: Callable[[], T], abandon_on_cancel: bool = False) -> T:
+        """Run blocking disk work (fsync, model conversion) off the event loop. With
+        `abandon_on_cancel`, a cancelled caller returns at once and the thread runs on
+        (it must end by itself: a stopped download's worker raises at its next chunk)."""
         ...
 
     def host_facts(self) -> HostFacts: ...
@@ -120,8 +122,8 @@ class RealEnvironment:
             start_new_session=True,
         )
 
-    async def run_blocking(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn)
+    async def run_blocking(self, fn: Callable[[], T], abandon_on_cancel: bool = False) -> T:
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
 
     def host_facts(self) -> HostFacts:
         return self._host

@@ -33,7 +33,7 @@ from exo.events.facts import ModelCard
 from exo.events.ids import NodeId, random_token
 from exo.events.state import State
 from exo.models.cards import card_for
-from exo.models.hub import files_needed
+from exo.models.hub import files_needed, wants_model
 
 log = logging.getLogger("exo.files")
 
@@ -64,10 +64,9 @@ class _Needs:
 
 
 def _needs(state: State, card: ModelCard) -> list[_Needs]:
-    """Every node with a shard of the model: its download phase and the files it needs."""
-    nodes = sorted(
-        {s.node_id for i in state.instances_of(card.model_id) for s in i.shards} & set(state.nodes)
-    )
+    """Every node that wants the model (`wants_model`): its download phase and the files
+    it needs."""
+    nodes = sorted(n for n in state.nodes if wants_model(state, n, card.model_id))
     out = []
     for node in nodes:
         status = state.download_status(node, card.model_id)

@@ -33,7 +33,15 @@ def register_admin(app: QuartTrio, backend: Backend) -> None:
         """Server-sent events: `snapshot` (the state view) to start from, then `event` per
         replicated event (its `id` is its index), so a page applies changes instead of
         polling the state. `?from=N` or `Last-Event-ID` (an EventSource reconnecting)
-        resumes after index N when the node still has those events at hand."""
+        resumes after index N when the node still has those events at hand.
+        `?view=sections` sends `sections` instead: the state cut into the sections a page
+        shows, all at first, then only those that changed (the dashboard reads this)."""
+        view = request.args.get("view", "events")
+        if view not in ("events", "sections"):
+            error = InvalidRequest(f"view must be 'events' or 'sections', got {view!r}", "view")
+            return backend_error_response(error)
+        if view == "sections":
+            return _event_stream(backend.section_updates())
         raw = request.args.get("from", request.headers.get("Last-Event-ID"))
         after: int | None = None
         if raw is not None:
@@ -41,11 +49,7 @@ def register_admin(app: QuartTrio, backend: Backend) -> None:
                 error = InvalidRequest(f"from must be an event index (>= 0), got {raw!r}", "from")
                 return backend_error_response(error)
             after = int(raw)
-        return TrioResponse(
-            _server_sent(backend.updates(after)),
-            200,
-            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        )
+        return _event_stream(backend.updates(after))
 
 
 def register_metrics(app: QuartTrio, metrics: NodeMetrics) -> None:
@@ -77,6 +81,14 @@ def dialect_of(route: str) -> str:
     if route.startswith("/v1/"):
         return "openai"
     return "exo"
+
+
+def _event_stream(updates: AsyncIterator[tuple[str, dict[str, object]]]) -> TrioResponse:
+    return TrioResponse(
+        _server_sent(updates),
+        200,
+        {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+    )
 
 
 async def _server_sent(

@@ -29,6 +29,8 @@ from exo.api.anthropic import (
 )
 from exo.api.backend import Backend
 from exo.api.completions import register_completions
+from exo.api.dashboard import register_dashboard
+from exo.api.downloads import register_downloads
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     http_error_parts,
@@ -113,11 +115,13 @@ def create_app(
     register_openai(app, backend)
     register_completions(app, backend)
     register_instances(app, backend)
+    register_downloads(app, backend)
     register_models(app, backend)
     register_ollama(app, backend)
     register_responses(app, backend)
     register_anthropic(app, backend)
     register_openapi(app)
+    register_dashboard(app)
     register_metrics(app, metrics if metrics is not None else NodeMetrics())
 
     @app.before_request

@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.models.cards import ModelCard
 
 Chunk = TokenOut | Finished
-# What `Backend.updates` yields: ("snapshot" | "event" | "keepalive", its JSON data).
+# What `Backend.updates` yields: ("snapshot" | "event" | "sections" | "keepalive", its data).
 Update = tuple[str, dict[str, Any]]
 # Seconds without news after which `updates` says it is alive (proxies drop quiet streams).
 KEEPALIVE_S = 15.0
@@ -137,6 +137,26 @@ class Backend(Protocol):
         `("event", indexed event)` for each event applied, in order; again a snapshot
         where the node's log was cut back or the watcher fell too far behind; and
         `("keepalive", {})` after `KEEPALIVE_S` without news. Never ends by itself."""
+        ...
+
+    def section_updates(self) -> AsyncIterator[Update]:
+        """The state as a page shows it, for `GET /events?view=sections`: `("sections",
+        {"node_id", "master", "term", "index", "sections"})`, first with every section
+        (`exo/actors/state_sections.py`), then with only those that changed, a burst of
+        events coalesced into one; `("keepalive", {})` after `KEEPALIVE_S` without news."""
+        ...
+
+    def downloads(self) -> list[dict[str, Any]]:
+        """Every node's download of every model it holds or fetches: `{"node", "model",
+        "phase", "bytes_done", "bytes_total", "rate", "eta_seconds", "detail", "order"}`."""
+        ...
+
+    async def order_download(
+        self, model: str, node: str | None, action: Literal["fetch", "stop"]
+    ) -> dict[str, Any]:
+        """Fetch the whole model onto `node` (default: this node), or stop fetching it
+        there; returns that download as `downloads` lists it. `UnknownModel`, or
+        `InvalidRequest` saying why (no such node, a coordinator-only one, ...)."""
         ...
 
     def instances(self) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ HTML or a traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from quart_trio.wrappers import TrioResponse
@@ -71,6 +71,18 @@ def as_backend_error(error: BaseException) -> BackendError | None:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error if isinstance(error, BackendError) else None
+
+
+async def answer_json(work: Callable[[], Awaitable[Any]], status: int = 200) -> TrioResponse:
+    """`work()`'s result as JSON, or the BackendError it raised in OpenAI's error shape
+    (anything else reaches the app's catch-all, which logs it and answers a JSON 500)."""
+    try:
+        return json_response(await work(), status)
+    except Exception as error:
+        backend_error = as_backend_error(error)
+        if backend_error is None:
+            raise
+        return backend_error_response(backend_error)
 
 
 def backend_error_payload(error: BackendError) -> dict[str, Any]:

@@ -3,7 +3,6 @@ model could go. Errors use the same JSON error shape as the rest of the API."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from attrs import frozen
@@ -12,7 +11,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, InvalidRequest
-from exo.api.errors import as_backend_error, backend_error_response, json_response
+from exo.api.errors import answer_json
 from exo.api.validation import decode_json_body
 
 STRATEGIES = ("pipeline", "tensor")
@@ -61,14 +60,7 @@ def parse_place_request(body: object) -> PlaceRequest:
 def register_instances(app: QuartTrio, backend: Backend) -> None:
     """Add `POST/GET /instances`, `GET/DELETE /instances/<id>`, `GET /instances/previews`."""
 
-    async def answer(work: Callable[[], Awaitable[Any]], status: int = 200) -> TrioResponse:
-        try:
-            return json_response(await work(), status)
-        except Exception as error:
-            backend_error = as_backend_error(error)
-            if backend_error is None:
-                raise  # the app's catch-all logs it and answers a JSON 500
-            return backend_error_response(backend_error)
+    answer = answer_json
 
     @app.post("/instances")
     async def create_instance() -> TrioResponse:

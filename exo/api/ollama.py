@@ -23,6 +23,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel, lookup_model
+from exo.api.dashboard import page_response, wants_page
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.openai import parse_messages
 from exo.api.openai_params import ANY_JSON_OBJECT
@@ -467,6 +468,8 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         return json_response({"version": OLLAMA_API_VERSION})
 
     async def alive() -> TrioResponse:
+        if request.path == "/" and wants_page():  # a browser at the node's address
+            return page_response()
         return TrioResponse("Ollama is running", status=200, content_type="text/plain")
 
     for prefix in PREFIXES:

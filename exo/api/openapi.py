@@ -19,6 +19,7 @@ from quart_trio.wrappers import TrioResponse
 
 from exo.api import openapi_schemas as s
 from exo.api.anthropic_request import MESSAGES_PATH
+from exo.api.dashboard import ASSETS
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 
@@ -115,7 +116,9 @@ def admin_paths() -> dict[str, Schema]:
         "/events": {
             "get": op(
                 "Server-sent events: a snapshot of the state (as /state), then each replicated "
-                "event as it is applied (id: its index); resume with ?from=N or Last-Event-ID",
+                "event as it is applied (id: its index); resume with ?from=N or Last-Event-ID. "
+                "?view=sections sends the state in sections instead, all at first, then those "
+                "that changed (what the dashboard reads)",
                 "admin",
                 {
                     "200": {
@@ -131,8 +134,38 @@ def admin_paths() -> dict[str, Schema]:
                         "in": "query",
                         "required": False,
                         "schema": s.integer(0, 2**53),
-                    }
+                    },
+                    {
+                        "name": "view",
+                        "in": "query",
+                        "required": False,
+                        "schema": s.enum("events", "sections"),
+                    },
                 ],
+            )
+        },
+        "/dashboard": {
+            "get": op(
+                "The web dashboard (docs/operations.md)",
+                "admin",
+                {"200": {"description": "OK", "content": {"text/html": {"schema": s.STRING}}}}
+                | errors("OpenAI", ANY_ROUTE),
+            )
+        },
+        "/dashboard/{name}": {
+            "get": op(
+                "The dashboard's script and stylesheet",
+                "admin",
+                {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            kind.split(";")[0]: {"schema": s.STRING} for kind in ASSETS.values()
+                        },
+                    }
+                }
+                | errors("OpenAI", (*ANY_ROUTE, 404)),
+                parameters=[path_param("name", s.enum(*ASSETS))],
             )
         },
         "/metrics": {
@@ -157,6 +190,30 @@ def admin_paths() -> dict[str, Schema]:
                 "instances",
                 ok(s.ref("Instance"), 201) | errors("OpenAI", GENERATION),
                 body=s.place_request(),
+            ),
+        },
+        "/downloads": {
+            **plain(
+                "Every node's download of every model it holds or fetches",
+                s.record({"downloads": s.array(s.download_entry())}),
+                "models",
+            ),
+            "post": op(
+                "Fetch a whole model onto a node (default: this one); again after a failure "
+                "or a stop, it continues from the bytes on disk",
+                "models",
+                ok(s.download_entry(), 202) | errors("OpenAI", GENERATION),
+                body=s.download_target(),
+            ),
+            "delete": op(
+                "Stop fetching a model on a node (default: this one), placed there or not; "
+                "its bytes so far stay for the next start",
+                "models",
+                ok(s.download_entry()) | errors("OpenAI", GENERATION),
+                parameters=[
+                    {"name": "model", "in": "query", "required": True, "schema": s.MODEL_ID},
+                    {"name": "node", "in": "query", "required": False, "schema": s.NON_EMPTY},
+                ],
             ),
         },
         "/instances/previews": {
@@ -291,11 +348,14 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
         answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
         return {"post": op(summary, "ollama", answers, body=s.ollama_request(chat=chat))}
 
-    running = {
-        "200": {"description": "Ollama is running", "content": {"text/plain": {"schema": s.STRING}}}
-    }
+    content: Schema = {"text/plain": {"schema": s.STRING}}
+    if not prefix:  # a browser (preferring HTML) gets the dashboard here
+        content["text/html"] = {"schema": s.STRING}
+    running = {"200": {"description": "Ollama is running", "content": content}}
     alive = op(
-        "Liveness, as Ollama answers it",
+        "Liveness, as Ollama answers it; the web dashboard for a browser"
+        if not prefix
+        else "Liveness, as Ollama answers it",
         "ollama",
         running | errors("Ollama" if prefix else "OpenAI", ANY_ROUTE),
     )

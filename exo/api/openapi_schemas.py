@@ -758,12 +758,43 @@ def place_request() -> Schema:
     return obj(fields, "model", additionalProperties=False)
 
 
+DOWNLOAD_PHASE = enum("pending", "downloading", "complete", "failed", "stopped")
+
+
+def download_target() -> Schema:
+    """POST /downloads: a model and the node to fetch all of it onto (default: this one)."""
+    return obj(
+        {"model": MODEL_ID, "node": nullable(NON_EMPTY)}, "model", additionalProperties=False
+    )
+
+
+def download_entry() -> Schema:
+    """One node's download of one model, as GET /downloads lists it."""
+    return record(
+        {
+            "node": STRING,
+            "model": STRING,
+            "phase": nullable(DOWNLOAD_PHASE),
+            "bytes_done": COUNT,
+            "bytes_total": COUNT,
+            "detail": STRING,
+            "rate": COUNT,
+            "eta_seconds": nullable({"type": "number", "minimum": 0}),
+            "order": nullable(enum("fetch", "stop")),
+        },
+        "bytes_done",
+        "bytes_total",
+        "detail",
+        "rate",
+    )
+
+
 def model_view() -> Schema:
     """A model as GET /models shows it: card (null for an alias not read yet), per-node
     downloads, instances."""
     download = record(
         {
-            "phase": enum("pending", "downloading", "complete", "failed"),
+            "phase": DOWNLOAD_PHASE,
             "bytes_done": COUNT,
             "bytes_total": COUNT,
             "detail": STRING,

@@ -6,6 +6,7 @@ from attrs import frozen
 
 from exo.events.events import IndexedEvent
 from exo.events.facts import (
+    DownloadAction,
     DownloadStatus,
     LinkStats,
     ModelCard,
@@ -61,6 +62,15 @@ class ReportDownload:
 
 
 @frozen
+class OrderDownload:
+    """Fetch a whole model onto a node, or stop fetching it there (`POST`/`DELETE /downloads`)."""
+
+    node_id: NodeId
+    model: ModelId
+    action: DownloadAction
+
+
+@frozen
 class ReportRequests:
     """This node's request tallies since its last report (`exo/actors/request_tally.py`)."""
 
@@ -103,6 +113,7 @@ Command = (
     | DeleteInstance
     | ReportRunnerStatus
     | ReportDownload
+    | OrderDownload
     | ReportRequests
 )
 COMMAND_TYPES: tuple[type, ...] = Command.__args__  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from attrs import frozen
 
 from exo.events.facts import (
+    DownloadAction,
     DownloadStatus,
     FinishReason,
     Instance,
@@ -59,6 +60,15 @@ class DownloadStatusChanged:
     node_id: NodeId
     model: ModelId
     status: DownloadStatus
+
+
+@frozen
+class DownloadOrdered:
+    """A user's order for a model's download on a node (`facts.DownloadOrder`)."""
+
+    node_id: NodeId
+    model: ModelId
+    action: DownloadAction
 
 
 @frozen
@@ -151,6 +161,7 @@ Event = (
     | InstanceDeleted
     | RunnerStatusChanged
     | DownloadStatusChanged
+    | DownloadOrdered
     | RequestStarted
     | RequestFinished
     | RequestFailed

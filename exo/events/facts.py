@@ -12,7 +12,10 @@ Accelerator = Literal["cpu", "metal", "cuda"]
 Strategy = Literal["pipeline", "tensor"]
 # "running" is no longer written (busy is a local fact); older logs hold it, read as ready.
 RunnerPhase = Literal["starting", "loading", "ready", "running", "failed"]
-DownloadPhase = Literal["pending", "downloading", "complete", "failed"]
+# "stopped": a download ended before its last byte because it was stopped through the API
+# or the model is no longer placed on the node; what it fetched stays for the next start.
+DownloadPhase = Literal["pending", "downloading", "complete", "failed", "stopped"]
+DownloadAction = Literal["fetch", "stop"]
 ModelSource = Literal["bundled", "hub", "local"]
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -196,6 +199,17 @@ class DownloadStatus:
 
 
 @frozen
+class DownloadOrder:
+    """What a user asked of a model's download on a node (`POST`/`DELETE /downloads`):
+    fetch all of it (placed or not), or stop fetching it (placed or not). `serial` counts
+    the orders for that node and model, so a node tells a new "fetch" (retry a failed
+    download) from the one it already obeyed."""
+
+    action: DownloadAction
+    serial: int = 1
+
+
+@frozen
 class RequestRecord:
     """An in-flight generation request: its lifecycle, never its tokens."""
 
@@ -228,6 +242,8 @@ class RequestCounters:
 
 __all__ = [
     "Accelerator",
+    "DownloadAction",
+    "DownloadOrder",
     "DownloadPhase",
     "DownloadStatus",
     "FinishReason",

@@ -13,6 +13,7 @@ from immutables import Map
 
 from exo.events.codec import digest
 from exo.events.events import (
+    DownloadOrdered,
     DownloadStatusChanged,
     IndexedEvent,
     InstanceCreated,
@@ -30,6 +31,7 @@ from exo.events.events import (
     SuffixAdopted,
 )
 from exo.events.facts import (
+    DownloadOrder,
     DownloadStatus,
     Instance,
     LinkStats,
@@ -74,6 +76,8 @@ class State:
     links: Map[NodeId, Map[NodeId, LinkStats]] = field(factory=Map)
     # Deposed terms whose divergent suffix this log adopted: "term/master" -> last index.
     adopted: Map[str, int] = field(factory=Map)
+    # Users' orders to fetch or stop a model's download: node -> model -> order.
+    download_orders: Map[NodeId, Map[ModelId, DownloadOrder]] = field(factory=Map)
 
     def runner_status(self, instance_id: InstanceId, node_id: NodeId) -> RunnerStatus | None:
         per_node = self.runners.get(instance_id)
@@ -81,6 +85,10 @@ class State:
 
     def download_status(self, node_id: NodeId, model: ModelId) -> DownloadStatus | None:
         per_model = self.downloads.get(node_id)
+        return None if per_model is None else per_model.get(model)
+
+    def download_order(self, node_id: NodeId, model: ModelId) -> DownloadOrder | None:
+        per_model = self.download_orders.get(node_id)
         return None if per_model is None else per_model.get(model)
 
     def instances_of(self, model: ModelId) -> list[Instance]:
@@ -159,6 +167,11 @@ def apply_event(state: State, event: object, **index: int) -> State:
         case DownloadStatusChanged(node_id=node_id, model=model, status=status):
             per_model = state.downloads.get(node_id, Map()).set(model, status)
             return change(state, downloads=state.downloads.set(node_id, per_model))
+        case DownloadOrdered(node_id=node_id, model=model, action=action):
+            last = state.download_order(node_id, model)
+            order = DownloadOrder(action, 1 if last is None else last.serial + 1)
+            per_model = state.download_orders.get(node_id, Map()).set(model, order)
+            return change(state, download_orders=state.download_orders.set(node_id, per_model))
         case RequestStarted(request=request):
             return change(state, requests=state.requests.set(request.request_id, request))
         case RequestFinished(request_id=request_id) | RequestFailed(request_id=request_id):
@@ -196,6 +209,7 @@ def _replace(state: State, **changes: Any) -> State:
         get("in_flight", state.in_flight),
         get("links", state.links),
         get("adopted", state.adopted),
+        get("download_orders", state.download_orders),
     )
 
 

@@ -271,8 +271,21 @@ def files_for_layers(card: ModelCard, start: int, end: int) -> tuple[str, ...]:
     return tuple(sorted({*card.support_files, *weights}))
 
 
+def wants_model(state: State, node_id: NodeId, model: ModelId) -> bool:
+    """Whether the node should hold the model's files: a shard of it is placed there or a
+    user ordered it fetched, and no user ordered its download stopped."""
+    order = state.download_order(node_id, model)
+    if order is not None:
+        return order.action == "fetch"
+    return any(i.shard_on(node_id) is not None for i in state.instances_of(model))
+
+
 def files_needed(state: State, node_id: NodeId, card: ModelCard) -> tuple[str, ...]:
-    """The files this node's shards of the model need (all of them for a tensor shard)."""
+    """The files this node's shards of the model need (all of them for a tensor shard, or
+    where a user ordered the whole model fetched)."""
+    order = state.download_order(node_id, card.model_id)
+    if order is not None and order.action == "fetch":
+        return tuple(sorted(files_for_layers(card, 0, card.num_layers)))
     names: set[str] = set()
     for instance in state.instances_of(card.model_id):
         shard = instance.shard_on(node_id)

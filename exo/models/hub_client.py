@@ -74,6 +74,10 @@ class NotEnoughDisk(HubError):
     pass
 
 
+class DownloadStopped(Exception):
+    """A download stopped on purpose (`ByteTally.stop`): not a failure, nothing to retry."""
+
+
 class CorruptDownload(HubError):
     pass
 
@@ -376,6 +380,8 @@ class HubClient:
                         )
                     os.replace(partial, blob)
             _link(blob, pointer)
+        except DownloadStopped:
+            raise
         except Exception as error:
             raise _translated(card.location, error) from error
         return str(pointer)
@@ -472,15 +478,23 @@ def file_sha256(path: Path) -> str:
 
 class ByteTally:
     """Bytes done, added to from a download's worker threads (`add` is the `on_bytes`
-    callback of `HubClient.download`)."""
+    callback of `HubClient.download`). Once stopped, `add` raises `DownloadStopped`, which
+    ends every worker at its next chunk (partial files stay, to be continued)."""
 
     def __init__(self, done: int = 0) -> None:
         self.done = done
+        self.stopped = False
         self._lock = threading.Lock()
 
     def add(self, n: int) -> None:
         with self._lock:
+            if self.stopped:
+                raise DownloadStopped("the download was stopped")
             self.done += n
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
 
 
 def byte_counter(on_bytes: Callable[[int], None]) -> type:

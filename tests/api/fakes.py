@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from attrs import define, field, frozen
@@ -105,6 +105,8 @@ class FakeBackend:
     events: list[dict[str, Any]] = field(factory=list)
     updates_after: list[int | None] = field(factory=list)
     endless_updates: bool = True
+    # What GET /downloads lists: (node, model) -> entry, as order_download leaves it.
+    download_entries: dict[tuple[str, str], dict[str, Any]] = field(factory=dict)
 
     def models(self) -> list[ModelCard]:
         return list(self.cards)
@@ -141,6 +143,37 @@ class FakeBackend:
                 yield "event", event
         yield "keepalive", {}
         if self.endless_updates:  # as a node's: the client decides when it has enough
+            await trio.sleep_forever()
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return list(self.download_entries.values())
+
+    async def order_download(
+        self, model: str, node: str | None, action: Literal["fetch", "stop"]
+    ) -> dict[str, Any]:
+        card = self._card(model)
+        entry = {
+            "node": node or self.state["node_id"],
+            "model": card.model_id,
+            "phase": "downloading" if action == "fetch" else "stopped",
+            "bytes_done": 0,
+            "bytes_total": 10,
+            "detail": "",
+            "rate": 0,
+            "eta_seconds": None,
+            "order": action,
+        }
+        self.download_entries[(entry["node"], card.model_id)] = entry
+        return entry
+
+    async def section_updates(self) -> AsyncIterator[Update]:
+        """Every section of the fake state, a keepalive, then silence (or the end)."""
+        state = self.state["state"]
+        header = {k: self.state[k] for k in ("node_id", "master", "term", "index")}
+        sections = {name: state.get(name, {}) for name in ("nodes", "links", "instances")}
+        yield "sections", {**header, "sections": sections}
+        yield "keepalive", {}
+        if self.endless_updates:
             await trio.sleep_forever()
 
     def _card(self, model: str) -> ModelCard:

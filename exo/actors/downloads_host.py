@@ -1,0 +1,83 @@
+"""The node's side of the `/downloads` API: every node's downloads as the state has them,
+and users' orders to fetch a whole model onto a node or stop fetching it there (carried
+out by that node's download actor, `download.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import trio
+
+from exo.actors.command_client import CommandClient
+from exo.actors.replica import Replica
+from exo.api.backend import InvalidRequest, Unavailable
+from exo.events.codec import to_plain
+from exo.events.commands import OrderDownload
+from exo.events.facts import DownloadStatus
+from exo.events.ids import ModelId, NodeId
+from exo.events.state import State
+from exo.models.cards import ModelCard
+
+# How long an order waits for the master (an election may be under way).
+COMMAND_TIMEOUT = 30.0
+
+
+def eta_seconds(status: DownloadStatus) -> float | None:
+    """Seconds left at the download's recent rate, while it downloads."""
+    if status.phase != "downloading" or status.rate <= 0:
+        return None
+    return max(0, status.bytes_total - status.bytes_done) / status.rate
+
+
+def download_view(state: State, node: NodeId, model: ModelId) -> dict[str, Any]:
+    status = state.download_status(node, model)
+    order = state.download_order(node, model)
+    return {
+        "node": node,
+        "model": model,
+        **(to_plain(status) if status is not None else {"phase": None}),
+        "eta_seconds": eta_seconds(status) if status is not None else None,
+        "order": order.action if order is not None else None,
+    }
+
+
+def download_views(state: State) -> list[dict[str, Any]]:
+    """Every (node, model) with a download status or an order, by node then model."""
+    pairs = {(n, m) for n, per_model in state.downloads.items() for m in per_model}
+    pairs |= {(n, m) for n, per_model in state.download_orders.items() for m in per_model}
+    return [download_view(state, n, m) for n, m in sorted(pairs)]
+
+
+class DownloadOrders:
+    def __init__(
+        self,
+        node_id: NodeId,
+        replica: Replica,
+        commands: CommandClient,
+        find_model: Callable[[str], Awaitable[ModelCard]],
+    ) -> None:
+        self._node_id = node_id
+        self._replica = replica
+        self._commands = commands
+        self._find_model = find_model
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return download_views(self._replica.state)
+
+    async def order(
+        self, model: str, node: str | None, action: Literal["fetch", "stop"]
+    ) -> dict[str, Any]:
+        card = await self._find_model(model)  # a hub repo id is read and added first
+        node_id = NodeId(node) if node is not None else self._node_id
+        before = self._replica.state.download_order(node_id, card.model_id)
+        with trio.move_on_after(COMMAND_TIMEOUT):
+            outcome = await self._commands.call(OrderDownload(node_id, card.model_id, action))
+            if not outcome.accepted:
+                verb = "fetch" if action == "fetch" else "stop the download of"
+                raise InvalidRequest(f"cannot {verb} {card.model_id}: {outcome.reason}", "node")
+            await self._replica.wait_until(
+                lambda s: True if s.download_order(node_id, card.model_id) != before else None
+            )
+            return download_view(self._replica.state, node_id, card.model_id)
+        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
