@@ -6,7 +6,9 @@ noise hits each of them; the figures are medians. Each child loads the bundled m
 a CPU runner does (float32) and measures, greedy, 128 tokens after a short prompt:
 
 - raw: mlx-lm's `stream_generate`, decode tok/s;
-- exo: exo's `BatchScheduler` with one stream (what a runner runs), decode tok/s.
+- exo: exo's `BatchScheduler` with one stream (what a runner runs), decode tok/s;
+- native: the fused decode step (`exo/engine/native_decode.py`: one native call per token
+  over the same float32 weights), decode tok/s; not yet what a runner serves with.
 
 Setups, each adding one change to the one before (exo/engine/blas.py, table_rope.py):
 - openblas: Debian's OpenBLAS as it detects the CPU, `mx.fast.rope` (`EXO_BLAS=openblas`;
@@ -65,6 +67,27 @@ def mlx_rope(model: Any) -> None:
     swap(model, lambda child: isinstance(child, TableRoPE), untabled)
 
 
+def native_decode(engine: Any) -> float:
+    """The fused native step on the same model: the prompt fed token by token, then
+    decode tok/s of GEN_TOKENS greedy tokens."""
+    import time
+
+    from serving import GEN_TOKENS, STORY
+
+    from exo.engine import protocol
+    from exo.engine.native_decode import NativeDecoder
+
+    prompt = engine.encode_chat((protocol.ChatMessage("user", STORY),))
+    decoder = NativeDecoder(engine.full_model, len(prompt) + GEN_TOKENS + 1)
+    logits = decoder.step(prompt[0])
+    for token in prompt[1:]:
+        logits = decoder.step(token)
+    start = time.perf_counter()
+    for _ in range(GEN_TOKENS):
+        logits = decoder.step(int(logits.argmax()))
+    return GEN_TOKENS / (time.perf_counter() - start)
+
+
 def child(with_mlx_rope: bool) -> None:
     """Measure in this process (started with one setup's environment); print JSON."""
     from serving import GEN_TOKENS, batch_decode, raw_decode, weight_bytes
@@ -85,6 +108,7 @@ def child(with_mlx_rope: bool) -> None:
         "weight_bytes": weight_bytes(engine.full_model),
         "raw_tok_s": raw_decode(engine),
         "exo_tok_s": batch_decode(engine, 1, prefill_step(engine))["aggregate_tok_s"],
+        "native_tok_s": native_decode(engine),
     }
     print(json.dumps(figures))
 
@@ -132,10 +156,17 @@ def main() -> None:
     for name, rows in runs.items():
         raw = statistics.median(r["raw_tok_s"] for r in rows)
         exo = statistics.median(r["exo_tok_s"] for r in rows)
-        report["setups"][name] = {"blas": rows[0]["blas"], "raw_tok_s": raw, "exo_tok_s": exo}
+        native = statistics.median(r["native_tok_s"] for r in rows)
+        report["setups"][name] = {
+            "blas": rows[0]["blas"],
+            "raw_tok_s": raw,
+            "exo_tok_s": exo,
+            "native_tok_s": native,
+        }
         print(
             f"{name:15} raw {raw:5.1f} tok/s, exo {exo:5.1f} tok/s "
-            f"({exo / baseline:.2f}x openblas, {exo / ceiling:.2f} of the ceiling)  "
+            f"({exo / baseline:.2f}x openblas, {exo / ceiling:.2f} of the ceiling), "
+            f"native {native:5.1f} tok/s ({native / ceiling:.2f} of the ceiling)  "
             f"[{rows[0]['blas']}]"
         )
     if args.json:

@@ -162,7 +162,10 @@ def render(summary: dict[str, Any]) -> str:
         total = download["bytes_total"]
         done = download["bytes_done"]
         share = f" ({100 * done / total:.0f}%)" if total else ""
-        rate = f", {download['rate'] / 1e6:.1f} MB/s" if download["phase"] == "downloading" else ""
+        rate = ""
+        if download["phase"] == "downloading" and download["rate"]:
+            left = max(0, total - done) / download["rate"]
+            rate = f", {download['rate'] / 1e6:.1f} MB/s, {left:.0f} s left"
         lines.append(
             f"  {download['node']}  {download['model']}  {download['phase']}  "
             f"{done / 1e6:.1f} of {total / 1e6:.1f} MB{share}{rate}"

@@ -89,7 +89,7 @@ def test_the_summary_says_who_leads_what_runs_where_and_what_is_fetched() -> Non
     assert f"{A} -> {B}  1.50 ms  940 Mbit/s" in text
     assert "bandwidth not measured yet" in text
     assert f"rank 1  {B}  layers [15, 30)  runner absent" in text
-    assert "downloading  25.0 of 100.0 MB (25%), 5.0 MB/s" in text
+    assert "downloading  25.0 of 100.0 MB (25%), 5.0 MB/s, 15 s left" in text
 
 
 def test_no_node_answering_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

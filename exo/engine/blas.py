@@ -126,22 +126,34 @@ def gemv_forward_library() -> Path | None:
 def build_gemv_forward(directory: Path) -> Path | None:
     """Compile `native/gemv_forward.c` into `directory` unless a build of this exact
     source is there already; None when that cannot be done."""
-    source = GEMV_FORWARD_SOURCE.read_bytes()
-    target = directory / f"{_GEMV_FORWARD_PREFIX}{hashlib.sha256(source).hexdigest()[:16]}.so"
+    built = build_native(GEMV_FORWARD_SOURCE, directory, _GEMV_FORWARD_PREFIX, ("-O2",))
+    if built is None:
+        log.warning("CPU decoding runs without the gemv forward, slower")
+    return built
+
+
+def build_native(
+    source_path: Path, directory: Path, prefix: str, flags: tuple[str, ...]
+) -> Path | None:
+    """Compile a C source of `native/` into a shared library in `directory`, named by
+    `prefix` and the source's hash, unless that build is there already; None (logged)
+    without a C compiler or when compiling fails."""
+    source = source_path.read_bytes()
+    target = directory / f"{prefix}{hashlib.sha256(source).hexdigest()[:16]}.so"
     if target.is_file():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("no C compiler (cc): CPU decoding runs without the gemv forward, slower")
+        log.warning("no C compiler (cc) to build %s", source_path.name)
         return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         # Built beside the target and renamed: nodes starting together never load half a file.
         with tempfile.TemporaryDirectory(dir=directory) as work:
             built = Path(work) / target.name
-            command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(built)]
+            command = [compiler, *flags, "-shared", "-fPIC", "-o", str(built)]
             subprocess.run(
-                [*command, str(GEMV_FORWARD_SOURCE), "-ldl"],
+                [*command, str(source_path), "-ldl", "-lm"],
                 check=True,
                 capture_output=True,
                 timeout=120,
@@ -150,12 +162,18 @@ def build_gemv_forward(directory: Path) -> Path | None:
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         log.warning(
-            "could not build the gemv forward (%s%s): CPU decoding runs slower",
+            "could not build %s (%s%s)",
+            source_path.name,
             exc,
             f": {detail.decode(errors='replace').strip()}" if detail else "",
         )
         return None
     return target
+
+
+def native_cache_dir() -> Path:
+    """Where native builds are kept (per user, per source hash)."""
+    return _cache_dir()
 
 
 def _cache_dir() -> Path:

@@ -1,0 +1,207 @@
+"""A whole decode step of a llama-family model, for one sequence, in one native call
+(`native/llama_decode.c`): what MLX spends ~1000 primitive dispatches on per token on a
+CPU becomes seven BLAS matrix-vector products and a few vector loops per layer.
+
+It reads the MLX model's own float32 weights in place (no copy) and keeps its keys and
+values in its own caches. Only plain llama-shaped decoders qualify (`NotSupported` says
+why another does not): pre-norm RMSNorm blocks, bias-free q/k/v/o and gated-SiLU MLP
+projections, rotate-half RoPE over the whole head. Measured against MLX's step in
+`benchmarks/cpu_decode.py`; not yet the path a runner serves with (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from exo.engine.blas import build_native, native_cache_dir
+
+SOURCE = Path(__file__).with_name("native") / "llama_decode.c"
+_PREFIX = "libexo-llama-decode-"
+_FLOATS = ctypes.POINTER(ctypes.c_float)
+_LAYER_FIELDS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "wgate", "wup", "wdown")
+
+
+class NotSupported(ValueError):
+    """The model is not a plain llama-shaped float32 decoder this kernel computes."""
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _FLOATS) for name in _LAYER_FIELDS]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        *((name, ctypes.c_int) for name in ("hidden", "layers", "heads", "kv_heads")),
+        *((name, ctypes.c_int) for name in ("head_dim", "inter", "vocab", "max_positions")),
+        ("interleaved", ctypes.c_int),
+        ("eps", ctypes.c_float),
+        ("embed", _FLOATS),
+        ("head", _FLOATS),
+        ("final_norm", _FLOATS),
+        ("layer", ctypes.POINTER(_Layer)),
+        ("rope_cos", _FLOATS),
+        ("rope_sin", _FLOATS),
+        ("keys", _FLOATS),
+        ("values", _FLOATS),
+        ("work", _FLOATS),
+    ]
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The compiled kernel (built once per source version into the user's cache)."""
+    flags = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only")
+    built = build_native(SOURCE, native_cache_dir(), _PREFIX, flags)
+    if built is None:
+        raise NotSupported("the native decode kernel could not be built (no C compiler?)")
+    lib = ctypes.CDLL(str(built))
+    lib.exo_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, _FLOATS]
+    lib.exo_decode_work_floats.argtypes = [ctypes.POINTER(_Model)]
+    lib.exo_decode_work_floats.restype = ctypes.c_size_t
+    if lib.exo_decode_init() != 0:
+        raise NotSupported("no cblas_sgemv is loaded in this process")
+    return lib
+
+
+class NativeDecoder:
+    """One sequence's decoder over `model`'s weights: `step(token)` feeds the next token
+    and returns the logits after it (a view, overwritten by the next step)."""
+
+    def __init__(self, model: nn.Module, max_positions: int) -> None:
+        self._lib = library()
+        inner = _decoder_of(model)
+        layers = inner.layers
+        first = layers[0]
+        attention, mlp = first.self_attn, first.mlp
+        heads, kv_heads = attention.n_heads, attention.n_kv_heads
+        head_dim = attention.q_proj.weight.shape[0] // heads
+        hidden = inner.embed_tokens.weight.shape[1]
+        vocab = inner.embed_tokens.weight.shape[0]
+        inter = mlp.gate_proj.weight.shape[0]
+        self._keep: list[Any] = []  # every array the kernel points into
+        per_layer = [self._layer(layer) for layer in layers]
+        head = getattr(model, "lm_head", None)
+        rope = first.self_attn.rope
+        cos, sin = _rope_tables(rope, head_dim, max_positions)
+        cache_shape = (len(layers), kv_heads, max_positions, head_dim)
+        self._keys = np.zeros(cache_shape, np.float32)
+        self._values = np.zeros(cache_shape, np.float32)
+        self._logits = np.zeros(vocab, np.float32)
+        self._layers = (_Layer * len(layers))(*per_layer)
+        self._model = _Model(
+            hidden,
+            len(layers),
+            heads,
+            kv_heads,
+            head_dim,
+            inter,
+            vocab,
+            max_positions,
+            int(bool(rope.traditional)),
+            float(first.input_layernorm.eps),
+            self._floats(inner.embed_tokens.weight),
+            self._floats(head.weight if head is not None else inner.embed_tokens.weight),
+            self._floats(inner.norm.weight),
+            self._layers,
+            self._floats(cos),
+            self._floats(sin),
+            self._floats(self._keys),
+            self._floats(self._values),
+        )
+        work = np.zeros(self._lib.exo_decode_work_floats(ctypes.byref(self._model)), np.float32)
+        self._model.work = self._floats(work)
+        self.max_positions = max_positions
+        self.position = 0
+
+    def step(self, token: int) -> np.ndarray:
+        if self.position >= self.max_positions:
+            raise ValueError(f"the cache holds {self.max_positions} positions")
+        logits = self._logits.ctypes.data_as(_FLOATS)
+        if self._lib.exo_decode_step(ctypes.byref(self._model), token, self.position, logits):
+            raise ValueError(f"token {token} is outside the vocabulary")
+        self.position += 1
+        return self._logits
+
+    def _layer(self, layer: Any) -> _Layer:
+        attention, mlp = layer.self_attn, layer.mlp
+        linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+        linears += (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if any(not isinstance(m, nn.Linear) or "bias" in m for m in linears):
+            raise NotSupported("projections with biases or quantized weights")
+        return _Layer(
+            self._floats(layer.input_layernorm.weight),
+            *(self._floats(m.weight) for m in linears[:4]),
+            self._floats(layer.post_attention_layernorm.weight),
+            *(self._floats(m.weight) for m in linears[4:]),
+        )
+
+    def _floats(self, array: mx.array | np.ndarray) -> Any:
+        """A pointer into `array` as float32, row-major; kept alive with this decoder."""
+        if isinstance(array, mx.array):
+            if array.dtype != mx.float32:
+                raise NotSupported(f"weights are {array.dtype}, not float32")
+            mx.eval(array)
+        view = np.asarray(array)
+        if view.dtype != np.float32 or not view.flags["C_CONTIGUOUS"]:
+            raise NotSupported("weights must be contiguous float32")
+        self._keep.append(view)
+        return view.ctypes.data_as(_FLOATS)
+
+
+# Architectures whose blocks are exactly what the kernel computes (others add norms on
+# q and k, multipliers, fused projections or softcapping, which it would silently skip).
+ARCHITECTURES = ("llama", "mistral")
+
+
+def _decoder_of(model: nn.Module) -> Any:
+    kind = getattr(model, "model_type", None)
+    if kind not in ARCHITECTURES:
+        raise NotSupported(
+            f"architecture {kind!r} (the kernel computes {', '.join(ARCHITECTURES)})"
+        )
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if inner is None or not layers or not hasattr(inner, "embed_tokens"):
+        raise NotSupported("not a decoder with model.layers and model.embed_tokens")
+    first = layers[0]
+    needed = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+    if not all(hasattr(first, name) for name in needed):
+        raise NotSupported("layers are not pre-norm attention and MLP blocks")
+    if not all(isinstance(getattr(first, n), nn.RMSNorm) for n in needed[2:]):
+        raise NotSupported("norms are not RMSNorm")
+    mlp = first.mlp
+    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        raise NotSupported("the MLP is not gated (gate, up, down)")
+    attention = first.self_attn
+    if set(attention.children()) != {"q_proj", "k_proj", "v_proj", "o_proj", "rope"}:
+        raise NotSupported(f"attention holds {sorted(attention.children())}")
+    head_dim = attention.q_proj.weight.shape[0] // attention.n_heads
+    if abs(attention.scale - head_dim**-0.5) > 1e-6:
+        raise NotSupported(f"attention scale {attention.scale} is not 1/sqrt({head_dim})")
+    return inner
+
+
+def _rope_tables(rope: nn.Module, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (positions x head_dim/2) of the model's own rope module: rotating a
+    vector whose pairs are (1, 0) gives (cos, sin) for each pair, with whatever
+    frequencies and scaling the module uses."""
+    if getattr(rope, "dims", head_dim) != head_dim or not hasattr(rope, "traditional"):
+        raise NotSupported("RoPE rotates part of the head, or is of an unknown kind")
+    half = head_dim // 2
+    first = np.zeros(head_dim, np.float32)
+    first[0::2] = 1 if rope.traditional else 0
+    first[:half] = first[:half] if rope.traditional else 1
+    probe = mx.broadcast_to(mx.array(first), (1, 1, positions, head_dim))
+    turned = rope(probe, offset=0).reshape(positions, head_dim).astype(mx.float32)
+    mx.eval(turned)
+    table = np.array(turned)
+    if rope.traditional:
+        return np.ascontiguousarray(table[:, 0::2]), np.ascontiguousarray(table[:, 1::2])
+    return np.ascontiguousarray(table[:, :half]), np.ascontiguousarray(table[:, half:])
