@@ -6,9 +6,12 @@ noise hits each of them; the figures are medians. Each child loads the bundled m
 a CPU runner does (float32) and measures, greedy, 128 tokens after a short prompt:
 
 - raw: mlx-lm's `stream_generate`, decode tok/s;
-- exo: exo's `BatchScheduler` with one stream (what a runner runs), decode tok/s;
-- native: the fused decode step (`exo/engine/native_decode.py`: one native call per token
-  over the same float32 weights), decode tok/s; not yet what a runner serves with.
+- exo: exo's `BatchScheduler` with one stream, as a runner builds it (a lone stream takes
+  the solo lane: the fused native step, `exo/engine/solo.py`), decode tok/s;
+- exo batch step: the same with the lane off (mlx-lm's batch step, what runners ran
+  before the lane), decode tok/s;
+- native: the fused step alone (`exo/engine/native_decode.py`, one native call per token
+  over the same float32 weights, greedy argmax in numpy), decode tok/s.
 
 Setups, each adding one change to the one before (exo/engine/blas.py, table_rope.py):
 - openblas: Debian's OpenBLAS as it detects the CPU, `mx.fast.rope` (`EXO_BLAS=openblas`;
@@ -108,6 +111,9 @@ def child(with_mlx_rope: bool) -> None:
         "weight_bytes": weight_bytes(engine.full_model),
         "raw_tok_s": raw_decode(engine),
         "exo_tok_s": batch_decode(engine, 1, prefill_step(engine))["aggregate_tok_s"],
+        "exo_batch_step_tok_s": batch_decode(engine, 1, prefill_step(engine), lane=False)[
+            "aggregate_tok_s"
+        ],
         "native_tok_s": native_decode(engine),
     }
     print(json.dumps(figures))
@@ -148,7 +154,7 @@ def main() -> None:
         "ceiling_tok_s": ceiling,
         "setups": {},
     }
-    baseline = statistics.median(r["exo_tok_s"] for r in runs["openblas"])
+    baseline = statistics.median(r["exo_batch_step_tok_s"] for r in runs["openblas"])
     print(
         f"memory bandwidth {gb:.1f} GB/s over {weights / 1e6:.0f} MB of weights per token: "
         f"ceiling {ceiling:.1f} tok/s; medians of {args.reps}"
@@ -157,17 +163,19 @@ def main() -> None:
         raw = statistics.median(r["raw_tok_s"] for r in rows)
         exo = statistics.median(r["exo_tok_s"] for r in rows)
         native = statistics.median(r["native_tok_s"] for r in rows)
+        stepped = statistics.median(r["exo_batch_step_tok_s"] for r in rows)
         report["setups"][name] = {
             "blas": rows[0]["blas"],
             "raw_tok_s": raw,
             "exo_tok_s": exo,
+            "exo_batch_step_tok_s": stepped,
             "native_tok_s": native,
         }
         print(
-            f"{name:15} raw {raw:5.1f} tok/s, exo {exo:5.1f} tok/s "
+            f"{name:15} raw {raw:5.1f}, exo {exo:5.1f} tok/s "
             f"({exo / baseline:.2f}x openblas, {exo / ceiling:.2f} of the ceiling), "
-            f"native {native:5.1f} tok/s ({native / ceiling:.2f} of the ceiling)  "
-            f"[{rows[0]['blas']}]"
+            f"exo batch step {stepped:5.1f} ({exo / stepped:.2f}x), native {native:5.1f} "
+            f"({native / ceiling:.2f} of the ceiling)  [{rows[0]['blas']}]"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -157,21 +157,34 @@ class Timed:
         return (len(times) - 1) / (times[-1] - times[0])
 
 
-def scheduler(engine: Any, batch: int, prefill_step: int, cache: bool = False) -> Any:
-    from exo.engine.batching import BatchScheduler
+_NATIVE: dict[int, Any] = {}
 
+
+def scheduler(
+    engine: Any, batch: int, prefill_step: int, cache: bool = False, lane: bool = True
+) -> Any:
+    """A batch scheduler as a runner builds it: with the solo lane's native decoder where
+    the runner would have one (`lane=False`: every stream on mlx-lm's batch step)."""
+    from exo.engine.batching import BatchScheduler
+    from exo.engine.solo import native_decoder_for
+
+    if lane and id(engine) not in _NATIVE:
+        _NATIVE[id(engine)] = native_decoder_for(engine)
     return BatchScheduler(
         engine,
         batch_size=batch,
         prefill_step=prefill_step,
         kv_budget_tokens=engine.info.context_length,
         prompt_cache=cache,
+        native=_NATIVE[id(engine)] if lane else None,
     )
 
 
-def batch_decode(engine: Any, streams: int, prefill_step: int) -> dict[str, float]:
+def batch_decode(
+    engine: Any, streams: int, prefill_step: int, lane: bool = True
+) -> dict[str, float]:
     """N streams started together: aggregate tok/s while all decode, and per stream."""
-    timed = Timed(scheduler(engine, max(streams, 1), prefill_step))
+    timed = Timed(scheduler(engine, max(streams, 1), prefill_step, lane=lane))
     for n in range(streams):
         timed.submit(ask(f"s{n}", f"{STORY} Chapter {n + 1}."))
     timed.run()

@@ -76,6 +76,7 @@ class NativeDecoder:
 
     def __init__(self, model: nn.Module, max_positions: int) -> None:
         self._lib = library()
+        self.model = model
         inner = _decoder_of(model)
         layers = inner.layers
         first = layers[0]
@@ -129,6 +130,39 @@ class NativeDecoder:
         self.position += 1
         return self._logits
 
+    @staticmethod
+    def takes(cache: list[Any]) -> bool:
+        """Whether `cache` is mlx-lm's plain per-layer `KVCache` (every position kept in
+        order), the only kind `load_cache` copies from."""
+        from mlx_lm.models.cache import KVCache
+
+        return all(type(entry) is KVCache for entry in cache)
+
+    def load_cache(self, cache: list[Any], length: int) -> None:
+        """Start from mlx-lm's per-layer caches (`KVCache`) holding `length` positions:
+        their keys and values are copied in, and the next step feeds position `length`."""
+        if length > self.max_positions:
+            raise ValueError(f"the cache holds {self.max_positions} positions, not {length}")
+        for layer, entry in enumerate(cache):
+            keys, values = entry.keys[0, :, :length, :], entry.values[0, :, :length, :]
+            self._keys[layer, :, :length] = np.asarray(keys.astype(mx.float32))
+            self._values[layer, :, :length] = np.asarray(values.astype(mx.float32))
+        self.position = length
+
+    def mlx_cache(self) -> list[Any]:
+        """mlx-lm's per-layer caches (`KVCache`) of every position fed so far: for its
+        prompt cache, or for its batch generator to go on from."""
+        from mlx_lm.models.cache import KVCache
+
+        out = []
+        for layer in range(self._keys.shape[0]):
+            entry = KVCache()
+            keys = mx.array(self._keys[layer, :, : self.position][None])
+            values = mx.array(self._values[layer, :, : self.position][None])
+            entry.state = (keys, values, self.position)
+            out.append(entry)
+        return out
+
     def _layer(self, layer: Any) -> _Layer:
         attention, mlp = layer.self_attn, layer.mlp
         linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
@@ -157,7 +191,7 @@ class NativeDecoder:
 
 # Architectures whose blocks are exactly what the kernel computes (others add norms on
 # q and k, multipliers, fused projections or softcapping, which it would silently skip).
-ARCHITECTURES = ("llama", "mistral")
+ARCHITECTURES = ("llama",)
 
 
 def _decoder_of(model: nn.Module) -> Any:

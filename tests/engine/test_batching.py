@@ -13,6 +13,8 @@ import pytest
 from exo.engine import protocol
 from exo.engine.batching import BatchScheduler
 from exo.engine.mlx_engine import MlxEngine
+from exo.engine.native_decode import NativeDecoder
+from exo.engine.solo import native_decoder_for
 
 PROMPTS = (
     "What is the capital of France?",
@@ -252,14 +254,15 @@ def test_stop_strings_end_their_request_and_free_its_slot(engine: MlxEngine) -> 
     assert batch.running == 0
 
 
+@pytest.mark.parametrize("lane", [False, True])  # in the batch generator; in the solo lane
 def test_the_next_turn_of_a_conversation_reads_its_history_from_the_cache(
-    engine: MlxEngine,
+    engine: MlxEngine, native: NativeDecoder, lane: bool
 ) -> None:
     history = "Here is some background. " + " ".join(
         f"Fact {n}: the sky is blue." for n in range(60)
     )
     first_turn = [protocol.ChatMessage("user", history + " What colour is the sky?")]
-    batch = scheduler(engine, prompt_cache=True)
+    batch = scheduler(engine, prompt_cache=True, native=native if lane else None)
     first = Collected()
     first.take(batch.submit(request("t1", first_turn, max_tokens=16)))
     drain(batch, first)
@@ -328,3 +331,88 @@ def test_bad_requests_raise_and_count_only_answers_at_once(engine: MlxEngine) ->
     (counted,) = batch.submit(request("count", PROMPTS[0], max_tokens=0))
     assert isinstance(counted, protocol.Finished) and counted.completion_tokens == 0
     assert not batch.busy
+
+
+# -- the solo lane: a lone stream on the fused native step ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def native(engine: MlxEngine) -> NativeDecoder:
+    decoder = native_decoder_for(engine)
+    assert decoder is not None, "the bundled model on a CPU takes the native step"
+    return decoder
+
+
+def run_solo(engine: MlxEngine, native: NativeDecoder, req: protocol.GenerateRequest) -> Collected:
+    batch = scheduler(engine, native=native)
+    out = Collected()
+    out.take(batch.submit(req))
+    fed = native.position
+    drain(batch, out)
+    assert native.position != fed or req.params.max_tokens == 1, "the lane did not decode"
+    return out
+
+
+def test_a_lone_stream_on_the_native_step_is_its_batch_reply(
+    engine: MlxEngine, native: NativeDecoder
+) -> None:
+    for n, text in enumerate(PROMPTS[:4]):
+        req = request(f"s{n}", text, max_tokens=24, logprobs=2)
+        solo, batched = run_solo(engine, native, req), run_alone(engine, req)
+        assert_same_or_near_tie(batched, solo, req.request_id)
+        assert (
+            solo.finished(req.request_id).prompt_tokens
+            == batched.finished(req.request_id).prompt_tokens
+        )
+    ends = run_solo(engine, native, request("e", PROMPTS[0], max_tokens=200))
+    assert ends.finished("e").finish_reason == "stop"
+    full = run_solo(engine, native, request("n", PROMPTS[4], max_tokens=30, ignore_eos=True))
+    assert (full.finished("n").finish_reason, full.finished("n").completion_tokens) == (
+        "length",
+        30,
+    )
+
+
+@pytest.mark.parametrize("after_steps", [1, 12])  # during the prefill; while decoding
+def test_a_second_request_takes_the_lone_stream_into_a_batch(
+    engine: MlxEngine, native: NativeDecoder, after_steps: int
+) -> None:
+    first = request("first", PROMPTS[1], max_tokens=32, ignore_eos=True, logprobs=2)
+    second = request("second", PROMPTS[0], max_tokens=8, logprobs=2)
+    batch = scheduler(engine, native=native, prefill_step=8)
+    out = Collected()
+    out.take(batch.submit(first))
+    native.position = 0  # what earlier tests left
+    prompt = len(engine.encode_chat((protocol.ChatMessage("user", PROMPTS[1]),)))
+    for _ in range(after_steps):
+        out.take(batch.step())
+    assert batch.running == 1
+    # Prefilled by MLX 8 tokens a step, then decoding natively.
+    assert (native.position > prompt) == (after_steps > 1 + prompt // 8)
+    out.take(batch.submit(second))
+    out.take(batch.step())
+    assert (batch.running, batch.waiting) == (2, 0)  # both in the batch generator now
+    drain(batch, out)
+    assert out.finished("first").completion_tokens == 32
+    assert_same_or_near_tie(run_alone(engine, first), out, "first")
+    assert_same_or_near_tie(run_alone(engine, second), out, "second")
+
+
+def test_a_lone_stream_cancels_keeps_its_cache_and_stops_at_stop_strings(
+    engine: MlxEngine, native: NativeDecoder
+) -> None:
+    batch = scheduler(engine, native=native, prompt_cache=True)
+    out = Collected()
+    out.take(batch.submit(request("c", PROMPTS[1], max_tokens=40, ignore_eos=True)))
+    for _ in range(8):
+        out.take(batch.step())
+    out.take(batch.cancel("c"))
+    assert not batch.busy
+    cancelled = out.finished("c")
+    assert cancelled.finish_reason == "cancelled" and 0 < cancelled.completion_tokens < 40
+    assert batch.cache is not None and len(batch.cache) == 1
+    alone = run_solo(engine, native, request("p", PROMPTS[3], max_tokens=40))
+    cut = alone.text("p").split()[2]
+    stopped = run_solo(engine, native, request("p", PROMPTS[3], max_tokens=40, stop=(cut,)))
+    assert stopped.finished("p").finish_reason == "stop"
+    assert cut not in stopped.text("p")

@@ -71,7 +71,9 @@ def browser() -> Iterator[Browser]:
     assert Path(CHROMIUM).exists(), "install Debian's chromium (scripts/install.sh --dev)"
     # Not the runners' preloaded OpenBLAS and gemv shim (scripts/test.sh runs pytest with
     # them): Chromium's processes die at start with them.
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
+    env: dict[str, str | float | bool] = {
+        k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")
+    }
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=env)
         try:
