@@ -10,16 +10,14 @@ id dials, so each pair gets one link.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import socket
-import struct
-import sys
 from collections.abc import Callable
 
+import psutil
 import trio
 from attrs import frozen
 
@@ -31,7 +29,6 @@ GROUP = "239.255.77.76"
 DEFAULT_PORT = 52417
 INTERVAL = 1.0
 MAX_BEACON = 1024
-SIOCGIFADDR = 0x8915
 
 
 @frozen
@@ -71,20 +68,16 @@ def decode_beacon(data: bytes) -> Beacon | None:
 
 def interface_addresses() -> list[str]:
     """IPv4 addresses of the interfaces that are up (loopback included, so that nodes on
-    one machine find each other too)."""
-    if sys.platform != "linux":
-        return ["0.0.0.0"]  # let the OS pick the interface
-    addresses: list[str] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            try:
-                packed = fcntl.ioctl(
-                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15])
-                )
-            except OSError:
-                continue  # no IPv4 address, or down
-            addresses.append(socket.inet_ntoa(packed[20:24]))
-    return sorted(set(addresses))
+    one machine find each other too), on every OS (psutil)."""
+    stats = psutil.net_if_stats()
+    addresses = {
+        entry.address
+        for name, entries in psutil.net_if_addrs().items()
+        if name in stats and stats[name].isup
+        for entry in entries
+        if entry.family == socket.AF_INET
+    }
+    return sorted(addresses)
 
 
 class Discovery:

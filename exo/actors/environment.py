@@ -5,16 +5,18 @@ Actors take an `Environment` and touch nothing else, so the simulator can pass i
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import random
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import psutil
 import trio
 
 from exo.events.facts import Accelerator
@@ -139,28 +141,30 @@ class RealEnvironment:
 
 
 def read_memory() -> tuple[int, int]:
-    """(total, available) memory in bytes, from /proc/meminfo or sysctl on macOS."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        fields: dict[str, int] = {}
-        for line in meminfo.read_text().splitlines():
-            name, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts:
-                fields[name] = int(parts[0]) * 1024
-        total = fields.get("MemTotal", 0)
-        return total, fields.get("MemAvailable", fields.get("MemFree", 0))
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return pages, pages // 2
+    """(total, available) memory in bytes, as the OS counts them (psutil: MemAvailable on
+    Linux, free + inactive + purgeable pages on macOS)."""
+    memory = psutil.virtual_memory()
+    return int(memory.total), int(memory.available)
 
 
-def detect_accelerator() -> Accelerator:
-    """Which MLX device a runner here will use, without importing MLX in the node."""
+def detect_accelerator(
+    installed: Callable[[], Iterable[str]] | None = None, nvidia_driver: bool | None = None
+) -> Accelerator:
+    """Which MLX device a runner here will use, without importing MLX in the node: Metal
+    on Apple silicon; CUDA only where MLX's CUDA backend is installed in this environment
+    and an NVIDIA driver is loaded (an NVIDIA machine with the CPU wheel computes on the
+    CPU); else the CPU. `installed` (distribution names) and `nvidia_driver` are for tests."""
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return "metal"
-    if sys.platform == "linux" and Path("/proc/driver/nvidia/version").exists():
-        return "cuda"
-    return "cpu"
+    names = installed() if installed is not None else _distributions()
+    has_backend = any(n.lower().replace("_", "-").startswith("mlx-cuda") for n in names)
+    if nvidia_driver is None:
+        nvidia_driver = Path("/proc/driver/nvidia/version").exists()
+    return "cuda" if has_backend and nvidia_driver else "cpu"
+
+
+def _distributions() -> list[str]:
+    return [d.metadata["Name"] or "" for d in importlib.metadata.distributions()]
 
 
 Listen = Callable[[str, int, int], Awaitable[tuple[int, tuple[str, int]]]]
