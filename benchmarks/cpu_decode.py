@@ -6,10 +6,10 @@ noise hits each of them; the figures are medians. Each child loads the bundled m
 a CPU runner does (float32) and measures, greedy, 128 tokens after a short prompt:
 
 - raw: mlx-lm's `stream_generate`, decode tok/s;
-- exo: exo's `BatchScheduler` with one stream, as a runner builds it (a lone stream takes
-  the solo lane: the fused native step, `exo/engine/solo.py`), decode tok/s;
-- exo batch step: the same with the lane off (mlx-lm's batch step, what runners ran
-  before the lane), decode tok/s;
+- exo: exo's `BatchScheduler` with one stream, as a runner builds it (the stream takes a
+  lane of the fused native step, `exo/engine/native_lanes.py`), decode tok/s;
+- exo batch step: the same with the lanes off (mlx-lm's batch step, what runners ran
+  before them), decode tok/s;
 - native: the fused step alone (`exo/engine/native_decode.py`, one native call per token
   over the same float32 weights, greedy argmax in numpy), decode tok/s.
 

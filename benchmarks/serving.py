@@ -11,8 +11,10 @@ budget. Figures (medians over `--reps`):
 - raw: mlx-lm's `stream_generate`, one stream (the baseline);
 - today: exo's one-at-a-time path (`MlxEngine.generate`, what every runner ran before
   batching);
-- batch of 1, batch of N: exo's `BatchScheduler`, decode tok/s from each stream's first
-  token to its last, aggregate over the streams for N;
+- batch of 1, batch of N: exo's `BatchScheduler` as a runner builds it (streams on the
+  fused native step's lanes, `exo/engine/native_lanes.py`), decode tok/s from each
+  stream's first token to its last, aggregate over the streams for N; and the same with
+  the lanes off (mlx-lm's batch step, what runners ran before them);
 - join: a request arriving while N-1 streams decode, its TTFT against the same request
   on an idle runner, and the largest gap between two tokens of the N-1 meanwhile;
 - cache: the second turn of a conversation with a long history, TTFT with the prompt
@@ -157,26 +159,26 @@ class Timed:
         return (len(times) - 1) / (times[-1] - times[0])
 
 
-_NATIVE: dict[int, Any] = {}
+_NATIVE: dict[tuple[int, int], Any] = {}
 
 
 def scheduler(
     engine: Any, batch: int, prefill_step: int, cache: bool = False, lane: bool = True
 ) -> Any:
-    """A batch scheduler as a runner builds it: with the solo lane's native decoder where
-    the runner would have one (`lane=False`: every stream on mlx-lm's batch step)."""
+    """A batch scheduler as a runner builds it: with the native lanes where the runner
+    would have them (`lane=False`: every stream on mlx-lm's batch step)."""
     from exo.engine.batching import BatchScheduler
-    from exo.engine.solo import native_decoder_for
+    from exo.engine.native_lanes import native_decoder_for
 
-    if lane and id(engine) not in _NATIVE:
-        _NATIVE[id(engine)] = native_decoder_for(engine)
+    if lane and (id(engine), batch) not in _NATIVE:
+        _NATIVE[(id(engine), batch)] = native_decoder_for(engine, batch)
     return BatchScheduler(
         engine,
         batch_size=batch,
         prefill_step=prefill_step,
         kv_budget_tokens=engine.info.context_length,
         prompt_cache=cache,
-        native=_NATIVE[id(engine)] if lane else None,
+        native=_NATIVE[(id(engine), batch)] if lane else None,
     )
 
 
@@ -284,12 +286,18 @@ def main() -> None:
         "tok_s": gb * 1e9 / per_token,
     }
     singles = {"raw": raw_decode, "today": sequential_decode}
-    single: dict[str, list[float]] = {name: [] for name in (*singles, "batch_of_1")}
+    names = (*singles, "batch_of_1_without_lanes", "batch_of_1")
+    single: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(args.reps):  # alternate, so machine noise hits every side
         for name, measure in singles.items():
             single[name].append(measure(engine))
+        unlaned = batch_decode(engine, 1, step, lane=False)["aggregate_tok_s"]
+        single["batch_of_1_without_lanes"].append(unlaned)
         single["batch_of_1"].append(batch_decode(engine, 1, step)["aggregate_tok_s"])
     report["single_stream_tok_s"] = {k: statistics.median(v) for k, v in single.items()}
+    report["batch_without_lanes"] = median_of(
+        args.reps, lambda: batch_decode(engine, args.streams, step, lane=False)
+    )
     report["batch"] = median_of(args.reps, lambda: batch_decode(engine, args.streams, step))
     long_prompt = HISTORY + " Tell me about it."
     report["join"] = {
@@ -318,11 +326,12 @@ def print_report(report: dict[str, Any], prefill_step: int) -> None:
             f"one stream, {name}: {rate:.1f} tok/s ({rate / single['raw']:.2f}x raw, "
             f"{rate / single['today']:.2f}x today, {rate / ceiling['tok_s']:.2f} of the ceiling)"
         )
-    batch = report["batch"]
+    batch, unlaned = report["batch"], report["batch_without_lanes"]
     print(
         f"{report['streams']} streams: {batch['aggregate_tok_s']:.1f} tok/s aggregate "
-        f"({batch['aggregate_tok_s'] / single['batch_of_1']:.2f}x one stream), "
-        f"{batch['per_stream_tok_s']:.1f} per stream"
+        f"({batch['aggregate_tok_s'] / single['batch_of_1']:.2f}x one stream, "
+        f"{batch['aggregate_tok_s'] / unlaned['aggregate_tok_s']:.2f}x without lanes: "
+        f"{unlaned['aggregate_tok_s']:.1f}), {batch['per_stream_tok_s']:.1f} per stream"
     )
     for step, join in report["join"].items():
         mark = " (exo's)" if int(step) == prefill_step else ""

@@ -17,9 +17,10 @@ What this scheduler adds around it:
   pass that fails ends every running request and starts a fresh generator, unless the
   ring of a distributed instance broke (`broken`): then the runner must exit.
 
-A runner's only stream decodes in the solo lane instead (`solo.py`: the fused native
-step, about twice as fast on a CPU), until another request arrives and the batch
-generator takes it over where it stands.
+Where the runner has the fused native step (`native_lanes.py`: a CPU, a whole llama
+model), requests without logits processors decode in its lanes instead, together, at
+about twice mlx-lm's speed for one stream; the batch generator keeps the others. A step
+steps both.
 
 The model may be a whole one or the head of a distributed instance (`PipelineHead`,
 `TensorHead`): the other ranks follow its cache operations (`exo.engine.mirror`).
@@ -37,14 +38,13 @@ from typing import Any
 
 from attrs import define
 from mlx_lm.generate import BatchGenerator, StopSequences
-from mlx_lm.models.cache import make_prompt_cache
 
 from exo.engine import protocol, sampling
 from exo.engine.mlx_engine import MlxEngine, Prepared
 from exo.engine.native_decode import NativeDecoder
+from exo.engine.native_lanes import Lane, NativeLanes
 from exo.engine.prompt_cache import PromptCache
 from exo.engine.reply import Reply
-from exo.engine.solo import SoloLane
 
 log = logging.getLogger("exo.engine.batching")
 
@@ -102,9 +102,10 @@ class BatchScheduler:
         self.cache = PromptCache(kv_budget_tokens) if prompt_cache else None
         # A failed pass that leaves a distributed instance unusable (its ring broke).
         self.broken = False
-        # The fused native step for a lone stream (None: every stream decodes in batches).
-        self._native = native
-        self._solo: tuple[_Sequence, SoloLane] | None = None
+        # The fused native step's lanes (None: every stream decodes in mlx-lm's batches),
+        # and the sequence in each lane, by slot.
+        self._lanes = NativeLanes(native, prefill_step) if native is not None else None
+        self._in_lanes: dict[int, _Sequence] = {}
 
     def _new_generator(self) -> BatchGenerator:
         return BatchGenerator(
@@ -116,11 +117,11 @@ class BatchScheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self._waiting or self._running or self._solo)
+        return bool(self._waiting or self._running or self._in_lanes)
 
     @property
     def running(self) -> int:
-        return len(self._running) + (self._solo is not None)
+        return len(self._running) + len(self._in_lanes)
 
     @property
     def waiting(self) -> int:
@@ -164,22 +165,19 @@ class BatchScheduler:
         return out
 
     def _all_running(self) -> list[_Sequence]:
-        solo = [self._solo[0]] if self._solo is not None else []
-        return [*solo, *self._running.values()]
+        return [*self._in_lanes.values(), *self._running.values()]
 
     def step(self) -> list[Out]:
         """Start what fits, then one decode step of every running sequence and one
         prefill chunk of those starting; the messages that step produced."""
         self._admit()
-        if self._solo is not None:
-            return self._solo_step(*self._solo)
+        out = self._lanes_step() if self._in_lanes else []
         if not self._running:
-            return []
+            return out
         try:
             _, responses = self._generator.next()
         except Exception as exc:
-            return self._fail_all(exc)
-        out: list[Out] = []
+            return out + self._fail_all(exc)
         for response in responses:
             sequence = self._running.get(response.uid)
             if sequence is not None and not sequence.done:
@@ -190,24 +188,20 @@ class BatchScheduler:
     # -- admission -----------------------------------------------------------------
 
     def _admit(self) -> None:
-        if self._solo is not None:
-            if not self._waiting:
-                return
-            self._hand_over(*self._solo)
-        if not self._running and len(self._waiting) == 1 and self._solo_fits(self._waiting[0]):
-            self._start_solo(self._waiting.popleft())
-            return
-        in_use = sum(s.tokens for s in self._running.values())
-        while self._waiting and len(self._running) < self._batch_size:
+        in_use = sum(s.tokens for s in self._all_running())
+        while self._waiting and self.running < self._batch_size:
             sequence = self._waiting[0]
             size = len(sequence.prepared.prompt)
-            if self._running and in_use + size > self._kv_budget:
+            if self.running and in_use + size > self._kv_budget:
                 break  # it waits until running sequences free their memory
             self._waiting.popleft()
             in_use += size
             if self.cache is not None:
                 self.cache.trim(in_use)
-            self._start(sequence)
+            if self._takes_lane(sequence):
+                self._start_lane(sequence)
+            else:
+                self._start(sequence)
 
     def _start(self, sequence: _Sequence) -> None:
         prepared = sequence.prepared
@@ -226,63 +220,59 @@ class BatchScheduler:
         sequence.uid = uid
         self._running[uid] = sequence
 
-    # -- the solo lane -------------------------------------------------------------
+    # -- the native lanes ----------------------------------------------------------
 
-    def _solo_fits(self, sequence: _Sequence) -> bool:
+    def _takes_lane(self, sequence: _Sequence) -> bool:
         prepared = sequence.prepared
         return (
-            self._native is not None
+            self._lanes is not None
             and not sequence.processors
-            and len(prepared.prompt) + prepared.max_tokens <= self._native.max_positions
+            and self._lanes.free_slot() is not None
+            and self._lanes.fits(len(prepared.prompt) + prepared.max_tokens)
         )
 
-    def _start_solo(self, sequence: _Sequence) -> None:
-        assert self._native is not None
+    def _start_lane(self, sequence: _Sequence) -> None:
+        assert self._lanes is not None
         prepared = sequence.prepared
-        if self.cache is not None:
-            self.cache.trim(len(prepared.prompt))
         cache, cached = self.cache.take(prepared.prompt) if self.cache is not None else (None, 0)
-        if cache is None or not NativeDecoder.takes(cache):
-            cache, cached = make_prompt_cache(self._engine.model), 0
-        sequence.cached_tokens = cached
-        lane = SoloLane(
-            self._native,
+        lane = self._lanes.start(
             prepared.prompt,
             cache,
             cached,
             prepared.max_tokens,
             sampling.sampler_for(prepared.params),
             frozenset() if prepared.params.ignore_eos else self._eos,
-            self._prefill_step,
         )
-        self._solo = (sequence, lane)
+        sequence.cached_tokens = lane.fed
+        self._in_lanes[lane.slot] = sequence
 
-    def _solo_step(self, sequence: _Sequence, lane: SoloLane) -> list[Out]:
+    def _lanes_step(self) -> list[Out]:
+        assert self._lanes is not None
         try:
-            response = lane.step()
+            produced = self._lanes.step()
         except Exception as exc:
-            log.exception("request %s: the native step failed", sequence.request_id)
-            self._solo = None
-            sequence.done = True
+            log.exception("the native step failed; ending its %d requests", len(self._in_lanes))
             message = f"engine error: {type(exc).__name__}: {exc}"
-            return [protocol.RequestError(sequence.request_id, message, failed=True)]
-        return [] if response is None else self._on_token(sequence, response)
+            out: list[Out] = []
+            for lane in list(self._lanes.lanes.values()):
+                self._lanes.remove(lane)
+                sequence = self._in_lanes.pop(lane.slot)
+                sequence.done = True
+                out.append(protocol.RequestError(sequence.request_id, message, failed=True))
+            return out
+        out = []
+        for lane, response in produced:
+            sequence = self._in_lanes.get(lane.slot)
+            if sequence is not None and not sequence.done:
+                out.extend(self._on_token(sequence, response))
+        return out
 
-    def _hand_over(self, sequence: _Sequence, lane: SoloLane) -> None:
-        """The batch generator takes the lone stream over where it stands."""
-        where = lane.handover()
-        prepared = sequence.prepared
-        (uid,) = self._generator.insert(
-            [where.to_feed],
-            max_tokens=[where.max_tokens],
-            caches=[where.cache] if where.held_tokens else None,
-            all_tokens=[where.held_tokens],
-            samplers=[lane.sampler],
-            stop_sequences=[self._no_stops if prepared.params.ignore_eos else self._stop_at_eos],
+    def _lane_of(self, sequence: _Sequence) -> Lane | None:
+        if self._lanes is None:
+            return None
+        return next(
+            (self._lanes.lanes[slot] for slot, s in self._in_lanes.items() if s is sequence), None
         )
-        sequence.uid = uid
-        self._running[uid] = sequence
-        self._solo = None
 
     def _guarded(self, sequence: _Sequence) -> sampling.LogitsProcessor:
         """The sequence's processors as one, whose failure ends only this sequence."""
@@ -329,11 +319,13 @@ class BatchScheduler:
 
     def _release(self, sequence: _Sequence, keep_cache: bool) -> None:
         """Take a running sequence out (keeping its cache for the next turn if asked)."""
-        if self._solo is not None and self._solo[0] is sequence:
-            lane = self._solo[1]
-            self._solo = None
+        lane = self._lane_of(sequence)
+        if lane is not None:
+            assert self._lanes is not None
             if keep_cache:
-                self._keep_cache(lane.held_tokens(), lane.kept_cache())
+                self._keep_cache(lane.held_tokens(), lane.kept_cache(self._lanes.decoder))
+            self._lanes.remove(lane)
+            del self._in_lanes[lane.slot]
         elif keep_cache:
             self._stop([sequence])
         else:

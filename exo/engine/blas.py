@@ -133,12 +133,15 @@ def build_gemv_forward(directory: Path) -> Path | None:
 
 
 def build_native(
-    source_path: Path, directory: Path, prefix: str, flags: tuple[str, ...]
+    source_path: Path, directory: Path, prefix: str, flags: tuple[str, ...], key: str = ""
 ) -> Path | None:
     """Compile a C source of `native/` into a shared library in `directory`, named by
-    `prefix` and the source's hash, unless that build is there already; None (logged)
-    without a C compiler or when compiling fails."""
+    `prefix` and the hash of the source (with the flags and `key` where given), unless
+    that build is there already; None (logged) without a C compiler or when compiling
+    fails."""
     source = source_path.read_bytes()
+    if key:
+        source += "\0".join(("", *flags, key)).encode()
     target = directory / f"{prefix}{hashlib.sha256(source).hexdigest()[:16]}.so"
     if target.is_file():
         return target

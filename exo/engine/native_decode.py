@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from exo.engine.blas import build_native, native_cache_dir
+from exo.engine.blas import build_native, cpu_flags, native_cache_dir
 
 SOURCE = Path(__file__).with_name("native") / "llama_decode.c"
 _PREFIX = "libexo-llama-decode-"
@@ -41,6 +42,8 @@ class _Model(ctypes.Structure):
         *((name, ctypes.c_int) for name in ("hidden", "layers", "heads", "kv_heads")),
         *((name, ctypes.c_int) for name in ("head_dim", "inter", "vocab", "max_positions")),
         ("interleaved", ctypes.c_int),
+        ("slots", ctypes.c_int),
+        ("max_rows", ctypes.c_int),
         ("eps", ctypes.c_float),
         ("embed", _FLOATS),
         ("head", _FLOATS),
@@ -57,24 +60,38 @@ class _Model(ctypes.Structure):
 @functools.cache
 def library() -> ctypes.CDLL:
     """The compiled kernel (built once per source version into the user's cache)."""
-    flags = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only")
-    built = build_native(SOURCE, native_cache_dir(), _PREFIX, flags)
+    # Not -ffast-math: a shared library built with it sets flush-to-zero for the whole
+    # process when loaded. Reassociation alone lets GCC vectorize the dot products.
+    flags = (
+        "-O3",
+        "-march=native",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-fno-signed-zeros",
+        "-fassociative-math",
+    )
+    # Built for this CPU (-march=native): its flags are part of the build's name, so a
+    # home shared by different machines never loads another's build.
+    machine = f"{platform.machine()} {' '.join(sorted(cpu_flags()))}"
+    built = build_native(SOURCE, native_cache_dir(), _PREFIX, flags, machine)
     if built is None:
         raise NotSupported("the native decode kernel could not be built (no C compiler?)")
     lib = ctypes.CDLL(str(built))
-    lib.exo_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, _FLOATS]
+    ints = ctypes.POINTER(ctypes.c_int)
+    lib.exo_decode_rows.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ints, ints, ints, _FLOATS]
     lib.exo_decode_work_floats.argtypes = [ctypes.POINTER(_Model)]
     lib.exo_decode_work_floats.restype = ctypes.c_size_t
     if lib.exo_decode_init() != 0:
-        raise NotSupported("no cblas_sgemv is loaded in this process")
+        raise NotSupported("no cblas_sgemv and cblas_sgemm are loaded in this process")
     return lib
 
 
 class NativeDecoder:
-    """One sequence's decoder over `model`'s weights: `step(token)` feeds the next token
-    and returns the logits after it (a view, overwritten by the next step)."""
+    """A decoder over `model`'s weights with `slots` sequences' caches: `step(token)` feeds
+    slot 0 its next token, `step_rows` one token to each of several slots at once; both
+    return the logits after it (a view, overwritten by the next call)."""
 
-    def __init__(self, model: nn.Module, max_positions: int) -> None:
+    def __init__(self, model: nn.Module, max_positions: int, slots: int = 1) -> None:
         self._lib = library()
         self.model = model
         inner = _decoder_of(model)
@@ -91,10 +108,12 @@ class NativeDecoder:
         head = getattr(model, "lm_head", None)
         rope = first.self_attn.rope
         cos, sin = _rope_tables(rope, head_dim, max_positions)
-        cache_shape = (len(layers), kv_heads, max_positions, head_dim)
+        # Zeroed lazily by the OS: only the positions written take memory.
+        cache_shape = (slots, len(layers), kv_heads, max_positions, head_dim)
         self._keys = np.zeros(cache_shape, np.float32)
         self._values = np.zeros(cache_shape, np.float32)
-        self._logits = np.zeros(vocab, np.float32)
+        self._logits = np.zeros((slots, vocab), np.float32)
+        self._tokens, self._positions, self._slots = (np.zeros(slots, np.int32) for _ in range(3))
         self._layers = (_Layer * len(layers))(*per_layer)
         self._model = _Model(
             hidden,
@@ -106,6 +125,8 @@ class NativeDecoder:
             vocab,
             max_positions,
             int(bool(rope.traditional)),
+            slots,
+            slots,
             float(first.input_layernorm.eps),
             self._floats(inner.embed_tokens.weight),
             self._floats(head.weight if head is not None else inner.embed_tokens.weight),
@@ -119,16 +140,39 @@ class NativeDecoder:
         work = np.zeros(self._lib.exo_decode_work_floats(ctypes.byref(self._model)), np.float32)
         self._model.work = self._floats(work)
         self.max_positions = max_positions
-        self.position = 0
+        self.slots = slots
+        self.position = 0  # of slot 0, for `step`
 
     def step(self, token: int) -> np.ndarray:
+        """Feed slot 0 its next token; its logits."""
         if self.position >= self.max_positions:
             raise ValueError(f"the cache holds {self.max_positions} positions")
-        logits = self._logits.ctypes.data_as(_FLOATS)
-        if self._lib.exo_decode_step(ctypes.byref(self._model), token, self.position, logits):
-            raise ValueError(f"token {token} is outside the vocabulary")
+        logits = self.step_rows([token], [self.position], [0])[0]
         self.position += 1
-        return self._logits
+        return logits
+
+    def step_rows(self, tokens: list[int], positions: list[int], slots: list[int]) -> np.ndarray:
+        """Feed `tokens[r]` at `positions[r]` of slot `slots[r]` (distinct slots), every
+        weight read once for all rows; the rows' logits (rows x vocab)."""
+        rows = len(tokens)
+        if not 0 < rows <= self.slots or len(positions) != rows or len(slots) != rows:
+            raise ValueError(f"between 1 and {self.slots} rows, each a token, position, slot")
+        self._tokens[:rows], self._positions[:rows], self._slots[:rows] = tokens, positions, slots
+        ints = ctypes.POINTER(ctypes.c_int)
+        status = self._lib.exo_decode_rows(
+            ctypes.byref(self._model),
+            rows,
+            self._tokens.ctypes.data_as(ints),
+            self._positions.ctypes.data_as(ints),
+            self._slots.ctypes.data_as(ints),
+            self._logits.ctypes.data_as(_FLOATS),
+        )
+        if status:
+            raise ValueError(
+                f"a token outside the vocabulary, a position past {self.max_positions}, "
+                "or a slot out of range or twice"
+            )
+        return self._logits[:rows]
 
     @staticmethod
     def takes(cache: list[Any]) -> bool:
@@ -138,28 +182,32 @@ class NativeDecoder:
 
         return all(type(entry) is KVCache for entry in cache)
 
-    def load_cache(self, cache: list[Any], length: int) -> None:
-        """Start from mlx-lm's per-layer caches (`KVCache`) holding `length` positions:
-        their keys and values are copied in, and the next step feeds position `length`."""
+    def load_cache(self, cache: list[Any], length: int, slot: int = 0) -> None:
+        """Start a slot from mlx-lm's per-layer caches (`KVCache`) holding `length`
+        positions: their keys and values are copied in (slot 0's next `step` feeds
+        position `length`)."""
         if length > self.max_positions:
             raise ValueError(f"the cache holds {self.max_positions} positions, not {length}")
         for layer, entry in enumerate(cache):
             keys, values = entry.keys[0, :, :length, :], entry.values[0, :, :length, :]
-            self._keys[layer, :, :length] = np.asarray(keys.astype(mx.float32))
-            self._values[layer, :, :length] = np.asarray(values.astype(mx.float32))
-        self.position = length
+            self._keys[slot, layer, :, :length] = np.asarray(keys.astype(mx.float32))
+            self._values[slot, layer, :, :length] = np.asarray(values.astype(mx.float32))
+        if slot == 0:
+            self.position = length
 
-    def mlx_cache(self) -> list[Any]:
-        """mlx-lm's per-layer caches (`KVCache`) of every position fed so far: for its
-        prompt cache, or for its batch generator to go on from."""
+    def mlx_cache(self, slot: int = 0, length: int | None = None) -> list[Any]:
+        """mlx-lm's per-layer caches (`KVCache`) of a slot's first `length` positions
+        (slot 0: every position fed so far): for the prompt cache, or for the batch
+        generator to go on from."""
         from mlx_lm.models.cache import KVCache
 
+        length = self.position if length is None else length
         out = []
-        for layer in range(self._keys.shape[0]):
+        for layer in range(self._keys.shape[1]):
             entry = KVCache()
-            keys = mx.array(self._keys[layer, :, : self.position][None])
-            values = mx.array(self._values[layer, :, : self.position][None])
-            entry.state = (keys, values, self.position)
+            keys = mx.array(self._keys[slot, layer, :, :length][None])
+            values = mx.array(self._values[slot, layer, :, :length][None])
+            entry.state = (keys, values, length)
             out.append(entry)
         return out
 

@@ -30,14 +30,14 @@ from attrs import frozen
 from exo.engine import protocol
 from exo.engine.batching import BatchScheduler
 from exo.engine.mlx_engine import PREFILL_STEP, MlxEngine
-from exo.engine.solo import native_decoder_for
+from exo.engine.native_lanes import native_decoder_for
 from exo.events.codec import CodecError, decode, encode
 
 log = logging.getLogger("exo.engine.runner")
 
 # After stdin closes, a runner still busy this long is ended (a wedged ring, a hung peer).
 EXIT_GRACE = 10.0
-# `EXO_NATIVE_DECODE=0` keeps a lone stream on mlx-lm's batch step (for comparison).
+# `EXO_NATIVE_DECODE=0` keeps every stream on mlx-lm's batch step (for comparison).
 NATIVE_ENV = "EXO_NATIVE_DECODE"
 # Prompt tokens per batch step on a CPU (see `prefill_step`).
 PREFILL_STEP_CPU = 64
@@ -252,7 +252,9 @@ def prefill_step(engine: MlxEngine) -> int:
 def scheduler_for(engine: MlxEngine, load: protocol.Load) -> BatchScheduler:
     """Batches, on a runner holding the whole model as on the first rank of a distributed
     instance (its other ranks mirror its caches, `exo.engine.mirror`)."""
-    native = None if os.environ.get(NATIVE_ENV) == "0" else native_decoder_for(engine)
+    native = None
+    if os.environ.get(NATIVE_ENV) != "0":
+        native = native_decoder_for(engine, load.batch_size)
     return BatchScheduler(
         engine,
         batch_size=load.batch_size,

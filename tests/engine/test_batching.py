@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from exo.engine import protocol
 from exo.engine.batching import BatchScheduler
 from exo.engine.mlx_engine import MlxEngine
 from exo.engine.native_decode import NativeDecoder
-from exo.engine.solo import native_decoder_for
+from exo.engine.native_lanes import native_decoder_for
 
 PROMPTS = (
     "What is the capital of France?",
@@ -254,7 +255,7 @@ def test_stop_strings_end_their_request_and_free_its_slot(engine: MlxEngine) -> 
     assert batch.running == 0
 
 
-@pytest.mark.parametrize("lane", [False, True])  # in the batch generator; in the solo lane
+@pytest.mark.parametrize("lane", [False, True])  # in the batch generator; in a native lane
 def test_the_next_turn_of_a_conversation_reads_its_history_from_the_cache(
     engine: MlxEngine, native: NativeDecoder, lane: bool
 ) -> None:
@@ -333,86 +334,113 @@ def test_bad_requests_raise_and_count_only_answers_at_once(engine: MlxEngine) ->
     assert not batch.busy
 
 
-# -- the solo lane: a lone stream on the fused native step ---------------------------------
+# -- the native lanes: streams on the fused native step ------------------------------------
 
 
 @pytest.fixture(scope="module")
 def native(engine: MlxEngine) -> NativeDecoder:
-    decoder = native_decoder_for(engine)
+    decoder = native_decoder_for(engine, 8)
     assert decoder is not None, "the bundled model on a CPU takes the native step"
     return decoder
 
 
-def run_solo(engine: MlxEngine, native: NativeDecoder, req: protocol.GenerateRequest) -> Collected:
+@pytest.fixture
+def rows_fed(native: NativeDecoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of every native step the test makes."""
+    fed: list[int] = []
+    step_rows = native.step_rows
+
+    def counted(tokens: list[int], positions: list[int], slots: list[int]) -> Any:
+        fed.append(len(tokens))
+        return step_rows(tokens, positions, slots)
+
+    monkeypatch.setattr(native, "step_rows", counted)
+    return fed
+
+
+def run_lanes(
+    engine: MlxEngine, native: NativeDecoder, *requests: protocol.GenerateRequest
+) -> Collected:
     batch = scheduler(engine, native=native)
     out = Collected()
-    out.take(batch.submit(req))
-    fed = native.position
-    drain(batch, out)
-    assert native.position != fed or req.params.max_tokens == 1, "the lane did not decode"
-    return out
+    for req in requests:
+        out.take(batch.submit(req))
+    return drain(batch, out)
 
 
 def test_a_lone_stream_on_the_native_step_is_its_batch_reply(
-    engine: MlxEngine, native: NativeDecoder
+    engine: MlxEngine, native: NativeDecoder, rows_fed: list[int]
 ) -> None:
     for n, text in enumerate(PROMPTS[:4]):
         req = request(f"s{n}", text, max_tokens=24, logprobs=2)
-        solo, batched = run_solo(engine, native, req), run_alone(engine, req)
-        assert_same_or_near_tie(batched, solo, req.request_id)
+        lane, batched = run_lanes(engine, native, req), run_alone(engine, req)
+        assert_same_or_near_tie(batched, lane, req.request_id)
         assert (
-            solo.finished(req.request_id).prompt_tokens
+            lane.finished(req.request_id).prompt_tokens
             == batched.finished(req.request_id).prompt_tokens
         )
-    ends = run_solo(engine, native, request("e", PROMPTS[0], max_tokens=200))
+    assert rows_fed and set(rows_fed) == {1}
+    ends = run_lanes(engine, native, request("e", PROMPTS[0], max_tokens=200))
     assert ends.finished("e").finish_reason == "stop"
-    full = run_solo(engine, native, request("n", PROMPTS[4], max_tokens=30, ignore_eos=True))
+    full = run_lanes(engine, native, request("n", PROMPTS[4], max_tokens=30, ignore_eos=True))
     assert (full.finished("n").finish_reason, full.finished("n").completion_tokens) == (
         "length",
         30,
     )
 
 
-@pytest.mark.parametrize("after_steps", [1, 12])  # during the prefill; while decoding
-def test_a_second_request_takes_the_lone_stream_into_a_batch(
-    engine: MlxEngine, native: NativeDecoder, after_steps: int
+def test_eight_streams_decode_together_on_the_native_step_each_as_alone(
+    engine: MlxEngine, native: NativeDecoder, rows_fed: list[int]
 ) -> None:
-    first = request("first", PROMPTS[1], max_tokens=32, ignore_eos=True, logprobs=2)
-    second = request("second", PROMPTS[0], max_tokens=8, logprobs=2)
+    requests = [
+        request(f"b{n}", text, max_tokens=24, ignore_eos=True, logprobs=2)
+        for n, text in enumerate(PROMPTS)
+    ]
+    together = run_lanes(engine, native, *requests)
+    assert max(rows_fed) == 8  # one native call fed all eight
+    for r in requests:
+        assert_same_or_near_tie(run_alone(engine, r), together, r.request_id)
+
+
+def test_a_request_with_a_schema_decodes_beside_the_lanes_in_the_batch_generator(
+    engine: MlxEngine, native: NativeDecoder, rows_fed: list[int]
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    plain = request("plain", PROMPTS[1], max_tokens=24, ignore_eos=True)
+    shaped = request(
+        "json", "Give me a number as JSON.", max_tokens=40, json_schema=json.dumps(schema)
+    )
     batch = scheduler(engine, native=native, prefill_step=8)
     out = Collected()
-    out.take(batch.submit(first))
-    native.position = 0  # what earlier tests left
-    prompt = len(engine.encode_chat((protocol.ChatMessage("user", PROMPTS[1]),)))
-    for _ in range(after_steps):
+    out.take(batch.submit(plain))
+    for _ in range(8):
         out.take(batch.step())
-    assert batch.running == 1
-    # Prefilled by MLX 8 tokens a step, then decoding natively.
-    assert (native.position > prompt) == (after_steps > 1 + prompt // 8)
-    out.take(batch.submit(second))
-    out.take(batch.step())
-    assert (batch.running, batch.waiting) == (2, 0)  # both in the batch generator now
+    out.take(batch.submit(shaped))
     drain(batch, out)
-    assert out.finished("first").completion_tokens == 32
-    assert_same_or_near_tie(run_alone(engine, first), out, "first")
-    assert_same_or_near_tie(run_alone(engine, second), out, "second")
+    assert rows_fed  # the plain one on the native step
+    assert isinstance(json.loads(out.text("json"))["n"], int)
+    assert out.finished("plain").completion_tokens == 24
+    assert_same_or_near_tie(run_alone(engine, plain), out, "plain")
 
 
-def test_a_lone_stream_cancels_keeps_its_cache_and_stops_at_stop_strings(
+def test_a_lane_cancels_keeps_its_cache_and_stops_at_stop_strings(
     engine: MlxEngine, native: NativeDecoder
 ) -> None:
     batch = scheduler(engine, native=native, prompt_cache=True)
     out = Collected()
     out.take(batch.submit(request("c", PROMPTS[1], max_tokens=40, ignore_eos=True)))
+    out.take(batch.submit(request("d", PROMPTS[2], max_tokens=40, ignore_eos=True)))
     for _ in range(8):
         out.take(batch.step())
     out.take(batch.cancel("c"))
-    assert not batch.busy
+    assert batch.running == 1
+    drain(batch, out)
     cancelled = out.finished("c")
     assert cancelled.finish_reason == "cancelled" and 0 < cancelled.completion_tokens < 40
-    assert batch.cache is not None and len(batch.cache) == 1
-    alone = run_solo(engine, native, request("p", PROMPTS[3], max_tokens=40))
+    assert out.finished("d").completion_tokens == 40
+    assert batch.cache is not None and len(batch.cache) == 2
+    alone = run_lanes(engine, native, request("p", PROMPTS[3], max_tokens=40))
     cut = alone.text("p").split()[2]
-    stopped = run_solo(engine, native, request("p", PROMPTS[3], max_tokens=40, stop=(cut,)))
+    stopped = run_lanes(engine, native, request("p", PROMPTS[3], max_tokens=40, stop=(cut,)))
     assert stopped.finished("p").finish_reason == "stop"
     assert cut not in stopped.text("p")

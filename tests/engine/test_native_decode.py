@@ -66,3 +66,41 @@ def test_quantized_weights_and_a_full_cache_are_refused() -> None:
     decoder.step(2)
     with pytest.raises(ValueError, match="holds 2 positions"):
         decoder.step(3)
+
+
+def test_several_sequences_in_one_call_are_each_alone() -> None:
+    """Rows of different lengths fed together (each matrix read once for all) give each
+    sequence the logits it gets fed alone."""
+    model = tiny_model("llama")
+    prompts = [[3, 7, 11, 19, 23], [5, 2], [13, 17, 29, 31, 37, 41, 43]]
+    alone = []
+    for prompt in prompts:
+        decoder = NativeDecoder(model, 16)
+        alone.append([decoder.step(t).copy() for t in prompt])
+    together = NativeDecoder(model, 16, slots=4)
+    slots = [2, 0, 3]  # any free slots, in any order
+    for position in range(max(len(p) for p in prompts)):
+        rows = [r for r, p in enumerate(prompts) if position < len(p)]
+        logits = together.step_rows(
+            [prompts[r][position] for r in rows], [position] * len(rows), [slots[r] for r in rows]
+        )
+        for got, r in zip(logits, rows, strict=True):
+            np.testing.assert_allclose(got, alone[r][position], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="twice"):
+        together.step_rows([1, 2], [0, 0], [1, 1])
+    # Slot 2's cache as mlx-lm's, then back into another decoder: it goes on the same.
+    cache = together.mlx_cache(slot=2, length=len(prompts[0]))
+    again = NativeDecoder(model, 16)
+    again.load_cache(cache, len(prompts[0]))
+    expected = together.step_rows([9], [len(prompts[0])], [2])[0].copy()
+    np.testing.assert_allclose(again.step(9), expected, atol=1e-5, rtol=0)
+
+
+def test_loading_the_kernel_keeps_subnormal_floats() -> None:
+    """A library built with -ffast-math would set flush-to-zero for the whole process
+    (numpy, MLX and every test after it) when loaded."""
+    from exo.engine.native_decode import library
+
+    library()
+    tiny = np.array([1e-39], dtype=np.float32) * np.float32(0.5)
+    assert tiny[0] != 0.0
