@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
+import mmap
 import platform
 from pathlib import Path
 from typing import Any
@@ -108,10 +110,13 @@ class NativeDecoder:
         head = getattr(model, "lm_head", None)
         rope = first.self_attn.rope
         cos, sin = _rope_tables(rope, head_dim, max_positions)
-        # Zeroed lazily by the OS: only the positions written take memory.
+        # Anonymous mappings: only the positions written take memory, and `release`
+        # gives a slot's back to the OS when its sequence ends.
         cache_shape = (slots, len(layers), kv_heads, max_positions, head_dim)
-        self._keys = np.zeros(cache_shape, np.float32)
-        self._values = np.zeros(cache_shape, np.float32)
+        self._maps = [mmap.mmap(-1, 4 * math.prod(cache_shape)) for _ in range(2)]
+        self._keys, self._values = (
+            np.frombuffer(m, np.float32).reshape(cache_shape) for m in self._maps
+        )
         self._logits = np.zeros((slots, vocab), np.float32)
         self._tokens, self._positions, self._slots = (np.zeros(slots, np.int32) for _ in range(3))
         self._layers = (_Layer * len(layers))(*per_layer)
@@ -181,6 +186,17 @@ class NativeDecoder:
         from mlx_lm.models.cache import KVCache
 
         return all(type(entry) is KVCache for entry in cache)
+
+    def release(self, slot: int) -> None:
+        """Give the whole pages of a slot's keys and values back to the OS (they read as
+        zeros after): its sequence ended. A slot is always loaded before it is fed."""
+        per_slot = self._keys[0].nbytes
+        page = mmap.PAGESIZE
+        start = -(-slot * per_slot // page) * page  # whole pages inside the slot
+        end = (slot + 1) * per_slot // page * page
+        if end > start:
+            for mapping in self._maps:
+                mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def load_cache(self, cache: list[Any], length: int, slot: int = 0) -> None:
         """Start a slot from mlx-lm's per-layer caches (`KVCache`) holding `length`

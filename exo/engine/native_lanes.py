@@ -111,7 +111,9 @@ class NativeLanes:
         return lane
 
     def remove(self, lane: Lane) -> None:
+        """End a lane (take its cache first: its slot's memory goes back to the OS)."""
         del self.lanes[lane.slot]
+        self.decoder.release(lane.slot)
 
     def step(self) -> list[tuple[Lane, Step]]:
         """One native step of every decoding lane, then one prefill chunk of the first

@@ -88,11 +88,14 @@ def test_several_sequences_in_one_call_are_each_alone() -> None:
             np.testing.assert_allclose(got, alone[r][position], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="twice"):
         together.step_rows([1, 2], [0, 0], [1, 1])
-    # Slot 2's cache as mlx-lm's, then back into another decoder: it goes on the same.
-    cache = together.mlx_cache(slot=2, length=len(prompts[0]))
+    # Slot 2's cache as mlx-lm's, then back into another decoder: it goes on the same,
+    # also after slot 2's memory went back to the OS.
+    length = len(prompts[0])
+    cache = together.mlx_cache(slot=2, length=length)
+    expected = together.step_rows([9], [length], [2])[0].copy()
+    together.release(2)
     again = NativeDecoder(model, 16)
-    again.load_cache(cache, len(prompts[0]))
-    expected = together.step_rows([9], [len(prompts[0])], [2])[0].copy()
+    again.load_cache(cache, length)
     np.testing.assert_allclose(again.step(9), expected, atol=1e-5, rtol=0)
 
 
