@@ -167,4 +167,6 @@ def native_decoder_for(engine: Any, slots: int) -> NativeDecoder | None:
         return NativeDecoder(engine.model, engine.info.context_length, slots)
     except NotSupported as exc:
         log.info("streams decode with MLX: %s", exc)
-        return None
+    except (OSError, MemoryError) as exc:  # no address space for the slots (strict overcommit)
+        log.warning("streams decode with MLX: no memory for the native caches: %s", exc)
+    return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import mlx.core as mx
@@ -107,3 +108,22 @@ def test_loading_the_kernel_keeps_subnormal_floats() -> None:
     library()
     tiny = np.array([1e-39], dtype=np.float32) * np.float32(0.5)
     assert tiny[0] != 0.0
+
+
+def test_a_runner_without_memory_for_the_slots_decodes_with_mlx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exo.engine import native_decode, native_lanes
+
+    info = SimpleNamespace(device="cpu", dtype="float32", context_length=64)
+    engine = SimpleNamespace(group=None, model=tiny_model("llama"), info=info)
+    assert native_lanes.native_decoder_for(engine, 2) is not None
+    info.device = "gpu"
+    assert native_lanes.native_decoder_for(engine, 2) is None
+    info.device = "cpu"
+
+    def no_memory(*_: object) -> object:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(native_decode.mmap, "mmap", no_memory)
+    assert native_lanes.native_decoder_for(engine, 2) is None
