@@ -10,6 +10,7 @@ from typing import Any, Literal
 import trio
 
 from exo.actors.command_client import CommandClient
+from exo.actors.instances_host import COMMAND_TIMEOUT
 from exo.actors.replica import Replica
 from exo.api.backend import InvalidRequest, Unavailable
 from exo.events.codec import to_plain
@@ -18,9 +19,6 @@ from exo.events.facts import DownloadStatus
 from exo.events.ids import ModelId, NodeId
 from exo.events.state import State
 from exo.models.cards import ModelCard
-
-# How long an order waits for the master (an election may be under way).
-COMMAND_TIMEOUT = 30.0
 
 
 def eta_seconds(status: DownloadStatus) -> float | None:

@@ -60,8 +60,6 @@ def parse_place_request(body: object) -> PlaceRequest:
 def register_instances(app: QuartTrio, backend: Backend) -> None:
     """Add `POST/GET /instances`, `GET/DELETE /instances/<id>`, `GET /instances/previews`."""
 
-    answer = answer_json
-
     @app.post("/instances")
     async def create_instance() -> TrioResponse:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
@@ -72,14 +70,14 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
                 place.model, place.strategy, place.nodes, place.min_nodes, place.context_length
             )
 
-        return await answer(work, 201)
+        return await answer_json(work, 201)
 
     @app.get("/instances")
     async def list_instances() -> TrioResponse:
         async def work() -> Any:
             return {"instances": backend.instances()}
 
-        return await answer(work)
+        return await answer_json(work)
 
     @app.get("/instances/previews")
     async def instance_previews() -> TrioResponse:
@@ -100,14 +98,14 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
                 )
             return await backend.previews(model, int(context) if context else None)
 
-        return await answer(work)
+        return await answer_json(work)
 
     @app.get("/instances/<instance_id>")
     async def get_instance(instance_id: str) -> TrioResponse:
         async def work() -> Any:
             return backend.instance(instance_id)
 
-        return await answer(work)
+        return await answer_json(work)
 
     @app.delete("/instances/<instance_id>")
     async def delete_instance(instance_id: str) -> TrioResponse:
@@ -115,4 +113,4 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
             await backend.delete_instance(instance_id)
             return {"id": instance_id, "deleted": True}
 
-        return await answer(work)
+        return await answer_json(work)

@@ -252,7 +252,7 @@ class BatchScheduler:
             produced = self._lanes.step()
         except Exception as exc:
             log.exception("the native step failed; ending its %d requests", len(self._in_lanes))
-            message = f"engine error: {type(exc).__name__}: {exc}"
+            message = engine_error(exc)
             out: list[Out] = []
             for lane in list(self._lanes.lanes.values()):
                 self._lanes.remove(lane)
@@ -285,7 +285,7 @@ class BatchScheduler:
                     logits = processor(tokens, logits)
             except Exception as exc:
                 log.error("request %s: logits processor failed: %r", sequence.request_id, exc)
-                sequence.error = f"engine error: {type(exc).__name__}: {exc}"
+                sequence.error = engine_error(exc)
             return logits
 
         return process
@@ -370,7 +370,7 @@ class BatchScheduler:
         if self._engine.group is not None and isinstance(exc, RuntimeError):
             log.error("the ring of this instance broke; the runner exits")
             self.broken = True
-        message = f"engine error: {type(exc).__name__}: {exc}"
+        message = engine_error(exc)
         out: list[Out] = [
             protocol.RequestError(s.request_id, message, failed=True)
             for s in self._running.values()
@@ -379,3 +379,8 @@ class BatchScheduler:
         self._generator.close()
         self._generator = self._new_generator()
         return out
+
+
+def engine_error(exc: Exception) -> str:
+    """What a request that failed in the engine is told."""
+    return f"engine error: {type(exc).__name__}: {exc}"

@@ -120,7 +120,7 @@ def cpu_flags() -> frozenset[str]:
 def gemv_forward_library() -> Path | None:
     """The gemv-forwarding shim, compiled once per version of its source into the user's
     cache; None (logged once) without a C compiler or when compiling fails."""
-    return build_gemv_forward(_cache_dir())
+    return build_gemv_forward(native_cache_dir())
 
 
 def build_gemv_forward(directory: Path) -> Path | None:
@@ -175,11 +175,7 @@ def build_native(
 
 
 def native_cache_dir() -> Path:
-    """Where native builds are kept (per user, per source hash)."""
-    return _cache_dir()
-
-
-def _cache_dir() -> Path:
+    """Where native builds are kept, per user (each named by the hash of what built it)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "exo" / "native"
 

@@ -285,7 +285,7 @@ def files_needed(state: State, node_id: NodeId, card: ModelCard) -> tuple[str, .
     where a user ordered the whole model fetched)."""
     order = state.download_order(node_id, card.model_id)
     if order is not None and order.action == "fetch":
-        return tuple(sorted(files_for_layers(card, 0, card.num_layers)))
+        return files_for_layers(card, 0, card.num_layers)
     names: set[str] = set()
     for instance in state.instances_of(card.model_id):
         shard = instance.shard_on(node_id)
