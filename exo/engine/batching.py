@@ -242,6 +242,7 @@ class BatchScheduler:
             prepared.max_tokens,
             sampling.sampler_for(prepared.params),
             frozenset() if prepared.params.ignore_eos else self._eos,
+            greedy=prepared.params.temperature == 0,
         )
         sequence.cached_tokens = lane.fed
         self._in_lanes[lane.slot] = sequence

@@ -1,12 +1,14 @@
-"""A whole decode step of a llama-family model, for one sequence, in one native call
-(`native/llama_decode.c`): what MLX spends ~1000 primitive dispatches on per token on a
-CPU becomes seven BLAS matrix-vector products and a few vector loops per layer.
+"""A whole decode step of a llama-family model, for one or several sequences, in one
+native call (`native/llama_decode.c`) on every core: what MLX spends ~1000 primitive
+dispatches on per token on a CPU becomes seven matrix products (the kernel's own, each
+weight read once for all sequences) and a few vector loops per layer.
 
 It reads the MLX model's own float32 weights in place (no copy) and keeps its keys and
 values in its own caches. Only plain llama-shaped decoders qualify (`NotSupported` says
 why another does not): pre-norm RMSNorm blocks, bias-free q/k/v/o and gated-SiLU MLP
-projections, rotate-half RoPE over the whole head. Measured against MLX's step in
-`benchmarks/cpu_decode.py`; not yet the path a runner serves with (docs/benchmarks.md).
+projections, RoPE over the whole head. A CPU runner decodes its streams with it
+(`native_lanes.py`); measured in `benchmarks/cpu_decode.py` and `benchmarks/serving.py`
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ctypes
 import functools
 import math
 import mmap
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ class _Model(ctypes.Structure):
         ("interleaved", ctypes.c_int),
         ("slots", ctypes.c_int),
         ("max_rows", ctypes.c_int),
+        ("threads", ctypes.c_int),
         ("eps", ctypes.c_float),
         ("embed", _FLOATS),
         ("head", _FLOATS),
@@ -83,8 +87,6 @@ def library() -> ctypes.CDLL:
     lib.exo_decode_rows.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ints, ints, ints, _FLOATS]
     lib.exo_decode_work_floats.argtypes = [ctypes.POINTER(_Model)]
     lib.exo_decode_work_floats.restype = ctypes.c_size_t
-    if lib.exo_decode_init() != 0:
-        raise NotSupported("no cblas_sgemv and cblas_sgemm are loaded in this process")
     return lib
 
 
@@ -93,7 +95,9 @@ class NativeDecoder:
     slot 0 its next token, `step_rows` one token to each of several slots at once; both
     return the logits after it (a view, overwritten by the next call)."""
 
-    def __init__(self, model: nn.Module, max_positions: int, slots: int = 1) -> None:
+    def __init__(
+        self, model: nn.Module, max_positions: int, slots: int = 1, threads: int | None = None
+    ) -> None:
         self._lib = library()
         self.model = model
         inner = _decoder_of(model)
@@ -132,6 +136,7 @@ class NativeDecoder:
             int(bool(rope.traditional)),
             slots,
             slots,
+            threads if threads is not None else usable_cores(),
             float(first.input_layernorm.eps),
             self._floats(inner.embed_tokens.weight),
             self._floats(head.weight if head is not None else inner.embed_tokens.weight),
@@ -221,8 +226,10 @@ class NativeDecoder:
         out = []
         for layer in range(self._keys.shape[1]):
             entry = KVCache()
-            keys = mx.array(self._keys[slot, layer, :, :length][None])
-            values = mx.array(self._values[slot, layer, :, :length][None])
+            # Contiguous first: MLX copies a strided numpy view ~60x slower (0.3 s for a
+            # bundled-model slot of 300 positions, a stall of every stream at each reply's end).
+            keys = mx.array(np.ascontiguousarray(self._keys[slot, layer, :, :length])[None])
+            values = mx.array(np.ascontiguousarray(self._values[slot, layer, :, :length])[None])
             entry.state = (keys, values, length)
             out.append(entry)
         return out
@@ -251,6 +258,12 @@ class NativeDecoder:
             raise NotSupported("weights must be contiguous float32")
         self._keep.append(view)
         return view.ctypes.data_as(_FLOATS)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 # Architectures whose blocks are exactly what the kernel computes (others add norms on

@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 from attrs import define, field
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -46,6 +47,7 @@ class Lane:
     max_tokens: int
     sampler: Any
     stop_tokens: frozenset[int]
+    greedy: bool = False  # temperature 0: the likeliest token, picked without MLX
     generated: list[int] = field(factory=list)
     generated_fed: int = 0  # generated tokens fed back
     native: bool = False  # decoding natively (the prompt is in its slot)
@@ -61,9 +63,18 @@ class Lane:
             return self.prompt[: self.fed]
         return self.prompt + self.generated[: self.generated_fed]
 
-    def sample(self, logits: mx.array, decoder: NativeDecoder) -> Step:
+    def sample(
+        self, logits: mx.array, decoder: NativeDecoder, row: np.ndarray | None = None
+    ) -> Step:
+        """The next token from `logits` (with `row`, the same logits in numpy). Greedy
+        lanes take numpy's argmax of the row: MLX spends ~1.6 ms a row on a CPU on the
+        log-softmax and argmax of a 49152-token vocabulary, ~0.2 ms of numpy's. The
+        log-probabilities stay lazy: they are computed only for a request that asks."""
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        token = int(self.sampler(logprobs[None])[0].item())
+        if self.greedy and row is not None:
+            token = int(row.argmax())  # the first of equals, as mx.argmax
+        else:
+            token = int(self.sampler(logprobs[None])[0].item())
         at_eos = token in self.stop_tokens
         if not at_eos:
             self.generated.append(token)
@@ -101,12 +112,13 @@ class NativeLanes:
         max_tokens: int,
         sampler: Any,
         stop_tokens: frozenset[int],
+        greedy: bool = False,
     ) -> Lane:
         slot = self.free_slot()
         assert slot is not None
         if cache is None or not NativeDecoder.takes(cache):
             cache, cached = make_prompt_cache(self.decoder.model), 0
-        lane = Lane(slot, prompt, cache, cached, max_tokens, sampler, stop_tokens)
+        lane = Lane(slot, prompt, cache, cached, max_tokens, sampler, stop_tokens, greedy)
         self.lanes[slot] = lane
         return lane
 
@@ -129,7 +141,7 @@ class NativeLanes:
             rows = mx.array(logits)  # copied: the buffer is the next call's
             for row, lane in enumerate(decoding):
                 lane.generated_fed += 1
-                out.append((lane, lane.sample(rows[row], self.decoder)))
+                out.append((lane, lane.sample(rows[row], self.decoder, logits[row])))
         prefilling = next((lane for lane in self.lanes.values() if not lane.native), None)
         if prefilling is not None:
             first = self._prefill_chunk(prefilling)
@@ -157,7 +169,7 @@ class NativeLanes:
 def native_decoder_for(engine: Any, slots: int) -> NativeDecoder | None:
     """The native decoder of a CPU runner holding a whole model the kernel computes,
     with `slots` streams' caches; None elsewhere (a GPU, a rank of a distributed
-    instance, another architecture, no BLAS with sgemv and sgemm): there every stream
+    instance, another architecture, no C compiler): there every stream
     decodes in mlx-lm's batches."""
     if engine.group is not None or engine.info.device != "cpu" or engine.info.dtype != "float32":
         return None

@@ -47,6 +47,13 @@ def test_a_llama_with_rotate_half_rope_and_its_own_head_matches() -> None:
     assert_same_logits(model, [t % 256 for t in PROMPT], 1e-4)
 
 
+def test_widths_that_are_not_whole_vectors_match() -> None:
+    """Hidden, head and MLP widths and a vocabulary that are not multiples of the
+    kernel's 16-float vectors: the products' scalar tails and partial blocks."""
+    model = tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
+    assert_same_logits(model, [t % 251 for t in PROMPT], 1e-4)
+
+
 @pytest.mark.parametrize(
     ("case", "why"),
     [
@@ -69,16 +76,18 @@ def test_quantized_weights_and_a_full_cache_are_refused() -> None:
         decoder.step(3)
 
 
-def test_several_sequences_in_one_call_are_each_alone() -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_several_sequences_in_one_call_are_each_alone(threads: int) -> None:
     """Rows of different lengths fed together (each matrix read once for all) give each
-    sequence the logits it gets fed alone."""
+    sequence exactly the logits it gets fed alone, on any number of threads: a row's sums
+    are added in the same order whatever else is in the step."""
     model = tiny_model("llama")
     prompts = [[3, 7, 11, 19, 23], [5, 2], [13, 17, 29, 31, 37, 41, 43]]
     alone = []
     for prompt in prompts:
-        decoder = NativeDecoder(model, 16)
+        decoder = NativeDecoder(model, 16, threads=2)
         alone.append([decoder.step(t).copy() for t in prompt])
-    together = NativeDecoder(model, 16, slots=4)
+    together = NativeDecoder(model, 16, slots=4, threads=threads)
     slots = [2, 0, 3]  # any free slots, in any order
     for position in range(max(len(p) for p in prompts)):
         rows = [r for r, p in enumerate(prompts) if position < len(p)]
@@ -86,7 +95,7 @@ def test_several_sequences_in_one_call_are_each_alone() -> None:
             [prompts[r][position] for r in rows], [position] * len(rows), [slots[r] for r in rows]
         )
         for got, r in zip(logits, rows, strict=True):
-            np.testing.assert_allclose(got, alone[r][position], atol=1e-4, rtol=0)
+            np.testing.assert_array_equal(got, alone[r][position])
     with pytest.raises(ValueError, match="twice"):
         together.step_rows([1, 2], [0, 0], [1, 1])
     # Slot 2's cache as mlx-lm's, then back into another decoder: it goes on the same,
