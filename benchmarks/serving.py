@@ -15,6 +15,8 @@ budget. Figures (medians over `--reps`):
   fused native step's lanes, `exo/engine/native_lanes.py`), decode tok/s from each
   stream's first token to its last, aggregate over the streams for N; and the same with
   the lanes off (mlx-lm's batch step, what runners ran before them);
+- sampled: N streams again, at temperature 0.7 and top-p 0.9 (each its own seed), with
+  the lanes (numpy's sampling, `exo/engine/row_sampling.py`) and without (mlx-lm's);
 - join: a request arriving while N-1 streams decode, its TTFT against the same request
   on an idle runner, and the largest gap between two tokens of the N-1 meanwhile;
 - cache: the second turn of a conversation with a long history, TTFT with the prompt
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,10 +58,23 @@ def greedy(max_tokens: int, **extra: Any) -> protocol.SamplingParams:
     return protocol.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, **extra)
 
 
-def ask(request_id: str, text: str, max_tokens: int = GEN_TOKENS) -> protocol.GenerateRequest:
-    return protocol.GenerateRequest(
-        request_id, (protocol.ChatMessage("user", text),), greedy(max_tokens)
-    )
+# Sampled streams: a temperature and top-p, as chat clients send them, each its own seed.
+TEMPERATURE, TOP_P = 0.7, 0.9
+
+
+def ask(
+    request_id: str, text: str, max_tokens: int = GEN_TOKENS, sampled: bool = False
+) -> protocol.GenerateRequest:
+    params = greedy(max_tokens)
+    if sampled:
+        params = protocol.SamplingParams(
+            temperature=TEMPERATURE,
+            top_p=TOP_P,
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            seed=zlib.crc32(request_id.encode()),
+        )
+    return protocol.GenerateRequest(request_id, (protocol.ChatMessage("user", text),), params)
 
 
 def bandwidth_gbs(seconds: float = 2.0) -> float:
@@ -183,12 +199,13 @@ def scheduler(
 
 
 def batch_decode(
-    engine: Any, streams: int, prefill_step: int, lane: bool = True
+    engine: Any, streams: int, prefill_step: int, lane: bool = True, sampled: bool = False
 ) -> dict[str, float]:
-    """N streams started together: aggregate tok/s while all decode, and per stream."""
+    """N streams started together (greedy, or `SAMPLED`): aggregate tok/s while all
+    decode, and per stream."""
     timed = Timed(scheduler(engine, max(streams, 1), prefill_step, lane=lane))
     for n in range(streams):
-        timed.submit(ask(f"s{n}", f"{STORY} Chapter {n + 1}."))
+        timed.submit(ask(f"s{n}", f"{STORY} Chapter {n + 1}.", sampled=sampled))
     timed.run()
     firsts = [t[0] for t in timed.tokens.values()]
     lasts = [t[-1] for t in timed.tokens.values()]
@@ -299,6 +316,12 @@ def main() -> None:
         args.reps, lambda: batch_decode(engine, args.streams, step, lane=False)
     )
     report["batch"] = median_of(args.reps, lambda: batch_decode(engine, args.streams, step))
+    report["batch_sampled_without_lanes"] = median_of(
+        args.reps, lambda: batch_decode(engine, args.streams, step, lane=False, sampled=True)
+    )
+    report["batch_sampled"] = median_of(
+        args.reps, lambda: batch_decode(engine, args.streams, step, sampled=True)
+    )
     long_prompt = HISTORY + " Tell me about it."
     report["join"] = {
         chunk: median_of(
@@ -332,6 +355,14 @@ def print_report(report: dict[str, Any], prefill_step: int) -> None:
         f"({batch['aggregate_tok_s'] / single['batch_of_1']:.2f}x one stream, "
         f"{batch['aggregate_tok_s'] / unlaned['aggregate_tok_s']:.2f}x without lanes: "
         f"{unlaned['aggregate_tok_s']:.1f}), {batch['per_stream_tok_s']:.1f} per stream"
+    )
+    sampled, sampled_unlaned = report["batch_sampled"], report["batch_sampled_without_lanes"]
+    print(
+        f"{report['streams']} streams sampled (temperature {TEMPERATURE}, top-p {TOP_P}): "
+        f"{sampled['aggregate_tok_s']:.1f} "
+        f"tok/s aggregate ({sampled['aggregate_tok_s'] / batch['aggregate_tok_s']:.2f}x greedy, "
+        f"{sampled['aggregate_tok_s'] / sampled_unlaned['aggregate_tok_s']:.2f}x without lanes: "
+        f"{sampled_unlaned['aggregate_tok_s']:.1f})"
     )
     for step, join in report["join"].items():
         mark = " (exo's)" if int(step) == prefill_step else ""

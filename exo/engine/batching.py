@@ -45,6 +45,7 @@ from exo.engine.native_decode import NativeDecoder
 from exo.engine.native_lanes import Lane, NativeLanes
 from exo.engine.prompt_cache import PromptCache
 from exo.engine.reply import Reply
+from exo.engine.row_sampling import RowSampler
 
 log = logging.getLogger("exo.engine.batching")
 
@@ -240,9 +241,8 @@ class BatchScheduler:
             cache,
             cached,
             prepared.max_tokens,
-            sampling.sampler_for(prepared.params),
+            RowSampler(prepared.params),
             frozenset() if prepared.params.ignore_eos else self._eos,
-            greedy=prepared.params.temperature == 0,
         )
         sequence.cached_tokens = lane.fed
         self._in_lanes[lane.slot] = sequence

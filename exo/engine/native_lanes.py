@@ -6,7 +6,7 @@ A stream that takes a lane (a slot of the native caches) is prefilled by MLX, a 
 per step (its matrix products are what BLAS does best), from the prompt cache's nearest
 prefix; then its keys and values are copied into its slot, and each step feeds every
 decoding lane its last token in one native call and samples each row with the request's
-own sampler. A reply's cache leaves as mlx-lm's, for the prompt cache.
+own controls, in numpy (`row_sampling.py`). A reply's cache leaves as mlx-lm's, for the prompt cache.
 
 Only requests without logits processors (penalties, bias, JSON schemas) take a lane:
 their processors read the batch generator's token context, so they decode there.
@@ -23,6 +23,7 @@ from attrs import define, field
 from mlx_lm.models.cache import make_prompt_cache
 
 from exo.engine.native_decode import NativeDecoder, NotSupported
+from exo.engine.row_sampling import RowSampler
 
 log = logging.getLogger("exo.engine.native_lanes")
 
@@ -45,9 +46,8 @@ class Lane:
     cache: list[Any]  # mlx-lm caches while the prompt is prefilled (then in the slot)
     fed: int  # prompt tokens fed so far
     max_tokens: int
-    sampler: Any
+    sampler: RowSampler
     stop_tokens: frozenset[int]
-    greedy: bool = False  # temperature 0: the likeliest token, picked without MLX
     generated: list[int] = field(factory=list)
     generated_fed: int = 0  # generated tokens fed back
     native: bool = False  # decoding natively (the prompt is in its slot)
@@ -63,18 +63,12 @@ class Lane:
             return self.prompt[: self.fed]
         return self.prompt + self.generated[: self.generated_fed]
 
-    def sample(
-        self, logits: mx.array, decoder: NativeDecoder, row: np.ndarray | None = None
-    ) -> Step:
-        """The next token from `logits` (with `row`, the same logits in numpy). Greedy
-        lanes take numpy's argmax of the row: MLX spends ~1.6 ms a row on a CPU on the
-        log-softmax and argmax of a 49152-token vocabulary, ~0.2 ms of numpy's. The
-        log-probabilities stay lazy: they are computed only for a request that asks."""
+    def sample(self, logits: mx.array, decoder: NativeDecoder, row: np.ndarray) -> Step:
+        """The next token from `row` (numpy; `logits` is the same in MLX), drawn in numpy
+        (`row_sampling.py`: MLX's sampler costs more than the native step per row on a
+        CPU). The log-probabilities stay lazy: computed only for a request that asks."""
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        if self.greedy and row is not None:
-            token = int(row.argmax())  # the first of equals, as mx.argmax
-        else:
-            token = int(self.sampler(logprobs[None])[0].item())
+        token = self.sampler(row)
         at_eos = token in self.stop_tokens
         if not at_eos:
             self.generated.append(token)
@@ -110,15 +104,14 @@ class NativeLanes:
         cache: list[Any] | None,
         cached: int,
         max_tokens: int,
-        sampler: Any,
+        sampler: RowSampler,
         stop_tokens: frozenset[int],
-        greedy: bool = False,
     ) -> Lane:
         slot = self.free_slot()
         assert slot is not None
         if cache is None or not NativeDecoder.takes(cache):
             cache, cached = make_prompt_cache(self.decoder.model), 0
-        lane = Lane(slot, prompt, cache, cached, max_tokens, sampler, stop_tokens, greedy)
+        lane = Lane(slot, prompt, cache, cached, max_tokens, sampler, stop_tokens)
         self.lanes[slot] = lane
         return lane
 
@@ -146,7 +139,7 @@ class NativeLanes:
         if prefilling is not None:
             first = self._prefill_chunk(prefilling)
             if first is not None:
-                out.append((prefilling, prefilling.sample(first, self.decoder)))
+                out.append((prefilling, prefilling.sample(first, self.decoder, np.array(first))))
         return out
 
     def _prefill_chunk(self, lane: Lane) -> mx.array | None:
