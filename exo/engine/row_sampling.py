@@ -2,10 +2,11 @@
 
 Why not mlx-lm's sampler: on a CPU each of its calls is a handful of MLX operations over
 the whole vocabulary, evaluated one after another: for the bundled model's 49152 tokens,
-per row, ~1.6 ms greedy, ~3 ms with a temperature and ~12 ms with top-p (a full sort),
-against a ~4 ms share of a native step of 8 streams (docs/benchmarks.md). Here the same
-chain costs ~0.3 ms: top-p sorts only the few hundred likeliest tokens that hold the
-mass, and the draw is one uniform number against the cumulative probabilities.
+per row, 1.6 ms greedy, 3.2 ms with a temperature and 11 ms with top-p (a full sort),
+against a ~4 ms share of a native step of 8 streams. Here the same chain costs 0.01 to
+0.55 ms (`benchmarks/sampling.py`, docs/benchmarks.md): top-p sorts only the few hundred
+likeliest tokens that hold the mass, and the draw is one uniform number against the
+cumulative probabilities.
 
 What it computes is mlx-lm's `make_sampler` chain: top-p, then min-p, then top-k, each
 masking the log-probabilities, then a draw from what is left at the temperature. A
