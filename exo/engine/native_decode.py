@@ -66,11 +66,17 @@ class _Model(ctypes.Structure):
 @functools.cache
 def library() -> ctypes.CDLL:
     """The compiled kernel (built once per source version into the user's cache)."""
+    return library_for("native")
+
+
+def library_for(march: str, directory: Path | None = None) -> ctypes.CDLL:
+    """The kernel built for `-march=<march>` (a runner: "native"; a test: an instruction
+    set this CPU runs but would not pick, such as AVX2's on an AVX-512 machine)."""
     # Not -ffast-math: a shared library built with it sets flush-to-zero for the whole
     # process when loaded. Reassociation alone lets GCC vectorize the dot products.
     flags = (
         "-O3",
-        "-march=native",
+        f"-march={march}",
         "-fno-math-errno",
         "-fno-trapping-math",
         "-fno-signed-zeros",
@@ -79,7 +85,7 @@ def library() -> ctypes.CDLL:
     # Built for this CPU (-march=native): its flags are part of the build's name, so a
     # home shared by different machines never loads another's build.
     machine = f"{platform.machine()} {' '.join(sorted(cpu_flags()))}"
-    built = build_native(SOURCE, native_cache_dir(), _PREFIX, flags, machine)
+    built = build_native(SOURCE, directory or native_cache_dir(), _PREFIX, flags, machine)
     if built is None:
         raise NotSupported("the native decode kernel could not be built (no C compiler?)")
     lib = ctypes.CDLL(str(built))
@@ -96,9 +102,14 @@ class NativeDecoder:
     return the logits after it (a view, overwritten by the next call)."""
 
     def __init__(
-        self, model: nn.Module, max_positions: int, slots: int = 1, threads: int | None = None
+        self,
+        model: nn.Module,
+        max_positions: int,
+        slots: int = 1,
+        threads: int | None = None,
+        kernel: ctypes.CDLL | None = None,
     ) -> None:
-        self._lib = library()
+        self._lib = kernel or library()
         self.model = model
         inner = _decoder_of(model)
         layers = inner.layers

@@ -5,6 +5,7 @@ RoPE, its own head); models it does not compute are refused with the reason."""
 
 from __future__ import annotations
 
+import platform
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+from exo.engine.blas import cpu_flags
 from exo.engine.mlx_engine import MlxEngine
 from exo.engine.native_decode import NativeDecoder, NotSupported
 from exo.models.bundled import ensure_bundled_model
@@ -52,6 +54,24 @@ def test_widths_that_are_not_whole_vectors_match() -> None:
     kernel's 16-float vectors: the products' scalar tails and partial blocks."""
     model = tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
     assert_same_logits(model, [t % 251 for t in PROMPT], 1e-4)
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or "avx2" not in cpu_flags(),
+    reason="builds the AVX2 variant, which this CPU must run",
+)
+def test_the_avx2_build_computes_what_this_cpus_build_does(tmp_path: Path) -> None:
+    """Without AVX-512 the kernel keeps 8-float vectors and narrower blocks (others
+    spill); on an AVX-512 machine this builds that variant too and compares."""
+    from exo.engine.native_decode import library_for
+
+    model = tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
+    mine = NativeDecoder(model, 16, slots=8)
+    avx2 = NativeDecoder(model, 16, slots=8, kernel=library_for("x86-64-v3", tmp_path))
+    for position in range(4):
+        for rows in (1, 3, 8):
+            args = ([7 + r for r in range(rows)], [position] * rows, list(range(rows)))
+            np.testing.assert_allclose(avx2.step_rows(*args), mine.step_rows(*args), atol=1e-5)
 
 
 @pytest.mark.parametrize(

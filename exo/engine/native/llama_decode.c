@@ -55,23 +55,35 @@ typedef struct {
   float *work;   /* exo_decode_work_floats(model) floats */
 } Model;
 
-enum { MAX_ROWS = 8, MAX_THREADS = 64, LANES = 16 };
+enum { MAX_ROWS = 8, MAX_THREADS = 64, OUT_UNIT = 16 };
 
-/* 16 floats, loaded from any float address: GCC and Clang make these AVX-512 registers,
- * pairs of AVX2 ones or quadruples of NEON ones, whatever -march=native allows. */
-typedef float Vec __attribute__((vector_size(64), aligned(4)));
-typedef float Half __attribute__((vector_size(32), aligned(4)));
+/* A vector of LANES floats, loaded from any float address. GCC and Clang lower these
+ * types to what -march=native allows. With AVX-512 (32 registers of 16 floats) a vector
+ * is one register and a block keeps ~16 of them as accumulators; elsewhere (AVX2's 16
+ * registers of 8 floats, NEON) a vector is 8 floats and a block keeps at most 12: wider
+ * vectors there spill (measured on this machine built for x86-64-v3: 8 rows took 9x one
+ * row's time with 16-float vectors). */
+#if defined(__AVX512F__)
+enum { LANES = 16 };
+typedef float Vec __attribute__((vector_size(64), aligned(4), may_alias));
+#else
+enum { LANES = 8 };
+typedef float Vec __attribute__((vector_size(32), aligned(4), may_alias));
+#endif
 typedef float Quarter __attribute__((vector_size(16), aligned(4)));
 
-static inline Vec load(const float *p) {
-  Vec v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
+/* An unaligned load (the type's alignment is a float's; may_alias: it reads floats). A
+ * memcpy into a local vector compiled to 16-byte pieces through the stack for AVX2. */
+static inline Vec load(const float *p) { return *(const Vec *)p; }
 
 static inline float lane_sum(Vec v) {
+#if defined(__AVX512F__)
+  typedef float Half __attribute__((vector_size(32), aligned(4)));
   Half a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
            __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  Vec a = v;
+#endif
   Quarter b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
@@ -106,17 +118,24 @@ static inline float lane_sum(Vec v) {
       }                                                                                     \
   }
 
-/* As many weight rows per block as keep J x R near 16 accumulators (of 32 AVX-512
- * registers), and a one-row block for what is left. */
-BLOCK(8, 1) BLOCK(8, 2) BLOCK(4, 3) BLOCK(4, 4) BLOCK(2, 5) BLOCK(2, 6) BLOCK(2, 7) BLOCK(2, 8)
-BLOCK(1, 1) BLOCK(1, 2) BLOCK(1, 3) BLOCK(1, 4) BLOCK(1, 5) BLOCK(1, 6) BLOCK(1, 7) BLOCK(1, 8)
-
 typedef void (*block_fn)(const float *, int, const float *, float *, int);
-static const block_fn wide[MAX_ROWS + 1] = {0,         block_8_1, block_8_2, block_4_3, block_4_4,
-                                            block_2_5, block_2_6, block_2_7, block_2_8};
+
+/* Per row count: as many weight rows per block as the registers hold accumulators for,
+ * and a one-row block for what is left of a thread's share. */
+BLOCK(1, 1) BLOCK(1, 2) BLOCK(1, 3) BLOCK(1, 4) BLOCK(1, 5) BLOCK(1, 6) BLOCK(1, 7) BLOCK(1, 8)
 static const block_fn single[MAX_ROWS + 1] = {0,         block_1_1, block_1_2, block_1_3, block_1_4,
                                               block_1_5, block_1_6, block_1_7, block_1_8};
+#if defined(__AVX512F__)
+BLOCK(8, 1) BLOCK(8, 2) BLOCK(4, 3) BLOCK(4, 4) BLOCK(2, 5) BLOCK(2, 6) BLOCK(2, 7) BLOCK(2, 8)
+static const block_fn wide[MAX_ROWS + 1] = {0,         block_8_1, block_8_2, block_4_3, block_4_4,
+                                            block_2_5, block_2_6, block_2_7, block_2_8};
 static const int wide_rows[MAX_ROWS + 1] = {0, 8, 8, 4, 4, 2, 2, 2, 2};
+#else
+BLOCK(4, 1) BLOCK(4, 2) BLOCK(2, 3) BLOCK(2, 4) BLOCK(2, 5) BLOCK(2, 6)
+static const block_fn wide[MAX_ROWS + 1] = {0,         block_4_1, block_4_2, block_2_3, block_2_4,
+                                            block_2_5, block_2_6, block_1_7, block_1_8};
+static const int wide_rows[MAX_ROWS + 1] = {0, 4, 4, 2, 2, 2, 2, 1, 1};
+#endif
 
 /* One step's shared state: what the threads compute from, and their barrier. */
 typedef struct {
@@ -158,7 +177,7 @@ static void share(int n, int unit, int t, int threads, int *lo, int *hi) {
 static void matmul(const Step *s, int t, const float *w, int out, int in, const float *x,
                    float *y) {
   int lo, hi;
-  share(out, LANES, t, s->threads, &lo, &hi);
+  share(out, OUT_UNIT, t, s->threads, &lo, &hi);
   /* More than MAX_ROWS rows (a --batch-size over 8) read the weights once per 8. */
   for (int first = 0; first < s->rows; first += MAX_ROWS) {
     int rows = s->rows - first < MAX_ROWS ? s->rows - first : MAX_ROWS, step = wide_rows[rows];
@@ -297,7 +316,7 @@ static void run_step(Step *s, int t) {
     matmul(s, t, w->wgate, inter, n, normed, gate);
     matmul(s, t, w->wup, inter, n, normed, up);
     int lo, hi;
-    share(inter, LANES, t, threads, &lo, &hi);
+    share(inter, OUT_UNIT, t, threads, &lo, &hi);
     for (int r = 0; r < rows; r++)
       for (int i = lo; i < hi; i++) {
         size_t at = (size_t)r * inter + i;
