@@ -7,12 +7,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import trio
-
 from exo.actors.command_client import CommandClient
-from exo.actors.instances_host import COMMAND_TIMEOUT
+from exo.actors.instances_host import command_and_wait
 from exo.actors.replica import Replica
-from exo.api.backend import InvalidRequest, Unavailable
+from exo.api.backend import InvalidRequest
 from exo.events.codec import to_plain
 from exo.events.commands import OrderDownload
 from exo.events.facts import DownloadStatus
@@ -69,13 +67,14 @@ class DownloadOrders:
         card = await self._find_model(model)  # a hub repo id is read and added first
         node_id = NodeId(node) if node is not None else self._node_id
         before = self._replica.state.download_order(node_id, card.model_id)
-        with trio.move_on_after(COMMAND_TIMEOUT):
-            outcome = await self._commands.call(OrderDownload(node_id, card.model_id, action))
-            if not outcome.accepted:
-                verb = "fetch" if action == "fetch" else "stop the download of"
-                raise InvalidRequest(f"cannot {verb} {card.model_id}: {outcome.reason}", "node")
-            await self._replica.wait_until(
-                lambda s: True if s.download_order(node_id, card.model_id) != before else None
-            )
-            return download_view(self._replica.state, node_id, card.model_id)
-        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
+        verb = "fetch" if action == "fetch" else "stop the download of"
+        await command_and_wait(
+            self._commands,
+            self._replica,
+            OrderDownload(node_id, card.model_id, action),
+            lambda reason: InvalidRequest(f"cannot {verb} {card.model_id}: {reason}", "node"),
+            lambda state, _: (
+                True if state.download_order(node_id, card.model_id) != before else None
+            ),
+        )
+        return download_view(self._replica.state, node_id, card.model_id)

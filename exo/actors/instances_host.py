@@ -3,7 +3,8 @@ placement through the master, and previews (`previews.py`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, cast
 
 import trio
 
@@ -14,15 +15,35 @@ from exo.actors.previews import previews
 from exo.actors.replica import Replica
 from exo.api.backend import InvalidRequest, Unavailable, UnknownInstance, UnknownModel
 from exo.events.codec import to_plain
-from exo.events.commands import DeleteInstance, PlaceInstance
+from exo.events.commands import Command, CommandOutcome, DeleteInstance, PlaceInstance
 from exo.events.facts import Instance, Strategy
 from exo.events.ids import InstanceId, NodeId
 from exo.events.state import State
 from exo.models.cards import ModelCard, card_for
 
 InstanceStatus = Literal["placing", "downloading", "loading", "ready", "failed"]
-# How long an /instances call waits for the master (an election may be under way).
+# How long an API call waits for the master (an election may be under way).
 COMMAND_TIMEOUT = 30.0
+T = TypeVar("T")
+
+
+async def command_and_wait(
+    commands: CommandClient,
+    replica: Replica,
+    command: Command,
+    refused: Callable[[str], Exception],
+    done: Callable[[State, CommandOutcome], T | None],
+) -> T:
+    """Send `command` to the master and wait until this node's replica shows its effect
+    (the first non-None `done(state, outcome)`): what an API call that changes the
+    cluster answers with. A refusal raises `refused(reason)`; no answer within
+    COMMAND_TIMEOUT raises Unavailable."""
+    with trio.move_on_after(COMMAND_TIMEOUT):
+        outcome = await commands.call(command)
+        if not outcome.accepted:
+            raise refused(outcome.reason)
+        return await replica.wait_until(lambda state: done(state, outcome))
+    raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
 
 
 def instance_status(state: State, instance: Instance) -> InstanceStatus:
@@ -89,26 +110,24 @@ class InstanceManager:
             tuple(NodeId(n) for n in nodes) if nodes is not None else None,
             context_length=context_length,
         )
-        with trio.move_on_after(COMMAND_TIMEOUT):
-            outcome = await self._commands.call(command)
-            if not outcome.accepted:
-                raise InvalidRequest(f"cannot place {card.model_id}: {outcome.reason}")
-            instance_id = instance_id_for(outcome.command_id)
-            instance = await self._replica.wait_until(lambda s: s.instances.get(instance_id))
-            return instance_view(self._replica.state, instance)
-        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
+        instance = await command_and_wait(
+            self._commands,
+            self._replica,
+            command,
+            lambda reason: InvalidRequest(f"cannot place {card.model_id}: {reason}"),
+            lambda state, outcome: state.instances.get(instance_id_for(outcome.command_id)),
+        )
+        return instance_view(self._replica.state, instance)
 
     async def delete_instance(self, instance_id: str) -> None:
         self.instance(instance_id)  # UnknownInstance when there is none
-        with trio.move_on_after(COMMAND_TIMEOUT):
-            outcome = await self._commands.call(DeleteInstance(InstanceId(instance_id)))
-            if not outcome.accepted:
-                raise UnknownInstance(instance_id)
-            await self._replica.wait_until(
-                lambda s: True if instance_id not in s.instances else None
-            )
-            return
-        raise Unavailable(f"no master answered within {COMMAND_TIMEOUT:g} s; try again")
+        await command_and_wait(
+            self._commands,
+            self._replica,
+            DeleteInstance(InstanceId(instance_id)),
+            lambda _: UnknownInstance(instance_id),
+            lambda state, _: True if instance_id not in state.instances else None,
+        )
 
     async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
         card = await self.find_model(model)
