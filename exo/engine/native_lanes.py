@@ -6,7 +6,8 @@ A stream that takes a lane (a slot of the native caches) is prefilled by MLX, a 
 per step (its matrix products are what BLAS does best), from the prompt cache's nearest
 prefix; then its keys and values are copied into its slot, and each step feeds every
 decoding lane its last token in one native call and samples each row with the request's
-own controls, in numpy (`row_sampling.py`). A reply's cache leaves as mlx-lm's, for the prompt cache.
+own controls, in numpy (`row_sampling.py`). A reply's cache leaves as mlx-lm's, for the
+prompt cache.
 
 Only requests without logits processors (penalties, bias, JSON schemas) take a lane:
 their processors read the batch generator's token context, so they decode there.

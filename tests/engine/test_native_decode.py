@@ -49,11 +49,14 @@ def test_a_llama_with_rotate_half_rope_and_its_own_head_matches() -> None:
     assert_same_logits(model, [t % 256 for t in PROMPT], 1e-4)
 
 
+def odd_widths() -> nn.Module:
+    """A llama whose hidden, head and MLP widths and vocabulary are not multiples of the
+    kernel's vectors (16 or 8 floats): the products' scalar tails and partial blocks."""
+    return tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
+
+
 def test_widths_that_are_not_whole_vectors_match() -> None:
-    """Hidden, head and MLP widths and a vocabulary that are not multiples of the
-    kernel's 16-float vectors: the products' scalar tails and partial blocks."""
-    model = tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
-    assert_same_logits(model, [t % 251 for t in PROMPT], 1e-4)
+    assert_same_logits(odd_widths(), [t % 251 for t in PROMPT], 1e-4)
 
 
 @pytest.mark.skipif(
@@ -65,7 +68,7 @@ def test_the_avx2_build_computes_what_this_cpus_build_does(tmp_path: Path) -> No
     spill); on an AVX-512 machine this builds that variant too and compares."""
     from exo.engine.native_decode import library_for
 
-    model = tiny_model("llama", hidden_size=72, head_dim=18, intermediate_size=100, vocab_size=251)
+    model = odd_widths()
     mine = NativeDecoder(model, 16, slots=8)
     avx2 = NativeDecoder(model, 16, slots=8, kernel=library_for("x86-64-v3", tmp_path))
     for position in range(4):
