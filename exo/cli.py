@@ -212,13 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _node(args: argparse.Namespace) -> int:
     from attrs import evolve
 
-    from exo.actors.environment import RealEnvironment
     from exo.actors.network import ControlTimings
-    from exo.actors.node import NodeConfig, run_node
     from exo.actors.runner_handle import ServingLimits
     from exo.actors.runtime import CrashLoop, leaves
+    from exo.environment import RealEnvironment
     from exo.events.log import LogCorrupted
     from exo.logs import configure_logging
+    from exo.node import NodeConfig, run_node
 
     configure_logging(args.log_level, args.log_format)
     home = _home(args.home)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install exo with its dev tools, then run the whole check: lint, types, tests, and 200
+# Install exo with its dev tools, then run the whole check: lint, types, layers, tests, and 200
 # seeds of the deterministic cluster simulation (docs/simulation.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ scripts/install.sh --dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pyright
+.venv/bin/lint-imports
 # The tests that load the model in their own process run it as a runner does: with the
 # OpenBLAS, gemv forward and kernel choice the runners get (MLX's own reference BLAS
 # prefills 20-40x slower).

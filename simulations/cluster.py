@@ -18,9 +18,9 @@ import trio
 from attrs import define, evolve, field
 
 from exo.actors.network import ControlTimings
-from exo.actors.node import NodeConfig, RunningNode, run_node
 from exo.actors.wire import PeerMessage
 from exo.events.ids import NodeId
+from exo.node import NodeConfig, RunningNode, run_node
 from simulations.engine import SimModelStore, SimProcess
 from simulations.environment import SimEnvironment, SimHost
 from simulations.network import Deliver, Record, SimNetwork

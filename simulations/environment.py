@@ -12,7 +12,7 @@ from typing import TypeVar
 import trio
 from attrs import define
 
-from exo.actors.environment import ChildProcess, HostFacts
+from exo.environment import ChildProcess, HostFacts
 from exo.events.facts import Accelerator
 from simulations.engine import SimProcess
 

@@ -23,7 +23,6 @@ import trio
 from attrs import define, frozen
 
 from exo.actors.command_client import CommandClient
-from exo.actors.environment import Environment
 from exo.actors.history import (
     Ballot,
     Segment,
@@ -48,6 +47,7 @@ from exo.actors.wire import (
     SyncReply,
     SyncRequest,
 )
+from exo.environment import Environment
 from exo.events.commands import AdoptSuffix, CommandOutcome, Envelope, MarkNodeDown
 from exo.events.events import (
     AdoptableEvent,

@@ -21,10 +21,10 @@ from typing import Protocol
 import trio
 
 from exo.actors.command_client import CommandClient
-from exo.actors.environment import Environment
 from exo.actors.file_share import FileShare, PeerCopyFailed, plan_sources
 from exo.actors.replica import Replica
 from exo.actors.runtime import leaves
+from exo.environment import Environment
 from exo.events.commands import ReportDownload
 from exo.events.facts import DownloadStatus, ModelCard
 from exo.events.ids import ModelId, NodeId

@@ -25,10 +25,10 @@ from typing import Literal
 import trio
 from attrs import frozen
 
-from exo.actors.environment import Environment
 from exo.actors.network import DataLinks, PeerLost
 from exo.actors.replica import Replica
 from exo.actors.wire import FileChunk, FileEnd, FileMessage, FileRefused, FileRequest
+from exo.environment import Environment
 from exo.events.facts import ModelCard
 from exo.events.ids import NodeId, random_token
 from exo.events.state import State

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from attrs import define, frozen
 
 from exo.actors.command_client import CommandClient
-from exo.actors.environment import Environment
 from exo.actors.wire import PeerMessage, Ping, Pong
+from exo.environment import Environment
 from exo.events.commands import ReportLinks
 from exo.events.facts import LinkStats
 from exo.events.ids import NodeId

@@ -24,10 +24,10 @@ from pathlib import Path
 import trio
 from attrs import frozen
 
-from exo.actors.environment import ChildProcess, Environment
 from exo.api.backend import Chunk, GenerationFailed, InvalidRequest, Overloaded, Unavailable
 from exo.engine import protocol
 from exo.engine.blas import runner_env
+from exo.environment import ChildProcess, Environment
 from exo.events.codec import CodecError, decode, encode
 from exo.events.facts import Instance, RunnerStatus, Shard
 

@@ -12,10 +12,10 @@ import trio
 from attrs import frozen
 
 from exo.actors.command_client import CommandClient
-from exo.actors.environment import Environment
 from exo.actors.placement import planned_context
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import DEFAULT_LIMITS, RunnerHandle, ServingLimits
+from exo.environment import Environment
 from exo.events.commands import ReportRunnerStatus
 from exo.events.facts import Instance, RunnerStatus, Shard
 from exo.events.ids import InstanceId, ModelId, NodeId

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 import trio
 from attrs import define, frozen
 
-from exo.actors.environment import Environment
+from exo.environment import Environment
 
 log = logging.getLogger("exo.actors")
 

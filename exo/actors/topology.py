@@ -11,8 +11,8 @@ import trio
 from attrs import evolve
 
 from exo.actors.command_client import CommandClient
-from exo.actors.environment import Environment
 from exo.actors.replica import Replica
+from exo.environment import Environment
 from exo.events.commands import RegisterNode
 from exo.events.facts import NodeProfile
 from exo.events.ids import NodeId

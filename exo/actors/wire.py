@@ -10,6 +10,7 @@ from attrs import frozen
 
 from exo.actors.history import Ballot, Segment
 from exo.engine.protocol import Finished, GenerateRequest, TokenOut
+from exo.events.codec import register_tagged_union
 from exo.events.commands import CommandOutcome, Envelope
 from exo.events.events import IndexedEvent
 from exo.events.ids import InstanceId, ModelId
@@ -223,4 +224,5 @@ PeerMessage = (
     | FileEnd
     | FileRefused
 )
+register_tagged_union(PeerMessage)
 PEER_MESSAGE_TYPES: tuple[type, ...] = PeerMessage.__args__  # type: ignore[attr-defined]

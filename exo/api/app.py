@@ -19,7 +19,6 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from exo.actors.environment import Listen, listen_tcp
 from exo.api.admin import register_admin, register_metrics
 from exo.api.anthropic import (
     anthropic_error,
@@ -44,6 +43,7 @@ from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
 from exo.api.openapi import register_openapi
 from exo.api.responses import register_responses
+from exo.environment import Listen, listen_tcp
 from exo.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from exo.events.codec import register_tagged_union
 from exo.events.facts import FinishReason
 
 
@@ -120,6 +121,7 @@ class Shutdown:
 
 
 ToRunner = Load | Generate | Cancel | Shutdown
+register_tagged_union(ToRunner)
 
 
 # runner -> node
@@ -203,3 +205,4 @@ class Fatal:
 
 
 FromRunner = Loading | Ready | TokenOut | Finished | RequestError | Fatal
+register_tagged_union(FromRunner)

@@ -16,7 +16,6 @@ import msgspec
 from cattrs.strategies import configure_tagged_union
 from immutables import Map
 
-from exo.engine import protocol
 from exo.events.commands import Command, Envelope
 from exo.events.events import AdoptableEvent, Event, IndexedEvent
 
@@ -42,6 +41,25 @@ def _scalar_newtype(kind: Any) -> bool:
     return getattr(kind, "__supertype__", None) in (int, float, str, bool)
 
 
+# The unions that travel tagged by class name: the log's own here; the runner pipe's and the
+# peer wire's are added by the modules that define them (`register_tagged_union`), so this
+# bottom layer names nothing above it.
+_TAGGED_UNIONS: list[Any] = [AdoptableEvent, Event, Command]
+
+
+def register_tagged_union(union: Any) -> None:
+    """Encode `union`'s records with their class name in a `type` field, and decode them by it.
+
+    Called once, by the module that defines the union, right after defining it: whoever
+    decodes one has imported that module, so the union is known before its first record.
+    """
+    if union in _TAGGED_UNIONS:
+        return
+    _TAGGED_UNIONS.append(union)
+    for each in (converter, _fast_converter):
+        configure_tagged_union(union, each, tag_name="type")
+
+
 def make_converter(*, detailed: bool = True) -> cattrs.Converter:
     """The converter; `detailed=False` gives the same rules with cheaper bookkeeping,
     which cannot say where a record went wrong (see `from_plain`)."""
@@ -54,15 +72,8 @@ def make_converter(*, detailed: bool = True) -> cattrs.Converter:
         _scalar_newtype, lambda kind: _strict_scalar(kind.__supertype__)
     )
     _register_maps(converter)
-    configure_tagged_union(AdoptableEvent, converter, tag_name="type")
-    configure_tagged_union(Event, converter, tag_name="type")
-    configure_tagged_union(Command, converter, tag_name="type")
-    configure_tagged_union(protocol.ToRunner, converter, tag_name="type")
-    # Imported here: the wire module builds on the events package that imports this one.
-    from exo.actors.wire import PeerMessage
-
-    configure_tagged_union(PeerMessage, converter, tag_name="type")
-    configure_tagged_union(protocol.FromRunner, converter, tag_name="type")
+    for union in _TAGGED_UNIONS:
+        configure_tagged_union(union, converter, tag_name="type")
     return converter
 
 
@@ -217,6 +228,7 @@ __all__ = [
     "frame",
     "from_plain",
     "parse_json",
+    "register_tagged_union",
     "to_plain",
     "unframe",
 ]

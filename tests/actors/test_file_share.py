@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from exo.actors.environment import RealEnvironment
 from exo.actors.file_share import FileShare, PeerCopyFailed, plan_sources
 from exo.actors.network import PeerLost
 from exo.actors.replica import Replica
 from exo.actors.wire import FILE_MESSAGE_TYPES, PeerMessage
+from exo.environment import RealEnvironment
 from exo.events.events import (
     DownloadStatusChanged,
     Event,

@@ -5,9 +5,9 @@ import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.decide import decide
-from exo.actors.environment import RealEnvironment
 from exo.actors.link_probe import PADDING_BYTES, LinkProbe, worth_reporting
 from exo.actors.wire import PeerMessage, Ping, Pong
+from exo.environment import RealEnvironment
 from exo.events.commands import Envelope, ReportLinks
 from exo.events.events import LinksMeasured
 from exo.events.facts import LinkStats

@@ -5,10 +5,10 @@ import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.control import Control, Inbound
-from exo.actors.environment import RealEnvironment
 from exo.actors.master import Sequencer
 from exo.actors.network import ControlTimings, NoPeers
 from exo.actors.replica import Replica
+from exo.environment import RealEnvironment
 from exo.events.commands import CommandOutcome, Envelope, PlaceInstance, RegisterNode
 from exo.events.events import IndexedEvent, InstanceCreated, MasterElected, NodeProfiled
 from exo.events.facts import NodeProfile

@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from exo.actors.environment import RealEnvironment
 from exo.actors.runtime import CrashLoop, RestartPolicy, Supervisor
+from exo.environment import RealEnvironment
 
 
 def make_env(tmp_path: Path) -> RealEnvironment:

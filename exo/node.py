@@ -21,7 +21,6 @@ from exo.actors.data_plane import DataPlane
 from exo.actors.discovery import DEFAULT_PORT as DEFAULT_DISCOVERY_PORT
 from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore, NodeModelStore
-from exo.actors.environment import Environment
 from exo.actors.file_share import FileShare
 from exo.actors.identity import load_or_create_node_id
 from exo.actors.link_probe import LinkProbe
@@ -37,6 +36,7 @@ from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
 from exo.actors.wire import DATA_MESSAGE_TYPES, FILE_MESSAGE_TYPES, PeerMessage
 from exo.api.app import create_app, serve
+from exo.environment import Environment
 from exo.events.commands import Envelope, PlaceInstance
 from exo.events.facts import ModelCard
 from exo.events.ids import ModelId, NodeId
