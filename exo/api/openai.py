@@ -415,7 +415,8 @@ async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
     whole = await whole_generation(
         backend, chat.model, chat.messages, chat.params, chat.offered_tools
     )
-    message: dict[str, Any] = {"role": "assistant", "content": whole.text}
+    # `refusal` is required by OpenAI's schema; this engine never refuses on its own.
+    message: dict[str, Any] = {"role": "assistant", "content": whole.text, "refusal": None}
     parser = _parser_for(chat)
     if parser is not None:
         shown, _ = parser.feed(whole.text)

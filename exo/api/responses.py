@@ -217,7 +217,12 @@ class ResponsesFormat:
             *events,
             self._event("response.output_item.added", output_index=index, item=added),
             self._event("response.function_call_arguments.delta", **where, delta=call.arguments),
-            self._event("response.function_call_arguments.done", **where, arguments=call.arguments),
+            self._event(
+                "response.function_call_arguments.done",
+                **where,
+                name=call.name,
+                arguments=call.arguments,
+            ),
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 

@@ -60,6 +60,8 @@ async def test_non_streamed_completion() -> None:
     [choice] = completion.choices
     assert choice.message.role == "assistant"
     assert choice.message.content == "Hello!"
+    # Sent, not defaulted by the client: OpenAI's schema requires it.
+    assert "refusal" in choice.message.model_fields_set and choice.message.refusal is None
     assert choice.finish_reason == "stop"
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (5, 3)

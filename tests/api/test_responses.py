@@ -342,6 +342,7 @@ async def test_streamed_call_events_in_order() -> None:
     assert (added.item.arguments, added.item.status) == ("", "in_progress")
     assert delta.type == "response.function_call_arguments.delta" and delta.delta == PARIS
     assert done.type == "response.function_call_arguments.done" and done.arguments == PARIS
+    assert raw[-3]["name"] == "get_weather"  # required by OpenAI's schema
     assert item_done.type == "response.output_item.done"
     assert item_done.item.type == "function_call" and item_done.item.status == "completed"
     assert delta.item_id == done.item_id == added.item.id == item_done.item.id
