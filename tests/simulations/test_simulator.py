@@ -5,13 +5,15 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from attrs import evolve
 
-from exo.actors.control import Control
+from exo.actors.control_core import ControlCore
+from exo.actors.control_effects import Effect
 from exo.actors.history import Ballot
 from exo.events.log import EventLog
 from simulations.__main__ import main
@@ -135,21 +137,21 @@ def test_a_snapshot_in_many_chunks_arrives_pipelined_over_a_lossy_link() -> None
     assert [outcome for _, outcome, _ in result.ops] == ["ok", "ok"]
 
 
-def no_fencing(self: Control, ballot: Ballot, now: float) -> bool:
+def no_fencing(self: ControlCore, ballot: Ballot, now: float) -> Generator[Effect, object, bool]:
     """A planted bug: follow whatever master speaks last, older ballots included."""
     if ballot != self.ballot:
-        self._follow(ballot, now)
+        yield from self._follow(ballot, now)
     return True
 
 
-def no_step_down(self: Control, ballot: Ballot, now: float) -> bool:
+def no_step_down(self: ControlCore, ballot: Ballot, now: float) -> Generator[Effect, object, bool]:
     """A planted bug: a master that never yields to a newer ballot."""
     if self.leading and ballot != self.ballot:
         return False
-    return ORIGINAL(self, ballot, now)
+    return (yield from ORIGINAL(self, ballot, now))
 
 
-ORIGINAL = Control._consider_master
+ORIGINAL = ControlCore._consider_master
 
 
 @pytest.mark.parametrize("bug", [no_fencing, no_step_down])
@@ -159,7 +161,7 @@ def test_the_simulator_catches_a_master_that_does_not_fence_terms(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(Control, "_consider_master", bug)
+    monkeypatch.setattr(ControlCore, "_consider_master", bug)
     assert main(["run", "--seeds", "10..24", "--jobs", "1", "--keep", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]

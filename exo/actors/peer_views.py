@@ -1,0 +1,126 @@
+"""What a node last heard from each peer, and when: failure detection, and the readings of
+peers' heartbeats that elections and answers rest on. Pure: the time is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from exo.actors.history import Ballot, election_key
+from exo.actors.wire import Beat
+from exo.events.ids import NodeId
+
+ElectionKey = tuple[object, ...]
+
+
+class PeerViews:
+    def __init__(self, failure_timeout: float) -> None:
+        self._failure_timeout = failure_timeout
+        self._heard: dict[NodeId, float] = {}
+        self._beats: dict[NodeId, Beat] = {}
+        self._beat_at: dict[NodeId, float] = {}
+
+    def heard(self, peer: NodeId, now: float) -> None:
+        self._heard[peer] = now
+
+    def beat(self, peer: NodeId, beat: Beat, now: float) -> None:
+        self._beats[peer] = beat
+        self._beat_at[peer] = now
+
+    def alive(self, peer: NodeId, now: float) -> bool:
+        heard = self._heard.get(peer)
+        return heard is not None and now - heard < self._failure_timeout
+
+    def last_beat(self, peer: NodeId) -> tuple[Beat | None, float]:
+        """The peer's latest heartbeat and when it came (never: None, -inf)."""
+        return self._beats.get(peer), self._beat_at.get(peer, float("-inf"))
+
+    def master_alive(self, ballot: Ballot, followed_at: float, now: float) -> bool:
+        """The master of `ballot` (a peer) is heard, and has not said it stopped leading
+        it since we began to follow it: a master that only says it is alive (it stepped
+        down, or restarted) must not keep its followers from electing."""
+        if not self.alive(ballot.master, now):
+            return False
+        beat, heard_at = self.last_beat(ballot.master)
+        return beat is None or heard_at < followed_at or not resigned(beat, ballot)
+
+    def silent(self, nodes: Iterable[NodeId], now: float) -> list[NodeId]:
+        """The nodes among `nodes` not heard from within the failure timeout, sorted."""
+        return [node for node in sorted(nodes) if not self.alive(node, now)]
+
+    def blocked_by_live_master(self, peers: Sequence[NodeId], me: NodeId, now: float) -> bool:
+        """A peer we reach follows a live master other than us: standing would make a
+        second master sharing that peer."""
+        for peer in peers:
+            beat = self._beats.get(peer)
+            if beat is not None and self.alive(peer, now) and _follows_live_master(beat, me):
+                return True
+        return False
+
+    def best_candidate(
+        self, peers: Sequence[NodeId], mine: ElectionKey, patient: bool, now: float
+    ) -> ElectionKey:
+        """The highest election key among us and the live peers that stand. While
+        `patient`, peers that follow the master we lost count too: they are about to
+        notice. After that only peers that say they seek do, so a peer that still hears
+        the old master (a one-way partition) cannot stall an election."""
+        best = mine
+        for peer in peers:
+            beat = self._beats.get(peer)
+            if beat is None or not self.alive(peer, now):
+                continue
+            lost_same = beat.following is not None and not self.alive(beat.following.master, now)
+            if beat.seeking or (patient and (beat.following is None or lost_same)):
+                best = max(best, election_key(beat.log_ballot, beat.last_index, peer))
+        return best
+
+    def refused_by_seeking_peer(self, ballot: Ballot, now: float) -> bool:
+        """A reachable peer without a master whose log or ballot is newer than `ballot`
+        will never follow it; the cure is a ballot above it."""
+        for peer, beat in self._beats.items():
+            if not beat.seeking or not self.alive(peer, now):
+                continue
+            if (beat.log_ballot is not None and beat.log_ballot > ballot) or (
+                beat.following is not None and beat.following > ballot
+            ):
+                return True
+        return False
+
+    def lagging_followers(
+        self, ballot: Ballot, match: Mapping[NodeId, int], index: int, now: float
+    ) -> bool:
+        """A live follower of `ballot` has not confirmed holding `index` yet."""
+        for peer, beat in self._beats.items():
+            following = beat.following == ballot or peer in match
+            if following and self.alive(peer, now) and match.get(peer, 0) < index:
+                return True
+        return False
+
+
+def resigned(beat: Beat, ballot: Ballot) -> bool:
+    """The master of `ballot` says it no longer leads it (a beat about an older ballot is
+    one sent before it took office, delivered late: it says nothing)."""
+    following = beat.following
+    if following is None:
+        # A node with no ballot restarted, unless this beat left before it took office
+        # and arrived late: its log then ends before the ballot (a restarted master's log
+        # holds what it wrote as master; a recovering one vouches for none).
+        return beat.log_ballot is None or beat.log_ballot >= ballot
+    if following > ballot:
+        return True
+    return following == ballot and not beat.leading
+
+
+def _follows_live_master(beat: Beat, me: NodeId) -> bool:
+    """The peer follows a master other than `me` and hears it (it does not seek)."""
+    return (
+        beat.following is not None
+        and beat.following.master != me
+        and not beat.leading
+        and not beat.seeking
+    )
+
+
+def follows_newer_live_master(beat: Beat, me: NodeId, ballot: Ballot) -> bool:
+    """The peer hears a master newer than `ballot` (ours): two masters must never share
+    a peer, so we step down."""
+    return _follows_live_master(beat, me) and beat.following is not None and beat.following > ballot
