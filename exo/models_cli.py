@@ -17,7 +17,9 @@ from typing import Any, TextIO
 from exo.events.codec import to_plain
 from exo.events.facts import ModelCard
 from exo.models.hub import NotAModel, bytes_of, files_for_layers, parse_model_name
-from exo.models.hub_client import ByteTally, HubClient, HubError
+from exo.models.hub_client import HubClient
+from exo.models.hub_errors import HubError
+from exo.models.hub_files import ByteTally
 
 # Seconds between plain progress lines when the output is not a terminal.
 PLAIN_INTERVAL = 2.0

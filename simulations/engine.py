@@ -20,7 +20,7 @@ from exo.actors.runner_handle import read_lines
 from exo.engine import protocol
 from exo.events.codec import CodecError, decode, encode
 from exo.models.cards import ModelCard
-from exo.models.hub_client import RepoNotFound
+from exo.models.hub_errors import RepoNotFound
 
 LOAD_SECONDS = 0.5
 DECODE_SECONDS = 0.02

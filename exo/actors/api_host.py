@@ -46,7 +46,7 @@ from exo.metrics import NodeMetrics
 from exo.models.cards import CARDS, ModelCard, canonical_name, card_for
 from exo.models.catalog import ALIASES
 from exo.models.hub import NotAModel, parse_model_name
-from exo.models.hub_client import HubError, HubUnreachable, RepoGated, RepoNotFound
+from exo.models.hub_errors import HubError, HubUnreachable, RepoGated, RepoNotFound
 
 log = logging.getLogger("exo.api")
 

@@ -33,13 +33,9 @@ from exo.models.bundled import BundledModelMissing, bundled_gguf, ensure_bundled
 from exo.models.cards import card_for
 from exo.models.gguf import is_converted
 from exo.models.hub import bytes_of, files_needed, wants_model
-from exo.models.hub_client import (
-    DOWNLOAD_WORKERS,
-    ByteTally,
-    CorruptDownload,
-    HubClient,
-    HubUnreachable,
-)
+from exo.models.hub_client import DOWNLOAD_WORKERS, HubClient
+from exo.models.hub_errors import CorruptDownload, HubUnreachable
+from exo.models.hub_files import ByteTally
 
 log = logging.getLogger("exo.download")
 

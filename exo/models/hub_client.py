@@ -13,15 +13,11 @@ names the numbers, and progress as bytes for the download actor's reports.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import struct
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +35,26 @@ from exo.models.hub import (
     card_from_snapshot,
     model_id_for,
     parse_model_name,
-    tensor_bytes,
+)
+from exo.models.hub_errors import (
+    CorruptDownload,
+    DownloadStopped,
+    HubError,
+    HubUnreachable,
+    NotEnoughDisk,
+    RepoNotFound,
+    translated,
+)
+from exo.models.hub_files import (
+    SHA256_HEX,
+    blob_name,
+    byte_counter,
+    file_sha256,
+    git_blob_id,
+    link_blob,
+    remove_cached,
+    snapshot_of_directory,
+    write_ref,
 )
 
 log = logging.getLogger("exo.hub")
@@ -50,36 +65,6 @@ DOWNLOAD_WORKERS = 4
 DISK_MARGIN = 256 * 1024 * 1024
 # Bytes written at a time while downloading: at most this much of a file is lost to a kill.
 RESUME_CHUNK = 1024 * 1024
-_SHA256_HEX = 64
-_SHA1_HEX = 40
-
-
-class HubError(Exception):
-    """A hub failure a user can act on; the message says what happened and what to do."""
-
-
-class RepoNotFound(HubError):
-    pass
-
-
-class RepoGated(HubError):
-    pass
-
-
-class HubUnreachable(HubError):
-    """The hub (or mirror) did not answer; retrying later may succeed."""
-
-
-class NotEnoughDisk(HubError):
-    pass
-
-
-class DownloadStopped(Exception):
-    """A download stopped on purpose (`ByteTally.stop`): not a failure, nothing to retry."""
-
-
-class CorruptDownload(HubError):
-    pass
 
 
 def mlx_lm_architectures() -> frozenset[str]:
@@ -204,11 +189,11 @@ class HubClient:
                     for tensor, entry in sorted(file_meta.tensors.items())
                 )
         except Exception as error:
-            raise _translated(repo_id, error) from error
+            raise translated(repo_id, error) from error
         modified = info.last_modified.isoformat() if info.last_modified else ""
         if sha != (revision or "main"):
             # As hub clients do for a branch or tag: offline, the name finds the commit.
-            _write_ref(repo_cache_dir(self.cache_dir, repo_id), revision or "main", sha)
+            write_ref(repo_cache_dir(self.cache_dir, repo_id), revision or "main", sha)
         return RepoSnapshot(repo_id, sha, files, config, tensors, weight_map, modified)
 
     def cached_snapshot(self, repo_id: str, revision: str | None) -> RepoSnapshot | None:
@@ -298,12 +283,12 @@ class HubClient:
         if partial is None:
             raise CorruptDownload(f"{name} of {card.model_id} has no known hash")
         blob = partial.with_suffix("")
-        digest = file_sha256(partial) if len(blob.name) == _SHA256_HEX else git_blob_id(partial)
+        digest = file_sha256(partial) if len(blob.name) == SHA256_HEX else git_blob_id(partial)
         if digest != blob.name:
             partial.unlink()
             raise CorruptDownload(f"{name} of {card.model_id} from a peer failed its sha256 check")
         os.replace(partial, blob)
-        _link(blob, self.snapshot_dir(card) / name)
+        link_blob(blob, self.snapshot_dir(card) / name)
 
     def check_disk(self, card: ModelCard, names: list[str]) -> None:
         need = bytes_of(card, names)
@@ -325,7 +310,7 @@ class HubClient:
                 return
             size = path.stat().st_size
             log.warning("%s of %s failed its sha256 check; fetching it again", name, card.model_id)
-            _remove_cached(path)
+            remove_cached(path)
             on_bytes(-size)
             if attempt == 1:
                 raise CorruptDownload(
@@ -379,195 +364,13 @@ class HubClient:
                             tqdm_class=cast(Any, counter),
                         )
                     os.replace(partial, blob)
-            _link(blob, pointer)
+            link_blob(blob, pointer)
         except DownloadStopped:
             raise
         except Exception as error:
-            raise _translated(card.location, error) from error
+            raise translated(card.location, error) from error
         return str(pointer)
-
-
-def _write_ref(repo_dir: Path, ref: str, sha: str) -> None:
-    path = repo_dir / "refs" / ref
-    with contextlib.suppress(OSError):
-        if path.is_file() and path.read_text() == sha:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(sha)
-        os.replace(tmp, path)
-
-
-def _link(blob: Path, pointer: Path) -> None:
-    """The snapshot's entry for a file: a relative symlink to its blob, as the cache has."""
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    target = os.path.relpath(blob, pointer.parent)
-    if pointer.is_symlink() or pointer.exists():
-        if pointer.is_symlink() and os.readlink(pointer) == target:
-            return
-        pointer.unlink()
-    tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.link")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, pointer)
-
-
-def snapshot_of_directory(directory: Path, repo_id: str, revision: str) -> RepoSnapshot:
-    """A snapshot read from files on disk: a cache snapshot or a local model directory.
-
-    Weight files the index names but the directory lacks (a shard's partial download)
-    are listed with size 0; tensors are read only when every weight file is present."""
-    files: dict[str, RepoFile] = {}
-    for path in sorted(directory.iterdir()):
-        if not path.is_file():
-            continue
-        target = path.resolve()
-        sha = target.name if len(target.name) == _SHA256_HEX else ""
-        blob_id = target.name if len(target.name) == _SHA1_HEX else ""
-        files[path.name] = RepoFile(path.name, target.stat().st_size, sha, blob_id)
-    config = json.loads((directory / "config.json").read_text())
-    weight_map: dict[str, str] = {}
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = dict(json.loads(index.read_text()).get("weight_map", {}))
-        for file in sorted(set(weight_map.values())):
-            files.setdefault(file, RepoFile(file, 0))
-    weights = [f for f in files.values() if f.name.endswith(WEIGHT_SUFFIX)]
-    tensors: tuple[TensorEntry, ...] = ()
-    if weights and all((directory / f.name).is_file() for f in weights):
-        tensors = tuple(t for f in weights for t in read_tensors(directory / f.name))
-    return RepoSnapshot(repo_id, revision, tuple(files.values()), config, tensors, weight_map)
-
-
-def read_tensors(path: Path) -> list[TensorEntry]:
-    """Every tensor of a safetensors file, from its header (8-byte length, then JSON)."""
-    with path.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    out: list[TensorEntry] = []
-    for name, entry in sorted(header.items()):
-        if name == "__metadata__":
-            continue
-        shape = tuple(int(d) for d in entry["shape"])
-        begin, end = entry.get("data_offsets", (0, tensor_bytes(entry["dtype"], shape)))
-        out.append(TensorEntry(name, path.name, str(entry["dtype"]), shape, int(end) - int(begin)))
-    return out
-
-
-def blob_name(card: ModelCard, name: str) -> str:
-    """The hub's etag of a file of the card ("" when the card does not know it)."""
-    sha = next((f.sha256 for f in card.weight_files if f.name == name), "")
-    if len(sha) == _SHA256_HEX:
-        return sha
-    blobs = dict(zip(card.support_files, card.support_blobs, strict=False))
-    blob = blobs.get(name, "")
-    return blob if len(blob) in (_SHA1_HEX, _SHA256_HEX) else ""
-
-
-def git_blob_id(path: Path) -> str:
-    """git's id of a file's content: sha1 over "blob <size>\0" and the bytes."""
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-class ByteTally:
-    """Bytes done, added to from a download's worker threads (`add` is the `on_bytes`
-    callback of `HubClient.download`). Once stopped, `add` raises `DownloadStopped`, which
-    ends every worker at its next chunk (partial files stay, to be continued)."""
-
-    def __init__(self, done: int = 0) -> None:
-        self.done = done
-        self.stopped = False
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            if self.stopped:
-                raise DownloadStopped("the download was stopped")
-            self.done += n
-
-    def stop(self) -> None:
-        with self._lock:
-            self.stopped = True
-
-
-def byte_counter(on_bytes: Callable[[int], None]) -> type:
-    """A progress class for `hf_hub_download(tqdm_class=...)` that reports bytes: the
-    client builds it with tqdm's keyword arguments and calls `update(n)` per chunk."""
-
-    class ByteCounter:
-        def __init__(self, *_: Any, initial: int = 0, **__: Any) -> None:
-            if initial:  # resumed from an .incomplete file: those bytes are here
-                on_bytes(int(initial))
-
-        def update(self, n: float | None = 1) -> None:
-            if n:
-                on_bytes(int(n))
-
-        def close(self) -> None:
-            pass
-
-        def __enter__(self) -> ByteCounter:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            pass
-
-    return ByteCounter
-
-
-def _remove_cached(path: Path) -> None:
-    """Drop a cached file: the snapshot's link and the blob behind it."""
-    blob = path.resolve()
-    for p in {path, blob}:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(p)
 
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
-
-
-def _translated(repo_id: str, error: Exception) -> Exception:
-    """`error` as a `HubError` (or `NotAModel`) when it is not one already."""
-    if isinstance(error, HubError | NotAModel):
-        return error
-    return translate_error(repo_id, error)
-
-
-def translate_error(repo_id: str, error: Exception) -> Exception:
-    from huggingface_hub import errors
-
-    if isinstance(error, errors.GatedRepoError):
-        return RepoGated(
-            f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN on every "
-            "node (the token given was refused or missing)"
-        )
-    if isinstance(error, errors.RevisionNotFoundError):
-        return RepoNotFound(f"{repo_id} has no such revision")
-    if isinstance(error, errors.RepositoryNotFoundError):
-        return RepoNotFound(f"no repo {repo_id} on the hub (or it is private: set HF_TOKEN)")
-    if isinstance(error, errors.RemoteEntryNotFoundError):
-        return NotAModel(f"{repo_id}: {error}")
-    if isinstance(error, errors.NotASafetensorsRepoError):
-        return NotAModel(f"{repo_id}: no safetensors weights ({error})")
-    if isinstance(error, errors.OfflineModeIsEnabled):
-        return HubUnreachable(f"HF_HUB_OFFLINE is set and {repo_id} is not cached")
-    if isinstance(error, errors.HfHubHTTPError):
-        status = error.response.status_code if error.response is not None else 0
-        if status in (401, 403):
-            return RepoGated(f"the hub refused access to {repo_id} ({status}); check HF_TOKEN")
-        if status >= 500 or status in (408, 429):
-            return HubUnreachable(f"the hub answered {status} for {repo_id}; retrying later")
-        return HubError(f"the hub answered {status} for {repo_id}: {error}")
-    if isinstance(error, OSError | TimeoutError) or type(error).__module__.startswith("httpx"):
-        return HubUnreachable(
-            f"the hub is unreachable for {repo_id}: {type(error).__name__}: {error}"
-        )
-    return error

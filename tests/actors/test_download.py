@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exo.actors.download import first_cause
-from exo.models.hub_client import CorruptDownload, HubUnreachable
+from exo.models.hub_errors import CorruptDownload, HubUnreachable
 
 
 def test_a_transient_failure_inside_nested_groups_is_found_so_the_download_is_retried() -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from exo.models import hub_client
 from exo.models.hub import NotAModel, files_for_layers
-from exo.models.hub_client import HubClient, NotEnoughDisk, RepoGated, RepoNotFound
+from exo.models.hub_client import HubClient
+from exo.models.hub_errors import NotEnoughDisk, RepoGated, RepoNotFound
 from tests.hub.repos import repo_unknown_arch, repo_without_weights, tiny_repo
 from tests.hub.server import HubServer
 
