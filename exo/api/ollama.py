@@ -1,10 +1,10 @@
-"""The Ollama dialect: `/api/chat`, `/api/generate` (NDJSON streams), `/api/tags`,
-`/api/show`, `/api/ps`, `/api/version` and `HEAD /`, at the root and under `/ollama`.
+"""The Ollama dialect's routes: `/api/chat`, `/api/generate` (NDJSON streams),
+`/api/tags`, `/api/show`, `/api/ps`, `/api/version` and `HEAD /`, at the root and under
+`/ollama`. Bodies are checked in `ollama_request.py`.
 
-Ollama streams unless told `"stream": false`, takes sampling settings in `options`
-(`num_predict` is its `max_tokens`), and reports durations in nanoseconds. Errors are
-`{"error": "..."}` with the HTTP status. `format` ("json" or a schema) constrains the
-reply to JSON; `tools` on /api/chat come back as `message.tool_calls`.
+Ollama reports durations in nanoseconds. Errors are `{"error": "..."}` with the HTTP
+status. `format` ("json" or a schema) constrains the reply to JSON; `tools` on /api/chat
+come back as `message.tool_calls`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from attrs import evolve, frozen
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -25,12 +24,11 @@ from quart_trio.wrappers import TrioResponse
 from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel, lookup_model
 from exo.api.dashboard import page_response, wants_page
 from exo.api.errors import as_backend_error, dumps, json_response
-from exo.api.openai import parse_messages
-from exo.api.openai_params import ANY_JSON_OBJECT
+from exo.api.ollama_request import parse_chat, parse_generate, parse_show
 from exo.api.streaming import GenerationStream, streamed_response, whole_generation
-from exo.api.tool_calls import CallParser, parse_tools
-from exo.api.validation import decode_json_body, is_number
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
+from exo.api.tool_calls import CallParser
+from exo.api.validation import decode_json_body
+from exo.engine.protocol import Finished, TokenOut, Tool, ToolCall
 from exo.models.bundled import BundledModelMissing, bundled_gguf
 from exo.models.cards import ModelCard
 
@@ -38,42 +36,6 @@ from exo.models.cards import ModelCard
 OLLAMA_API_VERSION = "0.12.0"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 PREFIXES = ("", "/ollama")
-# Options exo applies; others Ollama knows (num_ctx, num_thread, …) are accepted and ignored.
-_APPLIED_OPTIONS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "num_predict",
-    "stop",
-    "seed",
-    "repeat_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-)
-# Ollama's sampling defaults, so a client that sends no options samples as Ollama would.
-_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0}
-# Number options and the interval each must lie in.
-_RANGES = {
-    "temperature": (0.0, 100.0),
-    "top_p": (0.0, 1.0),
-    "min_p": (0.0, 1.0),
-    "repeat_penalty": (0.0, 10.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-}
-
-
-@frozen
-class OllamaRequest:
-    """A validated `/api/chat` or `/api/generate` body."""
-
-    model: str
-    messages: tuple[ChatMessage, ...]
-    params: SamplingParams
-    stream: bool
-    tools: tuple[Tool, ...] = ()
-    text: str | None = None  # a `raw` generate prompt: no chat template
 
 
 def ollama_error(
@@ -94,144 +56,6 @@ def _keep_alive_until() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _number_option(options: Mapping[str, Any], name: str) -> float | None:
-    value = options.get(name, _DEFAULTS.get(name))
-    if value is None:
-        return None
-    low, high = _RANGES[name]
-    if not is_number(value) or not low <= value <= high:
-        raise InvalidRequest(f"option '{name}' must be a number in [{low:g}, {high:g}]")
-    return float(value)
-
-
-def _parse_options(body: Mapping[str, Any]) -> SamplingParams:
-    options = body.get("options", {})
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise InvalidRequest("'options' must be an object")
-    num_predict = options.get("num_predict")
-    if num_predict is not None and (type(num_predict) is not int or num_predict == 0):
-        raise InvalidRequest("option 'num_predict' must be a non-zero integer")
-    stop = options.get("stop", [])
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise InvalidRequest("option 'stop' must be a list of strings")
-    seed = options.get("seed")
-    if seed is not None and type(seed) is not int:
-        raise InvalidRequest("option 'seed' must be an integer")
-    top_k = options.get("top_k", _DEFAULTS["top_k"])
-    if type(top_k) is not int or top_k < 0:
-        raise InvalidRequest("option 'top_k' must be an integer >= 0")
-    repeat = _number_option(options, "repeat_penalty")
-    return SamplingParams(
-        temperature=_number_option(options, "temperature") or 0.0,
-        top_p=_number_option(options, "top_p") or 1.0,
-        # Ollama: -1 generates until the model stops, -2 until the context is full.
-        max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
-        stop=tuple(s for s in stop if s),
-        seed=seed,
-        top_k=top_k,
-        min_p=_number_option(options, "min_p") or 0.0,
-        presence_penalty=_number_option(options, "presence_penalty") or 0.0,
-        frequency_penalty=_number_option(options, "frequency_penalty") or 0.0,
-        repetition_penalty=None if repeat in (None, 1.0) else repeat,
-    )
-
-
-def _json_format(value: object) -> str | None:
-    """Ollama's `format`: "json" (any JSON object) or a JSON schema, as schema text."""
-    if value in (None, ""):
-        return None
-    if value == "json":
-        return json.dumps(ANY_JSON_OBJECT)
-    if isinstance(value, dict):
-        return json.dumps(value)
-    raise InvalidRequest("'format' must be \"json\" or a JSON schema object")
-
-
-def _check_common(body: object) -> Mapping[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required")
-    stream = body.get("stream", True)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be true or false")
-    for unsupported in ("images", "suffix"):
-        if body.get(unsupported) not in (None, "", []):
-            raise InvalidRequest(f"'{unsupported}' is not supported by exo yet")
-    return body
-
-
-def _sampling(body: Mapping[str, Any]) -> SamplingParams:
-    return evolve(_parse_options(body), json_schema=_json_format(body.get("format")))
-
-
-def parse_chat(body: object) -> OllamaRequest:
-    checked = _check_common(body)
-    messages = parse_messages(_openai_messages(checked.get("messages")))
-    try:
-        tools = parse_tools(checked.get("tools") or None)
-    except InvalidRequest as error:
-        raise InvalidRequest(f"'tools': {error.message}") from None
-    stream = bool(checked.get("stream", True))
-    return OllamaRequest(checked["model"], messages, _sampling(checked), stream, tools)
-
-
-def _openai_messages(value: object) -> object:
-    """Ollama's messages in OpenAI's shape: its tool calls carry arguments as an object
-    and no id, and its tool results name the tool instead of a call id."""
-    if not isinstance(value, list):
-        return value
-    converted: list[object] = []
-    for i, message in enumerate(value):
-        if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
-            calls = []
-            for j, call in enumerate(message["tool_calls"]):
-                function = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(function, dict):
-                    raise InvalidRequest(f"'messages[{i}].tool_calls[{j}].function' is required")
-                arguments = function.get("arguments", {})
-                calls.append(
-                    {
-                        "id": f"call_{i}_{j}",
-                        "type": "function",
-                        "function": {
-                            "name": function.get("name"),
-                            "arguments": arguments
-                            if isinstance(arguments, str)
-                            else json.dumps(arguments),
-                        },
-                    }
-                )
-            message = {**message, "tool_calls": calls}
-        converted.append(message)
-    return converted
-
-
-def parse_generate(body: object) -> OllamaRequest:
-    """A generate request as a chat (the `system` prompt, then the `prompt` as the user's),
-    or with `raw`, the prompt as it is."""
-    checked = _check_common(body)
-    prompt = checked.get("prompt", "")
-    system = checked.get("system")
-    if not isinstance(prompt, str):
-        raise InvalidRequest("'prompt' must be a string")
-    if system is not None and not isinstance(system, str):
-        raise InvalidRequest("'system' must be a string")
-    raw = checked.get("raw", False)
-    if not isinstance(raw, bool):
-        raise InvalidRequest("'raw' must be true or false")
-    messages = (*((ChatMessage("system", system),) if system else ()), ChatMessage("user", prompt))
-    stream = bool(checked.get("stream", True))
-    if raw and prompt:
-        return OllamaRequest(checked["model"], (), _sampling(checked), stream, text=prompt)
-    return OllamaRequest(checked["model"], messages, _sampling(checked), stream)
 
 
 def _stats(finished: Finished, started: float) -> dict[str, Any]:
@@ -426,12 +250,9 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
     async def show() -> TrioResponse:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         try:
-            body = decode_json_body(raw)
+            model = parse_show(decode_json_body(raw))
         except InvalidRequest as error:
             return backend_error(error)
-        model = body.get("model") or body.get("name") if isinstance(body, dict) else None
-        if not isinstance(model, str) or not model:
-            return ollama_error(400, "model is required")
         card = find_card(model)
         if card is None:
             return ollama_error(404, f"model '{model}' not found")

@@ -22,6 +22,8 @@ from exo.api.anthropic_request import MESSAGES_PATH
 from exo.api.dashboard import ASSETS
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
+from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
+from exo.api.typed_body import body_schemas
 
 Schema = dict[str, Any]
 
@@ -43,6 +45,11 @@ _STATUS_TEXT = {
 ANY_ROUTE = (405, 408, 413)
 BODY = (400, *ANY_ROUTE)
 GENERATION = (*BODY, 403, 404, 503)
+
+
+# Request bodies declared as typed models (`typed_body.py`): their schemas come from them.
+TYPED_BODIES = (OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest)
+OLLAMA_BODIES, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
@@ -346,7 +353,8 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
     def generation(summary: str, chat: bool) -> Schema:
         stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(chat=chat))
         answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
-        return {"post": op(summary, "ollama", answers, body=s.ollama_request(chat=chat))}
+        body = OLLAMA_BODIES[OllamaChatRequest if chat else OllamaGenerateRequest]
+        return {"post": op(summary, "ollama", answers, body=body)}
 
     content: Schema = {"text/plain": {"schema": s.STRING}}
     if not prefix:  # a browser (preferring HTML) gets the dashboard here
@@ -368,7 +376,7 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
                 "One model's details",
                 "ollama",
                 ok(s.ollama_show()) | errors("Ollama", (*BODY, 404)),
-                body=s.ollama_show_request(),
+                body=OLLAMA_BODIES[OllamaShowRequest],
             )
         },
         f"{prefix}/api/ps": listing(
@@ -397,6 +405,7 @@ def openapi_document() -> dict[str, Any]:
         "AnthropicMessagesRequest": s.anthropic_messages_request(),
         "AnthropicMessage": s.anthropic_message(),
         "Instance": s.instance(),
+        **TYPED_COMPONENTS,
     }
     return {
         "openapi": "3.1.0",

@@ -208,18 +208,10 @@ def function_tools() -> Schema:
     )
 
 
-def chat_message(*, ollama: bool = False) -> Schema:
-    """A message as `parse_messages` takes it. Ollama's tool calls (converted first) carry
-    no id and may carry their arguments as an object; any role's calls there need a
-    `function`."""
-    if ollama:
-        arguments = described({}, "An object, or JSON text.")
-        call = record({"function": obj({"name": STRING, "arguments": arguments}, "name")})
-    else:
-        call = record({"id": STRING, "function": record({"name": STRING, "arguments": STRING})})
+def chat_message() -> Schema:
+    """A message as `parse_messages` takes it."""
+    call = record({"id": STRING, "function": record({"name": STRING, "arguments": STRING})})
     calls = described({}, "An assistant's calls; ignored on other roles.")
-    if ollama:
-        calls["anyOf"] = [{"not": {"type": "array"}}, array(record({"function": ANY_OBJECT}))]
     content = {"anyOf": [STRING, array(text_part("text"), minItems=1)]}
     message = obj(
         {
@@ -645,52 +637,6 @@ def anthropic_message() -> Schema:
 
 # ---------------------------------------------------------------------------------------------
 # Ollama
-
-
-def ollama_options() -> Schema:
-    """`options` as `_parse_options` reads them."""
-    fields = {
-        "temperature": nullable(described(number(0, 100), "Default 0.8.")),
-        "top_p": nullable(described(number(0, 1), "Default 0.9.")),
-        "top_k": described(integer(0), "Default 40."),
-        "min_p": nullable(number(0, 1)),
-        "repeat_penalty": nullable(number(0, 10)),
-        "presence_penalty": nullable(number(-2, 2)),
-        "frequency_penalty": nullable(number(-2, 2)),
-        "num_predict": nullable(
-            {"type": "integer", "not": const(0), "description": "-1, -2: up to the context."}
-        ),
-        "stop": {"anyOf": [STRING, array(STRING)]},
-        "seed": nullable({"type": "integer"}),
-    }
-    return described(obj(fields), "Other Ollama options (num_ctx, ...) are accepted and ignored.")
-
-
-def ollama_request(*, chat: bool) -> Schema:
-    """An `/api/chat` (chat) or `/api/generate` body."""
-    fields: dict[str, Schema] = {
-        "model": described(MODEL_ID, "A model id; a `:latest` tag is accepted."),
-        "stream": described(BOOLEAN, "Default true: NDJSON lines."),
-        "options": nullable(ollama_options()),
-        "format": nullable({"anyOf": [enum("", "json"), ANY_OBJECT]}),
-        "images": refused(enum(None, "", []), "images are not supported"),
-        "suffix": refused(enum(None, "", []), "fill in the middle is not supported"),
-    }
-    if chat:
-        fields["messages"] = array(chat_message(ollama=True), minItems=1)
-        fields["tools"] = nullable(function_tools())
-        return obj(fields, "model", "messages")
-    fields["prompt"] = described(STRING, "Empty, with no system: only load the model.")
-    fields["system"] = nullable(STRING)
-    fields["raw"] = described(BOOLEAN, "The prompt as it is, without the chat template.")
-    return obj(fields, "model")
-
-
-def ollama_show_request() -> Schema:
-    return obj(
-        {"model": MODEL_ID, "name": described(MODEL_ID, "An older name for `model`.")},
-        anyOf=[obj({}, "model"), obj({}, "name")],
-    )
 
 
 def ollama_reply(*, chat: bool) -> Schema:
