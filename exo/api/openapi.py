@@ -18,7 +18,11 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api import openapi_schemas as s
-from exo.api.anthropic_request import MESSAGES_PATH
+from exo.api.anthropic_request import (
+    MESSAGES_PATH,
+    AnthropicMessagesRequest,
+    AnthropicTokenCountRequest,
+)
 from exo.api.dashboard import ASSETS
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
@@ -48,8 +52,14 @@ GENERATION = (*BODY, 403, 404, 503)
 
 
 # Request bodies declared as typed models (`typed_body.py`): their schemas come from them.
-TYPED_BODIES = (OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest)
-OLLAMA_BODIES, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
+TYPED_BODIES = (
+    OllamaChatRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+    AnthropicMessagesRequest,
+    AnthropicTokenCountRequest,
+)
+TYPED, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
@@ -329,7 +339,7 @@ def anthropic_paths() -> dict[str, Schema]:
                 "Anthropic Messages, streamed or not",
                 "anthropic",
                 ok(s.ref("AnthropicMessage"), stream=(SSE, s.anthropic_stream())) | failures,
-                body=s.ref("AnthropicMessagesRequest"),
+                body=TYPED[AnthropicMessagesRequest],
             )
         },
         f"{MESSAGES_PATH}/count_tokens": {
@@ -337,7 +347,7 @@ def anthropic_paths() -> dict[str, Schema]:
                 "The prompt's tokens, as the model's template renders it",
                 "anthropic",
                 ok(count) | failures,
-                body=s.anthropic_prompt(),
+                body=TYPED[AnthropicTokenCountRequest],
             )
         },
     }
@@ -353,7 +363,7 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
     def generation(summary: str, chat: bool) -> Schema:
         stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(chat=chat))
         answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
-        body = OLLAMA_BODIES[OllamaChatRequest if chat else OllamaGenerateRequest]
+        body = TYPED[OllamaChatRequest if chat else OllamaGenerateRequest]
         return {"post": op(summary, "ollama", answers, body=body)}
 
     content: Schema = {"text/plain": {"schema": s.STRING}}
@@ -376,7 +386,7 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
                 "One model's details",
                 "ollama",
                 ok(s.ollama_show()) | errors("Ollama", (*BODY, 404)),
-                body=OLLAMA_BODIES[OllamaShowRequest],
+                body=TYPED[OllamaShowRequest],
             )
         },
         f"{prefix}/api/ps": listing(
@@ -402,7 +412,6 @@ def openapi_document() -> dict[str, Any]:
         "TextCompletion": s.text_completion(),
         "ResponseRequest": s.responses_request(),
         "Response": s.response_object(),
-        "AnthropicMessagesRequest": s.anthropic_messages_request(),
         "AnthropicMessage": s.anthropic_message(),
         "Instance": s.instance(),
         **TYPED_COMPONENTS,

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from exo.api import (
-    anthropic_request,
     completions,
     instances,
     openai_params,
@@ -525,92 +524,6 @@ def anthropic_tool_use() -> Schema:
     return record(
         {"type": const("tool_use"), "id": NON_EMPTY, "name": NON_EMPTY, "input": ANY_OBJECT}
     )
-
-
-def anthropic_tools() -> dict[str, Schema]:
-    """`tools` and `tool_choice` as `_read_tool` and `_parse_tool_choice` take them."""
-    tool = obj(
-        {
-            "type": enum("custom", None),
-            "name": string(1, maxLength=64),
-            "description": STRING,
-            "input_schema": described(obj({"type": const("object")}, "type"), "A JSON schema."),
-            "cache_control": described({}, "Accepted and ignored."),
-        },
-        "name",
-        "input_schema",
-    )
-    tools = described(
-        array(tool, maxItems=tool_calls.MAX_TOOLS),
-        "Custom tools the model may call; distinct names. Server and Anthropic-defined "
-        "tools (web search, bash, text editor, ...) are refused.",
-    )
-    choice = obj(
-        {
-            "type": enum("auto", "any", "tool", "none"),
-            "name": STRING,
-            "disable_parallel_tool_use": nullable(BOOLEAN),
-        },
-        "type",
-    )
-    tool_choice = {
-        **choice,
-        "if": record({"type": const("tool")}),
-        "then": obj({}, "name"),
-        "description": "`any` and `tool` need `tools`, a `tool`'s `name` among them.",
-    }
-    return {"tools": nullable(tools), "tool_choice": nullable(tool_choice)}
-
-
-def anthropic_prompt() -> Schema:
-    """The body `parse_prompt` reads: all of count_tokens', and the start of messages'."""
-    text = {"anyOf": [STRING, array(text_part("text"))]}
-    result = obj(
-        {
-            "type": const("tool_result"),
-            "tool_use_id": NON_EMPTY,
-            "content": nullable(text),
-            "is_error": nullable(BOOLEAN),
-        },
-        "type",
-        "tool_use_id",
-    )
-
-    def turn(role: str, tool_block: Schema) -> Schema:
-        blocks = array({"anyOf": [text_part("text"), tool_block]})
-        return record({"role": const(role), "content": {"anyOf": [STRING, blocks]}})
-
-    fields = {
-        "model": MODEL_ID,
-        "messages": described(
-            array(
-                {"anyOf": [turn("user", result), turn("assistant", anthropic_tool_use())]},
-                minItems=1,
-            ),
-            "Ends with a user turn (a final assistant turn, prefill, is refused). A user "
-            "turn's tool results go to the model ahead of its text.",
-        ),
-        "system": nullable(text),
-        **anthropic_tools(),
-        "thinking": nullable(record({"type": const("disabled")})),
-        "output_config": described({}, "`format` is refused (structured output)."),
-    }
-    return obj(fields, "model", "messages")
-
-
-def anthropic_messages_request() -> Schema:
-    prompt = anthropic_prompt()
-    fields = {
-        **prompt["properties"],
-        "max_tokens": integer(1),
-        "temperature": nullable(number(0, 1)),
-        "top_p": nullable(number(0, 1, low_open=True)),
-        "top_k": described(integer(0), "0: off."),
-        "stop_sequences": nullable(array(NON_EMPTY, maxItems=anthropic_request.MAX_STOP_SEQUENCES)),
-        "stream": BOOLEAN,
-        "metadata": described({}, "Accepted and ignored."),
-    }
-    return obj(fields, "model", "max_tokens", "messages")
 
 
 def anthropic_message() -> Schema:

@@ -14,7 +14,7 @@ A failed check becomes an `InvalidRequest` that names the field as a path
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,6 +27,7 @@ Schema = dict[str, Any]
 _WHERE = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?P<rest>.*?)(?:, got `(?P<got>[^`]+)`)?$")
+_LENGTH = re.compile(r"^ of length (?P<bound>>=|<=) (?P<count>\d+)$")
 _OWN = re.compile(r"^`(?P<field>[^`]+)`: (?P<detail>.*)$", re.DOTALL)
 _WORDS = {
     "str": "a string",
@@ -40,17 +41,26 @@ _WORDS = {
 _GOT = {**_WORDS, "bool": "a boolean"}
 
 
-def convert_body(body: object, kind: type[T]) -> T:
-    """`body` (decoded JSON) as a `kind`, or `InvalidRequest` naming what is wrong."""
+def convert_body(body: object, kind: type[T], hints: Mapping[str, str] | None = None) -> T:
+    """`body` (decoded JSON) as a `kind`, or `InvalidRequest` naming what is wrong.
+
+    `hints` add a dialect's advice to an error by the field's path, indices left out
+    (`messages[].role`): what to send instead of what it does not take."""
     try:
         return msgspec.convert(body, kind, strict=True)
     except msgspec.ValidationError as error:
-        raise invalid_request(error) from None
+        invalid = invalid_request(error)
+        hint = (hints or {}).get(re.sub(r"\[\d+\]", "[]", invalid.param or ""))
+        if hint is None:
+            raise invalid from None
+        raise InvalidRequest(f"{invalid.message} ({hint})", invalid.param) from None
 
 
 def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
     """msgspec's message ("Expected `int`, got `str` - at `$.options.seed`") in words, with
-    the field's path as the error's `param`."""
+    the field's path as the error's `param`. A model's own rule says
+    "`field`: must be ..." (read as "'path.field' must be ...") or, capitalised, a whole
+    sentence ("`tools`: Two tools are named 'f'.")."""
     where = _WHERE.match(str(error))
     assert where is not None  # the pattern matches any text
     detail, path = where["detail"], (where["path"] or "").removeprefix(".")
@@ -59,15 +69,20 @@ def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
         return InvalidRequest(f"'{param}' is required", param)
     if (own := _OWN.match(detail)) is not None:
         param = _join(path, own["field"])
-        return InvalidRequest(f"'{param}' {own['detail']}", param)
-    subject = f"'{path}'" if path else "the request body"
+        said = own["detail"]
+        return InvalidRequest(said if said[:1].isupper() else f"'{param}' {said}", param)
+    subject = f"'{path}'" if path else "The request body"
     if (expected := _EXPECTED.match(detail)) is not None:
         phrase = _expected(expected["want"], expected["rest"])
+        if not path and phrase == "an object":
+            phrase = "a JSON object"
         got = f", got {_words(expected['got'], _GOT)}" if expected["got"] else ""
         return InvalidRequest(f"{subject} must be {phrase}{got}", path or None)
-    if detail.startswith("Invalid enum value "):
-        value = detail.removeprefix("Invalid enum value ")
-        return InvalidRequest(f"{subject} cannot be {value}", path or None)
+    for prefix in ("Invalid enum value ", "Invalid value "):
+        if detail.startswith(prefix):
+            return InvalidRequest(
+                f"{subject} cannot be {detail.removeprefix(prefix)}", path or None
+            )
     return InvalidRequest(f"{subject}: {detail}", path or None)
 
 
@@ -81,9 +96,14 @@ def _words(types: str, words: dict[str, str] | None = None) -> str:
 
 
 def _expected(want: str, rest: str) -> str:
-    if rest == " of length >= 1" and want in ("str", "array"):
+    length = _LENGTH.match(rest)
+    if length is None or want not in ("str", "array"):
+        return _words(want) + rest
+    unit = "characters" if want == "str" else "items"
+    bound, count = length["bound"], int(length["count"])
+    if bound == ">=" and count == 1:
         return "a non-empty string" if want == "str" else "a non-empty list"
-    return _words(want) + rest
+    return f"{_words(want)} of {'at least' if bound == '>=' else 'at most'} {count} {unit}"
 
 
 def body_schemas(kinds: Iterable[type]) -> tuple[dict[type, Schema], dict[str, Schema]]:

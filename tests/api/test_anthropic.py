@@ -478,7 +478,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", MESSAGES, _body(messages=[]), 400, INVALID, "'messages'"),
     ("POST", MESSAGES, _body(messages=[{"role": "system", "content": "x"}]), 400, INVALID, "role"),
     ("POST", MESSAGES, _body(messages=["hi"]), 400, INVALID, "messages[0]"),
-    ("POST", MESSAGES, _body(messages=_user(IMAGE)), 400, INVALID, "got 'image'"),
+    ("POST", MESSAGES, _body(messages=_user(IMAGE)), 400, INVALID, "cannot be 'image'"),
     (
         "POST",
         MESSAGES,
@@ -494,7 +494,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
         _body(messages=_user({"type": "tool_use", "id": "t", "name": "f", "input": {}})),
         400,
         INVALID,
-        "got 'tool_use'",  # only an assistant makes calls
+        "not tool_use",  # only an assistant makes calls
     ),
     (
         "POST",
@@ -530,7 +530,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
         _tools({"type": "web_search_20250305", "name": "web_search"}),
         400,
         INVALID,
-        "'web_search_20250305' is a server",
+        "cannot be 'web_search_20250305' (server and Anthropic-defined tools",
     ),
     ("POST", MESSAGES, _tools({"type": "bash_20250124", "name": "bash"}), 400, INVALID, "bash"),
     ("POST", MESSAGES, _body(tools=TOOL), 400, INVALID, "'tools' must be a list"),
@@ -573,7 +573,7 @@ BAD: list[tuple[str, str, Any, int, str, str]] = [
         _body(stop_sequences=[f"s{i}" for i in range(MAX_STOP_SEQUENCES + 1)]),
         400,
         INVALID,
-        f"up to {MAX_STOP_SEQUENCES}",
+        f"at most {MAX_STOP_SEQUENCES} items",
     ),
     ("POST", MESSAGES, _body(stop_sequences=[""]), 400, INVALID, "non-empty"),
     ("POST", MESSAGES, _body(stream="yes"), 400, INVALID, "'stream'"),

@@ -304,7 +304,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/api/generate", {"model": "nope", "prompt": "x"}, 404, "not found"),
     ("POST", "/api/show", {"model": "nope"}, 404, "not found"),
     ("POST", "/api/show", {}, 400, "'model' is required"),
-    ("POST", "/api/show", [], 400, "the request body must be an object, got a list"),
+    ("POST", "/api/show", [], 400, "The request body must be a JSON object, got a list"),
     ("GET", "/api/chat", None, 405, "not allowed"),
     ("POST", "/api/tags", None, 405, "not allowed"),
     ("GET", "/api/nothing", None, 404, ""),

@@ -33,7 +33,7 @@ OK: dict[str, Any] = {"model": "m", "parts": [{"kind": "text", "text": "hi"}]}
 @pytest.mark.parametrize(
     ("body", "message", "param"),
     [
-        ([1], "the request body must be an object, got a list", None),
+        ([1], "The request body must be a JSON object, got a list", None),
         ({"parts": OK["parts"]}, "'model' is required", "model"),
         ({**OK, "model": ""}, "'model' must be a non-empty string", "model"),
         ({**OK, "model": 5}, "'model' must be a string, got an integer", "model"),
