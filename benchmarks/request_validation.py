@@ -2,9 +2,9 @@
 
 For each dialect: the bytes of a typical body (a system and a user message, sampling
 options, one tool) through what a route does before it calls the backend: decode the
-JSON, check it, build the request. Ollama's and Anthropic's bodies are typed models
-(msgspec: `exo/api/ollama_request.py`, `anthropic_request.py`); the others are still
-checked by hand. Beside them, the OpenAI chat body decoded into an equivalent typed model by msgspec and by pydantic v2 in
+JSON, check it, build the request. Ollama's, Anthropic's and Responses' bodies are
+typed models (msgspec: `exo/api/*_request.py`); chat completions are still checked by
+hand. Beside them, the OpenAI chat body decoded into an equivalent typed model by msgspec and by pydantic v2 in
 strict mode, the two candidates of issue 18. Medians of `--rounds` rounds of `--number`
 calls, in microseconds per request.
 
@@ -166,7 +166,9 @@ def cases() -> dict[str, Callable[[], object]]:
         "anthropic messages (typed, msgspec)": lambda: parse_messages_request(
             decode_json_body(raw["anthropic"])
         ),
-        "responses (by hand)": lambda: parse_responses_request(decode_json_body(raw["responses"])),
+        "responses (typed, msgspec)": lambda: parse_responses_request(
+            decode_json_body(raw["responses"])
+        ),
         "ollama chat (typed, msgspec)": lambda: parse_chat(decode_json_body(raw["ollama"])),
         "openai chat, msgspec model": lambda: msg_decoder.decode(raw["openai"]),
         "openai chat, pydantic strict model": lambda: PydChat.model_validate_json(raw["openai"]),

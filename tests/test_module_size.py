@@ -9,9 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 500
 # Still over, each with the line count it may not grow past and what brings it under.
 KNOWN: dict[str, int] = {
-    # The hand-kept OpenAI and Responses schemas: they go as those dialects' bodies
-    # become typed models, as Ollama's and Anthropic's did (exo/api/typed_body.py).
-    "exo/api/openapi_schemas.py": 741,
+    # The hand-kept chat and text completion schemas: they go as those bodies become
+    # typed models, as Ollama's, Anthropic's and Responses' did (exo/api/typed_body.py).
+    "exo/api/openapi_schemas.py": 627,
 }
 
 

@@ -27,6 +27,7 @@ from exo.api.dashboard import ASSETS
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
+from exo.api.responses_request import ResponseRequest
 from exo.api.typed_body import body_schemas
 
 Schema = dict[str, Any]
@@ -58,6 +59,7 @@ TYPED_BODIES = (
     OllamaShowRequest,
     AnthropicMessagesRequest,
     AnthropicTokenCountRequest,
+    ResponseRequest,
 )
 TYPED, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
 
@@ -410,7 +412,6 @@ def openapi_document() -> dict[str, Any]:
         "ChatCompletion": s.chat_completion(),
         "CompletionRequest": s.completion_request(),
         "TextCompletion": s.text_completion(),
-        "ResponseRequest": s.responses_request(),
         "Response": s.response_object(),
         "AnthropicMessage": s.anthropic_message(),
         "Instance": s.instance(),

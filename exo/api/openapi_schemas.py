@@ -20,9 +20,6 @@ from exo.api import (
     openai_params,
     tool_calls,
 )
-from exo.api import (
-    responses_request as responses_limits,
-)
 from exo.api.ollama import OLLAMA_API_VERSION
 from exo.api.openai import ROLES
 from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
@@ -362,117 +359,6 @@ def model_object() -> Schema:
         "name",
         "context_length",
     )
-
-
-def responses_tools() -> Schema:
-    """`tools` and `tool_choice` as `parse_function_tools` and `parse_responses_tool_choice`
-    take them: flat function tools only."""
-    tool = obj(
-        {
-            "type": const("function"),
-            "name": string(1, maxLength=64),
-            "description": nullable(STRING),
-            "parameters": nullable(described(ANY_OBJECT, "A JSON schema.")),
-            "strict": nullable(BOOLEAN),
-        },
-        "type",
-        "name",
-    )
-    tools = described(
-        array(tool, maxItems=tool_calls.MAX_TOOLS),
-        "Functions the model may call; distinct names. Built-in tools (web_search, "
-        "file_search, code_interpreter, computer_use, mcp, ...) are refused.",
-    )
-    tool_choice = {
-        "anyOf": [
-            enum("none", "auto", "required"),
-            record({"type": const("function"), "name": STRING}),
-        ],
-        "description": "`required` or a named function needs `tools`, the name among them; a "
-        "forced call cannot be combined with a JSON `text.format`.",
-    }
-    return {"tools": nullable(tools), "tool_choice": nullable(tool_choice)}
-
-
-def responses_request() -> Schema:
-    content = {"anyOf": [STRING, array(text_part(*responses_limits.TEXT_PARTS), minItems=1)]}
-    message = obj(
-        {
-            "type": const("message"),
-            "role": enum(*sorted(responses_limits.INPUT_ROLES)),
-            "content": content,
-        },
-        "role",
-        "content",
-    )
-    call = obj(
-        {
-            "type": const("function_call"),
-            "call_id": NON_EMPTY,
-            "name": NON_EMPTY,
-            "arguments": described(NON_EMPTY, "JSON text, as the call gave it."),
-        },
-        "type",
-        "call_id",
-        "name",
-        "arguments",
-    )
-    output = obj(
-        {"type": const("function_call_output"), "call_id": NON_EMPTY, "output": content},
-        "type",
-        "call_id",
-        "output",
-    )
-    item = described(
-        {"anyOf": [message, call, output]},
-        "A message, or an earlier turn's `function_call` (joined to the assistant turn "
-        "before it) or `function_call_output`.",
-    )
-    json_schema = record(
-        {
-            "type": const("json_schema"),
-            "name": NON_EMPTY,
-            "schema": ANY_OBJECT,
-            "strict": nullable(BOOLEAN),
-            "description": nullable(STRING),
-        },
-        "strict",
-        "description",
-    )
-    text_format = {"anyOf": [record({"type": enum("text", "json_object")}), json_schema]}
-    metadata = {
-        "type": "object",
-        "maxProperties": responses_limits.METADATA_MAX_PAIRS,
-        "propertyNames": {"maxLength": responses_limits.METADATA_MAX_KEY},
-        "additionalProperties": string(maxLength=responses_limits.METADATA_MAX_VALUE),
-    }
-    not_stored = "exo stores no responses"
-    fields = {
-        "model": MODEL_ID,
-        "input": {"anyOf": [STRING, array(item, minItems=1)]},
-        "instructions": nullable(STRING),
-        "temperature": nullable(number(0, 2)),
-        "top_p": nullable(number(0, 1, low_open=True)),
-        "max_output_tokens": nullable(integer(1)),
-        "stream": nullable(BOOLEAN),
-        "store": nullable(BOOLEAN),
-        "parallel_tool_calls": nullable(BOOLEAN),
-        "user": nullable(STRING),
-        "reasoning": nullable(described(ANY_OBJECT, "Accepted and ignored.")),
-        "truncation": enum("auto", "disabled", None),
-        "metadata": nullable(metadata),
-        "text": nullable(obj({"format": nullable(text_format)})),
-        "previous_response_id": refused({"type": "null"}, not_stored),
-        "conversation": refused({"type": "null"}, not_stored),
-        "background": refused(enum(False, None), not_stored),
-        "prompt": refused({"type": "null"}, "stored prompts are not supported"),
-        **responses_tools(),
-        "top_logprobs": refused(enum(0, None), "log-probabilities are not supported here yet"),
-        "include": nullable(
-            {**array(STRING), "not": {"contains": const("message.output_text.logprobs")}}
-        ),
-    }
-    return obj(fields, "model", "input")
 
 
 def response_object() -> Schema:

@@ -24,7 +24,9 @@ from exo.api.backend import InvalidRequest
 T = TypeVar("T")
 Schema = dict[str, Any]
 
-_WHERE = re.compile(r"^(?P<detail>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_WHERE = re.compile(
+    r"^(?P<detail>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL
+)
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
 _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?P<rest>.*?)(?:, got `(?P<got>[^`]+)`)?$")
 _LENGTH = re.compile(r"^ of length (?P<bound>>=|<=) (?P<count>\d+)$")
@@ -64,6 +66,9 @@ def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
     where = _WHERE.match(str(error))
     assert where is not None  # the pattern matches any text
     detail, path = where["detail"], (where["path"] or "").removeprefix(".")
+    # A map's values are at `path[...]`, its keys "`key` in `path`": both named by the map.
+    part = "keys" if where["key"] else "values" if path.endswith("[...]") else ""
+    path = path.removesuffix("[...]")
     if (missing := _MISSING.match(detail)) is not None:
         param = _join(path, missing["field"])
         return InvalidRequest(f"'{param}' is required", param)
@@ -71,7 +76,7 @@ def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
         param = _join(path, own["field"])
         said = own["detail"]
         return InvalidRequest(said if said[:1].isupper() else f"'{param}' {said}", param)
-    subject = f"'{path}'" if path else "The request body"
+    subject = f"'{path}'{f' {part}' if part else ''}" if path else "The request body"
     if (expected := _EXPECTED.match(detail)) is not None:
         phrase = _expected(expected["want"], expected["rest"])
         if not path and phrase == "an object":
@@ -83,6 +88,8 @@ def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
             return InvalidRequest(
                 f"{subject} cannot be {detail.removeprefix(prefix)}", path or None
             )
+    if detail == "Number out of range":  # an integer too large for a float
+        return InvalidRequest(f"{subject} is a number out of range", path or None)
     return InvalidRequest(f"{subject}: {detail}", path or None)
 
 
@@ -97,9 +104,9 @@ def _words(types: str, words: dict[str, str] | None = None) -> str:
 
 def _expected(want: str, rest: str) -> str:
     length = _LENGTH.match(rest)
-    if length is None or want not in ("str", "array"):
+    if length is None or want not in ("str", "array", "object"):
         return _words(want) + rest
-    unit = "characters" if want == "str" else "items"
+    unit = {"str": "characters", "array": "items", "object": "entries"}[want]
     bound, count = length["bound"], int(length["count"])
     if bound == ">=" and count == 1:
         return "a non-empty string" if want == "str" else "a non-empty list"

@@ -555,7 +555,7 @@ BAD: list[tuple[str, str, Any, int, str | None]] = [
         "POST",
         {**HI, "tools": [TOOL], "tool_choice": {"type": "file_search"}},
         400,
-        "tool_choice",
+        "tool_choice.type",
     ),
     ("required-without-tools", "POST", {**HI, "tool_choice": "required"}, 400, "tool_choice"),
     (
