@@ -2,10 +2,9 @@
 
 For each dialect: the bytes of a typical body (a system and a user message, sampling
 options, one tool) through what a route does before it calls the backend: decode the
-JSON, check it, build the request. Ollama's, Anthropic's and Responses' bodies are
-typed models (msgspec: `exo/api/*_request.py`); chat completions are still checked by
-hand. Beside them, the OpenAI chat body decoded into an equivalent typed model by msgspec and by pydantic v2 in
-strict mode, the two candidates of issue 18. Medians of `--rounds` rounds of `--number`
+JSON, check it, build the request: every dialect's bodies are typed models (msgspec:
+`exo/api/*_request.py`). Beside them, the OpenAI chat body decoded into an equivalent
+model by msgspec alone and by pydantic v2 in strict mode, the two candidates of issue 18. Medians of `--rounds` rounds of `--number`
 calls, in microseconds per request.
 
     .venv/bin/python benchmarks/request_validation.py [--rounds 7] [--number 2000]
@@ -29,7 +28,7 @@ import pydantic
 
 from exo.api.anthropic_request import parse_messages_request
 from exo.api.ollama_request import parse_chat
-from exo.api.openai import parse_chat_request
+from exo.api.openai_request import parse_chat_request
 from exo.api.responses_request import parse_responses_request
 from exo.api.validation import decode_json_body
 
@@ -162,7 +161,7 @@ def cases() -> dict[str, Callable[[], object]]:
     raw = {name: json.dumps(body).encode() for name, body in _bodies().items()}
     msg_decoder = msgspec.json.Decoder(MsgChat)
     return {
-        "openai chat (by hand)": lambda: parse_chat_request(decode_json_body(raw["openai"])),
+        "openai chat (typed, msgspec)": lambda: parse_chat_request(decode_json_body(raw["openai"])),
         "anthropic messages (typed, msgspec)": lambda: parse_messages_request(
             decode_json_body(raw["anthropic"])
         ),

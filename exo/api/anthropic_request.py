@@ -15,7 +15,7 @@ import msgspec
 from attrs import frozen
 from msgspec import Meta
 
-from exo.api.openai import CONTENT_PART_SEPARATOR
+from exo.api.openai_request import CONTENT_PART_SEPARATOR
 from exo.api.tool_calls import (
     MAX_TOOLS,
     ToolChoice,

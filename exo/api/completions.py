@@ -25,23 +25,22 @@ from exo.api.openai import (
     SSE_DONE,
     SSE_HEADERS,
     error_payload_for,
-    parse_model,
-    parse_stream,
     sse_event,
     usage,
 )
-from exo.api.openai_params import parse_sampling
+from exo.api.openai_request import HINTS, CompletionRequest
 from exo.api.streaming import GenerationStream, streamed_response, whole_generation
-from exo.api.validation import decode_json_body, invalid, is_int
+from exo.api.typed_body import convert_body
+from exo.api.validation import decode_json_body
 from exo.engine.protocol import Finished, SamplingParams, TokenOut
 
 DEFAULT_MAX_TOKENS = 16
-# The legacy endpoint's `logprobs` is an int: how many alternatives per token, at most 5.
-MAX_LEGACY_LOGPROBS = 5
 
 
 @frozen
-class CompletionRequest:
+class TextCompletion:
+    """A checked `POST /v1/completions` body, as the backend takes it."""
+
     model: str
     prompt: str
     params: SamplingParams
@@ -49,56 +48,12 @@ class CompletionRequest:
     include_usage: bool = False
 
 
-def _parse_prompt(value: object) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, list):
-        raise invalid(
-            "'prompt' must be a string (or a list of one string); token-id prompts and "
-            "batches are not supported.",
-            "prompt",
-        )
-    if not isinstance(value, str) or not value:
-        raise invalid("'prompt' must be a non-empty string.", "prompt")
-    return value
-
-
-def _parse_max_tokens(body: dict[str, Any]) -> int:
-    value = body.get("max_tokens")
-    if value is None:
-        return DEFAULT_MAX_TOKENS
-    if not is_int(value) or value < 0:
-        raise invalid(
-            f"'max_tokens' must be an integer of at least 0; got {value!r}.", "max_tokens"
-        )
-    return value
-
-
-def parse_completion_request(body: object) -> CompletionRequest:
-    """Validate a decoded completions body; raises InvalidRequest naming the field."""
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.", None)
-    model = parse_model(body)
-    prompt = _parse_prompt(body.get("prompt"))
-    sampling = parse_sampling(body)
-    max_tokens = _parse_max_tokens(body)
-    stream, include_usage = parse_stream(body)
-    logprobs = body.get("logprobs")
-    if logprobs is not None and (not is_int(logprobs) or not 0 <= logprobs <= MAX_LEGACY_LOGPROBS):
-        raise invalid(f"'logprobs' must be an integer in [0, {MAX_LEGACY_LOGPROBS}].", "logprobs")
-    if body.get("echo"):
-        raise invalid("'echo' is not supported.", "echo")
-    if body.get("suffix"):
-        raise invalid("'suffix' (fill in the middle) is not supported.", "suffix")
-    best_of = body.get("best_of")
-    if best_of is not None and best_of != 1:
-        raise invalid(f"Only best_of=1 is supported; got {best_of!r}.", "best_of")
-    params = evolve(
-        sampling,
-        max_tokens=max_tokens,
-        logprobs=logprobs,
-    )
-    return CompletionRequest(model, prompt, params, stream, include_usage)
+def parse_completion_request(body: object) -> TextCompletion:
+    """A checked completions body; raises InvalidRequest naming the field."""
+    asked = convert_body(body, CompletionRequest, HINTS)
+    max_tokens = DEFAULT_MAX_TOKENS if asked.max_tokens is None else asked.max_tokens
+    params = evolve(asked.sampling(), max_tokens=max_tokens, logprobs=asked.logprobs)
+    return TextCompletion(asked.model, asked.text, params, bool(asked.stream), asked.include_usage)
 
 
 def new_completion_id() -> str:
@@ -128,7 +83,7 @@ class _TextChunks:
 class CompletionSse:
     """`text_completion` objects as server-sent events, one per piece of text."""
 
-    def __init__(self, completion: CompletionRequest) -> None:
+    def __init__(self, completion: TextCompletion) -> None:
         self._chunks = _TextChunks(new_completion_id(), int(time.time()), completion.model)
         self._logprobs = completion.params.logprobs is not None
         self._include_usage = completion.include_usage

@@ -15,9 +15,12 @@ import msgspec
 from attrs import frozen
 from msgspec import Meta
 
-from exo.api.backend import InvalidRequest
-from exo.api.openai_params import ANY_JSON_OBJECT
-from exo.api.tool_calls import parse_tools
+from exo.api.openai_request import (
+    ANY_JSON_OBJECT,
+    Tools,
+    function_tools,
+    refuse_duplicate_tools,
+)
 from exo.api.typed_body import convert_body
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -124,9 +127,11 @@ class OllamaChatRequest(_OllamaGeneration, kw_only=True):
     """An `/api/chat` body."""
 
     messages: Annotated[list[OllamaMessage], Meta(min_length=1)]
-    tools: Annotated[list[dict[str, Any]], Meta(description="OpenAI's function tools.")] | None = (
-        None
-    )
+    tools: Tools | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_duplicate_tools(self.tools)
 
 
 class OllamaGenerateRequest(_OllamaGeneration, kw_only=True):
@@ -163,10 +168,7 @@ class OllamaRequest:
 
 def parse_chat(body: object) -> OllamaRequest:
     chat = convert_body(body, OllamaChatRequest)
-    try:
-        tools = parse_tools(chat.tools or None)
-    except InvalidRequest as error:
-        raise InvalidRequest(f"'tools': {error.message}", "tools") from None
+    tools = function_tools(chat.tools)
     messages = tuple(_chat_message(i, m) for i, m in enumerate(chat.messages))
     return OllamaRequest(chat.model, messages, _sampling(chat), chat.stream, tools)
 

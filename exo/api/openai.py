@@ -1,8 +1,8 @@
 """The OpenAI dialect: `/v1/models` and `/v1/chat/completions`, streamed or not.
 
-Request bodies are validated here, strictly, before the backend is asked for anything; each
-violation is a 400 naming the offending field in `param`. Streaming uses server-sent events
-with one `chat.completion.chunk` per token, flushed as it is produced.
+Request bodies are checked (`openai_request.py`) before the backend is asked for anything;
+each violation is a 400 naming the offending field in `param`. Streaming uses server-sent
+events with one `chat.completion.chunk` per token, flushed as it is produced.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from attrs import evolve, frozen
+from attrs import frozen
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -36,43 +35,20 @@ from exo.api.errors import (
     server_error_payload,
 )
 from exo.api.logprobs import chat_logprobs
-from exo.api.openai_params import (
-    parse_chat_logprobs,
-    parse_response_format,
-    parse_sampling,
-)
+from exo.api.openai_request import ChatRequest, parse_chat_request
 from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.tool_calls import (
     CallParser,
-    ToolChoice,
     call_delta,
     call_object,
-    forced_call_schema,
-    offered,
-    parse_assistant_calls,
-    parse_tool_choice,
-    parse_tools,
 )
 from exo.api.validation import (
     decode_json_body,
-    invalid,
-    optional_positive_int,
 )
-from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool, ToolCall
+from exo.engine.protocol import Finished, TokenOut, ToolCall
 from exo.models.cards import ModelCard
 
 log = logging.getLogger(__name__)
-
-# Roles a client may send; `developer` is OpenAI's newer name for `system`.
-ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "tool": "tool",
-}
-# Text parts of a list-valued `content` are joined with this (as vLLM and llama.cpp do).
-CONTENT_PART_SEPARATOR = "\n"
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -81,172 +57,6 @@ SSE_HEADERS = {
 }
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-NO_TOOLS = ToolChoice("none")
-
-
-@frozen
-class ChatRequest:
-    """A validated `POST /v1/chat/completions` body."""
-
-    model: str
-    messages: tuple[ChatMessage, ...]
-    params: SamplingParams
-    stream: bool = False
-    include_usage: bool = False
-    tools: tuple[Tool, ...] = ()
-    tool_choice: ToolChoice = NO_TOOLS
-
-    @property
-    def offered_tools(self) -> tuple[Tool, ...]:
-        return offered(self.tools, self.tool_choice)
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _parse_content(value: object, role: str, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None and role == "assistant":
-        return ""
-    if isinstance(value, list) and value:
-        texts: list[str] = []
-        for j, part in enumerate(value):
-            at = f"{where}[{j}]"
-            if not isinstance(part, dict):
-                raise invalid(f'\'{at}\' must be an object like {{"type": "text", ...}}.', at)
-            if part.get("type") != "text":
-                raise invalid(
-                    f"'{at}.type' must be 'text'; got {part.get('type')!r} "
-                    "(only text content is supported).",
-                    f"{at}.type",
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise invalid(f"'{at}.text' must be a string.", f"{at}.text")
-            texts.append(text)
-        return CONTENT_PART_SEPARATOR.join(texts)
-    raise invalid(f"'{where}' must be a string or a non-empty list of text parts.", where)
-
-
-def parse_messages(value: object) -> tuple[ChatMessage, ...]:
-    if not isinstance(value, list) or not value:
-        raise invalid("'messages' must be a non-empty list of messages.", "messages")
-    messages: list[ChatMessage] = []
-    for i, item in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(item, dict):
-            raise invalid(f"'{where}' must be an object with 'role' and 'content'.", where)
-        role = item.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise invalid(
-                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
-                f"{where}.role",
-            )
-        calls = (
-            parse_assistant_calls(item.get("tool_calls"), f"{where}.tool_calls")
-            if role == "assistant"
-            else ()
-        )
-        content = item.get("content")
-        if content is None and calls:
-            content = ""
-        call_id = item.get("tool_call_id")
-        if call_id is not None and not isinstance(call_id, str):
-            raise invalid(f"'{where}.tool_call_id' must be a string.", f"{where}.tool_call_id")
-        messages.append(
-            ChatMessage(
-                role=ROLES[role],
-                content=_parse_content(content, role, f"{where}.content"),
-                tool_calls=calls,
-                tool_call_id=call_id,
-            )
-        )
-    return tuple(messages)
-
-
-def parse_chat_request(body: object) -> ChatRequest:
-    """Validate a decoded chat-completions body; raises InvalidRequest naming the field."""
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.", None)
-
-    model = parse_model(body)
-    messages = parse_messages(body.get("messages"))
-
-    sampling = parse_sampling(body)
-    max_tokens = optional_positive_int(body, "max_tokens")
-    max_completion_tokens = optional_positive_int(body, "max_completion_tokens")
-    stream, include_usage = parse_stream(body)
-
-    if body.get("functions") or body.get("function_call"):
-        raise invalid(
-            "The legacy 'functions' and 'function_call' are not supported; use 'tools'.",
-            "functions",
-        )
-    tools = parse_tools(body.get("tools"))
-    tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
-    parallel = body.get("parallel_tool_calls")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise invalid("'parallel_tool_calls' must be a boolean.", "parallel_tool_calls")
-    json_schema = parse_response_format(body.get("response_format"))
-    if tool_choice.forced:
-        if json_schema is not None:
-            raise invalid(
-                "A forced 'tool_choice' and a JSON 'response_format' cannot both constrain "
-                "the reply.",
-                "tool_choice",
-            )
-        json_schema = forced_call_schema(tools, tool_choice)
-
-    params = evolve(
-        sampling,
-        max_tokens=max_completion_tokens if max_completion_tokens is not None else max_tokens,
-        logprobs=parse_chat_logprobs(body),
-        json_schema=json_schema,
-    )
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        params=params,
-        stream=stream,
-        include_usage=include_usage,
-        tools=tools,
-        tool_choice=tool_choice,
-    )
-
-
-def parse_model(body: Mapping[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("'model' must be a non-empty string; see GET /v1/models.", "model")
-    return model
-
-
-def parse_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
-    """`stream` and `stream_options.include_usage`."""
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise invalid("'stream' must be a boolean.", "stream")
-    stream = bool(stream)
-    include_usage = False
-    stream_options = body.get("stream_options")
-    if stream_options is not None:
-        if not stream:
-            raise invalid(
-                "'stream_options' is only allowed when 'stream' is true.", "stream_options"
-            )
-        if not isinstance(stream_options, dict):
-            raise invalid("'stream_options' must be an object.", "stream_options")
-        usage = stream_options.get("include_usage")
-        if usage is not None and not isinstance(usage, bool):
-            raise invalid(
-                "'stream_options.include_usage' must be a boolean.", "stream_options.include_usage"
-            )
-        include_usage = bool(usage)
-    return stream, include_usage
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from exo.api.dashboard import ASSETS
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
+from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
 from exo.api.responses_request import ResponseRequest
 from exo.api.typed_body import body_schemas
 
@@ -60,6 +61,8 @@ TYPED_BODIES = (
     AnthropicMessagesRequest,
     AnthropicTokenCountRequest,
     ResponseRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
 )
 TYPED, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
 
@@ -408,9 +411,7 @@ def openapi_document() -> dict[str, Any]:
     schemas = {
         **s.ERRORS,
         "Model": s.model_object(),
-        "ChatCompletionRequest": s.chat_request(),
         "ChatCompletion": s.chat_completion(),
-        "CompletionRequest": s.completion_request(),
         "TextCompletion": s.text_completion(),
         "Response": s.response_object(),
         "AnthropicMessage": s.anthropic_message(),

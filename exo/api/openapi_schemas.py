@@ -15,14 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from exo.api import (
-    completions,
     instances,
-    openai_params,
-    tool_calls,
 )
 from exo.api.ollama import OLLAMA_API_VERSION
-from exo.api.openai import ROLES
-from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
 from exo.models.cards import BUNDLED_MODEL
 
 Schema = dict[str, Any]
@@ -57,7 +52,7 @@ def nullable(schema: Schema) -> Schema:
 
 
 def number(low: float, high: float, *, low_open: bool = False) -> Schema:
-    """A number in [low, high], or (low, high] with `low_open` (as `optional_number`)."""
+    """A number in [low, high], or (low, high] with `low_open` (as the typed models' `ge`/`gt` and `le`)."""
     bound = {"exclusiveMinimum": low} if low_open else {"minimum": low}
     return {"type": "number", **bound, "maximum": high}
 
@@ -151,131 +146,8 @@ ERRORS: dict[str, Schema] = {
 # OpenAI
 
 
-def openai_sampling() -> dict[str, Schema]:
-    """The fields `parse_sampling`, `parse_model` and `parse_stream` read: shared by chat
-    and completions."""
-    return {
-        "model": MODEL_ID,
-        "temperature": nullable(number(0, 2)),
-        "top_p": nullable(number(0, 1, low_open=True)),
-        "min_p": nullable(number(0, 1)),
-        "top_k": nullable(described(integer(-1), "0 or -1: off.")),
-        "presence_penalty": nullable(number(-2, 2)),
-        "frequency_penalty": nullable(number(-2, 2)),
-        "repetition_penalty": nullable(number(0, 10, low_open=True)),
-        "seed": nullable(integer(INT64_MIN, INT64_MAX)),
-        "stop": nullable({"anyOf": [NON_EMPTY, array(NON_EMPTY, maxItems=MAX_STOP_SEQUENCES)]}),
-        "n": enum(1, None),
-        "logit_bias": nullable(
-            {
-                "type": "object",
-                "maxProperties": openai_params.MAX_LOGIT_BIAS_ENTRIES,
-                "propertyNames": {"pattern": "^[0-9]{1,9}$"},
-                "additionalProperties": number(-100, 100),
-                "description": "Token id -> bias added to its logit.",
-            }
-        ),
-        "max_tokens": nullable(integer(1)),
-        "ignore_eos": nullable(
-            described(BOOLEAN, "vLLM's extension: generate past the end of sequence.")
-        ),
-        "stream": nullable(BOOLEAN),
-        "stream_options": nullable(obj({"include_usage": nullable(BOOLEAN)})),
-    }
-
-
 def text_part(*kinds: str) -> Schema:
     return record({"type": const(kinds[0]) if len(kinds) == 1 else enum(*kinds), "text": STRING})
-
-
-def function_tools() -> Schema:
-    """OpenAI's `tools`, as `parse_tools` takes them."""
-    function = obj(
-        {
-            "name": string(1, maxLength=64),
-            "description": STRING,
-            "parameters": described(ANY_OBJECT, "A JSON schema."),
-        },
-        "name",
-    )
-    tool = record({"type": const("function"), "function": function})
-    return described(
-        array(tool, maxItems=tool_calls.MAX_TOOLS), "Functions the model may call; distinct names."
-    )
-
-
-def chat_message() -> Schema:
-    """A message as `parse_messages` takes it."""
-    call = record({"id": STRING, "function": record({"name": STRING, "arguments": STRING})})
-    calls = described({}, "An assistant's calls; ignored on other roles.")
-    content = {"anyOf": [STRING, array(text_part("text"), minItems=1)]}
-    message = obj(
-        {
-            "role": enum(*sorted(ROLES)),
-            "content": nullable(content),
-            "tool_calls": calls,
-            "tool_call_id": nullable(STRING),
-        },
-        "role",
-    )
-    return {
-        **message,
-        "description": "`content` may be null or absent only on an assistant message.",
-        "if": record({"role": const("assistant")}),
-        "then": obj({"tool_calls": nullable(array(call))}),
-        "else": obj({"content": content}, "content"),
-    }
-
-
-def chat_request() -> Schema:
-    named = record({"type": const("function"), "function": record({"name": STRING})})
-    tool_choice = {
-        "anyOf": [enum("none", "auto", "required"), named],
-        "description": "Anything but `none` needs `tools`, a named function among them; a "
-        "forced call cannot be combined with a JSON `response_format`.",
-    }
-    response_format = {
-        **obj(
-            {
-                "type": enum("text", "json_object", "json_schema"),
-                "json_schema": described({}, "With type json_schema: `{name, schema}`."),
-            },
-            "type",
-        ),
-        "if": record({"type": const("json_schema")}),
-        "then": record({"json_schema": obj({"name": {}, "schema": ANY_OBJECT})}),
-    }
-    fields = {
-        **openai_sampling(),
-        "messages": array(chat_message(), minItems=1),
-        "max_completion_tokens": nullable(integer(1)),
-        "logprobs": nullable(BOOLEAN),
-        "top_logprobs": nullable(integer(0, openai_params.MAX_TOP_LOGPROBS)),
-        "tools": nullable(function_tools()),
-        "tool_choice": nullable(tool_choice),
-        "parallel_tool_calls": nullable(BOOLEAN),
-        "response_format": nullable(response_format),
-    }
-    return {
-        **obj(fields, "model", "messages"),
-        "description": "The legacy `functions` and `function_call` are refused; use `tools`.",
-        "allOf": [only_when("stream_options", "stream"), only_when("top_logprobs", "logprobs")],
-    }
-
-
-def completion_request() -> Schema:
-    fields = {
-        **openai_sampling(),
-        "prompt": {"anyOf": [NON_EMPTY, array(NON_EMPTY, minItems=1, maxItems=1)]},
-        "max_tokens": nullable(
-            described(integer(0), "Default 16; 0 counts the prompt and generates nothing.")
-        ),
-        "logprobs": nullable(integer(0, completions.MAX_LEGACY_LOGPROBS)),
-        "echo": refused(enum(False, None), "echo is not supported"),
-        "suffix": refused(enum("", None), "fill in the middle is not supported"),
-        "best_of": enum(1, None),
-    }
-    return {**obj(fields, "model", "prompt"), "allOf": [only_when("stream_options", "stream")]}
 
 
 USAGE = record(

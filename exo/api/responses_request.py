@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from exo.api.backend import InvalidRequest
 from exo.api.errors import dumps
-from exo.api.openai import CONTENT_PART_SEPARATOR, NO_TOOLS, ROLES
+from exo.api.openai_request import CONTENT_PART_SEPARATOR, NO_TOOLS, ROLES
 from exo.api.tool_calls import MAX_TOOLS, ToolChoice, forced_call_schema, offered, parse_tool_choice
 from exo.api.typed_body import convert_body
 from exo.api.validation import INT64_MAX

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
@@ -43,51 +43,6 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def read_tool(
-    fields: Mapping[str, Any], where: str, schema_key: str, earlier: Sequence[Tool]
-) -> Tool:
-    """A tool's name, description and JSON schema (under `schema_key`), as every dialect
-    spells them once unwrapped; the name must differ from the `earlier` tools'."""
-    name = fields.get("name")
-    if not isinstance(name, str) or not name or len(name) > 64:
-        raise invalid(f"'{where}.name' must be a string of 1 to 64 characters.", f"{where}.name")
-    if any(t.name == name for t in earlier):
-        raise invalid(f"Two tools are named {name!r}.", f"{where}.name")
-    description = fields.get("description", "")
-    if not isinstance(description, str):
-        raise invalid(f"'{where}.description' must be a string.", f"{where}.description")
-    parameters = fields.get(schema_key, {"type": "object", "properties": {}})
-    if not isinstance(parameters, dict):
-        raise invalid(
-            f"'{where}.{schema_key}' must be a JSON schema object.", f"{where}.{schema_key}"
-        )
-    return Tool(name, description, json.dumps(parameters))
-
-
-def read_function_tool(item: object, where: str, earlier: Sequence[Tool]) -> Tool:
-    """OpenAI's `{"type": "function", "function": {"name", "description", "parameters"}}`."""
-    if not isinstance(item, dict) or item.get("type") != "function":
-        raise invalid(f'\'{where}\' must be {{"type": "function", "function": ...}}.', where)
-    function = item.get("function")
-    if not isinstance(function, dict):
-        raise invalid(f"'{where}.function' must be an object.", f"{where}.function")
-    return read_tool(function, f"{where}.function", "parameters", earlier)
-
-
-def parse_tools(
-    value: object, read: Callable[[object, str, Sequence[Tool]], Tool] = read_function_tool
-) -> tuple[Tool, ...]:
-    """A `tools` list, each item read by the dialect's `read` (OpenAI's by default)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_TOOLS:
-        raise invalid(f"'tools' must be a list of at most {MAX_TOOLS} tools.", "tools")
-    tools: list[Tool] = []
-    for i, item in enumerate(value):
-        tools.append(read(item, f"tools[{i}]", tools))
-    return tuple(tools)
-
-
 def parse_tool_choice(value: object, tools: tuple[Tool, ...]) -> ToolChoice:
     if value is None:
         return ToolChoice("auto" if tools else "none")
@@ -113,32 +68,6 @@ def parse_tool_choice(value: object, tools: tuple[Tool, ...]) -> ToolChoice:
             f"'tool_choice' names {choice.name!r}, which is not in 'tools'.", "tool_choice"
         )
     return choice
-
-
-def parse_assistant_calls(value: object, where: str) -> tuple[ToolCall, ...]:
-    """An assistant message's `tool_calls`, sent back by the client in later turns."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise invalid(f"'{where}' must be a list of tool calls.", where)
-    calls: list[ToolCall] = []
-    for i, item in enumerate(value):
-        at = f"{where}[{i}]"
-        function = item.get("function") if isinstance(item, dict) else None
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("id"), str)
-            or not isinstance(function, dict)
-            or not isinstance(function.get("name"), str)
-            or not isinstance(function.get("arguments"), str)
-        ):
-            raise invalid(
-                f'\'{at}\' must be {{"id", "type": "function", "function": '
-                '{"name", "arguments": <JSON text>}}.',
-                at,
-            )
-        calls.append(ToolCall(item["id"], function["name"], function["arguments"]))
-    return tuple(calls)
 
 
 def forced_call_schema(tools: tuple[Tool, ...], choice: ToolChoice) -> str:

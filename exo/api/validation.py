@@ -7,8 +7,6 @@ answer a violation with a 400 in its own error shape.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Collection, Mapping
 from typing import Any
 
 from exo.api.backend import InvalidRequest
@@ -23,14 +21,6 @@ MAX_JSON_DEPTH = 512
 
 def invalid(message: str, param: str | None) -> InvalidRequest:
     return InvalidRequest(message, param)
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _refuse_constant(name: str) -> float:
@@ -70,69 +60,3 @@ def _nested_deeper(value: Any, limit: int) -> bool:
         children = item.values() if isinstance(item, dict) else item
         stack.extend([(c, depth + 1) for c in children if isinstance(c, dict | list)])
     return False
-
-
-def optional_number(
-    body: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
-) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    # An integer is finite, and one too large for a float overflows `isfinite`.
-    if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
-        raise invalid(f"'{name}' must be a number in {interval}.", name)
-    if value > high or value < low or (low_open and value == low):
-        raise invalid(f"'{name}' must be in {interval}; got {value}.", name)
-    return float(value)
-
-
-def optional_positive_int(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not is_int(value) or value < 1:
-        raise invalid(f"'{name}' must be an integer of at least 1; got {value!r}.", name)
-    return value
-
-
-def parse_stop(
-    value: object,
-    *,
-    name: str = "stop",
-    limit: int = MAX_STOP_SEQUENCES,
-    allow_string: bool = True,
-) -> tuple[str, ...]:
-    """OpenAI's `stop` by default; other dialects name their field, cap and shape."""
-    if value is None:
-        return ()
-    if isinstance(value, str) and allow_string:
-        value = [value]
-    if not isinstance(value, list) or len(value) > limit:
-        shape = "a string or a list" if allow_string else "a list"
-        raise invalid(f"'{name}' must be {shape} of up to {limit} strings.", name)
-    stops: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item:
-            raise invalid(f"Each '{name}' sequence must be a non-empty string.", name)
-        stops.append(item)
-    return tuple(stops)
-
-
-def text_parts(value: list[Any], where: str, kinds: Collection[str], refusal: str) -> list[str]:
-    """The `text` of each part of a list-valued content; a part of another kind is refused,
-    `refusal` saying what the dialect does not support (images, tool results, ...)."""
-    texts: list[str] = []
-    for j, part in enumerate(value):
-        at = f"{where}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in kinds:
-            expected = " or ".join(repr(k) for k in kinds)
-            raise invalid(
-                f"'{at}.type' must be {expected}; got {kind!r} ({refusal}).", f"{at}.type"
-            )
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise invalid(f"'{at}.text' must be a string.", f"{at}.text")
-        texts.append(text)
-    return texts

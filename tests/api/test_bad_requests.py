@@ -35,7 +35,7 @@ def message(**fields: Any) -> bytes:
     return body(messages=[{"role": "user", "content": "hi", **fields}])
 
 
-# (id, raw body, expected param)
+# (id, raw body, expected param: the exact field, down to the list item)
 BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("malformed-json", b'{"model": "m", "messages": [', None),
     ("invalid-utf8", b'{"model": "\xff\xfe", "messages": []}', None),
@@ -83,7 +83,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("stop-number", body(stop=5), "stop"),
     ("stop-too-many", body(stop=["a", "b", "c", "d", "e"]), "stop"),
     ("stop-empty-string", body(stop=""), "stop"),
-    ("stop-list-with-number", body(stop=["a", 1]), "stop"),
+    ("stop-list-with-number", body(stop=["a", 1]), "stop[1]"),
     ("seed-float", body(seed=1.5), "seed"),
     ("seed-string", body(seed="1"), "seed"),
     ("seed-too-big", body(seed=2**64), "seed"),
@@ -129,7 +129,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
         "response_format.json_schema.schema",
     ),
     ("tools-not-list", body(tools={"type": "function"}), "tools"),
-    ("tool-not-function", body(tools=[{"type": "retrieval"}]), "tools[0]"),
+    ("tool-not-function", body(tools=[{"type": "retrieval"}]), "tools[0].type"),
     (
         "tool-without-name",
         body(tools=[{"type": "function", "function": {}}]),
@@ -162,7 +162,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     (
         "assistant-tool-calls-malformed",
         message(role="assistant", content=None, tool_calls=[{"id": 1}]),
-        "messages[0].tool_calls[0]",
+        "messages[0].tool_calls[0].id",
     ),
     ("tool-call-id-not-string", message(role="tool", tool_call_id=5), "messages[0].tool_call_id"),
 ]

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import openai
 import pytest
 import trio
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from exo.api.tool_calls import CallParser, ToolChoice, forced_call_schema, parse_tools
+from exo.api.openai_request import ChatTool, function_tools
+from exo.api.tool_calls import CallParser, ToolChoice, forced_call_schema
 from exo.engine.protocol import (
     ChatMessage,
     Finished,
@@ -39,7 +41,7 @@ WEATHER: ChatCompletionToolParam = {
         },
     },
 }
-TOOLS = parse_tools([WEATHER])
+TOOLS = function_tools([msgspec.convert(WEATHER, ChatTool)])
 CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exo.api.backend import InvalidRequest
-from exo.api.openai import parse_chat_request
+from exo.api.openai_request import parse_chat_request
 from exo.api.validation import decode_json_body
 from exo.engine.protocol import ChatMessage, SamplingParams
 
