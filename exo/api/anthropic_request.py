@@ -23,7 +23,7 @@ from exo.api.tool_calls import (
     offered,
     parse_tool_choice,
 )
-from exo.api.typed_body import convert_body
+from exo.api.typed_body import ModelName, convert_body
 from exo.api.validation import INT64_MAX
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -140,7 +140,7 @@ class AnthropicOutputConfig(msgspec.Struct, kw_only=True):
 class AnthropicTokenCountRequest(msgspec.Struct, kw_only=True):
     """A `/v1/messages/count_tokens` body: the start of a messages body."""
 
-    model: Annotated[NonEmpty, Meta(description="A model id; see GET /v1/models.")]
+    model: ModelName
     messages: Annotated[
         list[AnthropicTurn],
         Meta(

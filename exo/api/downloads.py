@@ -3,31 +3,32 @@ routes drive the dashboard's Start and Stop buttons."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+from msgspec import Meta
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, InvalidRequest
+from exo.api.backend import Backend
 from exo.api.errors import answer_json
+from exo.api.typed_body import ModelName, convert_body
 from exo.api.validation import decode_json_body
+
+
+class DownloadTarget(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A model and the node to fetch all of it onto (default: this one); a `POST
+    /downloads` body, or the query of `DELETE /downloads`."""
+
+    model: ModelName
+    node: Annotated[str, Meta(min_length=1, description="A node id (GET /state).")] | None = None
 
 
 def parse_download_target(fields: object) -> tuple[str, str | None]:
     """(model, node or None) from a JSON body or the query; raises InvalidRequest."""
-    if not isinstance(fields, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(fields) - {"model", "node"})
-    if unknown:
-        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
-    model = fields.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
-    node = fields.get("node")
-    if node is not None and (not isinstance(node, str) or not node):
-        raise InvalidRequest("'node' must be a node id (GET /state lists them).", "node")
-    return model, node
+    target = convert_body(fields, DownloadTarget)
+    return target.model, target.node
 
 
 def register_downloads(app: QuartTrio, backend: Backend) -> None:

@@ -3,58 +3,50 @@ model could go. Errors use the same JSON error shape as the rest of the API."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from attrs import frozen
+import msgspec
+from msgspec import Meta
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, InvalidRequest
 from exo.api.errors import answer_json
+from exo.api.typed_body import ModelName, NonEmpty, convert_body
 from exo.api.validation import decode_json_body
 
 STRATEGIES = ("pipeline", "tensor")
 
 
-@frozen
-class PlaceRequest:
-    model: str
-    strategy: str
-    nodes: tuple[str, ...] | None
-    min_nodes: int
-    context_length: int | None = None
+class PlaceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A `POST /instances` body."""
+
+    model: ModelName
+    strategy: Literal["pipeline", "tensor"] = "pipeline"
+    nodes: (
+        Annotated[
+            list[NonEmpty],
+            Meta(
+                min_length=1,
+                description="Distinct node ids.",
+                extra_json_schema={"uniqueItems": True},
+            ),
+        ]
+        | None
+    ) = None
+    min_nodes: Annotated[int, Meta(ge=1, description="Default: len(nodes), or 1.")] | None = None
+    context_length: Annotated[int, Meta(ge=1, description="Tokens.")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes is not None and len(set(self.nodes)) != len(self.nodes):
+            raise ValueError("`nodes`: must be a list of distinct node ids")
+        if self.min_nodes is None:
+            self.min_nodes = len(self.nodes) if self.nodes else 1
 
 
 def parse_place_request(body: object) -> PlaceRequest:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - {"model", "strategy", "nodes", "min_nodes", "context_length"})
-    if unknown:
-        raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
-    strategy = body.get("strategy", "pipeline")
-    if strategy not in STRATEGIES:
-        raise InvalidRequest("'strategy' must be 'pipeline' or 'tensor'.", "strategy")
-    nodes = body.get("nodes")
-    if nodes is not None and (
-        not isinstance(nodes, list)
-        or not nodes
-        or not all(isinstance(n, str) and n for n in nodes)
-        or len(set(nodes)) != len(nodes)
-    ):
-        raise InvalidRequest("'nodes' must be a non-empty list of distinct node ids.", "nodes")
-    min_nodes = body.get("min_nodes", len(nodes) if nodes else 1)
-    if type(min_nodes) is not int or min_nodes < 1:
-        raise InvalidRequest("'min_nodes' must be an integer of at least 1.", "min_nodes")
-    context_length = body.get("context_length")
-    if context_length is not None and (type(context_length) is not int or context_length < 1):
-        raise InvalidRequest(
-            "'context_length' must be an integer of at least 1 (tokens).", "context_length"
-        )
-    return PlaceRequest(model, strategy, tuple(nodes) if nodes else None, min_nodes, context_length)
+    return convert_body(body, PlaceRequest)
 
 
 def register_instances(app: QuartTrio, backend: Backend) -> None:
@@ -67,7 +59,11 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
         async def work() -> Any:
             place = parse_place_request(decode_json_body(raw))
             return await backend.create_instance(
-                place.model, place.strategy, place.nodes, place.min_nodes, place.context_length
+                place.model,
+                place.strategy,
+                tuple(place.nodes) if place.nodes else None,
+                place.min_nodes or 1,
+                place.context_length,
             )
 
         return await answer_json(work, 201)

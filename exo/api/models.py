@@ -3,37 +3,41 @@ from the hub, catalogue aliases), with its card and each node's download of it."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
+from msgspec import Meta
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
-from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
+from exo.api.backend import Backend, BackendError, lookup_model
 from exo.api.errors import backend_error_response, json_response
+from exo.api.typed_body import convert_body
 from exo.api.validation import decode_json_body
 
 # Names a local model may take: what a client can put in "model" without surprises.
 MAX_NAME = 128
 
 
+class LocalModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A `POST /models` body: a model directory on the nodes, and the name to serve it under."""
+
+    model: Annotated[
+        str,
+        Meta(min_length=1, max_length=MAX_NAME, pattern=r"^\S+$", description="No spaces."),
+    ]
+    path: Annotated[str, Meta(pattern="^/", description="An absolute path to a model directory.")]
+
+    def __post_init__(self) -> None:
+        if not self.model.isprintable():
+            raise ValueError("`model`: must not contain control characters")
+
+
 def parse_local_model(body: Any) -> tuple[str, str]:
     """(name, path) of a `POST /models` body `{"model": NAME, "path": DIR}`."""
-    if not isinstance(body, dict):
-        raise InvalidRequest('The body must be a JSON object: {"model": ..., "path": ...}.')
-    extra = sorted(set(body) - {"model", "path"})
-    if extra:
-        raise InvalidRequest(f"Unknown field '{extra[0]}'.", extra[0])
-    name, path = body.get("model"), body.get("path")
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise InvalidRequest(
-            f"'model' must be a name of 1 to {MAX_NAME} characters to serve it under.", "model"
-        )
-    if any(c.isspace() or not c.isprintable() for c in name):
-        raise InvalidRequest("'model' must not contain spaces or control characters.", "model")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise InvalidRequest("'path' must be an absolute path to a model directory.", "path")
-    return name, path
+    local = convert_body(body, LocalModel)
+    return local.model, local.path
 
 
 def view_of(backend: Backend, model_id: str) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from exo.api.openai_request import (
     function_tools,
     refuse_duplicate_tools,
 )
-from exo.api.typed_body import convert_body
+from exo.api.typed_body import ModelName, convert_body
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
 # Ollama's sampling defaults, so a client that sends no options samples as Ollama would.
@@ -104,7 +104,7 @@ class OllamaMessage(msgspec.Struct, kw_only=True):
 
 
 class _OllamaGeneration(msgspec.Struct, kw_only=True):
-    model: Annotated[str, Meta(min_length=1, description="A model id; `:latest` is accepted.")]
+    model: Annotated[ModelName, Meta(description="A model id; `:latest` is accepted.")]
     stream: Annotated[bool, Meta(description="Default true: NDJSON lines.")] = True
     options: OllamaOptions | None = None
     format: (

@@ -24,7 +24,7 @@ from exo.api.tool_calls import (
     offered,
     parse_tool_choice,
 )
-from exo.api.typed_body import convert_body
+from exo.api.typed_body import ModelName, convert_body
 from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -58,7 +58,6 @@ HINTS = {
 }
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
-Model = Annotated[str, Meta(min_length=1, description="A model id; see GET /v1/models.")]
 Stop = NonEmpty | Annotated[list[NonEmpty], Meta(max_length=MAX_STOP_SEQUENCES)]
 TokenId = Annotated[str, Meta(pattern="^[0-9]{1,9}$")]
 Bias = Annotated[float, Meta(ge=-100, le=100)]
@@ -71,7 +70,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 class _Sampling(msgspec.Struct, kw_only=True):
     """The fields OpenAI's chat and completion bodies share; null is the same as absent."""
 
-    model: Model
+    model: ModelName
     temperature: Annotated[float, Meta(ge=0, le=2, description="Default 1.")] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1, description="Default 1.")] | None = None
     min_p: Annotated[float, Meta(ge=0, le=1)] | None = None

@@ -24,7 +24,10 @@ from exo.api.anthropic_request import (
     AnthropicTokenCountRequest,
 )
 from exo.api.dashboard import ASSETS
+from exo.api.downloads import DownloadTarget
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
+from exo.api.instances import PlaceRequest
+from exo.api.models import LocalModel
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
@@ -63,6 +66,9 @@ TYPED_BODIES = (
     ResponseRequest,
     ChatCompletionRequest,
     CompletionRequest,
+    PlaceRequest,
+    DownloadTarget,
+    LocalModel,
 )
 TYPED, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
 
@@ -211,7 +217,7 @@ def admin_paths() -> dict[str, Schema]:
                 "Place an instance of a model",
                 "instances",
                 ok(s.ref("Instance"), 201) | errors("OpenAI", GENERATION),
-                body=s.place_request(),
+                body=TYPED[PlaceRequest],
             ),
         },
         "/downloads": {
@@ -225,7 +231,7 @@ def admin_paths() -> dict[str, Schema]:
                 "or a stop, it continues from the bytes on disk",
                 "models",
                 ok(s.download_entry(), 202) | errors("OpenAI", GENERATION),
-                body=s.download_target(),
+                body=TYPED[DownloadTarget],
             ),
             "delete": op(
                 "Stop fetching a model on a node (default: this one), placed there or not; "
@@ -256,7 +262,7 @@ def admin_paths() -> dict[str, Schema]:
                 "Serve a model directory on this node (MLX or Hugging Face layout) under a name",
                 "models",
                 ok(s.model_view(), 201) | errors("OpenAI", (*BODY, 503)),
-                body=s.local_model_request(),
+                body=TYPED[LocalModel],
             ),
         },
         "/models/{model}": {

@@ -364,25 +364,7 @@ def instance() -> Schema:
     )
 
 
-def place_request() -> Schema:
-    fields = {
-        "model": MODEL_ID,
-        "strategy": enum(*instances.STRATEGIES),
-        "nodes": nullable(array(NON_EMPTY, minItems=1, uniqueItems=True)),
-        "min_nodes": integer(1),
-        "context_length": nullable(integer(1)),
-    }
-    return obj(fields, "model", additionalProperties=False)
-
-
 DOWNLOAD_PHASE = enum("pending", "downloading", "complete", "failed", "stopped")
-
-
-def download_target() -> Schema:
-    """POST /downloads: a model and the node to fetch all of it onto (default: this one)."""
-    return obj(
-        {"model": MODEL_ID, "node": nullable(NON_EMPTY)}, "model", additionalProperties=False
-    )
 
 
 def download_entry() -> Schema:
@@ -430,14 +412,6 @@ def model_view() -> Schema:
         "instances",
         "alias_of",
     )
-
-
-def local_model_request() -> Schema:
-    fields = {
-        "model": string(1, maxLength=128, pattern=r"^[^\s]+$"),
-        "path": string(1, pattern="^/"),
-    }
-    return obj(fields, "model", "path", additionalProperties=False)
 
 
 def previews() -> Schema:

@@ -20,7 +20,7 @@ from exo.api.backend import InvalidRequest
 from exo.api.errors import dumps
 from exo.api.openai_request import CONTENT_PART_SEPARATOR, NO_TOOLS, ROLES
 from exo.api.tool_calls import MAX_TOOLS, ToolChoice, forced_call_schema, offered, parse_tool_choice
-from exo.api.typed_body import convert_body
+from exo.api.typed_body import ModelName, convert_body
 from exo.api.validation import INT64_MAX
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -127,7 +127,7 @@ Refused = Annotated[None, Meta(description="Refused: exo stores no responses.")]
 class ResponseRequest(msgspec.Struct, kw_only=True):
     """A `POST /v1/responses` body."""
 
-    model: Annotated[NonEmpty, Meta(description="A model id; see GET /v1/models.")]
+    model: ModelName
     input: str | Annotated[list[ResponsesInputItem], Meta(min_length=1)]
     instructions: str | None = None
     temperature: Annotated[float, Meta(ge=0, le=2, description="Default 1.")] | None = None

@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from exo.api.backend import InvalidRequest
+from exo.models.cards import BUNDLED_MODEL
 
 T = TypeVar("T")
+NonEmpty = Annotated[str, Meta(min_length=1)]
+# A model's name in a request: the fuzzer and a reader of /openapi.json get a real one.
+ModelName = Annotated[
+    str, Meta(min_length=1, description="A model id from GET /v1/models.", examples=[BUNDLED_MODEL])
+]
 Schema = dict[str, Any]
 
 _WHERE = re.compile(
     r"^(?P<detail>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL
 )
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
 _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?P<rest>.*?)(?:, got `(?P<got>[^`]+)`)?$")
 _LENGTH = re.compile(r"^ of length (?P<bound>>=|<=) (?P<count>\d+)$")
 _OWN = re.compile(r"^`(?P<field>[^`]+)`: (?P<detail>.*)$", re.DOTALL)
@@ -72,6 +80,9 @@ def invalid_request(error: msgspec.ValidationError) -> InvalidRequest:
     if (missing := _MISSING.match(detail)) is not None:
         param = _join(path, missing["field"])
         return InvalidRequest(f"'{param}' is required", param)
+    if (unknown := _UNKNOWN.match(detail)) is not None:
+        param = _join(path, unknown["field"])
+        return InvalidRequest(f"Unknown field '{param}'.", param)
     if (own := _OWN.match(detail)) is not None:
         param = _join(path, own["field"])
         said = own["detail"]
