@@ -256,9 +256,9 @@ def test_the_simulator_catches_two_masters_sharing_a_peer(
     """A planted bug: masters that ignore peers following a newer live master (what exo
     did before). Seed 57's bridge fault (two sides that both reach one node) then leaves
     two masters linked with the same nodes."""
-    from exo.actors import control
+    from exo.actors import peer_views
 
-    monkeypatch.setattr(control, "_follows_live_master", lambda beat, me: False)
+    monkeypatch.setattr(peer_views, "_follows_live_master", lambda beat, me: False)
     result = run_seed(57)
     assert not result.passed
     assert any(v.startswith("two masters") for v in result.violations)
