@@ -264,12 +264,13 @@ def response_object() -> Schema:
                 array({"anyOf": [message, call]}),
                 "In the reply's order: a message per run of text, a function_call per call.",
             ),
-            "usage": nullable(ANY_OBJECT),
+            "usage": described(ANY_OBJECT, "Once known: absent while in progress."),
             "error": nullable(ANY_OBJECT),
             "tools": array(record({"type": const("function"), "name": STRING})),
             "tool_choice": {},
             "parallel_tool_calls": BOOLEAN,
-        }
+        },
+        "usage",
     )
 
 

@@ -111,7 +111,9 @@ class ResponsesFormat:
         incomplete: bool = False,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The `response` object as it stands in `status`."""
+        """The `response` object as it stands in `status`; `usage` only once known (an
+        object in OpenAI's schema, never null)."""
+        known = {} if usage is None else {"usage": usage}
         return {
             "id": self._id,
             "object": "response",
@@ -126,7 +128,7 @@ class ResponsesFormat:
             "reasoning": {"effort": None, "summary": None},
             "store": False,
             "truncation": "disabled",
-            "usage": usage,
+            **known,
             **self._parsed.echo,
         }
 

@@ -232,7 +232,7 @@ def parse_responses_request(body: object) -> ResponsesRequest:
         json_schema=json_schema,
     )
     fields = ("name", "description", "parameters", "strict")
-    echo = {
+    echo: dict[str, Any] = {
         "instructions": asked.instructions,
         "max_output_tokens": asked.max_output_tokens,
         "metadata": dict(asked.metadata or {}),
@@ -244,8 +244,9 @@ def parse_responses_request(body: object) -> ResponsesRequest:
         "tools": [
             {"type": "function", **{f: getattr(t, f) for f in fields}} for t in asked.tools or ()
         ],
-        "user": asked.user,
     }
+    if asked.user is not None:  # a string in OpenAI's schema, so absent rather than null
+        echo["user"] = asked.user
     return ResponsesRequest(
         asked.model, messages, params, bool(asked.stream), echo, tools, tool_choice
     )

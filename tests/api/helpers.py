@@ -76,6 +76,19 @@ def sse_data(body: str) -> list[Any]:
     return events
 
 
+def typed_events(body: str) -> list[dict[str, Any]]:
+    """The events of a Responses SSE body; checks each `event:` line names its `type`."""
+    events: list[dict[str, Any]] = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        event_line, data_line = block.split("\n")
+        data = json.loads(data_line.removeprefix("data: "))
+        assert event_line == f"event: {data['type']}", block
+        events.append(data)
+    return events
+
+
 def assert_error_shape(
     body: Any, *, type: str, param: str | None = None, code: str | None = None
 ) -> None:

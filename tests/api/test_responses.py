@@ -18,7 +18,7 @@ from exo.api.backend import GenerationFailed, InvalidRequest, Unavailable
 from exo.engine.protocol import ChatMessage, SamplingParams, TokenOut, Tool, ToolCall
 
 from .fakes import MODEL, FakeBackend, Raise, tokens
-from .helpers import assert_error_shape, openai_stream_gc, running
+from .helpers import assert_error_shape, openai_stream_gc, running, typed_events
 
 RESPONSES = "/v1/responses"
 STREAMED = [
@@ -48,19 +48,6 @@ def client_for(url: str) -> openai.AsyncOpenAI:
         ),
         _strict_response_validation=True,
     )
-
-
-def typed_events(body: str) -> list[dict[str, Any]]:
-    """The events of a Responses SSE body; checks each `event:` line names its `type`."""
-    events: list[dict[str, Any]] = []
-    for block in body.split("\n\n"):
-        if not block.strip():
-            continue
-        event_line, data_line = block.split("\n")
-        data = json.loads(data_line.removeprefix("data: "))
-        assert event_line == f"event: {data['type']}", block
-        events.append(data)
-    return events
 
 
 async def test_plain_response() -> None:
