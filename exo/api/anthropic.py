@@ -42,8 +42,14 @@ from exo.api.errors import (
     http_error_parts,
     json_response,
 )
-from exo.api.openai import SSE_CONTENT_TYPE, SSE_HEADERS
-from exo.api.streaming import GenerationStream, Whole, streamed_response, whole_generation
+from exo.api.streaming import (
+    SSE_CONTENT_TYPE,
+    SSE_HEADERS,
+    GenerationStream,
+    Whole,
+    streamed_response,
+    whole_generation,
+)
 from exo.api.tool_calls import (
     CallParser,
 )

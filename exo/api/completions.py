@@ -20,16 +20,17 @@ from quart_trio.wrappers import TrioResponse
 from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import as_backend_error, backend_error_response, json_response
 from exo.api.logprobs import completion_logprobs
-from exo.api.openai import (
+from exo.api.openai import error_payload_for, usage
+from exo.api.openai_request import HINTS, CompletionRequest
+from exo.api.streaming import (
     SSE_CONTENT_TYPE,
     SSE_DONE,
     SSE_HEADERS,
-    error_payload_for,
+    GenerationStream,
     sse_event,
-    usage,
+    streamed_response,
+    whole_generation,
 )
-from exo.api.openai_request import HINTS, CompletionRequest
-from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.typed_body import convert_body
 from exo.api.validation import decode_json_body
 from exo.engine.protocol import Finished, SamplingParams, TokenOut

@@ -30,13 +30,20 @@ from exo.api.errors import (
     as_backend_error,
     backend_error_payload,
     backend_error_response,
-    dumps,
     json_response,
     server_error_payload,
 )
 from exo.api.logprobs import chat_logprobs
 from exo.api.openai_request import ChatRequest, parse_chat_request
-from exo.api.streaming import GenerationStream, streamed_response, whole_generation
+from exo.api.streaming import (
+    SSE_CONTENT_TYPE,
+    SSE_DONE,
+    SSE_HEADERS,
+    GenerationStream,
+    sse_event,
+    streamed_response,
+    whole_generation,
+)
 from exo.api.tool_calls import (
     CallParser,
     call_delta,
@@ -49,14 +56,6 @@ from exo.engine.protocol import Finished, TokenOut, ToolCall
 from exo.models.cards import ModelCard
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    # Tells nginx-style reverse proxies not to buffer the stream.
-    "X-Accel-Buffering": "no",
-}
-SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,10 +101,6 @@ def usage(finished: Finished) -> dict[str, Any]:
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
     }
-
-
-def sse_event(data: Any) -> bytes:
-    return f"data: {dumps(data)}\n\n".encode()
 
 
 @frozen

@@ -31,16 +31,19 @@ from exo.api.errors import (
     error_response,
     json_response,
 )
-from exo.api.openai import (
-    SSE_CONTENT_TYPE,
-    SSE_HEADERS,
-)
 from exo.api.responses_request import (
     NOT_STORED,
     ResponsesRequest,
     parse_responses_request,
 )
-from exo.api.streaming import GenerationStream, Whole, streamed_response, whole_generation
+from exo.api.streaming import (
+    SSE_CONTENT_TYPE,
+    SSE_HEADERS,
+    GenerationStream,
+    Whole,
+    streamed_response,
+    whole_generation,
+)
 from exo.api.tool_calls import (
     CallParser,
 )

@@ -30,17 +30,31 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from attrs import frozen
 from quart.wrappers.response import ResponseBody
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, Chunk, GenerationFailed
-from exo.api.errors import as_backend_error
+from exo.api.errors import as_backend_error, dumps
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 
 UNFINISHED = "The generation ended without finishing."
+
+
+# Server-sent events, as every SSE dialect (OpenAI's, Responses', Anthropic's) sends them.
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Tells nginx-style reverse proxies not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(data: Any) -> bytes:
+    return f"data: {dumps(data)}\n\n".encode()
 
 
 def check_finish(finished: Finished | None) -> Finished:
