@@ -5,3 +5,6 @@ streams), which uses `client` (one streamed request, timed chunk by chunk), `pro
 (prompts exact to the token), `placement` (the `/instances` API); `stats` (pure) turns
 measurements into percentiles, `report` and `plot` present them. docs/bench.md.
 """
+
+# What other packages may import: the CLI entry (tests/test_public_surface.py).
+__all__ = ["cli"]

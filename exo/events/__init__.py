@@ -1,1 +1,15 @@
 """The vocabulary and the pure core: ids, facts, events, commands, codec, state, log."""
+
+# The modules other packages may import: all of the vocabulary and the core
+# (tests/test_public_surface.py).
+__all__ = [
+    "codec",
+    "commands",
+    "events",
+    "facts",
+    "ids",
+    "log",
+    "replay",
+    "snapshot",
+    "state",
+]

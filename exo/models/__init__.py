@@ -1,1 +1,13 @@
 """Model cards, the bundled default model, and weight planning."""
+
+# The modules other packages may import (tests/test_public_surface.py).
+__all__ = [
+    "bundled",
+    "cards",
+    "catalog",
+    "gguf",
+    "hub",
+    "hub_client",
+    "hub_errors",
+    "hub_files",
+]
