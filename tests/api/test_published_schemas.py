@@ -3,7 +3,10 @@
 scripts/published_schemas.py): every required field there, of the right type, in every
 object and every stream chunk or event. The openai client's models do not catch a missing
 required field; these schemas do (a chat message's `refusal` was missing until
-2026-12-06, and `response.function_call_arguments.done`'s `name`)."""
+2026-12-06, and `response.function_call_arguments.done`'s `name`).
+
+Anthropic publishes no OpenAPI document; its SDK's types are generated from its own, so
+the Messages route is checked against them, in pydantic's strict mode."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 import trio
+from anthropic.types import Message, RawMessageStreamEvent
 from jsonschema import Draft202012Validator
 
 from .fakes import MODEL, FakeBackend, tokens
@@ -105,3 +110,21 @@ async def test_responses_match_openais_schema(text: tuple[str, ...]) -> None:
     assert len(events) >= 5
     for event in events:
         assert_conforms(event, event_schema(event["type"]))
+
+
+ANTHROPIC_TOOL = {"name": "get_weather", "input_schema": PARAMETERS}
+
+
+@pytest.mark.parametrize("text", [("Hel", "lo"), ("Let me check. ", CALL)], ids=["text", "call"])
+async def test_anthropic_messages_match_its_sdks_types(text: tuple[str, ...]) -> None:
+    body = {"model": MODEL, "max_tokens": 16, "messages": USER, "tools": [ANTHROPIC_TOOL]}
+    whole = await exchange("POST", "/v1/messages", body, *text)
+    assert whole.status_code == 200, whole.text
+    Message.model_validate(whole.json(), strict=True)
+    streamed = (await exchange("POST", "/v1/messages", {**body, "stream": True}, *text)).text
+    events = [json.loads(block.split("data: ", 1)[1]) for block in streamed.split("\n\n") if block]
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RawMessageStreamEvent)
+    # `ping` keeps proxies from closing a quiet stream; the SDK skips it, so has no type.
+    assert [e for e in events if e["type"] == "ping"] == [{"type": "ping"}]
+    kinds = [adapter.validate_python(e, strict=True).type for e in events if e["type"] != "ping"]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
