@@ -15,7 +15,6 @@ import msgspec
 from attrs import frozen
 from msgspec import Meta
 
-from exo.api.openai_request import CONTENT_PART_SEPARATOR
 from exo.api.tool_calls import (
     MAX_TOOLS,
     ToolChoice,
@@ -23,7 +22,14 @@ from exo.api.tool_calls import (
     offered,
     parse_tool_choice,
 )
-from exo.api.typed_body import ModelName, convert_body
+from exo.api.typed_body import (
+    CONTENT_PART_SEPARATOR,
+    ModelName,
+    NonEmpty,
+    convert_body,
+    joined_text,
+    refuse_duplicate_names,
+)
 from exo.api.validation import INT64_MAX
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -45,7 +51,6 @@ HINTS = {
     "output_config.format": f"structured output is not supported on {MESSAGES_PATH} yet",
 }
 
-NonEmpty = Annotated[str, Meta(min_length=1)]
 ToolName = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
@@ -158,10 +163,7 @@ class AnthropicTokenCountRequest(msgspec.Struct, kw_only=True):
     output_config: AnthropicOutputConfig | None = None
 
     def __post_init__(self) -> None:
-        names = [tool.name for tool in self.tools or ()]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ValueError(f"`tools[{i}].name`: Two tools are named {name!r}.")
+        refuse_duplicate_names([tool.name for tool in self.tools or ()], "tools[{i}].name")
         if self.messages[-1].role == "assistant":
             # Anthropic continues a final assistant turn; exo's chat templates cannot yet.
             raise ValueError(
@@ -232,7 +234,7 @@ def parse_messages_request(body: object) -> MessagesRequest:
 
 
 def _prompt(asked: AnthropicTokenCountRequest) -> Prompt:
-    system = _text(asked.system)
+    system = joined_text(asked.system)
     turns = [message for turn in asked.messages for message in _turn(turn)]
     tools = tuple(
         Tool(t.name, t.description, json.dumps(t.input_schema)) for t in asked.tools or ()
@@ -243,12 +245,6 @@ def _prompt(asked: AnthropicTokenCountRequest) -> Prompt:
         tools=tools,
         tool_choice=_tool_choice(asked.tool_choice, tools),
     )
-
-
-def _text(content: str | list[AnthropicText] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return CONTENT_PART_SEPARATOR.join(block.text for block in content)
 
 
 def _turn(turn: AnthropicTurn) -> list[ChatMessage]:
@@ -267,7 +263,7 @@ def _turn(turn: AnthropicTurn) -> list[ChatMessage]:
             case AnthropicToolUse(id=call_id, name=name, input=arguments):
                 calls.append(ToolCall(call_id, name, json.dumps(arguments, ensure_ascii=False)))
             case AnthropicToolResult(tool_use_id=call_id, content=content, is_error=is_error):
-                text = _text(content)
+                text = joined_text(content)
                 said = f"Error: {text}" if is_error else text
                 results.append(ChatMessage("tool", said, tool_call_id=call_id))
     if texts or calls or not results:

@@ -24,7 +24,13 @@ from exo.api.tool_calls import (
     offered,
     parse_tool_choice,
 )
-from exo.api.typed_body import ModelName, convert_body
+from exo.api.typed_body import (
+    ModelName,
+    NonEmpty,
+    convert_body,
+    joined_text,
+    refuse_duplicate_names,
+)
 from exo.api.validation import INT64_MAX, INT64_MIN, MAX_STOP_SEQUENCES
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -36,8 +42,6 @@ ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
-# Text parts of a list-valued `content` are joined with this (as vLLM and llama.cpp do).
-CONTENT_PART_SEPARATOR = "\n"
 NO_TOOLS = ToolChoice("none")
 MAX_LOGIT_BIAS_ENTRIES = 300
 MAX_TOP_LOGPROBS = 20
@@ -57,7 +61,6 @@ HINTS = {
     "best_of": "only best_of=1 is supported",
 }
 
-NonEmpty = Annotated[str, Meta(min_length=1)]
 Stop = NonEmpty | Annotated[list[NonEmpty], Meta(max_length=MAX_STOP_SEQUENCES)]
 TokenId = Annotated[str, Meta(pattern="^[0-9]{1,9}$")]
 Bias = Annotated[float, Meta(ge=-100, le=100)]
@@ -232,10 +235,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 
 def refuse_duplicate_tools(tools: list[ChatTool] | None) -> None:
     """Raise (in a model's `__post_init__`) when two tools share a name."""
-    names = [tool.function.name for tool in tools or ()]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ValueError(f"`tools[{i}].function.name`: Two tools are named {name!r}.")
+    refuse_duplicate_names([t.function.name for t in tools or ()], "tools[{i}].function.name")
 
 
 @frozen
@@ -293,27 +293,24 @@ def chat_message(message: ChatMessageIn) -> ChatMessage:
         calls = tuple(
             ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls
         )
-    content = message.content
-    text = (
-        ""
-        if content is None
-        else content
-        if isinstance(content, str)
-        else CONTENT_PART_SEPARATOR.join(part.text for part in content)
+    return ChatMessage(
+        ROLES[message.role], joined_text(message.content), calls, message.tool_call_id
     )
-    return ChatMessage(ROLES[message.role], text, calls, message.tool_call_id)
 
 
 def function_tools(tools: list[ChatTool] | None) -> tuple[Tool, ...]:
     """OpenAI's function tools as the engine takes them (their schema as JSON text)."""
     return tuple(
-        Tool(
-            t.function.name,
-            t.function.description,
-            json.dumps(NO_PARAMETERS if t.function.parameters is None else t.function.parameters),
-        )
+        engine_tool(t.function.name, t.function.description, t.function.parameters)
         for t in tools or ()
     )
+
+
+def engine_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> Tool:
+    """A function tool as the engine takes it: its schema as JSON text, an object taking
+    nothing when it has none."""
+    schema = NO_PARAMETERS if parameters is None else parameters
+    return Tool(name, description or "", json.dumps(schema))
 
 
 def chat_tool_choice(value: str | NamedToolChoice | None, tools: tuple[Tool, ...]) -> ToolChoice:

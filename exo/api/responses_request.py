@@ -8,7 +8,6 @@ ignored. Every violation is an `InvalidRequest` naming the field in `param`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -18,9 +17,15 @@ from msgspec import Meta
 
 from exo.api.backend import InvalidRequest
 from exo.api.errors import dumps
-from exo.api.openai_request import CONTENT_PART_SEPARATOR, NO_TOOLS, ROLES
+from exo.api.openai_request import NO_TOOLS, ROLES, engine_tool
 from exo.api.tool_calls import MAX_TOOLS, ToolChoice, forced_call_schema, offered, parse_tool_choice
-from exo.api.typed_body import ModelName, convert_body
+from exo.api.typed_body import (
+    ModelName,
+    NonEmpty,
+    convert_body,
+    joined_text,
+    refuse_duplicate_names,
+)
 from exo.api.validation import INT64_MAX
 from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 
@@ -28,7 +33,6 @@ from exo.engine.protocol import ChatMessage, SamplingParams, Tool, ToolCall
 JSON_OBJECT_SCHEMA = '{"type":"object"}'
 NOT_STORED = "exo does not store responses (every response is answered as if 'store' were false)"
 WHOLE_INPUT = "send the whole conversation in 'input'"
-NO_PARAMETERS = {"type": "object", "properties": {}}
 # OpenAI's limits on `metadata`.
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
 # Advice added to an error at these fields (`typed_body.convert_body`).
@@ -45,8 +49,6 @@ HINTS = {
     "prompt": "stored prompt templates are not supported",
     "top_logprobs": "log-probabilities are not supported on /v1/responses yet",
 }
-
-NonEmpty = Annotated[str, Meta(min_length=1)]
 
 
 class InputText(msgspec.Struct, tag="input_text", tag_field="type"):
@@ -175,10 +177,7 @@ class ResponseRequest(msgspec.Struct, kw_only=True):
     ) = None
 
     def __post_init__(self) -> None:
-        names = [tool.name for tool in self.tools or ()]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ValueError(f"`tools[{i}].name`: Two tools are named {name!r}.")
+        refuse_duplicate_names([tool.name for tool in self.tools or ()], "tools[{i}].name")
         if self.background:
             raise ValueError(f"`background`: Background mode needs stored responses: {NOT_STORED}.")
         if "message.output_text.logprobs" in (self.include or ()):
@@ -209,14 +208,7 @@ def parse_responses_request(body: object) -> ResponsesRequest:
     if asked.instructions is not None:
         messages = (ChatMessage("system", asked.instructions), *messages)
     text_format, json_schema = _text_format(asked.text)
-    tools = tuple(
-        Tool(
-            t.name,
-            t.description or "",
-            json.dumps(NO_PARAMETERS if t.parameters is None else t.parameters),
-        )
-        for t in asked.tools or ()
-    )
+    tools = tuple(engine_tool(t.name, t.description, t.parameters) for t in asked.tools or ())
     tool_choice, echoed_choice = _tool_choice(asked.tool_choice, tools)
     if tool_choice.forced:
         if json_schema is not None:
@@ -265,7 +257,7 @@ def _messages(value: str | list[ResponsesInputItem]) -> tuple[ChatMessage, ...]:
     for item in value:
         if item.type == "message":
             assert item.role is not None and item.content is not None  # checked
-            messages.append(ChatMessage(ROLES[item.role], _text(item.content)))
+            messages.append(ChatMessage(ROLES[item.role], joined_text(item.content)))
         elif item.type == "function_call":
             assert item.call_id and item.name and item.arguments  # checked
             call = ToolCall(item.call_id, item.name, item.arguments)
@@ -275,14 +267,10 @@ def _messages(value: str | list[ResponsesInputItem]) -> tuple[ChatMessage, ...]:
                 messages.append(ChatMessage("assistant", "", tool_calls=(call,)))
         else:
             assert item.output is not None  # checked
-            messages.append(ChatMessage("tool", _text(item.output), tool_call_id=item.call_id))
+            messages.append(
+                ChatMessage("tool", joined_text(item.output), tool_call_id=item.call_id)
+            )
     return tuple(messages)
-
-
-def _text(content: Content) -> str:
-    if isinstance(content, str):
-        return content
-    return CONTENT_PART_SEPARATOR.join(part.text for part in content)
 
 
 def _text_format(text: ResponsesText | None) -> tuple[dict[str, Any], str | None]:

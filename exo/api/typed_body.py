@@ -1,10 +1,9 @@
 """Request bodies as typed models: one declaration (a `msgspec.Struct`) is both the check a
 route runs and the schema `/openapi.json` publishes, so the two cannot drift apart.
 
-msgspec rather than pydantic: it checks a typical chat body in about a tenth of pydantic's
-strict-mode time and a thirtieth of the hand-written checks it replaces
-(`benchmarks/request_validation.py`, numbers in docs/benchmarks.md), and it is already
-the codec's JSON parser. Rules JSON Schema cannot say are a model's `__post_init__`,
+msgspec rather than pydantic: it checks a typical chat body in a quarter of pydantic's
+strict-mode time (`benchmarks/request_validation.py`, numbers in docs/benchmarks.md), and
+it is already the codec's JSON parser. Rules JSON Schema cannot say are a model's `__post_init__`,
 raising `ValueError("`field`: what is wrong")`.
 
 A failed check becomes an `InvalidRequest` that names the field as a path
@@ -14,8 +13,8 @@ A failed check becomes an `InvalidRequest` that names the field as a path
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -30,6 +29,8 @@ ModelName = Annotated[
     str, Meta(min_length=1, description="A model id from GET /v1/models.", examples=[BUNDLED_MODEL])
 ]
 Schema = dict[str, Any]
+# Text parts of a list-valued `content` are joined with this (as vLLM and llama.cpp do).
+CONTENT_PART_SEPARATOR = "\n"
 
 _WHERE = re.compile(
     r"^(?P<detail>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.DOTALL
@@ -120,8 +121,30 @@ def _expected(want: str, rest: str) -> str:
     unit = {"str": "characters", "array": "items", "object": "entries"}[want]
     bound, count = length["bound"], int(length["count"])
     if bound == ">=" and count == 1:
-        return "a non-empty string" if want == "str" else "a non-empty list"
+        return {"str": "a non-empty string", "array": "a non-empty list"}.get(
+            want, "a non-empty object"
+        )
     return f"{_words(want)} of {'at least' if bound == '>=' else 'at most'} {count} {unit}"
+
+
+class _Text(Protocol):
+    @property
+    def text(self) -> str: ...
+
+
+def joined_text(content: str | Sequence[_Text] | None) -> str:
+    """A `content` that is a string, a list of text parts (joined), or absent ("")."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return CONTENT_PART_SEPARATOR.join(part.text for part in content)
+
+
+def refuse_duplicate_names(names: Sequence[str], where: str) -> None:
+    """Raise, in a request model's `__post_init__`, when two tools share a name; `where` is
+    the name's path, `{i}` standing for the tool's index."""
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ValueError(f"`{where.format(i=i)}`: Two tools are named {name!r}.")
 
 
 def body_schemas(kinds: Iterable[type]) -> tuple[dict[type, Schema], dict[str, Schema]]:

@@ -25,6 +25,7 @@ class Body(msgspec.Struct, kw_only=True):
     parts: Annotated[list[Part], msgspec.Meta(min_length=1)]
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     stream: bool = False
+    labels: Annotated[dict[str, str], msgspec.Meta(min_length=1)] | None = None
 
 
 OK: dict[str, Any] = {"model": "m", "parts": [{"kind": "text", "text": "hi"}]}
@@ -54,6 +55,7 @@ OK: dict[str, Any] = {"model": "m", "parts": [{"kind": "text", "text": "hi"}]}
         ),
         ({**OK, "stream": 1}, "'stream' must be true or false, got an integer", "stream"),
         ({**OK, "stream": None}, "'stream' must be true or false, got null", "stream"),
+        ({**OK, "labels": {}}, "'labels' must be a non-empty object", "labels"),
     ],
 )
 def test_a_bad_body_is_said_in_words_with_the_path_of_the_field(
