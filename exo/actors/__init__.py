@@ -3,7 +3,7 @@
 # The modules other packages may import: what the composition root (exo/node.py) wires
 # and the CLI starts. The rest (the control core, placement, decide, the pure helpers
 # beside them) is this package's own; tests/test_public_surface.py holds the line.
-__all__ = [
+PUBLIC_MODULES = [
     "api_host",
     "command_client",
     "control",

@@ -4,4 +4,4 @@
 # architectures a placement may split, the chat format's tool-call tags, and the BLAS
 # environment runners get. The engine itself (MLX, batching, the native step) runs only
 # inside a runner process (tests/test_public_surface.py).
-__all__ = ["architectures", "blas", "chat_format", "protocol"]
+PUBLIC_MODULES = ["architectures", "blas", "chat_format", "protocol"]

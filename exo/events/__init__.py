@@ -2,7 +2,7 @@
 
 # The modules other packages may import: all of the vocabulary and the core
 # (tests/test_public_surface.py).
-__all__ = [
+PUBLIC_MODULES = [
     "codec",
     "commands",
     "events",

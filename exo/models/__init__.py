@@ -1,7 +1,7 @@
 """Model cards, the bundled default model, and weight planning."""
 
 # The modules other packages may import (tests/test_public_surface.py).
-__all__ = [
+PUBLIC_MODULES = [
     "bundled",
     "cards",
     "catalog",
