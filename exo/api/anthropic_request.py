@@ -18,9 +18,9 @@ from msgspec import Meta
 from exo.api.tool_calls import (
     MAX_TOOLS,
     ToolChoice,
+    checked_tool_choice,
     forced_call_schema,
     offered,
-    parse_tool_choice,
 )
 from exo.api.typed_body import (
     CONTENT_PART_SEPARATOR,
@@ -280,16 +280,16 @@ def _tool_choice(
     | None,
     tools: tuple[Tool, ...],
 ) -> ToolChoice:
-    """Anthropic's choice as the OpenAI one `parse_tool_choice` checks against `tools`."""
+    """Anthropic's choice as the OpenAI mode, checked against `tools`."""
     match choice:
         case None:
-            return parse_tool_choice(None, tools)
+            return checked_tool_choice(None, tools)
         case AnthropicChoiceTool(name=name):
-            return parse_tool_choice({"type": "function", "function": {"name": name}}, tools)
+            return checked_tool_choice(ToolChoice("required", name), tools)
         case AnthropicChoiceAny():
-            return parse_tool_choice("required", tools)
+            return checked_tool_choice(ToolChoice("required"), tools)
         case AnthropicChoiceNone():
-            return parse_tool_choice("none", tools)
+            return checked_tool_choice(ToolChoice("none"), tools)
         case AnthropicChoiceAuto():
             # Accepted without tools, as it was before tools were: nothing to call.
-            return parse_tool_choice("auto" if tools else None, tools)
+            return checked_tool_choice(ToolChoice("auto") if tools else None, tools)

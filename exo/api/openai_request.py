@@ -20,9 +20,9 @@ from exo.api.backend import InvalidRequest
 from exo.api.tool_calls import (
     MAX_TOOLS,
     ToolChoice,
+    checked_tool_choice,
     forced_call_schema,
     offered,
-    parse_tool_choice,
 )
 from exo.api.typed_body import (
     ModelName,
@@ -315,9 +315,8 @@ def engine_tool(name: str, description: str | None, parameters: dict[str, Any] |
 
 def chat_tool_choice(value: str | NamedToolChoice | None, tools: tuple[Tool, ...]) -> ToolChoice:
     if isinstance(value, NamedToolChoice):
-        named = {"type": "function", "function": {"name": value.function.name}}
-        return parse_tool_choice(named, tools)
-    return parse_tool_choice(value, tools)
+        return checked_tool_choice(ToolChoice("required", value.function.name), tools)
+    return checked_tool_choice(None if value is None else ToolChoice(value), tools)
 
 
 def response_format_schema(value: ResponseFormat | None) -> str | None:

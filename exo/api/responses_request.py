@@ -18,7 +18,13 @@ from msgspec import Meta
 from exo.api.backend import InvalidRequest
 from exo.api.errors import dumps
 from exo.api.openai_request import NO_TOOLS, ROLES, engine_tool
-from exo.api.tool_calls import MAX_TOOLS, ToolChoice, forced_call_schema, offered, parse_tool_choice
+from exo.api.tool_calls import (
+    MAX_TOOLS,
+    ToolChoice,
+    checked_tool_choice,
+    forced_call_schema,
+    offered,
+)
 from exo.api.typed_body import (
     ModelName,
     NonEmpty,
@@ -296,6 +302,6 @@ def _tool_choice(
     if value is None or (value == "auto" and not tools):
         return ToolChoice("auto" if tools else "none"), "auto"
     if isinstance(value, ResponsesNamedChoice):
-        named = {"type": "function", "function": {"name": value.name}}
-        return parse_tool_choice(named, tools), {"type": "function", "name": value.name}
-    return parse_tool_choice(value, tools), value
+        named = ToolChoice("required", value.name)
+        return checked_tool_choice(named, tools), {"type": "function", "name": value.name}
+    return checked_tool_choice(ToolChoice(value), tools), value

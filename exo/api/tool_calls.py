@@ -43,24 +43,11 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def parse_tool_choice(value: object, tools: tuple[Tool, ...]) -> ToolChoice:
-    if value is None:
+def checked_tool_choice(choice: ToolChoice | None, tools: tuple[Tool, ...]) -> ToolChoice:
+    """A dialect's choice, once its model has read it, checked against `tools`; none
+    given is `auto` with tools, `none` without."""
+    if choice is None:
         return ToolChoice("auto" if tools else "none")
-    if value in ("none", "auto", "required"):
-        choice = ToolChoice(str(value))
-    elif (
-        isinstance(value, dict)
-        and value.get("type") == "function"
-        and isinstance(value.get("function"), dict)
-        and isinstance(value["function"].get("name"), str)
-    ):
-        choice = ToolChoice("required", value["function"]["name"])
-    else:
-        raise invalid(
-            '\'tool_choice\' must be "none", "auto", "required" or '
-            '{"type": "function", "function": {"name": ...}}.',
-            "tool_choice",
-        )
     if choice.mode != "none" and not tools:
         raise invalid("'tool_choice' needs 'tools' to choose from.", "tool_choice")
     if choice.name is not None and all(t.name != choice.name for t in tools):
