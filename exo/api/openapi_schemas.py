@@ -1,12 +1,9 @@
-"""JSON schemas of the HTTP API's request and response bodies, for `exo.api.openapi`.
+"""JSON schemas of the HTTP API's responses and errors, for `exo.api.openapi`.
 
-The request schemas follow the validators field by field (the same types, ranges and
-refusals, with the limits imported from the modules that enforce them), so a client or a
-fuzzer reading them knows what a route accepts. Most optional fields accept `null` as
-"not given", as the validators do. Checks across fields (`top_logprobs` needs `logprobs`,
-a named `tool_choice` must be in `tools`, ...) are in the descriptions, and in the schemas
-only where JSON Schema says them simply. Response schemas give the fields a client can
-rely on; extra fields may come and go.
+Request bodies' schemas are not here: each comes from the typed model that checks it
+(`typed_body.py`). Response schemas give the fields a client can rely on; extra fields may
+come and go. tests/api/test_published_schemas.py checks the OpenAI routes' answers
+against OpenAI's own schemas as well.
 """
 
 from __future__ import annotations
@@ -51,12 +48,6 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def number(low: float, high: float, *, low_open: bool = False) -> Schema:
-    """A number in [low, high], or (low, high] with `low_open` (as the typed models' `ge`/`gt` and `le`)."""
-    bound = {"exclusiveMinimum": low} if low_open else {"minimum": low}
-    return {"type": "number", **bound, "maximum": high}
-
-
 def integer(minimum: int | None = None, maximum: int | None = None) -> Schema:
     schema: Schema = {"type": "integer"}
     if minimum is not None:
@@ -95,25 +86,11 @@ def described(schema: Schema, description: str) -> Schema:
     return {**schema, "description": description}
 
 
-def refused(schema: Schema, why: str) -> Schema:
-    """A field accepted only in the form that asks for nothing (null, false, empty)."""
-    return described(schema, f"Refused with a 400 in any other form: {why}.")
-
-
-def only_when(field: str, flag: str) -> Schema:
-    """For an `allOf`: `field` must be null or absent unless `flag` is true."""
-    return {
-        "if": {"not": obj({flag: const(True)}, flag)},
-        "then": obj({field: {"type": "null"}}),
-    }
-
-
 BOOLEAN: Schema = {"type": "boolean"}
 STRING: Schema = {"type": "string"}
 ANY_OBJECT: Schema = {"type": "object"}
 NON_EMPTY = string(1)
 COUNT = integer(0)
-NOTHING = nullable(array({}, maxItems=0))
 MODEL_ID = {
     **NON_EMPTY,
     "description": "A model id from GET /v1/models.",
