@@ -1,6 +1,9 @@
-"""The one door to the outside world: clock, randomness, filesystem root, processes, host facts.
+"""The one door to the outside world: clock, randomness, filesystem root, processes, host
+facts and the network (TCP streams and listeners).
 
-Actors take an `Environment` and touch nothing else, so the simulator can pass its own.
+Actors take an `Environment` and touch nothing else, so the simulator can pass its own:
+its streams run through a seeded network, so the real link layer, data plane and MLX
+ring set-up run in simulation too.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -68,7 +72,17 @@ class Environment(Protocol):
         ...
 
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
-        """A connected TCP stream to host:port."""
+        """A connected TCP stream to host:port (OSError when refused or unreachable)."""
+        ...
+
+    async def open_tcp_listener(self, host: str, port: int) -> trio.abc.Listener[trio.abc.Stream]:
+        """A TCP listener on host:port (port 0: any free port; `listener_port` says which).
+        OSError when the port is taken."""
+        ...
+
+    def token_hex(self, nbytes: int) -> str:
+        """A random nonce: from the OS's secure source in production, seeded in simulation
+        (a nonce only has to be fresh there)."""
         ...
 
     def environ(self) -> dict[str, str]:
@@ -136,6 +150,15 @@ class RealEnvironment:
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
 
+    async def open_tcp_listener(self, host: str, port: int) -> trio.abc.Listener[trio.abc.Stream]:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        for extra in listeners[1:]:
+            await extra.aclose()
+        return listeners[0]
+
+    def token_hex(self, nbytes: int) -> str:
+        return secrets.token_hex(nbytes)
+
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
 
@@ -191,3 +214,21 @@ async def listen_tcp(host: str, port: int, backlog: int) -> tuple[int, tuple[str
         sock.close()
         raise
     return sock.detach(), (address[0], address[1])
+
+
+def remote_host(stream: trio.abc.Stream) -> str:
+    """The IP address at the other end of a stream from an `Environment` ("" when unknown):
+    a socket's peer address, or the `remote_host` a simulated stream carries."""
+    if isinstance(stream, trio.SocketStream):
+        return str(stream.socket.getpeername()[0])
+    return str(getattr(stream, "remote_host", ""))
+
+
+def listener_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
+    """The port a listener from `open_tcp_listener` is bound to."""
+    if isinstance(listener, trio.SocketListener):
+        return int(listener.socket.getsockname()[1])
+    port = getattr(listener, "port", None)
+    if not isinstance(port, int):
+        raise TypeError(f"{listener!r} says no port")
+    return port

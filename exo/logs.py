@@ -102,5 +102,5 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("hypercorn.access", "httpx", "httpcore"):
+    for noisy in ("hypercorn.access", "httpx", "httpcore", "trio-websocket"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -154,6 +154,7 @@ async def run_node(
     links: LinkNetwork | None = None
     if connect is None:
         links = LinkNetwork(
+            env,
             node_id,
             config.home,
             config.namespace,

@@ -9,6 +9,9 @@ key is dropped before it can send a single command or event, and the log says wh
 (dropped when full or when there is no link: the control protocol retries), frames
 arriving on any link go to the control actor. Configured peers (`--peers`) and peers met
 before (remembered in HOME/peers.json) are dialled, and redialled with backoff.
+
+Every socket, nonce and pause comes from the `Environment`: the WebSocket protocol runs
+over whatever streams it opens, so the simulator runs this whole layer on its network.
 """
 
 from __future__ import annotations
@@ -17,25 +20,24 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import trio
-from attrs import frozen
+from attrs import define, frozen
 from trio_websocket import (
     ConnectionClosed,
-    Endpoint,
     HandshakeError,
     WebSocketConnection,
-    WebSocketRequest,
-    open_websocket,
-    serve_websocket,
+    wrap_client_stream,
+    wrap_server_stream,
 )
 
 from exo.actors.network import PeerLost
 from exo.actors.wire import PeerMessage, Ping, Pong
+from exo.environment import Environment, listener_port, remote_host
 from exo.events.codec import CodecError, decode, encode
 from exo.events.ids import NodeId
 
@@ -44,6 +46,8 @@ log = logging.getLogger("exo.links")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 SEND_QUEUE = 1024
 HANDSHAKE_TIMEOUT = 5.0
+# How long a closing link waits for the peer's close frame.
+CLOSE_TIMEOUT = 1.0
 REDIAL_INITIAL = 0.5
 REDIAL_MAX = 10.0
 PEERS_FILE = "peers.json"
@@ -79,6 +83,7 @@ def proof(secret: bytes, role: str, dialer: Hello, listener: Hello) -> str:
 class LinkNetwork:
     def __init__(
         self,
+        env: Environment,
         node_id: NodeId,
         home: Path,
         namespace: str,
@@ -86,6 +91,7 @@ class LinkNetwork:
         peer_port: int,
         peers: tuple[str, ...],
     ) -> None:
+        self._env = env
         self.node_id = node_id
         self._home = home
         self._namespace = namespace
@@ -108,6 +114,7 @@ class LinkNetwork:
         self.on_link_lost: Callable[[NodeId], None] | None = None
         # The IP address each linked peer is reached at (its side of the TCP connection).
         self._addresses: dict[NodeId, str] = {}
+        self.stats = LinkStats()
 
     # -- PeerNetwork ---------------------------------------------------------------
 
@@ -154,24 +161,17 @@ class LinkNetwork:
     async def run(
         self, host: str, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._accept,
-                    host,
-                    self._peer_port,
-                    None,
-                    max_message_size=MAX_FRAME_BYTES,
-                    handler_nursery=nursery,
-                    task_status=task_status,
-                )
-            )
-            port = server.port
+        listener = await self._env.open_tcp_listener(host, self._peer_port)
+        async with listener, trio.open_nursery() as nursery:
+            port = listener_port(listener)
             log.info("peer links listening on %s:%d", host, port)
             self._nursery = nursery
             for address in self._dial_list():
                 self.dial(address)
             task_status.started(port)
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(self._accept, stream)
 
     def _dial_list(self) -> list[str]:
         return sorted(set(self._configured) | self._remembered)
@@ -198,38 +198,69 @@ class LinkNetwork:
         backoff = REDIAL_INITIAL
         while True:
             try:
-                async with open_websocket(
-                    host.strip("[]"),
-                    int(port),
-                    "/exo",
-                    use_ssl=False,
-                    max_message_size=MAX_FRAME_BYTES,
-                    connect_timeout=HANDSHAKE_TIMEOUT,
-                    disconnect_timeout=1,
-                ) as ws:
-                    peer = await self._dialer_handshake(ws)
-                    backoff = REDIAL_INITIAL
-                    self._remember(address)
-                    await self._serve_link(peer, ws, dialed_by=self.node_id)
-            except AuthError as exc:
-                log.error("peer %s refused: %s", address, exc)
-                backoff = REDIAL_MAX
-            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    stream = await self._env.open_tcp_stream(host.strip("[]"), int(port))
+            except (OSError, trio.TooSlowError) as exc:
                 log.debug("peer %s unreachable: %s", address, exc)
-            await trio.sleep(backoff)
+            else:
+                outcome = await self._dial_once(address, host.strip("[]"), stream)
+                if outcome == "linked":
+                    backoff = REDIAL_INITIAL
+                elif outcome == "refused":
+                    backoff = REDIAL_MAX
+            await self._env.sleep(backoff)
             backoff = min(backoff * 2, REDIAL_MAX)
 
-    async def _accept(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            peer = await self._listener_handshake(ws)
-        except AuthError as exc:
-            log.error("peer at %s refused: %s", ws.remote, exc)
-            await ws.aclose(code=4001, reason=str(exc)[:100])
-            return
-        except (ConnectionClosed, trio.TooSlowError, CodecError):
-            return
-        await self._serve_link(peer, ws, dialed_by=peer)
+    async def _dial_once(self, address: str, host: str, stream: trio.abc.Stream) -> str:
+        """One connection to a peer, served until it breaks: "linked" once it was a link,
+        "refused" when either side refused the other's key, else "failed"."""
+        async with trio.open_nursery() as nursery:
+            ws: WebSocketConnection | None = None
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    # Typed for sockets, it only reads and writes the stream.
+                    wrap: Any = wrap_client_stream
+                    link: WebSocketConnection = await wrap(
+                        nursery, stream, host, "/exo", max_message_size=MAX_FRAME_BYTES
+                    )
+                    ws = link
+                    peer = await self._dialer_handshake(link)
+                self._remember(address)
+                await self._serve_link(peer, link, self.node_id, remote_host(stream))
+                return "linked"
+            except AuthError as exc:
+                log.error("peer %s refused: %s", address, exc)
+                self.stats.refused += 1
+                return "refused"
+            except _BROKEN as exc:
+                log.debug("peer %s: no link: %s", address, exc)
+                return "failed"
+            finally:
+                await _close(ws, stream)
+                nursery.cancel_scope.cancel()
+
+    async def _accept(self, stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            ws: WebSocketConnection | None = None
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    request = await wrap_server_stream(
+                        nursery, stream, max_message_size=MAX_FRAME_BYTES
+                    )
+                    ws = link = await request.accept()
+                try:
+                    peer = await self._listener_handshake(link)
+                except AuthError as exc:
+                    log.error("peer at %s refused: %s", remote_host(stream) or "?", exc)
+                    self.stats.refused += 1
+                    await link.aclose(code=4001, reason=str(exc)[:100])
+                    return
+                await self._serve_link(peer, link, peer, remote_host(stream))
+            except _BROKEN:
+                return
+            finally:
+                await _close(ws, stream)
+                nursery.cancel_scope.cancel()
 
     # -- handshake -----------------------------------------------------------------
 
@@ -237,7 +268,7 @@ class LinkNetwork:
         return Hello(self._namespace, self.node_id, nonce, self._peer_port, proof_text)
 
     async def _dialer_handshake(self, ws: WebSocketConnection) -> NodeId:
-        mine = self._hello(secrets.token_hex(16))
+        mine = self._hello(self._env.token_hex(16))
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await ws.send_message(encode(mine).decode())
             theirs = self._check_hello(await _receive_json(ws, Hello))
@@ -253,7 +284,7 @@ class LinkNetwork:
     async def _listener_handshake(self, ws: WebSocketConnection) -> NodeId:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             theirs = self._check_hello(await _receive_json(ws, Hello))
-            nonce = secrets.token_hex(16)
+            nonce = self._env.token_hex(16)
             mine = self._hello(nonce, proof(self._secret, "listener", theirs, self._hello(nonce)))
             await ws.send_message(encode(mine).decode())
             answer = await ws.get_message()
@@ -275,7 +306,9 @@ class LinkNetwork:
 
     # -- a live link ---------------------------------------------------------------
 
-    async def _serve_link(self, peer: NodeId, ws: WebSocketConnection, dialed_by: NodeId) -> None:
+    async def _serve_link(
+        self, peer: NodeId, ws: WebSocketConnection, dialed_by: NodeId, address: str
+    ) -> None:
         """Frames both ways until the link breaks.
 
         One link per pair: when both nodes dial each other, the link the lower id dialled
@@ -284,6 +317,7 @@ class LinkNetwork:
         preferred = min(self.node_id, peer)
         current = self._links.get(peer)
         if current is not None and self._dialers.get(peer) == preferred != dialed_by:
+            self.stats.duplicates += 1
             await ws.aclose(code=1000, reason="duplicate link")
             return
         send, receive = trio.open_memory_channel[bytes](SEND_QUEUE)
@@ -292,7 +326,8 @@ class LinkNetwork:
         self._links[peer] = send
         self._dialers[peer] = dialed_by
         self._known.add(peer)
-        self._addresses[peer] = str(ws.remote.address) if isinstance(ws.remote, Endpoint) else ""
+        self._addresses[peer] = address
+        self.stats.links += 1
         log.info("linked with %s", peer)
         try:
             async with trio.open_nursery() as nursery:
@@ -338,6 +373,35 @@ class LinkNetwork:
         except ConnectionClosed:
             pass
         scope.cancel()
+
+
+# What a connection that breaks, stalls or talks nonsense during the handshake raises.
+_BROKEN = (
+    ConnectionClosed,
+    HandshakeError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    CodecError,
+)
+
+
+@define
+class LinkStats:
+    """Counts since start, for the simulator's report and tests."""
+
+    links: int = 0  # links that passed the handshake
+    duplicates: int = 0  # links closed as the second of a pair
+    refused: int = 0  # handshakes failed on the cluster key or namespace
+
+
+async def _close(ws: WebSocketConnection | None, stream: trio.abc.Stream) -> None:
+    """Close a link's WebSocket (waiting a moment for the peer's close frame) and its stream."""
+    with trio.CancelScope(shield=True):
+        if ws is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose()
+        await trio.aclose_forcefully(stream)
 
 
 def _read_remembered(path: Path) -> set[str]:

@@ -2,11 +2,12 @@ import json
 from pathlib import Path
 
 from exo.actors.links import PEERS_FILE, Hello, LinkNetwork, cluster_secret, proof
+from exo.environment import RealEnvironment
 from exo.events.ids import NodeId
 
 
 def network(home: Path, peers: tuple[str, ...] = ()) -> LinkNetwork:
-    return LinkNetwork(NodeId("node-a"), home, "home", "key", 5000, peers)
+    return LinkNetwork(RealEnvironment(home), NodeId("node-a"), home, "home", "key", 5000, peers)
 
 
 def test_peers_linked_once_are_dialled_after_a_restart(tmp_path: Path) -> None:
