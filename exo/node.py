@@ -100,6 +100,9 @@ class RunningNode:
     commands: CommandClient
     supervisor: Supervisor
     event_log: EventLog
+    # None where the node was given a network of its own (the simulator's message queue).
+    links: LinkNetwork | None = None
+    data_plane: DataPlane | None = None
 
 
 def isolated(node_id: NodeId, deliver: Deliver) -> PeerNetwork:
@@ -284,6 +287,8 @@ async def run_node(
                     client,
                     supervisor,
                     event_log,
+                    links,
+                    data_plane,
                 )
             )
     finally:

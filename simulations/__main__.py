@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from simulations.run import SeedResult, configure_worker, run_job, run_seed
-from simulations.scenario import MAX_NODES
+from simulations.scenario import MAX_NODES, Transport
 
 
 def parse_seeds(text: str) -> range:
@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"nodes in every simulated cluster, 2 to {MAX_NODES} (default: drawn per seed, 2 to 7)",
     )
     run.add_argument(
+        "--transport",
+        choices=("messages", "links"),
+        help="messages: the seeded message queue; links: simulated TCP under the real link "
+        "layer (default: drawn per seed, half each)",
+    )
+    run.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="seeds run in parallel processes"
     )
     run.add_argument(
@@ -71,14 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     install_context_filter()
     if args.seed is not None:
         result = run_seed(
-            args.seed, keep_dir=args.keep, keep_always=args.keep_always, nodes=args.nodes
+            args.seed,
+            keep_dir=args.keep,
+            keep_always=args.keep_always,
+            nodes=args.nodes,
+            transport=args.transport,
         )
         report(result)
         print(f"simulated {result.simulated_seconds:.1f} s: {result.description}")
+        if result.links is not None:
+            print(f"over links: {result.links}")
         print(f"trace-hash: {result.trace_hash}")
         return 0 if result.passed else 1
     started = time.perf_counter()
-    results = list(run_many(args.seeds, args.jobs, args.keep, args.keep_always, args.nodes))
+    results = list(
+        run_many(args.seeds, args.jobs, args.keep, args.keep_always, args.nodes, args.transport)
+    )
     wall = time.perf_counter() - started
     simulated = sum(r.simulated_seconds for r in results)
     failed = [r for r in results if not r.passed]
@@ -90,13 +104,31 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds: {len(results)} passed: {len(results) - len(failed)} failed: {len(failed)} "
         f"faults: {sum(r.faults for r in results)} elections: {sum(r.elections for r in results)}"
     )
+    over_links = [r.links for r in results if r.links is not None]
+    if over_links:
+        print(
+            f"over links: {len(over_links)} seeds, "
+            f"{sum(c.links for c in over_links)} links, "
+            f"{sum(c.duplicates for c in over_links)} duplicates closed, "
+            f"{sum(c.refused for c in over_links)} handshakes refused, "
+            f"{sum(c.resets for c in over_links)} resets, "
+            f"{sum(c.relayed for c in over_links)} requests relayed, "
+            f"{sum(c.multi_node for c in over_links)} served across 2-3 nodes"
+        )
     return 1 if failed else 0
 
 
 def run_many(
-    seeds: range, jobs: int, keep: Path, keep_always: bool, nodes: int | None = None
+    seeds: range,
+    jobs: int,
+    keep: Path,
+    keep_always: bool,
+    nodes: int | None = None,
+    transport: Transport | None = None,
 ) -> Iterable[SeedResult]:
-    work = [(seed, keep, keep_always, nodes) for seed in seeds]
+    work: list[tuple[int, Path, bool, int | None, Transport | None]] = [
+        (seed, keep, keep_always, nodes, transport) for seed in seeds
+    ]
     if jobs <= 1:
         for job in work:
             result = run_job(job)
@@ -117,6 +149,7 @@ def report(result: SeedResult) -> None:
     for violation in result.violations:
         print(f"  - {violation}", flush=True)
     size = f" --nodes {result.forced_nodes}" if result.forced_nodes is not None else ""
+    size += f" --transport {result.forced_transport}" if result.forced_transport else ""
     print(f"  replay: python -m simulations run --seed {result.seed}{size}", flush=True)
     if result.kept is not None:
         print(f"  node logs: {result.kept}/node-*/events.log (exo replay --home DIR)", flush=True)

@@ -6,7 +6,13 @@ gets the first bytes of a record that was being written and never synced, and a
 snapshot being written is left half done, as power loss leaves them; what was synced,
 and so everything the node ever acknowledged or sent, stays. Each node's clock runs at
 its own rate (within 1 %) from its own offset, so nothing may compare times across
-nodes."""
+nodes.
+
+On seeds whose transport is links, each node has an address and simulated TCP
+(`sockets.py`): nodes are configured with each other's addresses (`--peers`) and run
+their real link layer, data plane and file share; a crash resets the node's connections.
+Such a seed may also run an intruder: a node with the wrong cluster key that keeps
+dialling every member and must never join."""
 
 from __future__ import annotations
 
@@ -20,11 +26,14 @@ from attrs import define, evolve, field
 from exo.actors.network import ControlTimings
 from exo.actors.wire import PeerMessage
 from exo.events.ids import NodeId
-from exo.node import NodeConfig, RunningNode, run_node
+from exo.node import Connect, NodeConfig, RunningNode, run_node
 from simulations.engine import SimModelStore, SimProcess
 from simulations.environment import SimEnvironment, SimHost
 from simulations.network import Deliver, Record, SimNetwork
 from simulations.scenario import NodeSpec, Scenario
+from simulations.sockets import SimHostSockets, SimSockets
+
+PEER_PORT = 52416
 
 
 @define
@@ -33,6 +42,9 @@ class SimNode:
     node_id: NodeId
     home: Path
     host: SimHost
+    # Its IP address on the simulated network (seeds over links).
+    address: str = ""
+    sockets: SimHostSockets | None = None
     running: RunningNode | None = None
     env: SimEnvironment | None = None
     scope: trio.CancelScope | None = None
@@ -63,14 +75,39 @@ class Cluster:
         self.nodes: list[SimNode] = []
         for index, spec in enumerate(scenario.nodes):
             node_id = NodeId(f"node-{id_rng.getrandbits(48):012x}")
-            home = root / f"node-{index}"
-            home.mkdir(parents=True)
-            (home / "node_id").write_text(node_id + "\n")
-            self.nodes.append(SimNode(index, node_id, home, _host(index, spec, clocks)))
+            self.nodes.append(self._new_node(root, index, node_id, _host(index, spec, clocks)))
             self.network.add_member(node_id)
+        self.sockets: SimSockets | None = None
+        self.intruder: SimNode | None = None
+        self._by_address = {n.address: n.node_id for n in self.nodes}
+        if scenario.transport == "links":
+            self.sockets = SimSockets(
+                random.Random(f"sockets-{scenario.seed}"), scenario.link, self._passes, record
+            )
+            self.sockets.reset_rate = scenario.reset_rate
+            self.network.on_change.append(self.sockets.changed)
+            if scenario.intruder:
+                index = len(self.nodes)
+                node_id = NodeId(f"node-{id_rng.getrandbits(48):012x}")
+                host = _host(index, scenario.nodes[0], clocks)
+                self.intruder = self._new_node(root, index, node_id, host)
         self._nursery: trio.Nursery | None = None
         self._current_tokens: dict[NodeId, object] = {}
         self._environments: list[SimEnvironment] = []
+
+    @staticmethod
+    def _new_node(root: Path, index: int, node_id: NodeId, host: SimHost) -> SimNode:
+        home = root / f"node-{index}"
+        home.mkdir(parents=True)
+        (home / "node_id").write_text(node_id + "\n")
+        address = f"10.0.{index // 200}.{index % 200 + 1}"
+        return SimNode(index, node_id, home, host, address)
+
+    def _passes(self, source: str, target: str) -> bool:
+        """Whether the partitions let bytes from one address to another (the intruder's
+        are never blocked)."""
+        a, b = self._by_address.get(source), self._by_address.get(target)
+        return a is None or b is None or not self.network.blocked(a, b)
 
     @property
     def runner_starts(self) -> int:
@@ -84,6 +121,8 @@ class Cluster:
             for node in self.nodes:
                 if node.index not in late:
                     await self.start(node)
+            if self.intruder is not None:
+                await self.start(self.intruder)
             task_status.started()
 
     async def start(self, node: SimNode) -> None:
@@ -102,6 +141,9 @@ class Cluster:
         self._record(f"{trio.current_time():.6f} crash {node.node_id}")
         node.torn = self._disk.random() < 0.5
         self.network.disconnect(node.node_id)
+        if self.sockets is not None and node.sockets is not None:
+            node.sockets.dead = True
+            self.sockets.crash(node.address)
         node.scope.cancel()
         node.scope = None
         node.running = None
@@ -151,7 +193,7 @@ class Cluster:
         return False
 
     def shutdown(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *([self.intruder] if self.intruder else [])]:
             if node.scope is not None:
                 node.scope.cancel()
         if self._nursery is not None:
@@ -176,18 +218,25 @@ class Cluster:
                 snapshot_window=self.scenario.snapshot_window,
             ),
         )
+        connect: Connect | None = self._connect
+        node.sockets = None
+        if self.sockets is not None:
+            connect = None
+            node.sockets = self.sockets.host(node.address)
+            self.network.connect(node.node_id, _nowhere)  # up, for the checks of who is linked
+            config = evolve(config, **self._link_config(node))
         with trio.CancelScope() as scope:
             node.scope = scope
             async with trio.open_nursery() as processes:
                 rng = random.Random(f"node-{self.scenario.seed}-{node.index}-{number}")
-                env = SimEnvironment(node.home, rng, node.host, processes)
+                env = SimEnvironment(node.home, rng, node.host, processes, node.sockets)
                 self._environments.append(env)
                 running: RunningNode = await processes.start(
                     partial(
                         run_node,
                         config,
                         env,
-                        connect=self._connect,
+                        connect=connect,
                         store=SimModelStore(node.home / "models"),
                     )
                 )
@@ -196,10 +245,29 @@ class Cluster:
                 node.incarnations.append(running)
                 task_status.started()
 
+    def _link_config(self, node: SimNode) -> dict[str, object]:
+        """Peer links of a seed over links: every member's address configured, no
+        multicast discovery, the seed's cluster key (the intruder holds another)."""
+        intruding = node is self.intruder
+        key = f"not-the-key-{self.scenario.seed}" if intruding else f"key-{self.scenario.seed}"
+        peers = tuple(f"{n.address}:{PEER_PORT}" for n in self.nodes if n is not node)
+        return {
+            "peers": peers,
+            "peer_host": "0.0.0.0",
+            "peer_port": PEER_PORT,
+            "discovery_port": None,
+            "namespace": "sim",
+            "cluster_key": key,
+        }
+
     def _connect(self, node_id: NodeId, deliver: Deliver) -> _Endpoint:
         token = object()
         self.network.connect(node_id, deliver)
         return _Endpoint(self.network, node_id, token, self._current_tokens)
+
+
+def _nowhere(sender: NodeId, message: PeerMessage) -> None:
+    """Seeds over links deliver through the node's own link layer, never the queue."""
 
 
 class _Endpoint:

@@ -4,6 +4,13 @@
 through the simulated environment and speaks the real runner protocol to it over
 in-memory streams. Tokens are a function of the prompt; load and decode take simulated
 time. Killing it is a runner crash, seen by the node exactly as a dead process.
+
+A shard of a multi-node instance forms its ring over the simulated sockets, at the
+addresses placement gave it: rank 0 connects to every other rank (a star, where MLX's
+ring links neighbours), and is ready once all of them answered. Each token is a round
+trip to every other rank (the pipeline's pass through their layers), so a partition
+stalls decoding and a dead rank or a reset connection fails the request in flight and
+ends the runner (exit status 1), as a broken MLX ring does; the node restarts it.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from exo.engine import protocol
 from exo.events.codec import CodecError, decode, encode
 from exo.models.cards import ModelCard
 from exo.models.hub_errors import RepoNotFound
+from simulations.sockets import SimHostSockets, SimListener, SimStream
 
 LOAD_SECONDS = 0.5
+# How long ranks wait for each other to form the ring before the runner gives up.
+RING_FORM_SECONDS = 30.0
+RING_RETRY_SECONDS = 0.5
 DECODE_SECONDS = 0.02
 MAX_TOKENS = 12
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
@@ -43,7 +54,11 @@ def fake_tokens(request: protocol.GenerateRequest) -> list[tuple[int, str]]:
 class SimProcess:
     """A runner 'process': a task in the node's nursery serving the runner protocol."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, sockets: SimHostSockets | None = None) -> None:
+        self._sockets = sockets
+        # Rank 0: a connection to each other rank; another rank: its one from rank 0.
+        self._ring: list[SimStream] = []
+        self._listener: SimListener | None = None
         self.stdin, self._stdin_out = trio.testing.memory_stream_one_way_pair()
         self._stdout_in, self.stdout = trio.testing.memory_stream_one_way_pair()
         self._stderr_in, self.stderr = trio.testing.memory_stream_one_way_pair()
@@ -51,6 +66,7 @@ class SimProcess:
         self._done = trio.Event()
         self._scope = trio.CancelScope()
         self._cancelled: set[str] = set()
+        self._exit_code = 0
         self._work_send, self._work_receive = trio.open_memory_channel[protocol.GenerateRequest](
             1000
         )
@@ -69,6 +85,10 @@ class SimProcess:
             return
         self.returncode = code
         self._scope.cancel()
+        for stream in self._ring:  # the kernel resets a dead process's connections
+            stream.reset()
+        if self._listener is not None:
+            self._listener.close()
         self._stdout_in.close()
         self._stderr_in.close()
         self._done.set()
@@ -91,6 +111,8 @@ class SimProcess:
                             case protocol.Load():
                                 await self._send(protocol.Loading())
                                 await trio.sleep(LOAD_SECONDS)
+                                if message.hosts and not await self._form_ring(message, nursery):
+                                    break
                                 info = protocol.EngineInfo(
                                     "sim", "float32", "none", "fake", 30, 8192
                                 )
@@ -102,7 +124,7 @@ class SimProcess:
                             case protocol.Shutdown():
                                 break
                 nursery.cancel_scope.cancel()
-        self._exit(0)
+        self._exit(self._exit_code)
 
     async def _generate_loop(self) -> None:
         async for request in self._work_receive:
@@ -112,10 +134,69 @@ class SimProcess:
                 if request.request_id in self._cancelled:
                     break
                 await trio.sleep(DECODE_SECONDS)
+                if not await self._ring_step():
+                    message = "the ring broke: a rank of this instance is gone"
+                    await self._send(protocol.RequestError(request.request_id, message, True))
+                    await self._stderr_in.send_all(f"fatal: {message}\n".encode())
+                    self._exit(1)
+                    return
                 await self._send(protocol.TokenOut(request.request_id, text, token))
                 produced += 1
             reason = "cancelled" if request.request_id in self._cancelled else "length"
             await self._send(protocol.Finished(request.request_id, reason, 8, produced))
+
+    # -- the ring of a multi-node instance -------------------------------------------
+
+    async def _form_ring(self, load: protocol.Load, nursery: trio.Nursery) -> bool:
+        """Connect the ranks; False (the runner then exits with status 1) when they do not
+        all answer within `RING_FORM_SECONDS`."""
+        if self._sockets is None:
+            raise RuntimeError("a multi-node shard needs a seed whose transport is links")
+        with trio.move_on_after(RING_FORM_SECONDS):
+            if load.rank == 0:
+                for address in load.hosts[1:]:
+                    self._ring.append(await self._dial_rank(address))
+            else:
+                _, _, port = load.hosts[load.rank].rpartition(":")
+                self._listener = await self._sockets.open_tcp_listener("0.0.0.0", int(port))
+                stream = await self._listener.accept()
+                assert isinstance(stream, SimStream)
+                self._ring.append(stream)
+                nursery.start_soon(self._serve_rank, stream)
+            return True
+        await self._stderr_in.send_all(b"fatal: the ring did not form in time\n")
+        self._exit_code = 1
+        return False
+
+    async def _dial_rank(self, address: str) -> SimStream:
+        assert self._sockets is not None
+        host, _, port = address.rpartition(":")
+        while True:
+            try:
+                return await self._sockets.open_tcp_stream(host, int(port))
+            except OSError:
+                await trio.sleep(RING_RETRY_SECONDS)
+
+    async def _ring_step(self) -> bool:
+        """One token's pass through the other ranks: a byte out, a byte back, from each."""
+        try:
+            for stream in self._ring:
+                await stream.send_all(b"s")
+                if await stream.receive_some(1) != b"s":
+                    return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def _serve_rank(self, stream: SimStream) -> None:
+        """A rank after 0: echo each step until rank 0's connection ends, then exit."""
+        try:
+            while await stream.receive_some(1) == b"s":
+                await stream.send_all(b"s")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await self._stderr_in.send_all(b"fatal: the ring broke: rank 0 is gone\n")
+        self._exit(1)
 
 
 class SimModelStore:

@@ -1,6 +1,7 @@
 """The simulated outside world of one node incarnation: the Trio clock (virtual under
 `MockClock`), a seeded random generator, a home directory kept across restarts,
-synchronous disk work, fake runner processes and fixed host facts. No sockets."""
+synchronous disk work, fake runner processes, fixed host facts, and, on seeds whose
+transport is "links", TCP through the simulated sockets (`sockets.py`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from attrs import define
 from exo.environment import ChildProcess, HostFacts
 from exo.events.facts import Accelerator
 from simulations.engine import SimProcess
+from simulations.sockets import SimHostSockets
 
 T = TypeVar("T")
 
@@ -37,12 +39,18 @@ class SimHost:
 
 class SimEnvironment:
     def __init__(
-        self, home: Path, rng: random.Random, host: SimHost, processes: trio.Nursery
+        self,
+        home: Path,
+        rng: random.Random,
+        host: SimHost,
+        processes: trio.Nursery,
+        sockets: SimHostSockets | None = None,
     ) -> None:
         self.home = home
         self.random = rng
         self._host = host
         self._processes = processes
+        self.sockets = sockets
         self.spawned: list[SimProcess] = []
 
     def now(self) -> float:
@@ -52,7 +60,7 @@ class SimEnvironment:
         await trio.sleep(max(0.0, seconds) / self._host.clock_rate)
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> ChildProcess:
-        process = SimProcess(self._processes)
+        process = SimProcess(self._processes, self.sockets)
         self.spawned.append(process)
         await trio.lowlevel.checkpoint()
         return process
@@ -68,10 +76,21 @@ class SimEnvironment:
         return self._host
 
     async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
-        raise RuntimeError("simulated nodes have no sockets")
+        raise RuntimeError("simulated nodes serve no HTTP API: their clients call the backend")
 
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
-        raise RuntimeError("simulated nodes have no sockets")
+        return await self._sockets().open_tcp_stream(host, port)
+
+    async def open_tcp_listener(self, host: str, port: int) -> trio.abc.Listener[trio.abc.Stream]:
+        return await self._sockets().open_tcp_listener(host, port)
+
+    def token_hex(self, nbytes: int) -> str:
+        return self.random.getrandbits(8 * nbytes).to_bytes(nbytes, "big").hex()
+
+    def _sockets(self) -> SimHostSockets:
+        if self.sockets is None:
+            raise RuntimeError("this seed's nodes talk through the message network: no sockets")
+        return self.sockets
 
     def environ(self) -> dict[str, str]:
         return {}

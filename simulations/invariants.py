@@ -111,6 +111,27 @@ class Invariants:
                 self._check_log(node.index, node.node_id, node.running.event_log)
         self._check_stranded(cluster)
         self._check_shared_peers(cluster)
+        self._check_intruder(cluster)
+
+    def _check_intruder(self, cluster: Cluster) -> None:
+        """A node with the wrong cluster key never gets a link to a member, nor a place
+        in any member's state (nor they in its)."""
+        intruder = cluster.intruder
+        if intruder is None:
+            return
+        members = {n.node_id for n in cluster.nodes}
+        for node in cluster.nodes:
+            running = node.running
+            if running is None:
+                continue
+            if intruder.node_id in running.replica.state.nodes:
+                self.fail(f"the intruder {intruder.node_id} is in {node.node_id}'s state")
+            if running.links is not None and intruder.node_id in running.links.linked():
+                self.fail(f"the intruder {intruder.node_id} is linked with {node.node_id}")
+        if intruder.running is not None:
+            joined = members.intersection(intruder.running.replica.state.nodes)
+            if joined:
+                self.fail(f"the intruder's state holds members: {sorted(joined)}")
 
     def _check_shared_peers(self, cluster: Cluster) -> None:
         """Two masters may coexist only on sides that cannot both reach one node."""

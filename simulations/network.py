@@ -49,6 +49,8 @@ class SimNetwork:
         # Directed pairs blocked, with how many overlapping faults block each.
         self._blocked: dict[tuple[NodeId, NodeId], int] = {}
         self._wake = trio.Event()
+        # Told when a partition starts or heals (the simulated sockets wake their waiters).
+        self.on_change: list[Callable[[], None]] = []
         self.sent = 0
         self.delivered = 0
         self.dropped = 0
@@ -74,6 +76,7 @@ class SimNetwork:
 
     def block(self, sender: NodeId, receiver: NodeId) -> None:
         self._blocked[(sender, receiver)] = self._blocked.get((sender, receiver), 0) + 1
+        self._changed()
 
     def unblock(self, sender: NodeId, receiver: NodeId) -> None:
         count = self._blocked.get((sender, receiver), 0) - 1
@@ -81,6 +84,14 @@ class SimNetwork:
             self._blocked[(sender, receiver)] = count
         else:
             self._blocked.pop((sender, receiver), None)
+        self._changed()
+
+    def blocked(self, sender: NodeId, receiver: NodeId) -> bool:
+        return (sender, receiver) in self._blocked
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            hook()
 
     def linked(self, a: NodeId, b: NodeId) -> bool:
         """Both are up and messages pass both ways between them (loss aside)."""
@@ -93,6 +104,7 @@ class SimNetwork:
 
     def heal(self) -> None:
         self._blocked.clear()
+        self._changed()
 
     def send(self, sender: NodeId, receiver: NodeId, message: PeerMessage) -> None:
         self.sent += 1

@@ -21,7 +21,7 @@ from attrs import evolve, frozen
 from exo.events.ids import NodeId
 from simulations.cluster import Cluster, SimNode
 from simulations.invariants import Invariants
-from simulations.scenario import Fault, Scenario, draw_scenario
+from simulations.scenario import Fault, Scenario, Transport, draw_scenario
 from simulations.workload import Workload
 
 T = TypeVar("T")
@@ -47,8 +47,23 @@ class SeedResult:
     messages: int = 0  # peer messages delivered
     runner_starts: int = 0  # runner processes spawned, over all nodes and incarnations
     forced_nodes: int | None = None  # the --nodes the seed ran with
+    forced_transport: Transport | None = None  # the --transport it ran with
     snapshots_installed: int = 0  # peers' snapshots installed by nodes far behind
     torn_writes: int = 0  # crashes that left a torn record or a half-written snapshot
+    links: LinkCounts | None = None  # seeds over links only
+
+
+@frozen
+class LinkCounts:
+    """What the real link layer and data plane did on a seed over simulated TCP."""
+
+    connections: int  # TCP connections made
+    links: int  # links that passed the key handshake, over all incarnations
+    duplicates: int  # links closed as the second of a pair
+    refused: int  # handshakes refused on the key (members' and the intruder's sides)
+    resets: int  # connections reset by the network
+    relayed: int  # requests a node sent to an instance on another node
+    multi_node: int  # chats served by instances across 2 or 3 nodes
 
 
 class Trace:
@@ -108,8 +123,9 @@ def run_seed(
     keep_always: bool = False,
     scenario: Scenario | None = None,
     nodes: int | None = None,
+    transport: Transport | None = None,
 ) -> SeedResult:
-    scenario = scenario or draw_scenario(seed, nodes)
+    scenario = scenario or draw_scenario(seed, nodes, transport)
     root = sim_root()
     trace = Trace()
     trace.record(scenario.describe())
@@ -146,14 +162,34 @@ def run_seed(
             scenario.describe(),
             kept,
             tuple(ops),
-            cluster.network.delivered,
-            cluster.runner_starts,
-            nodes,
-            sum(r.control.snapshots_installed for r in incarnations),
-            cluster.torn_writes,
+            messages=cluster.network.delivered,
+            runner_starts=cluster.runner_starts,
+            forced_nodes=nodes,
+            forced_transport=transport,
+            snapshots_installed=sum(r.control.snapshots_installed for r in incarnations),
+            torn_writes=cluster.torn_writes,
+            links=_link_counts(cluster, ops),
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _link_counts(cluster: Cluster, ops: list[tuple[str, str, str]]) -> LinkCounts | None:
+    sockets = cluster.sockets
+    if sockets is None:
+        return None
+    everyone = [*cluster.nodes, *([cluster.intruder] if cluster.intruder else [])]
+    links = [r.links for n in everyone for r in n.incarnations if r.links is not None]
+    planes = [r.data_plane for n in cluster.nodes for r in n.incarnations if r.data_plane]
+    return LinkCounts(
+        sockets.connections,
+        sum(link.stats.links for link in links),
+        sum(link.stats.duplicates for link in links),
+        sum(link.stats.refused for link in links),
+        sockets.resets,
+        sum(plane.relayed for plane in planes),
+        sum(1 for kind, outcome, _ in ops if kind == "pipeline" and outcome == "ok"),
+    )
 
 
 def configure_worker(level: int) -> None:
@@ -163,10 +199,12 @@ def configure_worker(level: int) -> None:
     )
 
 
-def run_job(job: tuple[int, Path, bool, int | None]) -> SeedResult:
-    """`run_seed` for a worker process: (seed, keep_dir, keep_always, nodes)."""
-    seed, keep_dir, keep_always, nodes = job
-    return run_seed(seed, keep_dir=keep_dir, keep_always=keep_always, nodes=nodes)
+def run_job(job: tuple[int, Path, bool, int | None, Transport | None]) -> SeedResult:
+    """`run_seed` for a worker process: (seed, keep_dir, keep_always, nodes, transport)."""
+    seed, keep_dir, keep_always, nodes, transport = job
+    return run_seed(
+        seed, keep_dir=keep_dir, keep_always=keep_always, nodes=nodes, transport=transport
+    )
 
 
 async def _simulate(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from simulations.network import LinkModel
 
@@ -18,7 +18,12 @@ from simulations.network import LinkModel
 # scripted by tests; "bridge" is drawn from a generator of its own (`_draw_bridges`):
 # adding either to FAULT_KINDS would move every other draw.
 FaultKind = Literal["crash", "partition", "one_way", "isolate", "runner_crash", "corrupt", "bridge"]
-OpKind = Literal["chat", "place", "delete"]
+# "relay" and "pipeline" run on seeds whose transport is links only: a chat served by an
+# instance on another node (through the data plane), and one placed across 2 or 3 nodes.
+OpKind = Literal["chat", "place", "delete", "relay", "pipeline"]
+# "messages": the seeded message queue of `network.py` (loss, duplicates, reordering);
+# "links": simulated TCP (`sockets.py`) under the real link layer.
+Transport = Literal["messages", "links"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("crash", "partition", "one_way", "isolate", "runner_crash")
 
 GIB = 1024**3
@@ -74,14 +79,23 @@ class Scenario:
     # simulator's snapshots travel as several pipelined chunks).
     snapshot_chunk: int = 1024 * 1024
     snapshot_window: int = 4 * 1024 * 1024
+    transport: Transport = "messages"
+    # Links: the chance that a delivery resets its connection, and whether a node with
+    # the wrong cluster key keeps dialling the cluster.
+    reset_rate: float = 0.0
+    intruder: bool = False
 
     def describe(self) -> str:
         kinds = sorted({f.kind for f in self.faults})
         return (
             f"seed {self.seed}: {len(self.nodes)} nodes, {len(self.faults)} faults "
             f"({', '.join(kinds) or 'none'}), {len(self.ops)} client ops, "
-            f"drop {self.link.drop:.2f}, duplicate {self.link.duplicate:.2f}, "
-            f"latency {self.link.latency * 1000:.1f}+{self.link.jitter * 1000:.1f} ms"
+            + (
+                f"drop {self.link.drop:.2f}, duplicate {self.link.duplicate:.2f}, "
+                if self.transport == "messages"
+                else ""
+            )
+            + f"latency {self.link.latency * 1000:.1f}+{self.link.jitter * 1000:.1f} ms"
             + (
                 f", snapshot every {self.snapshot_every} keeping {self.snapshot_keep}"
                 if self.snapshot_every < 10_000
@@ -94,15 +108,24 @@ class Scenario:
             )
             + (f", {len(self.joins)} joining late" if self.joins else "")
             + (f", {len(self.leaves)} leaving" if self.leaves else "")
+            + (
+                f", over links (resets {self.reset_rate:g})"
+                + (", intruder" if self.intruder else "")
+                if self.transport == "links"
+                else ""
+            )
         )
 
 
 MAX_NODES = 64
 
 
-def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
+def draw_scenario(
+    seed: int, nodes: int | None = None, transport: Transport | None = None
+) -> Scenario:
     """The scenario of `seed`; `nodes` fixes the cluster size (2 to 64) instead of drawing
-    it from 2 to 7, with everything else drawn the same way."""
+    it from 2 to 7, and `transport` the transport instead of drawing it, with everything
+    else drawn the same way."""
     rng = random.Random(f"scenario-{seed}")
     size = rng.randint(2, 7)
     if nodes is not None:
@@ -154,12 +177,50 @@ def draw_scenario(seed: int, nodes: int | None = None) -> Scenario:
             (10_000, 8192, True),
         )
     )
-    sizes: dict[str, int] = {"snapshot_chunk": 1000, "snapshot_window": 4000}
-    if by_size:
-        sizes |= {"snapshot_bytes": 8000, "snapshot_keep_bytes": 3000}
     joins, leaves = _draw_membership(seed, size, active)
-    return Scenario(
-        seed, specs, link, active, 15.0, tuple(faults), ops, every, keep, joins, leaves, **sizes
+    scenario = Scenario(
+        seed,
+        specs,
+        link,
+        active,
+        15.0,
+        tuple(faults),
+        ops,
+        every,
+        keep,
+        joins,
+        leaves,
+        snapshot_bytes=8000 if by_size else 32 * 1024 * 1024,
+        snapshot_keep_bytes=3000 if by_size else 16 * 1024 * 1024,
+        snapshot_chunk=1000,
+        snapshot_window=4000,
+    )
+    return _draw_transport(scenario, transport)
+
+
+def _draw_transport(scenario: Scenario, forced: Transport | None) -> Scenario:
+    """Half the seeds run over simulated TCP and the real link layer, with some chats
+    relayed and some instances across 2 or 3 nodes, from a generator of their own."""
+    rng = random.Random(f"transport-{scenario.seed}")
+    over_links = rng.random() < 0.5
+    if (forced or ("links" if over_links else "messages")) == "messages":
+        return scenario
+    size = len(scenario.nodes)
+    extra = [
+        Op(
+            at=rng.uniform(3.0, scenario.active),
+            node=rng.randrange(size),
+            kind=rng.choice(("relay", "pipeline")),
+        )
+        for _ in range(rng.randint(2, 8))
+    ]
+    ops = tuple(sorted((*scenario.ops, *extra), key=lambda o: (o.at, o.node, o.kind)))
+    return evolve(
+        scenario,
+        transport="links",
+        ops=ops,
+        reset_rate=rng.choice((0.0, 0.0, 0.0005, 0.002)),
+        intruder=rng.random() < 0.4,
     )
 
 

@@ -1,6 +1,11 @@
 """Simulated clients: chat requests, instance placements and deletions sent to nodes at
 the scenario's times, each bounded. A request is answered or failed, never left hanging:
-a node crash fails the requests in flight against it, as a dropped connection would."""
+a node crash fails the requests in flight against it, as a dropped connection would.
+
+On seeds over links two more: `relay` places an instance on the op's node and chats
+through a node without one of its own, so the answer comes through the data plane;
+`pipeline` places an instance across the op's node and the next one or two up, and
+streams a chat from its rank 0, every token a pass through the other ranks' runners."""
 
 from __future__ import annotations
 
@@ -9,17 +14,21 @@ from attrs import frozen
 
 from exo.actors.api_host import serving_instance
 from exo.actors.decide import instance_id_for
+from exo.actors.runner_handle import RunnerHandle
 from exo.api.backend import BackendError
 from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams
 from exo.events.commands import DeleteInstance, PlaceInstance
-from exo.events.ids import InstanceId
+from exo.events.ids import InstanceId, NodeId
 from exo.models.cards import BUNDLED_MODEL
+from exo.node import RunningNode
 from simulations.cluster import Cluster, SimNode
 from simulations.engine import fake_tokens
 from simulations.scenario import Op
 
 # Longer than any wait the node itself bounds (ready timeout 20 s, a failover, retries).
 OP_BOUND = 60.0
+# How long a pipeline op waits for its rank 0 to be ready (downloads, the ring forming).
+READY_BOUND = 30.0
 
 
 @frozen
@@ -85,11 +94,62 @@ class Workload:
                     if placed.outcome != "ok":
                         return placed
                 return await self._chat(number, op, node)
+            case "relay":
+                return await self._relay(number, op, node)
+            case "pipeline":
+                return await self._pipeline(number, op, node)
 
-    async def _place(self, op: Op, node: SimNode) -> OpResult:
+    async def _relay(self, number: int, op: Op, node: SimNode) -> OpResult:
         running = node.running
         assert running is not None
-        outcome = await running.commands.call(PlaceInstance(BUNDLED_MODEL, nodes=(node.node_id,)))
+        state = running.replica.state
+        if serving_instance(state, node.node_id, BUNDLED_MODEL) is None:
+            placed = await self._place(op, node)
+            if placed.outcome != "ok":
+                return placed
+        others = [n for n in self._cluster.nodes if n is not node and n.running is not None]
+        api = [n for n in others if serving_instance(state, n.node_id, BUNDLED_MODEL) is None]
+        if not (api or others):
+            return OpResult(op, "refused", "no other node up")
+        return await self._chat(number, op, (api or others)[number % len(api or others)])
+
+    async def _pipeline(self, number: int, op: Op, node: SimNode) -> OpResult:
+        running = node.running
+        assert running is not None
+        nodes = self._cluster.nodes
+        up = [nodes[(node.index + k) % len(nodes)] for k in range(1, len(nodes))]
+        ranks = [node, *[n for n in up if n.running is not None][: 1 + number % 2]]
+        if len(ranks) < 2:
+            return OpResult(op, "refused", "no other node up")
+        ids = tuple(n.node_id for n in ranks)
+        placed = await self._place(op, node, ids)
+        if placed.outcome != "ok":
+            return placed
+        instance_id = InstanceId(placed.detail.removeprefix("placed "))
+        handle = await _ready_handle(running, instance_id)
+        if handle is None:
+            return OpResult(op, "failed", f"{len(ranks)}-node instance not ready")
+        messages = (ChatMessage("user", f"request {number} to {len(ranks)} nodes"),)
+        request = GenerateRequest(
+            f"sim-{number}", messages, SamplingParams(temperature=0.0, max_tokens=8)
+        )
+        expected = "".join(text for _, text in fake_tokens(request))
+        try:
+            async with handle.stream(request) as chunks:
+                answer = "".join([c.text async for c in chunks if not isinstance(c, Finished)])
+        except BackendError as exc:
+            return OpResult(op, "failed", exc.message.splitlines()[0])
+        if answer != expected:
+            return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
+        return OpResult(op, "ok", f"{len(ranks)} nodes: {answer}")
+
+    async def _place(
+        self, op: Op, node: SimNode, nodes: tuple[NodeId, ...] | None = None
+    ) -> OpResult:
+        running = node.running
+        assert running is not None
+        command = PlaceInstance(BUNDLED_MODEL, nodes=nodes or (node.node_id,))
+        outcome = await running.commands.call(command)
         if not outcome.accepted:
             return OpResult(op, "failed", outcome.reason)
         instance_id = instance_id_for(outcome.command_id)
@@ -114,3 +174,15 @@ class Workload:
         if answer != expected:
             return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
         return OpResult(op, "ok", answer)
+
+
+async def _ready_handle(running: RunningNode, instance_id: InstanceId) -> RunnerHandle | None:
+    """The instance's runner on this node once ready (polled: a runner sets no event),
+    or None after `READY_BOUND`."""
+    with trio.move_on_after(READY_BOUND):
+        while True:
+            handle = running.runners.handles.get(instance_id)
+            if handle is not None and handle.ready:
+                return handle
+            await trio.sleep(0.25)
+    return None

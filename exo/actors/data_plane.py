@@ -69,6 +69,9 @@ class DataPlane:
         # Streams failed here while their server may still be generating: cancel on exit.
         self._abandoned: set[str] = set()
         self._serving: dict[tuple[NodeId, str], trio.CancelScope] = {}
+        # Requests sent to a peer's instance, and requests served for a peer, since start.
+        self.relayed = 0
+        self.served = 0
 
     # -- inbound (called from the link layer) ----------------------------------------
 
@@ -130,6 +133,7 @@ class DataPlane:
         request_id = request.request_id
         send, receive = trio.open_memory_channel[Relayed](math.inf)
         self._streams[request_id] = _Stream(peer, instance_id, send)
+        self.relayed += 1
         try:
             try:
                 await self._links.send_data(peer, RelayRequest(instance_id, request))
@@ -165,6 +169,7 @@ class DataPlane:
 
     async def _serve(self, peer: NodeId, message: RelayRequest) -> None:
         request_id = message.request.request_id
+        self.served += 1
         with trio.CancelScope() as scope:
             self._serving[(peer, request_id)] = scope
             try:

@@ -100,6 +100,8 @@ class LinkNetwork:
         self._configured = peers
         self._links: dict[NodeId, trio.MemorySendChannel[bytes]] = {}
         self._dialers: dict[NodeId, NodeId] = {}
+        # Set when the link with a peer ends (a replaced link's too).
+        self._ended: dict[NodeId, trio.Event] = {}
         self._known: set[NodeId] = set()
         # Addresses linked with before, read once: `expecting_peers` runs every tick.
         self._remembered: set[str] = _read_remembered(home / PEERS_FILE)
@@ -204,16 +206,24 @@ class LinkNetwork:
                 log.debug("peer %s unreachable: %s", address, exc)
             else:
                 outcome = await self._dial_once(address, host.strip("[]"), stream)
-                if outcome == "linked":
+                if isinstance(outcome, _Duplicate):
+                    # The pair already has the link the other side dialled: dial again
+                    # only once that one is gone (not every half second while it lives).
+                    await outcome.kept_link_ended.wait()
+                    backoff = REDIAL_INITIAL
+                elif outcome == "linked":
                     backoff = REDIAL_INITIAL
                 elif outcome == "refused":
                     backoff = REDIAL_MAX
             await self._env.sleep(backoff)
             backoff = min(backoff * 2, REDIAL_MAX)
 
-    async def _dial_once(self, address: str, host: str, stream: trio.abc.Stream) -> str:
+    async def _dial_once(
+        self, address: str, host: str, stream: trio.abc.Stream
+    ) -> str | _Duplicate:
         """One connection to a peer, served until it breaks: "linked" once it was a link,
-        "refused" when either side refused the other's key, else "failed"."""
+        "refused" when either side refused the other's key, a `_Duplicate` when the pair
+        keeps the link the other side dialled, else "failed"."""
         async with trio.open_nursery() as nursery:
             ws: WebSocketConnection | None = None
             try:
@@ -226,8 +236,8 @@ class LinkNetwork:
                     ws = link
                     peer = await self._dialer_handshake(link)
                 self._remember(address)
-                await self._serve_link(peer, link, self.node_id, remote_host(stream))
-                return "linked"
+                kept = await self._serve_link(peer, link, self.node_id, remote_host(stream))
+                return "linked" if kept is None else _Duplicate(kept)
             except AuthError as exc:
                 log.error("peer %s refused: %s", address, exc)
                 self.stats.refused += 1
@@ -308,23 +318,31 @@ class LinkNetwork:
 
     async def _serve_link(
         self, peer: NodeId, ws: WebSocketConnection, dialed_by: NodeId, address: str
-    ) -> None:
+    ) -> trio.Event | None:
         """Frames both ways until the link breaks.
 
         One link per pair: when both nodes dial each other, the link the lower id dialled
-        wins on both sides; a redial (the same dialer, the old link lost) replaces the old.
+        wins on both sides; a redial (the same dialer, the old link lost) replaces the old,
+        and whatever used the old one is told it was lost. A link closed as a duplicate
+        returns the event set when the kept one ends.
         """
         preferred = min(self.node_id, peer)
         current = self._links.get(peer)
         if current is not None and self._dialers.get(peer) == preferred != dialed_by:
             self.stats.duplicates += 1
             await ws.aclose(code=1000, reason="duplicate link")
-            return
+            return self._ended[peer]
         send, receive = trio.open_memory_channel[bytes](SEND_QUEUE)
         if current is not None:
+            # Frames still queued on the old link, or on their way over it, are lost: what
+            # counted on them (relayed streams, file transfers) fails now rather than go
+            # on with a gap (the simulator found a relayed reply missing a token).
             current.close()
+            if self.on_link_lost is not None:
+                self.on_link_lost(peer)
         self._links[peer] = send
         self._dialers[peer] = dialed_by
+        ended = self._ended[peer] = trio.Event()
         self._known.add(peer)
         self._addresses[peer] = address
         self.stats.links += 1
@@ -340,7 +358,9 @@ class LinkNetwork:
                 self._addresses.pop(peer, None)
                 if self.on_link_lost is not None:
                     self.on_link_lost(peer)
+            ended.set()
             send.close()
+        return None
 
     async def _read(self, peer: NodeId, ws: WebSocketConnection) -> None:
         try:
@@ -384,6 +404,13 @@ _BROKEN = (
     trio.ClosedResourceError,
     CodecError,
 )
+
+
+@frozen
+class _Duplicate:
+    """A dial closed because the pair keeps the link the other side dialled."""
+
+    kept_link_ended: trio.Event
 
 
 @define

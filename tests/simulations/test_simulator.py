@@ -20,12 +20,16 @@ from simulations.__main__ import main
 from simulations.failover import measure_failover
 from simulations.network import LinkModel
 from simulations.run import run_seed
-from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario
+from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario, draw_scenario
 
 # Seeds that failed while the control plane was being written, each for a different bug
 # (stale catch-up replies, lost gaps, answers for unwritten events, nested adoption,
 # adoption computed against another master, simultaneous candidates).
 REGRESSION_SEEDS = [1, 4, 7, 9, 16, 24, 32, 36, 37, 38, 49, 53, 56, 155]
+# Seeds over links that failed: 130 lost a token of a relayed reply when a redial
+# replaced a link with frames still queued on it (and showed every pair's higher id
+# redialling twice a second while linked).
+LINK_REGRESSION_SEEDS = [130]
 
 
 def test_the_same_seed_gives_the_same_trace() -> None:
@@ -56,8 +60,41 @@ def test_a_run_is_the_same_in_another_process_with_another_hash_seed() -> None:
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
 def test_regression_seeds_pass(seed: int) -> None:
-    result = run_seed(seed)
+    # They failed on the message network, before seeds could run over links.
+    result = run_seed(seed, transport="messages")
     assert result.passed, result.violations
+
+
+@pytest.mark.parametrize("seed", LINK_REGRESSION_SEEDS)
+def test_link_regression_seeds_pass(seed: int) -> None:
+    result = run_seed(seed, transport="links")
+    assert result.passed, result.violations
+
+
+def test_seeds_over_links_run_the_link_layer_the_data_plane_and_multi_node_rings() -> None:
+    """Seed 130 over simulated TCP: every pair dials both ways (duplicates closed), an
+    intruder with the wrong key is refused by both sides, chats are relayed from other
+    nodes' instances, and instances across 2 and 3 nodes answer through their rings."""
+    result = run_seed(130, transport="links")
+    counts = result.links
+    assert result.passed and counts is not None
+    assert counts.links > 0 and counts.duplicates > 0 and counts.refused > 0
+    # A dial closed as a duplicate waits for the kept link to end: before, the higher id
+    # of every pair redialled twice a second for as long as the pair was linked.
+    assert counts.duplicates <= counts.links
+    assert counts.relayed > 0 and counts.multi_node > 0
+    served = {detail.split(":")[0] for kind, outcome, detail in result.ops if kind == "pipeline"}
+    assert {"2 nodes", "3 nodes"} <= served
+    assert result.messages == 0  # nothing went through the message queue
+
+
+def test_connection_resets_fail_relayed_streams_cleanly() -> None:
+    """A seed whose network resets connections: links break and are redialled, and
+    every request still ends answered right or failed (the invariants check both)."""
+    scenario = evolve(draw_scenario(6, transport="links"), reset_rate=0.002)
+    result = run_seed(6, scenario=scenario)
+    assert result.passed, result.violations
+    assert result.links is not None and result.links.resets > 0
 
 
 def two_nodes(victim: int) -> Scenario:
@@ -162,9 +199,10 @@ def test_the_simulator_catches_a_master_that_does_not_fence_terms(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setattr(ControlCore, "_consider_master", bug)
-    assert main(["run", "--seeds", "10..24", "--jobs", "1", "--keep", str(tmp_path)]) == 1
+    argv = ["run", "--seeds", "10..24", "--jobs", "1", "--transport", "messages"]
+    assert main([*argv, "--keep", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    last = out.strip().splitlines()[-1]
+    last = next(line for line in out.splitlines() if line.startswith("seeds: "))
     match = re.fullmatch(r"seeds: 15 passed: (\d+) failed: (\d+) faults: \d+ elections: \d+", last)
     assert match is not None, last
     assert int(match.group(2)) >= 1
@@ -188,7 +226,7 @@ def test_the_simulator_catches_decisions_lost_to_compaction(
     decisions its snapshot kept of those it cut off. Seed 17 compacts every 12 events and
     has a master deposed deep in its own term; its placement is then lost."""
     monkeypatch.setattr(EventLog, "adoptable_since", EventLog.since)
-    result = run_seed(17)
+    result = run_seed(17, transport="messages")
     assert not result.passed
     assert any("acknowledged placement" in v and "is lost" in v for v in result.violations)
 
@@ -215,7 +253,7 @@ def test_the_simulator_catches_an_instance_stranded_on_a_down_node(
         return decision if isinstance(decision, decide.Rejected) else decision[:1]
 
     monkeypatch.setattr(decide, "adopt", stranding_adopt)
-    result = run_seed(1)
+    result = run_seed(1, transport="messages")
     assert not result.passed
     assert any("which its state has marked down" in v for v in result.violations)
 
@@ -224,7 +262,7 @@ def test_crashes_that_tear_the_disk_lose_nothing_acknowledged() -> None:
     """Seeds 7 and 11 each have a crash that leaves part of an unsynced record (or a
     half-written snapshot); the node drops it on start and every invariant holds."""
     for seed in (7, 11):
-        result = run_seed(seed)
+        result = run_seed(seed, transport="messages")
         assert result.passed, result.violations
         assert result.torn_writes >= 1
 
@@ -259,11 +297,11 @@ def test_the_simulator_catches_two_masters_sharing_a_peer(
     from exo.actors import peer_views
 
     monkeypatch.setattr(peer_views, "_follows_live_master", lambda beat, me: False)
-    result = run_seed(57)
+    result = run_seed(57, transport="messages")
     assert not result.passed
     assert any(v.startswith("two masters") for v in result.violations)
     monkeypatch.undo()
-    assert run_seed(57).passed
+    assert run_seed(57, transport="messages").passed
 
 
 def quick_placements() -> Scenario:
@@ -290,5 +328,5 @@ def test_the_simulator_catches_a_command_decided_twice(monkeypatch: pytest.Monke
     from exo.actors.master import Sequencer
 
     monkeypatch.setattr(Sequencer, "_store", lambda self, outcome: None)
-    result = run_seed(0)
+    result = run_seed(0, transport="messages")
     assert any("decided again" in v for v in result.violations)

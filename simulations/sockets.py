@@ -1,0 +1,315 @@
+"""Simulated TCP: listeners and byte streams between simulated hosts, on the one clock.
+
+A seed whose transport is "links" gives each node an address (10.0.x.y) and these
+sockets instead of the message queue of `network.py`: the node's real link layer
+(trio-websocket, the key handshake, duplicate-link resolution, redial), its data plane
+and the fake runners' rings all run over them.
+
+What a stream does, as TCP does it:
+- bytes arrive in order, each `send_all` after the link's latency plus a seeded jitter
+  (never before the bytes sent earlier);
+- a partition in either direction stalls both directions (data needs the other side's
+  acknowledgements); the bytes arrive after it heals, so a link can outlive a short
+  partition, as a real one does;
+- a sender blocks once `WINDOW` bytes wait unread (the receive window);
+- a crashed node's streams are reset (its kernel answers with RST), and it refuses
+  connections until its new incarnation listens again;
+- a connection to an address nobody listens on is refused after a round trip; across a
+  partition it waits (SYNs lost) until the partition heals or the caller gives up;
+- with the seed's reset rate, a delivery resets the connection (a middlebox, a NAT
+  timeout): both ends see it broken.
+
+Every delivery is recorded in the trace (time, ends, bytes), so a seed's bytes on the
+wire are part of its hash.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections import deque
+from collections.abc import Callable
+
+import trio
+from attrs import define, field
+
+from simulations.network import LinkModel, Record
+
+WINDOW = 256 * 1024
+FIRST_EPHEMERAL_PORT = 40000
+
+# Whether bytes may pass from one address to another now.
+Passes = Callable[[str, str], bool]
+
+
+@define(eq=False)
+class _Pipe:
+    """One direction of a connection: bytes in flight and buffered at the receiver."""
+
+    source: str
+    target: str
+    chunks: deque[tuple[float, bytes]] = field(factory=deque)
+    buffered: int = 0
+    last_at: float = 0.0
+    eof: bool = False
+    broken: bool = False
+    # Set on anything its ends may wait for: bytes sent or read, EOF, a reset, a heal.
+    wake: trio.Event = field(factory=trio.Event)
+
+    def notify(self) -> None:
+        self.wake.set()
+        self.wake = trio.Event()
+
+    async def wait(self, until: float | None = None) -> None:
+        event = self.wake
+        with trio.move_on_at(until if until is not None else float("inf")):
+            await event.wait()
+
+
+class SimSockets:
+    """Every simulated host's sockets, on one seeded network."""
+
+    def __init__(self, rng: random.Random, link: LinkModel, passes: Passes, record: Record) -> None:
+        self._rng = rng
+        self.link = link
+        self.reset_rate = 0.0
+        self._passes = passes
+        self._record = record
+        self._listeners: dict[tuple[str, int], SimListener] = {}
+        self._streams: list[SimStream] = []
+        self._next_port: dict[str, int] = {}
+        self._changed = trio.Event()
+        self.connections = 0
+        self.resets = 0
+
+    # -- the network changed: a partition started or healed, a node crashed ----------
+
+    def changed(self) -> None:
+        """Wake everything that waits on the network (called on every fault and heal)."""
+        self._changed.set()
+        self._changed = trio.Event()
+        for stream in self._streams:
+            stream.incoming.notify()
+            stream.outgoing.notify()
+
+    def passes(self, a: str, b: str) -> bool:
+        """Bytes flow between a and b: neither direction is blocked (TCP needs both)."""
+        return self._passes(a, b) and self._passes(b, a)
+
+    # -- hosts ---------------------------------------------------------------------
+
+    def host(self, address: str) -> SimHostSockets:
+        """The sockets of one node incarnation at `address`."""
+        return SimHostSockets(self, address)
+
+    def crash(self, address: str) -> None:
+        """The node at `address` died: its listeners close, its streams are reset."""
+        for key in [k for k in self._listeners if k[0] == address]:
+            self._listeners.pop(key).close()
+        for stream in list(self._streams):
+            if address in (stream.local_host, stream.remote_host):
+                self._reset(stream)
+        self.changed()
+
+    # -- streams -------------------------------------------------------------------
+
+    def _delay(self) -> float:
+        link = self.link
+        return link.latency + (self._rng.expovariate(1 / link.jitter) if link.jitter else 0.0)
+
+    async def _connect(self, source: str, host: str, port: int) -> SimStream:
+        # The SYN waits out a partition (its retransmissions are lost until it heals).
+        while not self.passes(source, host):
+            await self._changed.wait()
+        await trio.sleep(2 * self._delay())
+        listener = self._listeners.get((host, port))
+        if listener is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused: {host}:{port}")
+        self.connections += 1
+        out, back = _Pipe(source, host), _Pipe(host, source)
+        client = SimStream(self, out, back, source, host)
+        server = SimStream(self, back, out, host, source)
+        self._streams += [client, server]
+        listener.offer(server)
+        return client
+
+    def _send(self, pipe: _Pipe, data: bytes) -> None:
+        at = max(pipe.last_at, trio.current_time() + self._delay())
+        pipe.last_at = at
+        pipe.chunks.append((at, data))
+        pipe.buffered += len(data)
+        pipe.notify()
+
+    async def _receive(self, stream: SimStream, pipe: _Pipe, max_bytes: int) -> bytes:
+        while True:
+            if pipe.broken:
+                raise trio.BrokenResourceError("connection reset")
+            if pipe.chunks:
+                at, data = pipe.chunks[0]
+                if self.passes(pipe.source, pipe.target):
+                    now = trio.current_time()
+                    if at <= now:
+                        if self.reset_rate and self._rng.random() < self.reset_rate:
+                            self.resets += 1
+                            self._record(f"{now:.6f} {pipe.source}>{pipe.target} tcp reset")
+                            self._reset(stream)
+                            continue
+                        return self._take(pipe, data, max_bytes, now)
+                    await pipe.wait(at)
+                    continue
+            elif pipe.eof:
+                return b""
+            await pipe.wait()
+
+    def _take(self, pipe: _Pipe, data: bytes, max_bytes: int, now: float) -> bytes:
+        if len(data) > max_bytes:
+            pipe.chunks[0] = (pipe.chunks[0][0], data[max_bytes:])
+            data = data[:max_bytes]
+        else:
+            pipe.chunks.popleft()
+        pipe.buffered -= len(data)
+        self._record(f"{now:.6f} {pipe.source}>{pipe.target} tcp {len(data)}")
+        pipe.notify()
+        return data
+
+    def _reset(self, stream: SimStream) -> None:
+        for pipe in (stream.outgoing, stream.incoming):
+            pipe.broken = True
+            pipe.chunks.clear()
+            pipe.buffered = 0
+            pipe.notify()
+        for end in [s for s in self._streams if s.outgoing in (stream.outgoing, stream.incoming)]:
+            self._streams.remove(end)
+
+    def _forget(self, stream: SimStream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    def _bind(self, host: str, port: int) -> SimListener:
+        if port == 0:
+            port = self._next_port.get(host, FIRST_EPHEMERAL_PORT)
+            while (host, port) in self._listeners:
+                port += 1
+            self._next_port[host] = port + 1
+        if (host, port) in self._listeners:
+            raise OSError(errno.EADDRINUSE, f"address in use: {host}:{port}")
+        listener = SimListener(self, host, port)
+        self._listeners[(host, port)] = listener
+        return listener
+
+    def _unbind(self, listener: SimListener) -> None:
+        if self._listeners.get((listener.host, listener.port)) is listener:
+            del self._listeners[(listener.host, listener.port)]
+
+
+class SimHostSockets:
+    """One node incarnation's view: listens on its own address, dials from it. After a
+    crash it can do nothing more (a new incarnation gets a new view)."""
+
+    def __init__(self, sockets: SimSockets, address: str) -> None:
+        self._sockets = sockets
+        self.address = address
+        self.dead = False
+
+    async def open_tcp_stream(self, host: str, port: int) -> SimStream:
+        if self.dead:
+            raise OSError(errno.ENETDOWN, "this node crashed")
+        return await self._sockets._connect(self.address, host, port)
+
+    async def open_tcp_listener(self, host: str, port: int) -> SimListener:
+        if self.dead:
+            raise OSError(errno.ENETDOWN, "this node crashed")
+        if host not in ("0.0.0.0", "", self.address):
+            raise OSError(errno.EADDRNOTAVAIL, f"{host} is not an address of this host")
+        await trio.lowlevel.checkpoint()
+        return self._sockets._bind(self.address, port)
+
+
+class SimStream(trio.abc.Stream):
+    """One end of a simulated TCP connection."""
+
+    def __init__(
+        self, sockets: SimSockets, outgoing: _Pipe, incoming: _Pipe, local: str, remote: str
+    ) -> None:
+        self._sockets = sockets
+        self.outgoing = outgoing
+        self.incoming = incoming
+        self.local_host = local
+        self.remote_host = remote
+        self._closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        pipe = self.outgoing
+        while pipe.buffered >= WINDOW and not pipe.broken:
+            await pipe.wait()
+        if pipe.broken:
+            raise trio.BrokenResourceError("connection reset")
+        if pipe.eof:
+            raise trio.ClosedResourceError("stream closed for sending")
+        if data:
+            self._sockets._send(pipe, bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        while self.outgoing.buffered >= WINDOW and not self.outgoing.broken:
+            await self.outgoing.wait()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        data = await self._sockets._receive(self, self.incoming, max_bytes or 65536)
+        await trio.lowlevel.checkpoint()
+        return data
+
+    def reset(self) -> None:
+        """Abort the connection (a dead process's kernel sends RST): both ends break."""
+        self._closed = True
+        self._sockets._reset(self)
+
+    async def send_eof(self) -> None:
+        self.outgoing.eof = True
+        self.outgoing.notify()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """FIN after the bytes already sent; what the peer sends from now on meets an RST."""
+        if not self._closed:
+            self._closed = True
+            self.outgoing.eof = True
+            self.outgoing.notify()
+            self.incoming.broken = True
+            self.incoming.chunks.clear()
+            self.incoming.buffered = 0
+            self.incoming.notify()
+            self._sockets._forget(self)
+        await trio.lowlevel.checkpoint()
+
+
+class SimListener(trio.abc.Listener[trio.abc.Stream]):
+    def __init__(self, sockets: SimSockets, host: str, port: int) -> None:
+        self._sockets = sockets
+        self.host = host
+        self.port = port
+        self._send, self._receive = trio.open_memory_channel[SimStream](128)
+
+    def offer(self, stream: SimStream) -> None:
+        try:
+            self._send.send_nowait(stream)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self._sockets._reset(stream)  # a full backlog, or closed: refused
+
+    def close(self) -> None:
+        self._send.close()
+        self._sockets._unbind(self)
+
+    async def accept(self) -> trio.abc.Stream:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio.ClosedResourceError("listener closed") from None
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
