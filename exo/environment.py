@@ -9,6 +9,7 @@ ring set-up run in simulation too.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
 import random
@@ -26,6 +27,8 @@ import trio
 from exo.events.facts import Accelerator
 
 T = TypeVar("T")
+
+log = logging.getLogger("exo.environment")
 
 
 class ChildProcess(Protocol):
@@ -80,6 +83,11 @@ class Environment(Protocol):
         OSError when the port is taken."""
         ...
 
+    async def open_multicast(self, group: str, port: int) -> Multicast:
+        """Membership of a UDP multicast group on every IPv4 interface that is up
+        (OSError where the network has no multicast)."""
+        ...
+
     def token_hex(self, nbytes: int) -> str:
         """A random nonce: from the OS's secure source in production, seeded in simulation
         (a nonce only has to be fresh there)."""
@@ -88,6 +96,20 @@ class Environment(Protocol):
     def environ(self) -> dict[str, str]:
         """Environment variables handed to child processes."""
         ...
+
+
+class Multicast(Protocol):
+    """A multicast group joined on every interface: datagrams out on each, in from all."""
+
+    async def send(self, data: bytes) -> None:
+        """Send to the group on every interface (best effort, as UDP is)."""
+        ...
+
+    async def receive(self, max_bytes: int) -> tuple[bytes, str]:
+        """The next datagram and the address it came from."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class HostFacts(Protocol):
@@ -155,6 +177,9 @@ class RealEnvironment:
         for extra in listeners[1:]:
             await extra.aclose()
         return listeners[0]
+
+    async def open_multicast(self, group: str, port: int) -> Multicast:
+        return await SocketMulticast.open(group, port)
 
     def token_hex(self, nbytes: int) -> str:
         return secrets.token_hex(nbytes)
@@ -232,3 +257,75 @@ def listener_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
     if not isinstance(port, int):
         raise TypeError(f"{listener!r} says no port")
     return port
+
+
+def interface_addresses() -> list[str]:
+    """IPv4 addresses of the interfaces that are up (loopback included, so that nodes on
+    one machine find each other too), on every OS (psutil)."""
+    stats = psutil.net_if_stats()
+    addresses = {
+        entry.address
+        for name, entries in psutil.net_if_addrs().items()
+        if name in stats and stats[name].isup
+        for entry in entries
+        if entry.family == socket.AF_INET
+    }
+    return sorted(addresses)
+
+
+class SocketMulticast:
+    """`Multicast` over real sockets: one bound to the group's port and joined on every
+    interface, one sending with TTL 1 (the local network only) and loopback on."""
+
+    def __init__(
+        self,
+        group: str,
+        port: int,
+        receiver: trio.socket.SocketType,
+        sender: trio.socket.SocketType,
+    ) -> None:
+        self._group = group
+        self._port = port
+        self._receiver = receiver
+        self._sender = sender
+
+    @classmethod
+    async def open(cls, group: str, port: int) -> SocketMulticast:
+        receiver = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        sender = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        try:
+            receiver.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            if hasattr(trio.socket, "SO_REUSEPORT"):
+                receiver.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            await receiver.bind(("", port))
+            for address in interface_addresses():
+                mreq = socket.inet_aton(group) + socket.inet_aton(address)
+                try:
+                    receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                except OSError as exc:
+                    log.debug("cannot join %s on %s: %s", group, address, exc)
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        except BaseException:
+            receiver.close()
+            sender.close()
+            raise
+        return cls(group, port, receiver, sender)
+
+    async def send(self, data: bytes) -> None:
+        for address in interface_addresses():
+            try:
+                self._sender.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
+                )
+                await self._sender.sendto(data, (self._group, self._port))
+            except OSError as exc:
+                log.debug("no datagram to %s on %s: %s", self._group, address, exc)
+
+    async def receive(self, max_bytes: int) -> tuple[bytes, str]:
+        data, (host, _) = await self._receiver.recvfrom(max_bytes)
+        return data, str(host)
+
+    def close(self) -> None:
+        self._receiver.close()
+        self._sender.close()

@@ -23,8 +23,9 @@ from exo.actors.discovery import Discovery
 from exo.actors.download import Downloader, ModelStore, NodeModelStore
 from exo.actors.file_share import FileShare
 from exo.actors.identity import load_or_create_node_id
+from exo.actors.link_auth import cluster_secret
 from exo.actors.link_probe import LinkProbe
-from exo.actors.links import PEERS_FILE, LinkNetwork, cluster_secret
+from exo.actors.links import PEERS_FILE, LinkNetwork
 from exo.actors.mesh import run_mesh
 from exo.actors.network import ControlTimings, NoPeers, PeerNetwork
 from exo.actors.node_metrics import state_metrics
@@ -233,6 +234,7 @@ async def run_node(
                 )
                 if config.discovery_port is not None:
                     discovery = Discovery(
+                        env,
                         node_id,
                         config.namespace,
                         cluster_secret(config.namespace, config.cluster_key),

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             f"over links: {len(over_links)} seeds, "
             f"{sum(c.links for c in over_links)} links, "
             f"{sum(c.duplicates for c in over_links)} duplicates closed, "
+            f"{sum(c.replaced for c in over_links)} replaced, "
             f"{sum(c.refused for c in over_links)} handshakes refused, "
             f"{sum(c.resets for c in over_links)} resets, "
             f"{sum(c.relayed for c in over_links)} requests relayed, "

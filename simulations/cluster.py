@@ -34,6 +34,7 @@ from simulations.scenario import NodeSpec, Scenario
 from simulations.sockets import SimHostSockets, SimSockets
 
 PEER_PORT = 52416
+DISCOVERY_PORT = 52417
 
 
 @define
@@ -109,6 +110,25 @@ class Cluster:
         a, b = self._by_address.get(source), self._by_address.get(target)
         return a is None or b is None or not self.network.blocked(a, b)
 
+    def linked(self, a: NodeId, b: NodeId) -> bool:
+        """Messages pass both ways between a and b now: on the message network, both up
+        and no partition; over links, also a live link that each side holds (a link
+        closed as dead stays down until redialled, partition or not)."""
+        if not self.network.linked(a, b):
+            return False
+        if self.sockets is None:
+            return True
+        ends = {n.node_id: n.running for n in self.nodes}
+        first, second = ends.get(a), ends.get(b)
+        return (
+            first is not None
+            and second is not None
+            and first.links is not None
+            and second.links is not None
+            and b in first.links.linked()
+            and a in second.links.linked()
+        )
+
     @property
     def runner_starts(self) -> int:
         return sum(len(env.spawned) for env in self._environments)
@@ -141,10 +161,11 @@ class Cluster:
         self._record(f"{trio.current_time():.6f} crash {node.node_id}")
         node.torn = self._disk.random() < 0.5
         self.network.disconnect(node.node_id)
+        node.scope.cancel()
+        # After the cancel, so no task of the dead incarnation wakes to a reset first.
         if self.sockets is not None and node.sockets is not None:
             node.sockets.dead = True
             self.sockets.crash(node.address)
-        node.scope.cancel()
         node.scope = None
         node.running = None
         node.env = None
@@ -246,16 +267,18 @@ class Cluster:
                 task_status.started()
 
     def _link_config(self, node: SimNode) -> dict[str, object]:
-        """Peer links of a seed over links: every member's address configured, no
-        multicast discovery, the seed's cluster key (the intruder holds another)."""
+        """Peer links of a seed over links: every member's address configured, or (with
+        discovery) none and multicast beacons; the seed's cluster key. The intruder holds
+        another key and always has the members' addresses, so that it keeps dialling."""
         intruding = node is self.intruder
         key = f"not-the-key-{self.scenario.seed}" if intruding else f"key-{self.scenario.seed}"
         peers = tuple(f"{n.address}:{PEER_PORT}" for n in self.nodes if n is not node)
+        discovery = self.scenario.discovery
         return {
-            "peers": peers,
+            "peers": peers if intruding or not discovery else (),
             "peer_host": "0.0.0.0",
             "peer_port": PEER_PORT,
-            "discovery_port": None,
+            "discovery_port": DISCOVERY_PORT if discovery else None,
             "namespace": "sim",
             "cluster_key": key,
         }

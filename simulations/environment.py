@@ -13,7 +13,7 @@ from typing import TypeVar
 import trio
 from attrs import define
 
-from exo.environment import ChildProcess, HostFacts
+from exo.environment import ChildProcess, HostFacts, Multicast
 from exo.events.facts import Accelerator
 from simulations.engine import SimProcess
 from simulations.sockets import SimHostSockets
@@ -83,6 +83,9 @@ class SimEnvironment:
 
     async def open_tcp_listener(self, host: str, port: int) -> trio.abc.Listener[trio.abc.Stream]:
         return await self._sockets().open_tcp_listener(host, port)
+
+    async def open_multicast(self, group: str, port: int) -> Multicast:
+        return await self._sockets().open_multicast(group, port)
 
     def token_hex(self, nbytes: int) -> str:
         return self.random.getrandbits(8 * nbytes).to_bytes(nbytes, "big").hex()

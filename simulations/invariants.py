@@ -135,7 +135,6 @@ class Invariants:
 
     def _check_shared_peers(self, cluster: Cluster) -> None:
         """Two masters may coexist only on sides that cannot both reach one node."""
-        network = cluster.network
         leaders = sorted(
             n.node_id for n in cluster.nodes if n.running is not None and n.running.control.leading
         )
@@ -146,8 +145,8 @@ class Invariants:
             for node in cluster.nodes
             if node.running is not None
             and node.node_id not in (first, second)
-            and network.linked(first, node.node_id)
-            and network.linked(second, node.node_id)
+            and cluster.linked(first, node.node_id)
+            and cluster.linked(second, node.node_id)
         }
         for first, second, peer in self._shared.lasting(shared, SHARED_PEER_FOR):
             self.fail(

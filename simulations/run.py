@@ -60,6 +60,7 @@ class LinkCounts:
     connections: int  # TCP connections made
     links: int  # links that passed the key handshake, over all incarnations
     duplicates: int  # links closed as the second of a pair
+    replaced: int  # links a newer one replaced (the preferred one of a pair, a redial)
     refused: int  # handshakes refused on the key (members' and the intruder's sides)
     resets: int  # connections reset by the network
     relayed: int  # requests a node sent to an instance on another node
@@ -185,6 +186,7 @@ def _link_counts(cluster: Cluster, ops: list[tuple[str, str, str]]) -> LinkCount
         sockets.connections,
         sum(link.stats.links for link in links),
         sum(link.stats.duplicates for link in links),
+        sum(link.stats.replaced for link in links),
         sum(link.stats.refused for link in links),
         sockets.resets,
         sum(plane.relayed for plane in planes),
@@ -235,6 +237,9 @@ async def _simulate(
         trace.record(f"{trio.current_time():.6f} heal")
         cluster.network.heal()
         cluster.network.link = evolve(cluster.network.link, drop=0.0, duplicate=0.0)
+        if cluster.sockets is not None:
+            cluster.sockets.link = cluster.network.link
+            cluster.sockets.reset_rate = 0.0
         for node in cluster.nodes:
             if not node.up:
                 await cluster.start(node)

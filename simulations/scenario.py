@@ -84,6 +84,8 @@ class Scenario:
     # the wrong cluster key keeps dialling the cluster.
     reset_rate: float = 0.0
     intruder: bool = False
+    # Links: members find each other by multicast beacons instead of configured addresses.
+    discovery: bool = False
 
     def describe(self) -> str:
         kinds = sorted({f.kind for f in self.faults})
@@ -221,6 +223,7 @@ def _draw_transport(scenario: Scenario, forced: Transport | None) -> Scenario:
         ops=ops,
         reset_rate=rng.choice((0.0, 0.0, 0.0005, 0.002)),
         intruder=rng.random() < 0.4,
+        discovery=rng.random() < 0.5,
     )
 
 

@@ -16,8 +16,14 @@ What a stream does, as TCP does it:
   connections until its new incarnation listens again;
 - a connection to an address nobody listens on is refused after a round trip; across a
   partition it waits (SYNs lost) until the partition heals or the caller gives up;
-- with the seed's reset rate, a delivery resets the connection (a middlebox, a NAT
-  timeout): both ends see it broken.
+- with the seed's reset rate, a delivery breaks the connection: half the time both
+  ends see it reset (a middlebox's RST); else only one end does, and the other's
+  connection goes half-open (a NAT that forgot it, a peer host that lost power): its
+  reads wait for ever and what it sends vanishes, until its own keepalive gives up.
+
+Multicast (discovery's beacons) reaches every member of the group, the sender included
+(loopback is on), each copy lost with the seed's drop rate, after its own delay, and
+dropped when a partition blocks the pair as it arrives.
 
 Every delivery is recorded in the trace (time, ends, bytes), so a seed's bytes on the
 wire are part of its hash.
@@ -26,6 +32,7 @@ wire are part of its hash.
 from __future__ import annotations
 
 import errno
+import heapq
 import random
 from collections import deque
 from collections.abc import Callable
@@ -52,7 +59,11 @@ class _Pipe:
     buffered: int = 0
     last_at: float = 0.0
     eof: bool = False
-    broken: bool = False
+    # Reset as its sender sees it (sends raise), as its receiver does (reads raise), and
+    # whether bytes still pass at all (a half-open connection's do not).
+    broken_for_sender: bool = False
+    broken_for_receiver: bool = False
+    lost: bool = False
     # Set on anything its ends may wait for: bytes sent or read, EOF, a reset, a heal.
     wake: trio.Event = field(factory=trio.Event)
 
@@ -78,6 +89,8 @@ class SimSockets:
         self._listeners: dict[tuple[str, int], SimListener] = {}
         self._streams: list[SimStream] = []
         self._next_port: dict[str, int] = {}
+        self._groups: dict[tuple[str, int], list[SimMulticast]] = {}
+        self._datagrams = 0
         self._changed = trio.Event()
         self.connections = 0
         self.resets = 0
@@ -106,6 +119,9 @@ class SimSockets:
         """The node at `address` died: its listeners close, its streams are reset."""
         for key in [k for k in self._listeners if k[0] == address]:
             self._listeners.pop(key).close()
+        for members in self._groups.values():
+            for member in [m for m in members if m.address == address]:
+                member.close()
         for stream in list(self._streams):
             if address in (stream.local_host, stream.remote_host):
                 self._reset(stream)
@@ -142,22 +158,20 @@ class SimSockets:
 
     async def _receive(self, stream: SimStream, pipe: _Pipe, max_bytes: int) -> bytes:
         while True:
-            if pipe.broken:
+            if pipe.broken_for_receiver:
                 raise trio.BrokenResourceError("connection reset")
-            if pipe.chunks:
+            if pipe.chunks and not pipe.lost:
                 at, data = pipe.chunks[0]
                 if self.passes(pipe.source, pipe.target):
                     now = trio.current_time()
                     if at <= now:
                         if self.reset_rate and self._rng.random() < self.reset_rate:
-                            self.resets += 1
-                            self._record(f"{now:.6f} {pipe.source}>{pipe.target} tcp reset")
-                            self._reset(stream)
+                            self._break(stream, now)
                             continue
                         return self._take(pipe, data, max_bytes, now)
                     await pipe.wait(at)
                     continue
-            elif pipe.eof:
+            elif pipe.eof and not pipe.lost:
                 return b""
             await pipe.wait()
 
@@ -172,9 +186,33 @@ class SimSockets:
         pipe.notify()
         return data
 
+    def _break(self, stream: SimStream, now: float) -> None:
+        """A seeded network fault on `stream`'s connection: a reset both ends see, or a
+        half-open connection that only one end (drawn) learns of."""
+        self.resets += 1
+        if self._rng.random() < 0.5:
+            self._record(f"{now:.6f} {stream.remote_host}>{stream.local_host} tcp reset")
+            self._reset(stream)
+            return
+        learner = stream if self._rng.random() < 0.5 else self._other_end(stream)
+        self._record(f"{now:.6f} {learner.local_host} tcp half-open")
+        learner.incoming.broken_for_receiver = True
+        learner.outgoing.broken_for_sender = True
+        for pipe in (learner.incoming, learner.outgoing):
+            pipe.lost = True
+            pipe.chunks.clear()
+            pipe.buffered = 0
+            pipe.notify()
+
+    def _other_end(self, stream: SimStream) -> SimStream:
+        for end in self._streams:
+            if end.outgoing is stream.incoming:
+                return end
+        return stream  # the other end is closed already: it learns nothing more
+
     def _reset(self, stream: SimStream) -> None:
         for pipe in (stream.outgoing, stream.incoming):
-            pipe.broken = True
+            pipe.broken_for_sender = pipe.broken_for_receiver = True
             pipe.chunks.clear()
             pipe.buffered = 0
             pipe.notify()
@@ -184,6 +222,22 @@ class SimSockets:
     def _forget(self, stream: SimStream) -> None:
         if stream in self._streams:
             self._streams.remove(stream)
+
+    def _multicast(self, sender: str, group: tuple[str, int], data: bytes) -> None:
+        now = trio.current_time()
+        for member in self._groups.get(group, []):
+            if self.link.drop and self._rng.random() < self.link.drop:
+                continue
+            self._datagrams += 1
+            member.arrive(now + self._delay(), self._datagrams, sender, data)
+
+    def _join(self, member: SimMulticast) -> None:
+        self._groups.setdefault(member.group, []).append(member)
+
+    def _leave(self, member: SimMulticast) -> None:
+        members = self._groups.get(member.group, [])
+        if member in members:
+            members.remove(member)
 
     def _bind(self, host: str, port: int) -> SimListener:
         if port == 0:
@@ -224,6 +278,56 @@ class SimHostSockets:
         await trio.lowlevel.checkpoint()
         return self._sockets._bind(self.address, port)
 
+    async def open_multicast(self, group: str, port: int) -> SimMulticast:
+        if self.dead:
+            raise OSError(errno.ENETDOWN, "this node crashed")
+        await trio.lowlevel.checkpoint()
+        return SimMulticast(self._sockets, self.address, (group, port))
+
+
+class SimMulticast:
+    """One host's membership of a multicast group (the `Multicast` of the environment)."""
+
+    def __init__(self, sockets: SimSockets, address: str, group: tuple[str, int]) -> None:
+        self._sockets = sockets
+        self.address = address
+        self.group = group
+        # (deliver_at, seq, sender, data): datagrams reorder, as UDP's may.
+        self._queue: list[tuple[float, int, str, bytes]] = []
+        self._wake = trio.Event()
+        self._closed = False
+        sockets._join(self)
+
+    def arrive(self, at: float, seq: int, sender: str, data: bytes) -> None:
+        heapq.heappush(self._queue, (at, seq, sender, data))
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "multicast socket closed")
+        self._sockets._multicast(self.address, self.group, bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self, max_bytes: int) -> tuple[bytes, str]:
+        while not self._closed:
+            if self._queue and self._queue[0][0] <= trio.current_time():
+                at, _, sender, data = heapq.heappop(self._queue)
+                if not self._sockets.passes(sender, self.address):
+                    continue  # lost to a partition on the way
+                self._sockets._record(f"{at:.6f} {sender}>{self.address} udp {len(data)}")
+                await trio.lowlevel.checkpoint()
+                return data[:max_bytes], sender
+            event = self._wake
+            with trio.move_on_at(self._queue[0][0] if self._queue else float("inf")):
+                await event.wait()
+        raise OSError(errno.EBADF, "multicast socket closed")
+
+    def close(self) -> None:
+        self._closed = True
+        self._sockets._leave(self)
+        self._wake.set()
+
 
 class SimStream(trio.abc.Stream):
     """One end of a simulated TCP connection."""
@@ -242,18 +346,18 @@ class SimStream(trio.abc.Stream):
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         pipe = self.outgoing
-        while pipe.buffered >= WINDOW and not pipe.broken:
+        while pipe.buffered >= WINDOW and not pipe.broken_for_sender:
             await pipe.wait()
-        if pipe.broken:
+        if pipe.broken_for_sender:
             raise trio.BrokenResourceError("connection reset")
         if pipe.eof:
             raise trio.ClosedResourceError("stream closed for sending")
-        if data:
+        if data and not pipe.lost:
             self._sockets._send(pipe, bytes(data))
         await trio.lowlevel.checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self.outgoing.buffered >= WINDOW and not self.outgoing.broken:
+        while self.outgoing.buffered >= WINDOW and not self.outgoing.broken_for_sender:
             await self.outgoing.wait()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -279,7 +383,8 @@ class SimStream(trio.abc.Stream):
             self._closed = True
             self.outgoing.eof = True
             self.outgoing.notify()
-            self.incoming.broken = True
+            # The peer's later bytes meet an RST, if they still reach this host at all.
+            self.incoming.broken_for_sender = not self.incoming.lost
             self.incoming.chunks.clear()
             self.incoming.buffered = 0
             self.incoming.notify()

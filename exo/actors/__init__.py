@@ -12,6 +12,7 @@ PUBLIC_MODULES = [
     "download",
     "file_share",
     "identity",
+    "link_auth",
     "link_probe",
     "links",
     "mesh",

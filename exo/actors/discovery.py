@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import json
 import logging
-import socket
 from collections.abc import Callable
 
-import psutil
 import trio
 from attrs import frozen
 
+from exo.environment import Environment, Multicast
 from exo.events.ids import NodeId
 
 log = logging.getLogger("exo.discovery")
@@ -66,23 +65,10 @@ def decode_beacon(data: bytes) -> Beacon | None:
     return beacon if 0 < beacon.peer_port < 65536 else None
 
 
-def interface_addresses() -> list[str]:
-    """IPv4 addresses of the interfaces that are up (loopback included, so that nodes on
-    one machine find each other too), on every OS (psutil)."""
-    stats = psutil.net_if_stats()
-    addresses = {
-        entry.address
-        for name, entries in psutil.net_if_addrs().items()
-        if name in stats and stats[name].isup
-        for entry in entries
-        if entry.family == socket.AF_INET
-    }
-    return sorted(addresses)
-
-
 class Discovery:
     def __init__(
         self,
+        env: Environment,
         node_id: NodeId,
         namespace: str,
         secret: bytes,
@@ -90,6 +76,7 @@ class Discovery:
         port: int,
         found: Callable[[str], None],
     ) -> None:
+        self._env = env
         self._node_id = node_id
         self._namespace = namespace
         self._secret = secret
@@ -109,50 +96,26 @@ class Discovery:
         while True:
             try:
                 await self._run_once()
-            except OSError as exc:
-                log.warning("multicast discovery unavailable (%s); retrying in 30 s", exc)
-            await trio.sleep(30)
+            except* OSError as failed:  # from the receiver or from the beacon task
+                reason = failed.exceptions[0]
+                log.warning("multicast discovery unavailable (%s); retrying in 30 s", reason)
+            await self._env.sleep(30)
 
     async def _run_once(self) -> None:
-        receiver = await self._open_receiver()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_beacons)
-            with receiver:
+        group = await self._env.open_multicast(GROUP, self._port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_beacons, group)
                 while True:
-                    data, (host, _) = await receiver.recvfrom(MAX_BEACON)
+                    data, host = await group.receive(MAX_BEACON)
                     self._on_beacon(data, host)
+        finally:
+            group.close()
 
-    async def _open_receiver(self) -> trio.socket.SocketType:
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        if hasattr(trio.socket, "SO_REUSEPORT"):
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind(("", self._port))
-        self._join(sock)
-        return sock
-
-    def _join(self, sock: trio.socket.SocketType) -> None:
-        for address in interface_addresses():
-            mreq = socket.inet_aton(GROUP) + socket.inet_aton(address)
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-            except OSError as exc:
-                log.debug("cannot join %s on %s: %s", GROUP, address, exc)
-
-    async def _send_beacons(self) -> None:
-        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-            while True:
-                for address in interface_addresses():
-                    try:
-                        sock.setsockopt(
-                            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
-                        )
-                        await sock.sendto(self._beacon, (GROUP, self._port))
-                    except OSError as exc:
-                        log.debug("no beacon on %s: %s", address, exc)
-                await trio.sleep(INTERVAL)
+    async def _send_beacons(self, group: Multicast) -> None:
+        while True:
+            await group.send(self._beacon)
+            await self._env.sleep(INTERVAL)
 
     def _on_beacon(self, data: bytes, host: str) -> None:
         beacon = decode_beacon(data)

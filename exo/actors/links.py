@@ -1,9 +1,8 @@
 """Peer links between real nodes: WebSockets (trio-websocket) carrying typed frames.
 
-Each link starts with a mutual challenge-response on the cluster key: both sides send a
-random nonce, and each proves it holds the key with an HMAC over both nonces, both node
-ids and its role; the key itself never crosses the wire. A peer with another namespace or
-key is dropped before it can send a single command or event, and the log says why.
+Each link starts with the mutual challenge-response of `link_auth.py` on the cluster
+key; a peer with another namespace or key is dropped before it can send a single command
+or event, and the log says why.
 
 `LinkNetwork` is the `PeerNetwork` of a real node: sends go to a bounded queue per link
 (dropped when full or when there is no link: the control protocol retries), frames
@@ -16,8 +15,6 @@ over whatever streams it opens, so the simulator runs this whole layer on its ne
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -35,6 +32,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from exo.actors.link_auth import HANDSHAKE_TIMEOUT, AuthError, LinkAuth, cluster_secret
 from exo.actors.network import PeerLost
 from exo.actors.wire import PeerMessage, Ping, Pong
 from exo.environment import Environment, listener_port, remote_host
@@ -45,39 +43,24 @@ log = logging.getLogger("exo.links")
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 SEND_QUEUE = 1024
-HANDSHAKE_TIMEOUT = 5.0
+
 # How long a closing link waits for the peer's close frame.
 CLOSE_TIMEOUT = 1.0
+# A link that has heard nothing for KEEPALIVE_INTERVAL sends a `Ping` (answered by the
+# peer's link layer); one that has heard nothing for LINK_SILENT_LIMIT is dead (a
+# half-open TCP connection: the peer's host lost power, a NAT forgot it) and is closed,
+# so that the dialer redials. Without it such a link stayed "live" until the kernel gave
+# up retransmitting (about 15 minutes on Linux). Not WebSocket pings: their pongs are
+# written by the reader task itself, which then stops reading while the send window is
+# full, and two such readers deadlock (the simulator found that too).
+KEEPALIVE_INTERVAL = 5.0
+LINK_SILENT_LIMIT = 15.0
+KEEPALIVE_NONCE = -1
 REDIAL_INITIAL = 0.5
 REDIAL_MAX = 10.0
 PEERS_FILE = "peers.json"
 
 Deliver = Callable[[NodeId, PeerMessage], None]
-
-
-class AuthError(Exception):
-    """The peer is not of this cluster: another namespace, or not holding the key."""
-
-
-@frozen
-class Hello:
-    namespace: str
-    node_id: str
-    nonce: str
-    peer_port: int
-    proof: str = ""  # set by the listener: it answers the dialer's nonce at once
-
-
-def cluster_secret(namespace: str, cluster_key: str | None) -> bytes:
-    """The HMAC key: the cluster key when given; without one, anyone who knows the
-    namespace may join (an open home cluster), which the docs spell out."""
-    material = cluster_key if cluster_key is not None else f"exo-open-cluster:{namespace}"
-    return hashlib.sha256(material.encode()).digest()
-
-
-def proof(secret: bytes, role: str, dialer: Hello, listener: Hello) -> str:
-    text = "|".join((role, dialer.node_id, listener.node_id, dialer.nonce, listener.nonce))
-    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 class LinkNetwork:
@@ -95,7 +78,7 @@ class LinkNetwork:
         self.node_id = node_id
         self._home = home
         self._namespace = namespace
-        self._secret = cluster_secret(namespace, cluster_key)
+        self._auth = LinkAuth(namespace, node_id, cluster_secret(namespace, cluster_key), peer_port)
         self._peer_port = peer_port
         self._configured = peers
         self._links: dict[NodeId, trio.MemorySendChannel[bytes]] = {}
@@ -234,7 +217,7 @@ class LinkNetwork:
                         nursery, stream, host, "/exo", max_message_size=MAX_FRAME_BYTES
                     )
                     ws = link
-                    peer = await self._dialer_handshake(link)
+                    peer = await self._auth.as_dialer(link, self._env.token_hex(16))
                 self._remember(address)
                 kept = await self._serve_link(peer, link, self.node_id, remote_host(stream))
                 return "linked" if kept is None else _Duplicate(kept)
@@ -259,7 +242,7 @@ class LinkNetwork:
                     )
                     ws = link = await request.accept()
                 try:
-                    peer = await self._listener_handshake(link)
+                    peer = await self._auth.as_listener(link, self._env.token_hex(16))
                 except AuthError as exc:
                     log.error("peer at %s refused: %s", remote_host(stream) or "?", exc)
                     self.stats.refused += 1
@@ -271,48 +254,6 @@ class LinkNetwork:
             finally:
                 await _close(ws, stream)
                 nursery.cancel_scope.cancel()
-
-    # -- handshake -----------------------------------------------------------------
-
-    def _hello(self, nonce: str, proof_text: str = "") -> Hello:
-        return Hello(self._namespace, self.node_id, nonce, self._peer_port, proof_text)
-
-    async def _dialer_handshake(self, ws: WebSocketConnection) -> NodeId:
-        mine = self._hello(self._env.token_hex(16))
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await ws.send_message(encode(mine).decode())
-            theirs = self._check_hello(await _receive_json(ws, Hello))
-            if not hmac.compare_digest(theirs.proof, proof(self._secret, "listener", mine, theirs)):
-                await ws.send_message("wrong cluster key")  # so that its log says why too
-                raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
-            await ws.send_message(proof(self._secret, "dialer", mine, theirs))
-            verdict = await ws.get_message()
-        if verdict != "ok":
-            raise AuthError(f"node {theirs.node_id} refused us: {verdict}")
-        return NodeId(theirs.node_id)
-
-    async def _listener_handshake(self, ws: WebSocketConnection) -> NodeId:
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            theirs = self._check_hello(await _receive_json(ws, Hello))
-            nonce = self._env.token_hex(16)
-            mine = self._hello(nonce, proof(self._secret, "listener", theirs, self._hello(nonce)))
-            await ws.send_message(encode(mine).decode())
-            answer = await ws.get_message()
-            if not hmac.compare_digest(str(answer), proof(self._secret, "dialer", theirs, mine)):
-                await ws.send_message("wrong cluster key")
-                raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
-            await ws.send_message("ok")
-        return NodeId(theirs.node_id)
-
-    def _check_hello(self, hello: Hello) -> Hello:
-        if hello.namespace != self._namespace:
-            raise AuthError(
-                f"node {hello.node_id} is in namespace {hello.namespace!r}, "
-                f"we are in {self._namespace!r}"
-            )
-        if hello.node_id == self.node_id:
-            raise AuthError("that is this node itself")
-        return hello
 
     # -- a live link ---------------------------------------------------------------
 
@@ -334,12 +275,7 @@ class LinkNetwork:
             return self._ended[peer]
         send, receive = trio.open_memory_channel[bytes](SEND_QUEUE)
         if current is not None:
-            # Frames still queued on the old link, or on their way over it, are lost: what
-            # counted on them (relayed streams, file transfers) fails now rather than go
-            # on with a gap (the simulator found a relayed reply missing a token).
-            current.close()
-            if self.on_link_lost is not None:
-                self.on_link_lost(peer)
+            self._retire(peer, current)
         self._links[peer] = send
         self._dialers[peer] = dialed_by
         ended = self._ended[peer] = trio.Event()
@@ -350,7 +286,9 @@ class LinkNetwork:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, ws, receive, nursery.cancel_scope)
-                await self._read(peer, ws)
+                heard = _Heard(self._env.now())
+                nursery.start_soon(self._keep_alive, peer, send, heard, nursery.cancel_scope)
+                await self._read(peer, ws, heard)
                 nursery.cancel_scope.cancel()
         finally:
             if self._links.get(peer) is send:
@@ -362,10 +300,40 @@ class LinkNetwork:
             send.close()
         return None
 
-    async def _read(self, peer: NodeId, ws: WebSocketConnection) -> None:
+    async def _keep_alive(
+        self,
+        peer: NodeId,
+        send: trio.MemorySendChannel[bytes],
+        heard: _Heard,
+        scope: trio.CancelScope,
+    ) -> None:
+        while True:
+            await self._env.sleep(KEEPALIVE_INTERVAL)
+            silent = self._env.now() - heard.at
+            if silent >= LINK_SILENT_LIMIT:
+                log.warning("link with %s: silent for %.0f s; closing it", peer, silent)
+                self.stats.silent += 1
+                scope.cancel()
+                return
+            if silent >= KEEPALIVE_INTERVAL:
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    send.send_nowait(encode(Ping(KEEPALIVE_NONCE), PeerMessage))
+
+    def _retire(self, peer: NodeId, replaced: trio.MemorySendChannel[bytes]) -> None:
+        """Close a link a redial replaced. Frames still queued on it, or on their way
+        over it, are lost: what counted on them (relayed streams, file transfers) fails
+        now rather than go on with a gap (the simulator found a relayed reply missing a
+        token)."""
+        self.stats.replaced += 1
+        replaced.close()
+        if self.on_link_lost is not None:
+            self.on_link_lost(peer)
+
+    async def _read(self, peer: NodeId, ws: WebSocketConnection, heard: _Heard) -> None:
         try:
             while True:
                 frame = await ws.get_message()
+                heard.at = self._env.now()
                 try:
                     message = decode(frame, PeerMessage)
                 except CodecError as exc:
@@ -374,7 +342,7 @@ class LinkNetwork:
                 if isinstance(message, Ping):  # answered here: it times the link itself
                     self.send(peer, Pong(message.nonce, len(message.padding)))
                 elif isinstance(message, Pong):
-                    if self.on_pong is not None:
+                    if message.nonce != KEEPALIVE_NONCE and self.on_pong is not None:
                         self.on_pong(peer, message)
                 elif self._deliver is not None:
                     self._deliver(peer, message)
@@ -406,6 +374,13 @@ _BROKEN = (
 )
 
 
+@define
+class _Heard:
+    """When a link last received a frame."""
+
+    at: float
+
+
 @frozen
 class _Duplicate:
     """A dial closed because the pair keeps the link the other side dialled."""
@@ -419,7 +394,9 @@ class LinkStats:
 
     links: int = 0  # links that passed the handshake
     duplicates: int = 0  # links closed as the second of a pair
+    replaced: int = 0  # links a newer one replaced (the pair's preferred, or a redial)
     refused: int = 0  # handshakes failed on the cluster key or namespace
+    silent: int = 0  # links closed because their peer stopped answering pings
 
 
 async def _close(ws: WebSocketConnection | None, stream: trio.abc.Stream) -> None:
@@ -439,9 +416,3 @@ def _read_remembered(path: Path) -> set[str]:
     except (ValueError, TypeError):
         log.warning("%s is not a list of addresses; ignoring it", path)
         return set()
-
-
-async def _receive_json(ws: WebSocketConnection, kind: type[Hello]) -> Hello:
-    message = await ws.get_message()
-    hello: Hello = decode(message, kind)
-    return hello

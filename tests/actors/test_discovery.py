@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from exo.actors.discovery import (
     Beacon,
     Discovery,
@@ -5,7 +7,8 @@ from exo.actors.discovery import (
     decode_beacon,
     encode_beacon,
 )
-from exo.actors.links import cluster_secret
+from exo.actors.link_auth import cluster_secret
+from exo.environment import RealEnvironment
 from exo.events.ids import NodeId
 
 SECRET = cluster_secret("home", "key")
@@ -26,7 +29,9 @@ def test_beacons_round_trip_and_junk_is_ignored() -> None:
 
 def test_only_valid_beacons_from_higher_ids_are_dialled() -> None:
     dialled: list[str] = []
-    me = Discovery(NodeId("node-m"), "home", SECRET, 6000, 52417, dialled.append)
+    me = Discovery(
+        RealEnvironment(Path(".")), NodeId("node-m"), "home", SECRET, 6000, 52417, dialled.append
+    )
     me._on_beacon(beacon("node-z"), "10.0.0.2")  # higher id: we dial
     me._on_beacon(beacon("node-z"), "10.0.0.2")  # once
     me._on_beacon(beacon("node-a"), "10.0.0.3")  # lower id: it dials us

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import psutil
 
-from exo.actors.discovery import interface_addresses
-from exo.environment import detect_accelerator, read_memory
+from exo.environment import detect_accelerator, interface_addresses, read_memory
 
 
 def test_memory_is_the_operating_systems_count() -> None:

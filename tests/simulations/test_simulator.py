@@ -28,8 +28,10 @@ from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario, draw_scenar
 REGRESSION_SEEDS = [1, 4, 7, 9, 16, 24, 32, 36, 37, 38, 49, 53, 56, 155]
 # Seeds over links that failed: 130 lost a token of a relayed reply when a redial
 # replaced a link with frames still queued on it (and showed every pair's higher id
-# redialling twice a second while linked).
-LINK_REGRESSION_SEEDS = [130]
+# redialling twice a second while linked; tests/actors/test_links.py holds both fixes);
+# 124 deadlocked two links whose readers both waited to write WebSocket pongs into full
+# send windows, while keepalives were WebSocket pings.
+LINK_REGRESSION_SEEDS = [124, 130]
 
 
 def test_the_same_seed_gives_the_same_trace() -> None:
@@ -65,9 +67,15 @@ def test_regression_seeds_pass(seed: int) -> None:
     assert result.passed, result.violations
 
 
+def configured_links(seed: int) -> Scenario:
+    """The seed over links with every member's address configured (no discovery: each
+    pair then dials both ways), as the regression seeds ran when they failed."""
+    return evolve(draw_scenario(seed, transport="links"), discovery=False)
+
+
 @pytest.mark.parametrize("seed", LINK_REGRESSION_SEEDS)
 def test_link_regression_seeds_pass(seed: int) -> None:
-    result = run_seed(seed, transport="links")
+    result = run_seed(seed, scenario=configured_links(seed))
     assert result.passed, result.violations
 
 
@@ -75,10 +83,12 @@ def test_seeds_over_links_run_the_link_layer_the_data_plane_and_multi_node_rings
     """Seed 130 over simulated TCP: every pair dials both ways (duplicates closed), an
     intruder with the wrong key is refused by both sides, chats are relayed from other
     nodes' instances, and instances across 2 and 3 nodes answer through their rings."""
-    result = run_seed(130, transport="links")
+    result = run_seed(130, scenario=configured_links(130))
     counts = result.links
     assert result.passed and counts is not None
-    assert counts.links > 0 and counts.duplicates > 0 and counts.refused > 0
+    # Which of a pair's two dials arrives first decides whether the second is closed
+    # as a duplicate or replaces the first; either way one link is kept.
+    assert counts.links > 0 and counts.duplicates + counts.replaced > 0 and counts.refused > 0
     # A dial closed as a duplicate waits for the kept link to end: before, the higher id
     # of every pair redialled twice a second for as long as the pair was linked.
     assert counts.duplicates <= counts.links
@@ -86,6 +96,17 @@ def test_seeds_over_links_run_the_link_layer_the_data_plane_and_multi_node_rings
     served = {detail.split(":")[0] for kind, outcome, detail in result.ops if kind == "pipeline"}
     assert {"2 nodes", "3 nodes"} <= served
     assert result.messages == 0  # nothing went through the message queue
+
+
+def test_members_found_by_multicast_discovery_form_a_cluster() -> None:
+    """Seed 10 over links configures no peer addresses: members find each other by the
+    real discovery actor's beacons over simulated multicast; the intruder's beacons
+    (another key) are ignored and its dials refused."""
+    scenario = draw_scenario(10, transport="links")
+    assert scenario.discovery and scenario.intruder
+    result = run_seed(10, scenario=scenario)
+    assert result.passed, result.violations
+    assert result.links is not None and result.links.links > 0 and result.links.refused > 0
 
 
 def test_connection_resets_fail_relayed_streams_cleanly() -> None:

@@ -113,3 +113,23 @@ def test_a_taken_port_is_refused() -> None:
             await net.host(B).open_tcp_listener("0.0.0.0", 9000)
 
     run(main)
+
+
+def test_multicast_reaches_every_member_not_across_a_partition() -> None:
+    blocked: set[tuple[str, str]] = set()
+
+    async def main() -> None:
+        net = sockets(blocked, [])
+        a, b, c = [await net.host(h).open_multicast("239.1.2.3", 7000) for h in (A, B, "10.0.0.3")]
+        blocked.add((A, "10.0.0.3"))
+        await a.send(b"hello")
+        assert await b.receive(100) == (b"hello", A)
+        assert await a.receive(100) == (b"hello", A)  # loopback, as IP_MULTICAST_LOOP
+        with trio.move_on_after(5):
+            await c.receive(100)
+            pytest.fail("a datagram crossed a partition")
+        net.crash(B)
+        with pytest.raises(OSError):
+            await b.receive(100)
+
+    run(main)
