@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from attrs import evolve, frozen
+from msgspec import UNSET, UnsetType
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -20,8 +21,10 @@ from quart_trio.wrappers import TrioResponse
 from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import as_backend_error, backend_error_response, json_response
 from exo.api.logprobs import completion_logprobs
-from exo.api.openai import error_payload_for, usage
+from exo.api.openai import error_payload_for
 from exo.api.openai_request import HINTS, CompletionRequest
+from exo.api.openai_response import TextChoice, TextFinish, Usage, plain
+from exo.api.openai_response import TextCompletion as TextCompletionObject
 from exo.api.streaming import (
     SSE_CONTENT_TYPE,
     SSE_DONE,
@@ -68,17 +71,22 @@ class _TextChunks:
     model: str
 
     def body(
-        self, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        return {
-            "id": self.completion_id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
-            ],
-        }
+        self,
+        text: str,
+        finish_reason: str | None,
+        logprobs: dict[str, Any] | None,
+        usage: Usage | UnsetType = UNSET,
+    ) -> Any:
+        reason: TextFinish | None = None
+        if finish_reason is not None:
+            reason = "length" if finish_reason == "length" else "stop"
+        choice = TextChoice(text, 0, logprobs, reason)
+        kind = "text_completion"
+        return plain(
+            TextCompletionObject(
+                self.completion_id, kind, self.created, self.model, [choice], usage
+            )
+        )
 
 
 class CompletionSse:
@@ -101,9 +109,8 @@ class CompletionSse:
         return [sse_event(self._chunks.body(chunk.text, None, logprobs))]
 
     def finish(self, finished: Finished) -> list[bytes]:
-        last = self._chunks.body("", finished.finish_reason, None)
-        if self._include_usage:
-            last["usage"] = usage(finished)
+        usage = Usage.of(finished) if self._include_usage else UNSET
+        last = self._chunks.body("", finished.finish_reason, None, usage)
         return [sse_event(last), SSE_DONE]
 
     def error(self, error: Exception) -> list[bytes]:
@@ -148,5 +155,6 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
         logprobs = (
             completion_logprobs(whole.chunks) if completion.params.logprobs is not None else None
         )
-        body = chunks.body(whole.text, whole.finished.finish_reason, logprobs)
-        return json_response({**body, "usage": usage(whole.finished)})
+        finished = whole.finished
+        body = chunks.body(whole.text, finished.finish_reason, logprobs, Usage.of(finished))
+        return json_response(body)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from attrs import frozen
+from msgspec import UNSET, UnsetType
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -35,6 +36,22 @@ from exo.api.errors import (
 )
 from exo.api.logprobs import chat_logprobs
 from exo.api.openai_request import ChatRequest, parse_chat_request
+from exo.api.openai_response import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatFinish,
+    ChunkChoice,
+    FunctionCall,
+    Model,
+    ModelList,
+    ToolCallDelta,
+    Usage,
+    plain,
+)
+from exo.api.openai_response import ToolCall as TypedToolCall
 from exo.api.streaming import (
     SSE_CONTENT_TYPE,
     SSE_DONE,
@@ -46,8 +63,6 @@ from exo.api.streaming import (
 )
 from exo.api.tool_calls import (
     CallParser,
-    call_delta,
-    call_object,
 )
 from exo.api.validation import (
     decode_json_body,
@@ -62,45 +77,34 @@ log = logging.getLogger(__name__)
 # Responses
 
 
-def model_object(card: ModelCard) -> dict[str, Any]:
+def model_object(card: ModelCard) -> Model:
     """A model as OpenAI lists it: `created` is when the hub last changed the repo (0 when
     unknown), `owned_by` the repo's owner (exo for the bundled and local models)."""
     created = 0
     if card.modified:
         with contextlib.suppress(ValueError):
             created = int(datetime.fromisoformat(card.modified).timestamp())
-    return {
-        "id": card.model_id,
-        "object": "model",
-        "created": max(created, 0),
-        "owned_by": card.location.split("/", 1)[0] if card.source == "hub" else "exo",
-        "name": card.display_name,
-        "context_length": card.context_length,
-    }
+    owner = card.location.split("/", 1)[0] if card.source == "hub" else "exo"
+    return Model(
+        card.model_id, "model", max(created, 0), owner, card.display_name, card.context_length
+    )
 
 
-def alias_object(alias: str, repo: str) -> dict[str, Any]:
+def alias_object(alias: str, repo: str) -> Model:
     """A catalogue alias not read from the hub yet: asking for it fetches its repo."""
-    return {
-        "id": alias,
-        "object": "model",
-        "created": 0,
-        "owned_by": repo.split("/")[0],
-        "name": repo,
-    }
+    return Model(alias, "model", 0, repo.split("/")[0], repo)
 
 
 def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def usage(finished: Finished) -> dict[str, Any]:
-    return {
-        "prompt_tokens": finished.prompt_tokens,
-        "completion_tokens": finished.completion_tokens,
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
-    }
+def typed_call(call: ToolCall) -> TypedToolCall:
+    return TypedToolCall(call.id, "function", FunctionCall(call.name, call.arguments))
+
+
+def typed_call_delta(index: int, call: ToolCall) -> ToolCallDelta:
+    return ToolCallDelta(index, call.id, "function", FunctionCall(call.name, call.arguments))
 
 
 @frozen
@@ -112,32 +116,24 @@ class _ChunkMaker:
 
     def chunk(
         self,
-        delta: dict[str, Any],
-        finish_reason: str | None = None,
+        delta: ChatDelta,
+        finish_reason: ChatFinish | None = None,
         logprobs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-            ],
-        }
-        if self.include_usage:
-            data["usage"] = None
-        return data
+    ) -> Any:
+        choice = ChunkChoice(0, delta, logprobs, finish_reason)
+        usage: Usage | UnsetType | None = None if self.include_usage else UNSET
+        return plain(self._chunk([choice], usage))
 
-    def usage_chunk(self, finished: Finished) -> dict[str, Any]:
-        return {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage(finished),
-        }
+    def usage_chunk(self, finished: Finished) -> Any:
+        return plain(self._chunk([], Usage.of(finished)))
+
+    def _chunk(
+        self, choices: list[ChunkChoice], usage: Usage | UnsetType | None
+    ) -> ChatCompletionChunk:
+        kind = "chat.completion.chunk"
+        return ChatCompletionChunk(
+            self.completion_id, kind, self.created, self.model, choices, usage
+        )
 
 
 def error_payload_for(error: Exception) -> dict[str, Any]:
@@ -149,10 +145,10 @@ def error_payload_for(error: Exception) -> dict[str, Any]:
     return server_error_payload()
 
 
-def _finish_reason(finished: Finished, parser: CallParser | None) -> str:
+def _finish_reason(finished: Finished, parser: CallParser | None) -> ChatFinish:
     if parser is not None and parser.calls and finished.finish_reason == "stop":
         return "tool_calls"
-    return finished.finish_reason
+    return "length" if finished.finish_reason == "length" else "stop"
 
 
 def _parser_for(chat: ChatRequest) -> CallParser | None:
@@ -177,7 +173,7 @@ class SseFormat:
         self._calls_sent = 0
 
     def start(self) -> list[bytes]:
-        return [sse_event(self._maker.chunk({"role": "assistant", "content": ""}))]
+        return [sse_event(self._maker.chunk(ChatDelta(role="assistant", content="")))]
 
     def token(self, chunk: TokenOut) -> list[bytes]:
         text, calls = chunk.text, []
@@ -186,13 +182,13 @@ class SseFormat:
         events: list[bytes] = []
         if text or (self._logprobs and chunk.logprobs):
             logprobs = chat_logprobs([chunk]) if self._logprobs else None
-            events.append(sse_event(self._maker.chunk({"content": text}, logprobs=logprobs)))
+            events.append(sse_event(self._maker.chunk(ChatDelta(content=text), logprobs=logprobs)))
         return events + self._call_events(calls)
 
     def _call_events(self, calls: list[ToolCall]) -> list[bytes]:
         events = []
         for call in calls:
-            delta = {"tool_calls": [call_delta(self._calls_sent, call)]}
+            delta = ChatDelta(tool_calls=[typed_call_delta(self._calls_sent, call)])
             events.append(sse_event(self._maker.chunk(delta)))
             self._calls_sent += 1
         return events
@@ -202,10 +198,10 @@ class SseFormat:
         if self._parser is not None:
             text, calls = self._parser.finish()
             if text:
-                events.append(sse_event(self._maker.chunk({"content": text})))
+                events.append(sse_event(self._maker.chunk(ChatDelta(content=text))))
             events += self._call_events(calls)
         reason = _finish_reason(finished, self._parser)
-        events.append(sse_event(self._maker.chunk({}, reason)))
+        events.append(sse_event(self._maker.chunk(ChatDelta(), reason)))
         if self._include_usage:
             events.append(sse_event(self._maker.usage_chunk(finished)))
         return [*events, SSE_DONE]
@@ -214,39 +210,33 @@ class SseFormat:
         return [sse_event(error_payload_for(error)), SSE_DONE]
 
 
-async def complete_chat(backend: Backend, chat: ChatRequest) -> dict[str, Any]:
-    """A whole `chat.completion` object; raises BackendError."""
+async def complete_chat(backend: Backend, chat: ChatRequest) -> ChatCompletion:
+    """A whole `chat.completion`; raises BackendError."""
     created = int(time.time())
     whole = await whole_generation(
         backend, chat.model, chat.messages, chat.params, chat.offered_tools
     )
-    # `refusal` is required by OpenAI's schema; this engine never refuses on its own.
-    message: dict[str, Any] = {"role": "assistant", "content": whole.text, "refusal": None}
+    content: str | None = whole.text
+    calls: list[TypedToolCall] | UnsetType = UNSET
     parser = _parser_for(chat)
     if parser is not None:
         shown, _ = parser.feed(whole.text)
         rest, _ = parser.finish()
         text = shown + rest
-        message["content"] = (text.strip() or None) if parser.calls else text
+        content = (text.strip() or None) if parser.calls else text
         if parser.calls:
-            message["tool_calls"] = [call_object(c) for c in parser.calls]
-    return {
-        "id": new_completion_id(),
-        "object": "chat.completion",
-        "created": created,
-        "model": chat.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": chat_logprobs(whole.chunks)
-                if chat.params.logprobs is not None
-                else None,
-                "finish_reason": _finish_reason(whole.finished, parser),
-            }
-        ],
-        "usage": usage(whole.finished),
-    }
+            calls = [typed_call(c) for c in parser.calls]
+    logprobs = chat_logprobs(whole.chunks) if chat.params.logprobs is not None else None
+    reason = _finish_reason(whole.finished, parser)
+    message = AssistantMessage("assistant", content, None, calls)
+    return ChatCompletion(
+        new_completion_id(),
+        "chat.completion",
+        created,
+        chat.model,
+        [ChatChoice(0, message, logprobs, reason)],
+        Usage.of(whole.finished),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,14 +254,14 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             for view in backend.model_views()
             if view.get("card") is None and view.get("alias_of")
         ]
-        return json_response({"object": "list", "data": data})
+        return json_response(plain(ModelList("list", data)))
 
     @app.get("/v1/models/<path:model_id>")
     async def get_model(model_id: str) -> TrioResponse:
         card = next((c for c in backend.models() if c.model_id == model_id), None)
         if card is None:
             return backend_error_response(UnknownModel(model_id))
-        return json_response(model_object(card))
+        return json_response(plain(model_object(card)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> TrioResponse:
@@ -299,4 +289,4 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
             if backend_error is None:
                 raise  # the app's catch-all logs it and answers a JSON 500
             return backend_error_response(backend_error)
-        return json_response(completion)
+        return json_response(plain(completion))

@@ -2,7 +2,8 @@
 
 Each route lists the statuses it can answer, every error in its dialect's shape (OpenAI's
 everywhere but under `/v1/messages`, Anthropic's, and `/api/` and `/ollama`, Ollama's);
-body schemas are in `exo.api.openapi_schemas`. tests/api/test_openapi.py checks that the
+request bodies' and the OpenAI responses' schemas come from their typed models, the rest
+from `exo.api.openapi_schemas`. tests/api/test_openapi.py checks that the
 paths and methods here are exactly those the app serves, and tests/api/test_fuzz.py
 fuzzes the server from this document.
 """
@@ -31,6 +32,13 @@ from exo.api.models import LocalModel
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
+from exo.api.openai_response import (
+    RESPONSE_MODELS,
+    ChatCompletionChunk,
+    Model,
+    ModelList,
+    TextCompletion,
+)
 from exo.api.responses_request import ResponseRequest
 from exo.api.typed_body import body_schemas
 
@@ -56,7 +64,8 @@ BODY = (400, *ANY_ROUTE)
 GENERATION = (*BODY, 403, 404, 503)
 
 
-# Request bodies declared as typed models (`typed_body.py`): their schemas come from them.
+# Request bodies declared as typed models (`typed_body.py`), and the responses declared as
+# typed models (`openai_response.py`): their schemas come from them.
 TYPED_BODIES = (
     OllamaChatRequest,
     OllamaGenerateRequest,
@@ -70,7 +79,7 @@ TYPED_BODIES = (
     DownloadTarget,
     LocalModel,
 )
-TYPED, TYPED_COMPONENTS = body_schemas(TYPED_BODIES)
+TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *RESPONSE_MODELS))
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
@@ -296,18 +305,19 @@ def openai_paths() -> dict[str, Schema]:
         answers = ok(s.ref(answer), stream=(SSE, events)) | errors("OpenAI", GENERATION)
         return {"post": op(summary, "openai", answers, body=s.ref(request))}
 
-    models = s.record({"object": s.const("list"), "data": s.array(s.ref("Model"))})
     stored = errors("OpenAI", (404, *ANY_ROUTE))
     response_id = [path_param("response_id")]
     return {
         "/v1/models": {
-            "get": op("List the models", "openai", ok(models) | errors("OpenAI", ANY_ROUTE))
+            "get": op(
+                "List the models", "openai", ok(TYPED[ModelList]) | errors("OpenAI", ANY_ROUTE)
+            )
         },
         "/v1/models/{model_id}": {
             "get": op(
                 "One model",
                 "openai",
-                ok(s.ref("Model")) | errors("OpenAI", (404, *ANY_ROUTE)),
+                ok(TYPED[Model]) | errors("OpenAI", (404, *ANY_ROUTE)),
                 parameters=[path_param("model_id", s.MODEL_ID)],
             )
         },
@@ -315,13 +325,13 @@ def openai_paths() -> dict[str, Schema]:
             "Chat completion, streamed or not",
             "ChatCompletion",
             "ChatCompletionRequest",
-            s.openai_stream(s.chat_chunk()),
+            s.openai_stream(TYPED[ChatCompletionChunk]),
         ),
         "/v1/completions": generation(
             "Legacy text completion of a raw prompt (no chat template)",
             "TextCompletion",
             "CompletionRequest",
-            s.openai_stream(s.text_completion(chunk=True)),
+            s.openai_stream(TYPED[TextCompletion]),
         ),
         "/v1/responses": generation(
             "Responses API (text and function tools), streamed or not; nothing is stored",
@@ -416,9 +426,6 @@ def openapi_document() -> dict[str, Any]:
         paths |= ollama_paths(prefix)
     schemas = {
         **s.ERRORS,
-        "Model": s.model_object(),
-        "ChatCompletion": s.chat_completion(),
-        "TextCompletion": s.text_completion(),
         "Response": s.response_object(),
         "AnthropicMessage": s.anthropic_message(),
         "Instance": s.instance(),

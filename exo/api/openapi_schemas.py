@@ -1,7 +1,8 @@
 """JSON schemas of the HTTP API's responses and errors, for `exo.api.openapi`.
 
 Request bodies' schemas are not here: each comes from the typed model that checks it
-(`typed_body.py`). Response schemas give the fields a client can rely on; extra fields may
+(`typed_body.py`); nor are the OpenAI chat, completion and model responses'
+(`openai_response.py`). Response schemas give the fields a client can rely on; extra fields may
 come and go. tests/api/test_published_schemas.py checks the OpenAI routes' answers
 against OpenAI's own schemas as well.
 """
@@ -125,89 +126,6 @@ ERRORS: dict[str, Schema] = {
 
 def text_part(*kinds: str) -> Schema:
     return record({"type": const(kinds[0]) if len(kinds) == 1 else enum(*kinds), "text": STRING})
-
-
-USAGE = record(
-    {
-        "prompt_tokens": COUNT,
-        "completion_tokens": COUNT,
-        "total_tokens": COUNT,
-        "prompt_tokens_details": record({"cached_tokens": COUNT}),
-    }
-)
-CHAT_FINISH = enum("stop", "length", "tool_calls")
-
-
-def _completion(kind: str, choice: Schema, *, chunk: bool = False) -> Schema:
-    """A whole completion, or with `chunk`, one streamed piece of it (its choice list is
-    empty in the last, usage-only, chunk; usage is there only when asked for)."""
-    choices = array(choice, maxItems=1) if chunk else array(choice, minItems=1, maxItems=1)
-    fields = {
-        "id": STRING,
-        "object": const(kind),
-        "created": COUNT,
-        "model": STRING,
-        "choices": choices,
-        "usage": nullable(USAGE) if chunk else USAGE,
-    }
-    return record(fields, "usage") if chunk else record(fields)
-
-
-def chat_completion() -> Schema:
-    message = record(
-        {"role": const("assistant"), "content": nullable(STRING), "tool_calls": array(ANY_OBJECT)},
-        "tool_calls",
-    )
-    choice = record(
-        {
-            "index": COUNT,
-            "message": message,
-            "logprobs": nullable(ANY_OBJECT),
-            "finish_reason": CHAT_FINISH,
-        }
-    )
-    return _completion("chat.completion", choice)
-
-
-def chat_chunk() -> Schema:
-    choice = record(
-        {
-            "index": COUNT,
-            "delta": ANY_OBJECT,
-            "logprobs": nullable(ANY_OBJECT),
-            "finish_reason": nullable(CHAT_FINISH),
-        },
-        "logprobs",
-    )
-    return _completion("chat.completion.chunk", choice, chunk=True)
-
-
-def text_completion(*, chunk: bool = False) -> Schema:
-    finish = enum("stop", "length")
-    choice = record(
-        {
-            "text": STRING,
-            "index": COUNT,
-            "logprobs": nullable(ANY_OBJECT),
-            "finish_reason": nullable(finish) if chunk else finish,
-        }
-    )
-    return _completion("text_completion", choice, chunk=chunk)
-
-
-def model_object() -> Schema:
-    return record(
-        {
-            "id": STRING,
-            "object": const("model"),
-            "created": COUNT,
-            "owned_by": STRING,
-            "name": STRING,
-            "context_length": integer(1),
-        },
-        "name",
-        "context_length",
-    )
 
 
 def response_object() -> Schema:

@@ -63,3 +63,15 @@ async def test_the_document_is_served() -> None:
     document = response.json()
     assert document == openapi_document()
     assert document["openapi"].startswith("3.1")
+
+
+def test_openai_response_schemas_come_from_the_models_the_encoders_build() -> None:
+    """`refusal` is always sent (OpenAI requires it), `usage` in a stream chunk only when
+    asked for, `tool_calls` only when there are calls: the typed models say so, and the
+    document is derived from them."""
+    schemas = openapi_document()["components"]["schemas"]
+    assert "refusal" in schemas["AssistantMessage"]["required"]
+    assert "tool_calls" not in schemas["AssistantMessage"]["required"]
+    assert "usage" not in schemas["ChatCompletionChunk"]["required"]
+    assert "usage" in schemas["ChatCompletion"]["required"]
+    assert schemas["ChatCompletion"]["properties"]["object"] == {"enum": ["chat.completion"]}
