@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from msgspec import to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -33,6 +34,25 @@ from exo.api.anthropic_request import (
     Prompt,
     parse_messages_request,
     parse_prompt,
+)
+from exo.api.anthropic_response import (
+    AnthropicMessage,
+    AnthropicStreamEvent,
+    AnthropicTextBlock,
+    AnthropicToolUseBlock,
+    AnthropicUsage,
+    ContentBlock,
+    ContentBlockDelta,
+    ContentBlockStart,
+    ContentBlockStop,
+    InputJsonDelta,
+    MessageDelta,
+    MessageStart,
+    MessageStop,
+    Ping,
+    StopDetails,
+    StopReason,
+    TextDelta,
 )
 from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import (
@@ -119,7 +139,7 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def stop_reason(finished: Finished, called: bool = False) -> str:
+def stop_reason(finished: Finished, called: bool = False) -> StopReason:
     """Anthropic's name for how the generation ended; `called`: the reply made tool calls."""
     if finished.finish_reason == "length":
         return "max_tokens"
@@ -128,55 +148,32 @@ def stop_reason(finished: Finished, called: bool = False) -> str:
     return "stop_sequence" if finished.stop_sequence is not None else "end_turn"
 
 
-def _usage(finished: Finished | None) -> dict[str, int]:
-    """Anthropic counts the prompt tokens read from the cache apart from `input_tokens`."""
+def _end(finished: Finished | None, called: bool = False) -> StopDetails:
     if finished is None:
-        finished = Finished("", "length", 0, 0)
-    cached = finished.cached_tokens
-    return {
-        "input_tokens": finished.prompt_tokens - cached,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-        "output_tokens": finished.completion_tokens,
-    }
-
-
-def _end(finished: Finished | None, called: bool = False) -> dict[str, Any]:
-    if finished is None:
-        return {"stop_reason": None, "stop_sequence": None}
+        return StopDetails(None, None)
     reason = stop_reason(finished, called)
-    sequence = finished.stop_sequence if reason == "stop_sequence" else None
-    return {"stop_reason": reason, "stop_sequence": sequence}
+    return StopDetails(reason, finished.stop_sequence if reason == "stop_sequence" else None)
 
 
 def message_object(
     message_id: str,
     model: str,
-    content: list[dict[str, Any]],
+    content: list[ContentBlock],
     finished: Finished | None,
     called: bool = False,
-) -> dict[str, Any]:
+) -> AnthropicMessage:
     """A `message`: whole (finished given), or as `message_start` opens a stream."""
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        **_end(finished, called),
-        "usage": _usage(finished),
-    }
+    end = _end(finished, called)
+    usage = AnthropicUsage.of(finished)
+    return AnthropicMessage(
+        message_id, "assistant", model, content, end.stop_reason, end.stop_sequence, usage
+    )
 
 
-def tool_use_block(call: ToolCall) -> dict[str, Any]:
+def tool_use_block(call: ToolCall) -> AnthropicToolUseBlock:
     """A call as a `tool_use` block; its id in Anthropic's `toolu_` form."""
     call_id = "toolu_" + call.id.removeprefix("call_")
-    return {
-        "type": "tool_use",
-        "id": call_id,
-        "name": call.name,
-        "input": json.loads(call.arguments),
-    }
+    return AnthropicToolUseBlock(call_id, call.name, json.loads(call.arguments))
 
 
 def _parser_for(prompt: Prompt) -> CallParser | None:
@@ -186,7 +183,7 @@ def _parser_for(prompt: Prompt) -> CallParser | None:
     return CallParser(tools, prompt.tool_choice.forced) if tools else None
 
 
-def reply_message(chat: MessagesRequest, whole: Whole) -> dict[str, Any]:
+def reply_message(chat: MessagesRequest, whole: Whole) -> Any:
     """The whole `message` of a generation: its text, then one tool_use block per call (an
     empty text block is left out when there are calls, as Anthropic does)."""
     text, calls = whole.text, []
@@ -195,22 +192,28 @@ def reply_message(chat: MessagesRequest, whole: Whole) -> dict[str, Any]:
         shown, _ = parser.feed(whole.text)
         rest, _ = parser.finish()
         text, calls = shown + rest, parser.calls
-    content = [] if calls and not text.strip() else [{"type": "text", "text": text}]
+    content: list[ContentBlock] = [] if calls and not text.strip() else [AnthropicTextBlock(text)]
     content += [tool_use_block(call) for call in calls]
     message_id = new_message_id()
-    return message_object(message_id, chat.prompt.model, content, whole.finished, bool(calls))
+    return to_builtins(
+        message_object(message_id, chat.prompt.model, content, whole.finished, bool(calls))
+    )
 
 
-def sse_event(data: Mapping[str, Any]) -> bytes:
-    """One server-sent event, named after its payload's `type` as Anthropic does."""
+def sse_event(event: AnthropicStreamEvent) -> bytes:
+    """One server-sent event, named after its `type` as Anthropic does."""
+    return _named_event(to_builtins(event))
+
+
+def _named_event(data: Mapping[str, Any]) -> bytes:
     return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
 
 
-_PING = sse_event({"type": "ping"})
+_PING = sse_event(Ping())
 
 
 def _block_stop(index: int) -> bytes:
-    return sse_event({"type": "content_block_stop", "index": index})
+    return sse_event(ContentBlockStop(index))
 
 
 class MessagesSseFormat:
@@ -234,16 +237,15 @@ class MessagesSseFormat:
         self._blocks = 0  # content blocks started
         self._text_block: int | None = None  # the index of the open text block
 
-    def _start_block(self, block: dict[str, Any]) -> bytes:
+    def _start_block(self, block: ContentBlock) -> bytes:
         self._blocks += 1
-        data = {"type": "content_block_start", "index": self._blocks - 1, "content_block": block}
-        return sse_event(data)
+        return sse_event(ContentBlockStart(self._blocks - 1, block))
 
     def start(self) -> list[bytes]:
         message = message_object(new_message_id(), self._model, [], None)
-        opened = self._start_block({"type": "text", "text": ""})
+        opened = self._start_block(AnthropicTextBlock(""))
         self._text_block = 0
-        return [sse_event({"type": "message_start", "message": message}), opened, _PING]
+        return [sse_event(MessageStart(message)), opened, _PING]
 
     def token(self, chunk: TokenOut) -> list[bytes]:
         if self._parser is None:
@@ -257,12 +259,10 @@ class MessagesSseFormat:
             text = text.lstrip()  # what separates it from the call before
             if not text:
                 return []
-            events.append(self._start_block({"type": "text", "text": ""}))
+            events.append(self._start_block(AnthropicTextBlock("")))
             self._text_block = self._blocks - 1
         if text:
-            delta = {"type": "text_delta", "text": text}
-            data = {"type": "content_block_delta", "index": self._text_block, "delta": delta}
-            events.append(sse_event(data))
+            events.append(sse_event(ContentBlockDelta(self._text_block, TextDelta(text))))
         return events
 
     def _close_text(self) -> list[bytes]:
@@ -273,12 +273,10 @@ class MessagesSseFormat:
         events: list[bytes] = []
         for call in calls:
             events += self._close_text()
-            events.append(self._start_block({**tool_use_block(call), "input": {}}))
-            delta = {"type": "input_json_delta", "partial_json": call.arguments}
+            opened = tool_use_block(call)
+            events.append(self._start_block(AnthropicToolUseBlock(opened.id, opened.name, {})))
             index = self._blocks - 1
-            events.append(
-                sse_event({"type": "content_block_delta", "index": index, "delta": delta})
-            )
+            events.append(sse_event(ContentBlockDelta(index, InputJsonDelta(call.arguments))))
             events.append(_block_stop(index))
         return events
 
@@ -291,16 +289,16 @@ class MessagesSseFormat:
         return [
             *events,
             *self._close_text(),
-            sse_event({"type": "message_delta", "delta": delta, "usage": _usage(finished)}),
-            sse_event({"type": "message_stop"}),
+            sse_event(MessageDelta(delta, AnthropicUsage.of(finished))),
+            sse_event(MessageStop()),
         ]
 
     def error(self, error: Exception) -> list[bytes]:
         known = as_backend_error(error)
         if known is None:
             log.error("unexpected error while streaming a message", exc_info=error)
-            return [sse_event(error_payload(500, SERVER_ERROR_MESSAGE))]
-        return [sse_event(error_payload(known.status, known.message))]
+            return [_named_event(error_payload(500, SERVER_ERROR_MESSAGE))]
+        return [_named_event(error_payload(known.status, known.message))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +309,7 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
     """Add `POST /v1/messages` and `POST /v1/messages/count_tokens`."""
 
     async def whole_answer(
-        prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], dict[str, Any]]
+        prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], Any]
     ) -> TrioResponse:
         try:
             whole = await whole_generation(

@@ -24,6 +24,7 @@ from exo.api.anthropic_request import (
     AnthropicMessagesRequest,
     AnthropicTokenCountRequest,
 )
+from exo.api.anthropic_response import AnthropicMessage, AnthropicStreamEvent
 from exo.api.dashboard import ASSETS
 from exo.api.downloads import DownloadTarget
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
@@ -79,7 +80,9 @@ TYPED_BODIES = (
     DownloadTarget,
     LocalModel,
 )
-TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *RESPONSE_MODELS))
+# Responses declared as typed models, unions of them (a stream's events) included.
+TYPED_RESPONSES: tuple[Any, ...] = (*RESPONSE_MODELS, AnthropicMessage, AnthropicStreamEvent)
+TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
@@ -354,12 +357,13 @@ def openai_paths() -> dict[str, Schema]:
 def anthropic_paths() -> dict[str, Schema]:
     failures = errors("Anthropic", GENERATION)
     count = s.record({"input_tokens": s.COUNT})
+    events = TYPED[AnthropicStreamEvent]
     return {
         MESSAGES_PATH: {
             "post": op(
                 "Anthropic Messages, streamed or not",
                 "anthropic",
-                ok(s.ref("AnthropicMessage"), stream=(SSE, s.anthropic_stream())) | failures,
+                ok(TYPED[AnthropicMessage], stream=(SSE, s.anthropic_stream(events))) | failures,
                 body=TYPED[AnthropicMessagesRequest],
             )
         },
@@ -427,7 +431,6 @@ def openapi_document() -> dict[str, Any]:
     schemas = {
         **s.ERRORS,
         "Response": s.response_object(),
-        "AnthropicMessage": s.anthropic_message(),
         "Instance": s.instance(),
         **TYPED_COMPONENTS,
     }

@@ -1,8 +1,8 @@
 """JSON schemas of the HTTP API's responses and errors, for `exo.api.openapi`.
 
 Request bodies' schemas are not here: each comes from the typed model that checks it
-(`typed_body.py`); nor are the OpenAI chat, completion and model responses'
-(`openai_response.py`). Response schemas give the fields a client can rely on; extra fields may
+(`typed_body.py`); nor are the OpenAI chat, completion and model responses' or the
+Anthropic message's and stream events' (`openai_response.py`, `anthropic_response.py`). Response schemas give the fields a client can rely on; extra fields may
 come and go. tests/api/test_published_schemas.py checks the OpenAI routes' answers
 against OpenAI's own schemas as well.
 """
@@ -173,35 +173,6 @@ def response_object() -> Schema:
 # Anthropic
 
 
-def anthropic_tool_use() -> Schema:
-    """A call: in an assistant turn sent back, and in a reply."""
-    return record(
-        {"type": const("tool_use"), "id": NON_EMPTY, "name": NON_EMPTY, "input": ANY_OBJECT}
-    )
-
-
-def anthropic_message() -> Schema:
-    return record(
-        {
-            "id": STRING,
-            "type": const("message"),
-            "role": const("assistant"),
-            "model": STRING,
-            "content": array({"anyOf": [text_part("text"), anthropic_tool_use()]}),
-            "stop_reason": enum("end_turn", "stop_sequence", "max_tokens", "tool_use"),
-            "stop_sequence": nullable(STRING),
-            "usage": record(
-                {
-                    "input_tokens": COUNT,
-                    "cache_creation_input_tokens": COUNT,
-                    "cache_read_input_tokens": COUNT,
-                    "output_tokens": COUNT,
-                }
-            ),
-        }
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Ollama
 
@@ -347,9 +318,10 @@ def responses_stream() -> Schema:
     )
 
 
-def anthropic_stream() -> Schema:
+def anthropic_stream(event: Schema) -> Schema:
+    """Named events (the typed union of `anthropic_response.py`), or an `error` event."""
     return sse_event(
-        record({"type": STRING}),
+        {"anyOf": [event, ref("AnthropicError")]},
         "With `stream`: message_start, then content blocks (content_block_start, "
         "content_block_delta, ..., content_block_stop; text blocks with text_delta, tool_use "
         "blocks with one input_json_delta), a ping after the first start, message_delta, "

@@ -147,7 +147,7 @@ def refuse_duplicate_names(names: Sequence[str], where: str) -> None:
             raise ValueError(f"`{where.format(i=i)}`: Two tools are named {name!r}.")
 
 
-def body_schemas(kinds: Iterable[type]) -> tuple[dict[type, Schema], dict[str, Schema]]:
+def body_schemas(kinds: Iterable[Any]) -> tuple[dict[Any, Schema], dict[str, Schema]]:
     """Each model's `$ref` into the OpenAPI components, and the components they need."""
     kinds = list(kinds)
     refs, components = msgspec.json.schema_components(

@@ -75,3 +75,24 @@ def test_openai_response_schemas_come_from_the_models_the_encoders_build() -> No
     assert "usage" not in schemas["ChatCompletionChunk"]["required"]
     assert "usage" in schemas["ChatCompletion"]["required"]
     assert schemas["ChatCompletion"]["properties"]["object"] == {"enum": ["chat.completion"]}
+
+
+def test_the_anthropic_stream_schema_is_the_union_of_its_typed_events() -> None:
+    """Each event of a streamed Messages reply is a typed model tagged by `type`; the
+    document lists exactly those (before, any object with a `type`)."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    stream = document["paths"]["/v1/messages"]["post"]["responses"]["200"]["content"]
+    data = stream["text/event-stream"]["schema"]["properties"]["data"]
+    events = data["contentSchema"]["anyOf"][0]
+    tags = set(events["discriminator"]["mapping"])
+    assert tags == {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+    }
+    assert schemas["AnthropicMessage"]["properties"]["type"] == {"enum": ["message"]}
