@@ -1,5 +1,5 @@
 """The one door to the outside world: clock, randomness, filesystem root, processes, host
-facts and the network (TCP streams and listeners).
+facts, nonces and the network (TCP streams and listeners, UDP multicast).
 
 Actors take an `Environment` and touch nothing else, so the simulator can pass its own:
 its streams run through a seeded network, so the real link layer, data plane and MLX

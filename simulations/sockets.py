@@ -71,6 +71,12 @@ class _Pipe:
         self.wake.set()
         self.wake = trio.Event()
 
+    def discard(self) -> None:
+        """Drop the bytes in flight (a reset, a half-open connection, a close)."""
+        self.chunks.clear()
+        self.buffered = 0
+        self.notify()
+
     async def wait(self, until: float | None = None) -> None:
         event = self.wake
         with trio.move_on_at(until if until is not None else float("inf")):
@@ -196,13 +202,16 @@ class SimSockets:
             return
         learner = stream if self._rng.random() < 0.5 else self._other_end(stream)
         self._record(f"{now:.6f} {learner.local_host} tcp half-open")
+        self.half_open(learner)
+
+    def half_open(self, learner: SimStream) -> None:
+        """Break the connection for `learner` only: its reads and writes raise, while the
+        other end's reads wait for ever and what it sends vanishes."""
         learner.incoming.broken_for_receiver = True
         learner.outgoing.broken_for_sender = True
         for pipe in (learner.incoming, learner.outgoing):
             pipe.lost = True
-            pipe.chunks.clear()
-            pipe.buffered = 0
-            pipe.notify()
+            pipe.discard()
 
     def _other_end(self, stream: SimStream) -> SimStream:
         for end in self._streams:
@@ -213,9 +222,7 @@ class SimSockets:
     def _reset(self, stream: SimStream) -> None:
         for pipe in (stream.outgoing, stream.incoming):
             pipe.broken_for_sender = pipe.broken_for_receiver = True
-            pipe.chunks.clear()
-            pipe.buffered = 0
-            pipe.notify()
+            pipe.discard()
         for end in [s for s in self._streams if s.outgoing in (stream.outgoing, stream.incoming)]:
             self._streams.remove(end)
 
@@ -385,9 +392,7 @@ class SimStream(trio.abc.Stream):
             self.outgoing.notify()
             # The peer's later bytes meet an RST, if they still reach this host at all.
             self.incoming.broken_for_sender = not self.incoming.lost
-            self.incoming.chunks.clear()
-            self.incoming.buffered = 0
-            self.incoming.notify()
+            self.incoming.discard()
             self._sockets._forget(self)
         await trio.lowlevel.checkpoint()
 

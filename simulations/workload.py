@@ -9,13 +9,16 @@ streams a chat from its rank 0, every token a pass through the other ranks' runn
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+
 import trio
 from attrs import frozen
 
 from exo.actors.api_host import serving_instance
 from exo.actors.decide import instance_id_for
 from exo.actors.runner_handle import RunnerHandle
-from exo.api.backend import BackendError
+from exo.api.backend import BackendError, Chunk
 from exo.engine.protocol import ChatMessage, Finished, GenerateRequest, SamplingParams
 from exo.events.commands import DeleteInstance, PlaceInstance
 from exo.events.ids import InstanceId, NodeId
@@ -29,6 +32,7 @@ from simulations.scenario import Op
 OP_BOUND = 60.0
 # How long a pipeline op waits for its rank 0 to be ready (downloads, the ring forming).
 READY_BOUND = 30.0
+CHAT_PARAMS = SamplingParams(temperature=0.0, max_tokens=8)
 
 
 @frozen
@@ -109,9 +113,10 @@ class Workload:
                 return placed
         others = [n for n in self._cluster.nodes if n is not node and n.running is not None]
         api = [n for n in others if serving_instance(state, n.node_id, BUNDLED_MODEL) is None]
-        if not (api or others):
+        candidates = api or others
+        if not candidates:
             return OpResult(op, "refused", "no other node up")
-        return await self._chat(number, op, (api or others)[number % len(api or others)])
+        return await self._chat(number, op, candidates[number % len(candidates)])
 
     async def _pipeline(self, number: int, op: Op, node: SimNode) -> OpResult:
         running = node.running
@@ -130,18 +135,8 @@ class Workload:
         if handle is None:
             return OpResult(op, "failed", f"{len(ranks)}-node instance not ready")
         messages = (ChatMessage("user", f"request {number} to {len(ranks)} nodes"),)
-        request = GenerateRequest(
-            f"sim-{number}", messages, SamplingParams(temperature=0.0, max_tokens=8)
-        )
-        expected = "".join(text for _, text in fake_tokens(request))
-        try:
-            async with handle.stream(request) as chunks:
-                answer = "".join([c.text async for c in chunks if not isinstance(c, Finished)])
-        except BackendError as exc:
-            return OpResult(op, "failed", exc.message.splitlines()[0])
-        if answer != expected:
-            return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
-        return OpResult(op, "ok", f"{len(ranks)} nodes: {answer}")
+        request = GenerateRequest(f"sim-{number}", messages, CHAT_PARAMS)
+        return await _judged(op, request, handle.stream(request), f"{len(ranks)} nodes: ")
 
     async def _place(
         self, op: Op, node: SimNode, nodes: tuple[NodeId, ...] | None = None
@@ -160,20 +155,27 @@ class Workload:
         running = node.running
         assert running is not None
         messages = (ChatMessage("user", f"request {number} to {node.node_id}"),)
-        params = SamplingParams(temperature=0.0, max_tokens=8)
-        expected = "".join(text for _, text in fake_tokens(GenerateRequest("", messages, params)))
-        text: list[str] = []
-        try:
-            async with running.backend.generate(BUNDLED_MODEL, messages, params) as chunks:
-                async for chunk in chunks:
-                    if not isinstance(chunk, Finished):
-                        text.append(chunk.text)
-        except BackendError as exc:
-            return OpResult(op, "failed", exc.message.splitlines()[0])
-        answer = "".join(text)
-        if answer != expected:
-            return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
-        return OpResult(op, "ok", answer)
+        stream = running.backend.generate(BUNDLED_MODEL, messages, CHAT_PARAMS)
+        return await _judged(op, GenerateRequest("", messages, CHAT_PARAMS), stream)
+
+
+async def _judged(
+    op: Op,
+    request: GenerateRequest,
+    stream: AbstractAsyncContextManager[AsyncIterator[Chunk]],
+    label: str = "",
+) -> OpResult:
+    """Read a chat's answer and judge it against the fake engine's reply to `request`:
+    right (ok), wrong, or failed with the backend's error."""
+    expected = "".join(text for _, text in fake_tokens(request))
+    try:
+        async with stream as chunks:
+            answer = "".join([c.text async for c in chunks if not isinstance(c, Finished)])
+    except BackendError as exc:
+        return OpResult(op, "failed", exc.message.splitlines()[0])
+    if answer != expected:
+        return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
+    return OpResult(op, "ok", label + answer)
 
 
 async def _ready_handle(running: RunningNode, instance_id: InstanceId) -> RunnerHandle | None:

@@ -69,9 +69,8 @@ class DataPlane:
         # Streams failed here while their server may still be generating: cancel on exit.
         self._abandoned: set[str] = set()
         self._serving: dict[tuple[NodeId, str], trio.CancelScope] = {}
-        # Requests sent to a peer's instance, and requests served for a peer, since start.
+        # Requests sent to a peer's instance since start (the simulator counts them).
         self.relayed = 0
-        self.served = 0
 
     # -- inbound (called from the link layer) ----------------------------------------
 
@@ -169,7 +168,6 @@ class DataPlane:
 
     async def _serve(self, peer: NodeId, message: RelayRequest) -> None:
         request_id = message.request.request_id
-        self.served += 1
         with trio.CancelScope() as scope:
             self._serving[(peer, request_id)] = scope
             try:

@@ -77,7 +77,6 @@ class LinkNetwork:
         self._env = env
         self.node_id = node_id
         self._home = home
-        self._namespace = namespace
         self._auth = LinkAuth(namespace, node_id, cluster_secret(namespace, cluster_key), peer_port)
         self._peer_port = peer_port
         self._configured = peers
@@ -105,10 +104,8 @@ class LinkNetwork:
 
     def send(self, to: NodeId, message: PeerMessage) -> None:
         channel = self._links.get(to)
-        if channel is None:
-            return
-        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            channel.send_nowait(encode(message, PeerMessage))
+        if channel is not None:
+            _offer(channel, message)
 
     async def send_data(self, to: NodeId, message: PeerMessage) -> None:
         """Send in order, waiting while the link's queue is full (data-plane frames must
@@ -179,16 +176,17 @@ class LinkNetwork:
         self._nursery.start_soon(self._keep_dialing, address)
 
     async def _keep_dialing(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
+        bracketed, _, port = address.rpartition(":")
+        host = bracketed.strip("[]")
         backoff = REDIAL_INITIAL
         while True:
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    stream = await self._env.open_tcp_stream(host.strip("[]"), int(port))
+                    stream = await self._env.open_tcp_stream(host, int(port))
             except (OSError, trio.TooSlowError) as exc:
                 log.debug("peer %s unreachable: %s", address, exc)
             else:
-                outcome = await self._dial_once(address, host.strip("[]"), stream)
+                outcome = await self._dial_once(address, host, stream)
                 if isinstance(outcome, _Duplicate):
                     # The pair already has the link the other side dialled: dial again
                     # only once that one is gone (not every half second while it lives).
@@ -316,8 +314,7 @@ class LinkNetwork:
                 scope.cancel()
                 return
             if silent >= KEEPALIVE_INTERVAL:
-                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    send.send_nowait(encode(Ping(KEEPALIVE_NONCE), PeerMessage))
+                _offer(send, Ping(KEEPALIVE_NONCE))
 
     def _retire(self, peer: NodeId, replaced: trio.MemorySendChannel[bytes]) -> None:
         """Close a link a redial replaced. Frames still queued on it, or on their way
@@ -397,6 +394,13 @@ class LinkStats:
     replaced: int = 0  # links a newer one replaced (the pair's preferred, or a redial)
     refused: int = 0  # handshakes failed on the cluster key or namespace
     silent: int = 0  # links closed because their peer stopped answering pings
+
+
+def _offer(channel: trio.MemorySendChannel[bytes], message: PeerMessage) -> None:
+    """Queue a frame on a link without waiting: dropped when the queue is full or the link
+    is gone (the control protocol and the keepalive both retry)."""
+    with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(encode(message, PeerMessage))
 
 
 async def _close(ws: WebSocketConnection | None, stream: trio.abc.Stream) -> None:

@@ -170,10 +170,14 @@ def message_object(
     )
 
 
+def tool_use_id(call: ToolCall) -> str:
+    """A call's id in Anthropic's `toolu_` form."""
+    return "toolu_" + call.id.removeprefix("call_")
+
+
 def tool_use_block(call: ToolCall) -> AnthropicToolUseBlock:
-    """A call as a `tool_use` block; its id in Anthropic's `toolu_` form."""
-    call_id = "toolu_" + call.id.removeprefix("call_")
-    return AnthropicToolUseBlock(call_id, call.name, json.loads(call.arguments))
+    """A call as a whole `tool_use` block."""
+    return AnthropicToolUseBlock(tool_use_id(call), call.name, json.loads(call.arguments))
 
 
 def _parser_for(prompt: Prompt) -> CallParser | None:
@@ -273,8 +277,9 @@ class MessagesSseFormat:
         events: list[bytes] = []
         for call in calls:
             events += self._close_text()
-            opened = tool_use_block(call)
-            events.append(self._start_block(AnthropicToolUseBlock(opened.id, opened.name, {})))
+            # The block opens with empty input; the arguments follow as one delta.
+            opened = AnthropicToolUseBlock(tool_use_id(call), call.name, {})
+            events.append(self._start_block(opened))
             index = self._blocks - 1
             events.append(sse_event(ContentBlockDelta(index, InputJsonDelta(call.arguments))))
             events.append(_block_stop(index))

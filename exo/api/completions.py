@@ -23,7 +23,7 @@ from exo.api.errors import as_backend_error, backend_error_response, json_respon
 from exo.api.logprobs import completion_logprobs
 from exo.api.openai import error_payload_for
 from exo.api.openai_request import HINTS, CompletionRequest
-from exo.api.openai_response import TextChoice, TextFinish, Usage, plain
+from exo.api.openai_response import TextChoice, TextFinish, Usage, finish_of, plain
 from exo.api.openai_response import TextCompletion as TextCompletionObject
 from exo.api.streaming import (
     SSE_CONTENT_TYPE,
@@ -73,13 +73,10 @@ class _TextChunks:
     def body(
         self,
         text: str,
-        finish_reason: str | None,
+        reason: TextFinish | None,
         logprobs: dict[str, Any] | None,
         usage: Usage | UnsetType = UNSET,
     ) -> Any:
-        reason: TextFinish | None = None
-        if finish_reason is not None:
-            reason = "length" if finish_reason == "length" else "stop"
         choice = TextChoice(text, 0, logprobs, reason)
         kind = "text_completion"
         return plain(
@@ -110,7 +107,7 @@ class CompletionSse:
 
     def finish(self, finished: Finished) -> list[bytes]:
         usage = Usage.of(finished) if self._include_usage else UNSET
-        last = self._chunks.body("", finished.finish_reason, None, usage)
+        last = self._chunks.body("", finish_of(finished), None, usage)
         return [sse_event(last), SSE_DONE]
 
     def error(self, error: Exception) -> list[bytes]:
@@ -156,5 +153,5 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
             completion_logprobs(whole.chunks) if completion.params.logprobs is not None else None
         )
         finished = whole.finished
-        body = chunks.body(whole.text, finished.finish_reason, logprobs, Usage.of(finished))
+        body = chunks.body(whole.text, finish_of(finished), logprobs, Usage.of(finished))
         return json_response(body)

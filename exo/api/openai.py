@@ -49,6 +49,7 @@ from exo.api.openai_response import (
     ModelList,
     ToolCallDelta,
     Usage,
+    finish_of,
     plain,
 )
 from exo.api.openai_response import ToolCall as TypedToolCall
@@ -148,7 +149,7 @@ def error_payload_for(error: Exception) -> dict[str, Any]:
 def _finish_reason(finished: Finished, parser: CallParser | None) -> ChatFinish:
     if parser is not None and parser.calls and finished.finish_reason == "stop":
         return "tool_calls"
-    return "length" if finished.finish_reason == "length" else "stop"
+    return finish_of(finished)
 
 
 def _parser_for(chat: ChatRequest) -> CallParser | None:

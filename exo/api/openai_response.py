@@ -22,6 +22,11 @@ TextFinish = Literal["stop", "length"]
 Logprobs = dict[str, Any]
 
 
+def finish_of(finished: Finished) -> TextFinish:
+    """OpenAI's name for how a generation ended (a cancelled one never gets this far)."""
+    return "length" if finished.finish_reason == "length" else "stop"
+
+
 class CachedTokens(Struct, frozen=True):
     cached_tokens: int
 

@@ -162,20 +162,6 @@ class CallParser:
         return rest, []
 
 
-def call_object(call: ToolCall) -> dict[str, Any]:
-    """A call in OpenAI's message shape."""
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments},
-    }
-
-
-def call_delta(index: int, call: ToolCall) -> dict[str, Any]:
-    """A whole call as one streamed `tool_calls` delta entry."""
-    return {"index": index, **call_object(call)}
-
-
 def offered(tools: tuple[Tool, ...], choice: ToolChoice) -> tuple[Tool, ...]:
     """The tools the model is shown: none for "none", only the named one when forced."""
     if choice.mode == "none":

@@ -98,9 +98,7 @@ def test_a_link_replaced_by_a_redial_counts_as_lost(tmp_path: Path) -> None:
             await trio.sleep(1)
             assert a.linked() == ["node-b"] and b.linked() == ["node-a"]
             [b_end] = [s for s in net._streams if s.local_host == "10.0.0.2"]
-            b_end.incoming.broken_for_receiver = b_end.outgoing.broken_for_sender = True
-            b_end.incoming.lost = b_end.outgoing.lost = True
-            b_end.incoming.notify()
+            net.half_open(b_end)
             await trio.sleep(2)  # b redials at once; a still holds the stale link
             assert a.stats.links == 2 and a.linked() == ["node-b"]
             assert lost == ["node-b"]
@@ -124,9 +122,7 @@ def test_a_half_open_link_is_closed_after_its_silence_and_redialled(tmp_path: Pa
             await nursery.start(b.run, "0.0.0.0")
             await trio.sleep(1)
             [a_end] = [s for s in net._streams if s.local_host == "10.0.0.1"]
-            a_end.incoming.broken_for_receiver = a_end.outgoing.broken_for_sender = True
-            a_end.incoming.lost = a_end.outgoing.lost = True
-            a_end.incoming.notify()
+            net.half_open(a_end)
             await trio.sleep(2)
             assert a.linked() == [] and b.linked() == ["node-a"]  # b does not know yet
             await trio.sleep(LINK_SILENT_LIMIT + KEEPALIVE_INTERVAL + 2)
