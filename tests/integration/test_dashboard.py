@@ -112,6 +112,21 @@ def node_id(node: NodeProcess) -> str:
     return str(node.state()["node_id"])
 
 
+# Counts DOM changes that show the last assistant reply with text but not yet done.
+WATCH_PARTIAL_REPLY = """() => {
+  window.exoPartialReplies = 0;
+  new MutationObserver(() => {
+    const replies = document.querySelectorAll('#transcript li.assistant');
+    const reply = replies[replies.length - 1];
+    const text = reply && reply.querySelector('.content');
+    if (reply && !reply.hasAttribute('data-done') && text && text.textContent) {
+      window.exoPartialReplies += 1;
+    }
+  }).observe(document.querySelector('#transcript'),
+             {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
 def test_the_page_shows_places_chats_and_deletes(page: Page, cluster: list[NodeProcess]) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     ids = sorted(node_id(n) for n in cluster)
@@ -142,12 +157,15 @@ def test_the_page_shows_places_chats_and_deletes(page: Page, cluster: list[NodeP
     # Chat: the reply streams in (text shows before the reply is done), then its stats.
     page.fill("#chat-model", "smollm2-135m")
     page.fill("#chat-input", "What is the capital of France? Answer in one sentence.")
+    # Watched in the page itself: polling from here could miss a short reply's partial
+    # state (it failed once in CI when the whole reply landed between two polls).
+    page.evaluate(WATCH_PARTIAL_REPLY)
     page.click("#chat-send")
     reply = page.locator("#transcript li.assistant").last
     expect(reply.locator(".content")).not_to_have_text("", timeout=120_000)
-    seen_partial = reply.get_attribute("data-done") is None
     expect(reply).to_have_attribute("data-done", "true", timeout=240_000)
-    assert seen_partial, "the reply arrived whole, not streamed"
+    seen_partial = page.evaluate("window.exoPartialReplies")
+    assert seen_partial > 0, "the reply arrived whole, not streamed"
     expect(reply.locator(".stats")).to_contain_text("TTFT")
     expect(reply.locator(".stats")).to_contain_text("tok/s")
     assert (reply.locator(".content").text_content() or "").strip()  # sampled: any text
