@@ -17,7 +17,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -69,10 +69,6 @@ class Environment(Protocol):
         ...
 
     def host_facts(self) -> HostFacts: ...
-
-    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
-        """A listening TCP socket: its detached file descriptor and bound address."""
-        ...
 
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
         """A connected TCP stream to host:port (OSError when refused or unreachable)."""
@@ -166,17 +162,11 @@ class RealEnvironment:
     def host_facts(self) -> HostFacts:
         return self._host
 
-    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
-        return await listen_tcp(host, port, backlog)
-
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
         return await trio.open_tcp_stream(host, port)
 
     async def open_tcp_listener(self, host: str, port: int) -> trio.abc.Listener[trio.abc.Stream]:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        for extra in listeners[1:]:
-            await extra.aclose()
-        return listeners[0]
+        return await open_tcp_listener(host, port)
 
     async def open_multicast(self, group: str, port: int) -> Multicast:
         return await SocketMulticast.open(group, port)
@@ -215,30 +205,23 @@ def _distributions() -> list[str]:
     return [d.metadata["Name"] or "" for d in importlib.metadata.distributions()]
 
 
-Listen = Callable[[str, int, int], Awaitable[tuple[int, tuple[str, int]]]]
+LISTEN_BACKLOG = 128
 
 
-async def listen_tcp(host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
-    """A listening TCP socket on host:port: its file descriptor, detached, and its address.
-
-    Binding here rather than in a server library makes a taken port a plain OSError and
-    gives the real port for port 0.
-    """
+async def open_tcp_listener(host: str, port: int) -> trio.SocketListener:
+    """A TCP listener on one socket bound to host:port (port 0: any free port), with
+    SO_REUSEADDR so a restarted node gets its port back at once. A taken port is a plain
+    OSError (trio's own `open_tcp_listeners` would bind every address a name resolves to)."""
     family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
     sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
     try:
         sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
         await sock.bind((host, port))
-        sock.listen(backlog)
-        address = sock.getsockname()
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
-    return sock.detach(), (address[0], address[1])
+    return trio.SocketListener(sock)
 
 
 def remote_host(stream: trio.abc.Stream) -> str:

@@ -274,7 +274,13 @@ async def run_node(
             if config.serve_api:
                 app = create_app(backend, node_label=node_id, metrics=metrics)
                 host, port = await nursery.start(
-                    partial(serve, app, config.api_host, config.api_port, listen=env.listen_tcp)
+                    partial(
+                        serve,
+                        app,
+                        config.api_host,
+                        config.api_port,
+                        open_listener=env.open_tcp_listener,
+                    )
                 )
                 log.info("node %s serving http://%s:%d", node_id, host, port)
             task_status.started(

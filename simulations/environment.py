@@ -75,9 +75,6 @@ class SimEnvironment:
     def host_facts(self) -> HostFacts:
         return self._host
 
-    async def listen_tcp(self, host: str, port: int, backlog: int) -> tuple[int, tuple[str, int]]:
-        raise RuntimeError("simulated nodes serve no HTTP API: their clients call the backend")
-
     async def open_tcp_stream(self, host: str, port: int) -> trio.abc.Stream:
         return await self._sockets().open_tcp_stream(host, port)
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 from quart import request
@@ -37,13 +36,14 @@ from exo.api.errors import (
     json_response,
     server_error_response,
 )
+from exo.api.http_server import ShutdownTrigger, serve_listener
 from exo.api.instances import register_instances
 from exo.api.models import register_models
 from exo.api.ollama import is_ollama_path, ollama_error, register_ollama
 from exo.api.openai import register_openai
 from exo.api.openapi import register_openapi
 from exo.api.responses import register_responses
-from exo.environment import Listen, listen_tcp
+from exo.environment import listener_port, open_tcp_listener
 from exo.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,10 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 BODY_TIMEOUT_S = 60.0
 # Seconds in-flight requests get to finish after `shutdown_trigger` fires.
 GRACEFUL_SHUTDOWN_S = 3.0
-LISTEN_BACKLOG = 128
 # Response header naming the node that answered.
 NODE_HEADER = "X-Exo-Node"
 
-ShutdownTrigger = Callable[[], Awaitable[None]]
+OpenListener = Callable[[str, int], Awaitable[trio.abc.Listener[trio.abc.Stream]]]
 
 # Transport errors that only mean the client went away while hypercorn was still writing.
 _CLIENT_GONE = (
@@ -172,29 +171,31 @@ async def serve(
     *,
     shutdown_trigger: ShutdownTrigger | None = None,
     graceful_timeout: float = GRACEFUL_SHUTDOWN_S,
-    listen: Listen = listen_tcp,
+    open_listener: OpenListener = open_tcp_listener,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on host:port (port 0: any free port) until cancelled or shut down.
 
     Reports the bound `(host, port)` through `task_status` once the socket is listening, so
-    `await nursery.start(serve, app, "127.0.0.1", 0)` returns the real port. Cancelling the
-    surrounding scope stops the server at once (open streams are cancelled, which ends their
-    generations); when `shutdown_trigger` returns instead, the server stops accepting and
-    gives in-flight requests `graceful_timeout` seconds before cancelling them. `listen`
-    binds the socket: the node passes its environment's.
+    `await nursery.start(serve, app, "127.0.0.1", 0)` returns the real port; a taken port is
+    a plain OSError from `start`. Cancelling the surrounding scope stops the server at once
+    (open streams are cancelled, which ends their generations); when `shutdown_trigger`
+    returns instead, the server stops accepting and gives in-flight requests
+    `graceful_timeout` seconds before cancelling them. `open_listener` binds the socket:
+    the node passes its environment's, which is simulated TCP in the simulator.
     """
-    fd, bound = await listen(host, port, LISTEN_BACKLOG)
+    try:
+        listener = await open_listener(host, port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    bound = (host, listener_port(listener))
     config = HypercornConfig()
-    config.bind = [f"fd://{fd}"]  # hypercorn takes the socket over (and closes it)
-    config.backlog = LISTEN_BACKLOG
     config.accesslog = None  # no per-request access log
     config.errorlog = _hypercorn_log
     config.graceful_timeout = graceful_timeout
-
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger)
+            partial(serve_listener, app, config, listener, shutdown_trigger=shutdown_trigger)
         )
         log.info("%s: HTTP API listening on %s port %d", app.config["EXO_NODE_LABEL"], *bound)
         task_status.started(bound)
