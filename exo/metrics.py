@@ -21,7 +21,7 @@ never raw paths, and a request no route matched is counted as `unmatched`
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -111,7 +111,7 @@ class NodeMetrics:
 
     async def timed(
         self, chunks: AsyncIterator[Any], model: str, started: float
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """`chunks` unchanged, observed: the first text's delay after `started`
         (`time.perf_counter()`), the gaps after it, the tokens once it finished."""
         last: float | None = None

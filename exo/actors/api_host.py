@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Literal
 
 import attrs
@@ -374,16 +374,22 @@ class NodeBackend(InstanceManager):
         try:
             with request_context(request_id):
                 log.debug("%s for %s runs on %s", request_id, card.model_id, instance_id)
-                async with stream as chunks:
-                    watched = _watch(chunks, outcome)
-                    if self._metrics is not None:
-                        watched = self._metrics.timed(watched, card.model_id, started)
-                    yield watched
+                # Each generator is closed on the way out, even when its reader stops at
+                # Finished, one step short of its end (else the garbage collector would).
+                async with stream as chunks, aclosing(_watch(chunks, outcome)) as watched:
+                    if self._metrics is None:
+                        yield watched
+                    else:
+                        timed = self._metrics.timed(watched, card.model_id, started)
+                        async with aclosing(timed):
+                            yield timed
         finally:
             self.tallies.ended(instance_id, outcome[0] if outcome else None)
 
 
-async def _watch(chunks: AsyncIterator[Chunk], outcome: list[Finished]) -> AsyncIterator[Chunk]:
+async def _watch(
+    chunks: AsyncIterator[Chunk], outcome: list[Finished]
+) -> AsyncGenerator[Chunk, None]:
     async for chunk in chunks:
         if isinstance(chunk, Finished):
             outcome.append(chunk)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager, suppress
 from typing import Protocol
 
 import trio
@@ -138,7 +138,10 @@ class DataPlane:
                 await self._links.send_data(peer, RelayRequest(instance_id, request))
             except PeerLost:
                 raise GenerationFailed(f"no link to node {peer}, which serves it") from None
-            yield _chunks(receive, peer)
+            # Closed on the way out: a client that stops reading at Finished leaves the
+            # generator one step short of its end, to be finalized by the garbage collector.
+            async with aclosing(_chunks(receive, peer)) as chunks:
+                yield chunks
         finally:
             left_early = self._streams.pop(request_id, None) is not None
             abandoned = request_id in self._abandoned
@@ -234,7 +237,7 @@ class _StreamTest(Protocol):
 
 async def _chunks(
     receive: trio.MemoryReceiveChannel[Relayed], peer: NodeId
-) -> AsyncIterator[Chunk]:
+) -> AsyncGenerator[Chunk, None]:
     async with receive:
         while True:
             item: Relayed | None = None

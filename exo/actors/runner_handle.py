@@ -271,7 +271,8 @@ class RunnerHandle:
         started = self._env.now()
         try:
             await self._write(protocol.Generate(request))
-            yield _chunks(receive)
+            async with aclosing(_chunks(receive)) as chunks:  # closed even if not read to its end
+                yield chunks
         finally:
             self._took(self._env.now() - started)
             if self._inflight.pop(request_id, None) is not None:
@@ -283,7 +284,7 @@ class RunnerHandle:
                     await self._write(protocol.Cancel(request_id))
 
 
-async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncIterator[Chunk]:
+async def _chunks(receive: trio.MemoryReceiveChannel[Routed]) -> AsyncGenerator[Chunk, None]:
     async with receive:
         async for message in receive:
             match message:
