@@ -16,7 +16,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from exo.api.admin import register_admin, register_metrics
 from exo.api.anthropic import (
@@ -141,11 +141,18 @@ def create_app(
         if isinstance(error, RequestEntityTooLarge):
             message = f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
         if is_anthropic_path(request.path):
-            return anthropic_http_error(error, message)
-        if is_ollama_path(request.path):
+            response = anthropic_http_error(error, message)
+        elif is_ollama_path(request.path):
             status, text, headers = http_error_parts(error, message)
-            return json_response({"error": text}, status, headers)
-        return http_error_response(error, message)
+            response = json_response({"error": text}, status, headers)
+        else:
+            response = http_error_response(error, message)
+        if isinstance(error, RequestEntityTooLarge | RequestTimeout):
+            # The body was not read (or not all of it): hypercorn would wait for the rest
+            # before reading the next request, and a kept-alive client hangs. Closing the
+            # connection after the answer tells the client to open a new one.
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def on_unexpected_error(error: Exception) -> TrioResponse:

@@ -389,6 +389,28 @@ async def test_oversized_body_is_413(raw: bytes, caplog: pytest.LogCaptureFixtur
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+# httpx stops sending the body once the 413 has come, and leaves its body generator to the
+# garbage collector: a warning about the client library, not about the server.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_kept_alive_client_goes_on_after_a_413() -> None:
+    """An SDK reuses its connection: after a body over the limit gets its 413, the
+    client's next request must be answered (it hung in 4 of 6 tries while the 413 left
+    the connection open with the body unread: hypercorn waited for the rest of it)."""
+    with trio.fail_after(60):
+        async with (
+            running(FakeBackend(tokens("x"))) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            for _ in range(6):
+                body = b"x" * (MAX_REQUEST_BYTES + 1)
+                headers = {"content-type": "application/json"}
+                too_large = await client.post("/v1/chat/completions", content=body, headers=headers)
+                assert too_large.status_code == 413
+                assert too_large.headers["connection"] == "close"
+                with trio.fail_after(5):
+                    assert (await client.get("/v1/models")).status_code == 200
+
+
 async def _status(stream: trio.SocketStream, conn: h11.Connection) -> int:
     """Read one whole response off `stream`; its status."""
     status = 0
