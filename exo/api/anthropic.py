@@ -58,7 +58,6 @@ from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
-    dumps,
     http_error_parts,
     json_response,
 )
@@ -67,6 +66,7 @@ from exo.api.streaming import (
     SSE_HEADERS,
     GenerationStream,
     Whole,
+    named_sse_event,
     streamed_response,
     whole_generation,
 )
@@ -206,11 +206,7 @@ def reply_message(chat: MessagesRequest, whole: Whole) -> Any:
 
 def sse_event(event: AnthropicStreamEvent) -> bytes:
     """One server-sent event, named after its `type` as Anthropic does."""
-    return _named_event(to_builtins(event))
-
-
-def _named_event(data: Mapping[str, Any]) -> bytes:
-    return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
+    return named_sse_event(to_builtins(event))
 
 
 _PING = sse_event(Ping())
@@ -302,8 +298,8 @@ class MessagesSseFormat:
         known = as_backend_error(error)
         if known is None:
             log.error("unexpected error while streaming a message", exc_info=error)
-            return [_named_event(error_payload(500, SERVER_ERROR_MESSAGE))]
-        return [_named_event(error_payload(known.status, known.message))]
+            return [named_sse_event(error_payload(500, SERVER_ERROR_MESSAGE))]
+        return [named_sse_event(error_payload(known.status, known.message))]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,12 +35,14 @@ from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, Oll
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
 from exo.api.openai_response import (
     RESPONSE_MODELS,
+    ChatCompletion,
     ChatCompletionChunk,
     Model,
     ModelList,
     TextCompletion,
 )
 from exo.api.responses_request import ResponseRequest
+from exo.api.responses_response import Response, ResponseStreamEvent
 from exo.api.typed_body import body_schemas
 
 Schema = dict[str, Any]
@@ -81,7 +83,13 @@ TYPED_BODIES = (
     LocalModel,
 )
 # Responses declared as typed models, unions of them (a stream's events) included.
-TYPED_RESPONSES: tuple[Any, ...] = (*RESPONSE_MODELS, AnthropicMessage, AnthropicStreamEvent)
+TYPED_RESPONSES: tuple[Any, ...] = (
+    *RESPONSE_MODELS,
+    AnthropicMessage,
+    AnthropicStreamEvent,
+    Response,
+    ResponseStreamEvent,
+)
 TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
 
 
@@ -304,9 +312,9 @@ def admin_paths() -> dict[str, Schema]:
 
 
 def openai_paths() -> dict[str, Schema]:
-    def generation(summary: str, answer: str, request: str, events: Schema) -> Schema:
-        answers = ok(s.ref(answer), stream=(SSE, events)) | errors("OpenAI", GENERATION)
-        return {"post": op(summary, "openai", answers, body=s.ref(request))}
+    def generation(summary: str, answer: Any, request: Any, events: Schema) -> Schema:
+        answers = ok(TYPED[answer], stream=(SSE, events)) | errors("OpenAI", GENERATION)
+        return {"post": op(summary, "openai", answers, body=TYPED[request])}
 
     stored = errors("OpenAI", (404, *ANY_ROUTE))
     response_id = [path_param("response_id")]
@@ -326,21 +334,21 @@ def openai_paths() -> dict[str, Schema]:
         },
         "/v1/chat/completions": generation(
             "Chat completion, streamed or not",
-            "ChatCompletion",
-            "ChatCompletionRequest",
+            ChatCompletion,
+            ChatCompletionRequest,
             s.openai_stream(TYPED[ChatCompletionChunk]),
         ),
         "/v1/completions": generation(
             "Legacy text completion of a raw prompt (no chat template)",
-            "TextCompletion",
-            "CompletionRequest",
+            TextCompletion,
+            CompletionRequest,
             s.openai_stream(TYPED[TextCompletion]),
         ),
         "/v1/responses": generation(
             "Responses API (text and function tools), streamed or not; nothing is stored",
-            "Response",
-            "ResponseRequest",
-            s.responses_stream(),
+            Response,
+            ResponseRequest,
+            s.responses_stream(TYPED[ResponseStreamEvent]),
         ),
         "/v1/responses/{response_id}": {
             method: op(
@@ -430,7 +438,6 @@ def openapi_document() -> dict[str, Any]:
         paths |= ollama_paths(prefix)
     schemas = {
         **s.ERRORS,
-        "Response": s.response_object(),
         "Instance": s.instance(),
         **TYPED_COMPONENTS,
     }

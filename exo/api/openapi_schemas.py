@@ -124,51 +124,6 @@ ERRORS: dict[str, Schema] = {
 # OpenAI
 
 
-def text_part(*kinds: str) -> Schema:
-    return record({"type": const(kinds[0]) if len(kinds) == 1 else enum(*kinds), "text": STRING})
-
-
-def response_object() -> Schema:
-    message = record(
-        {
-            "type": const("message"),
-            "id": STRING,
-            "role": const("assistant"),
-            "status": STRING,
-            "content": array(text_part("output_text")),
-        }
-    )
-    call = record(
-        {
-            "type": const("function_call"),
-            "id": STRING,
-            "call_id": STRING,
-            "name": STRING,
-            "arguments": described(STRING, "JSON text."),
-            "status": const("completed"),
-        }
-    )
-    return record(
-        {
-            "id": STRING,
-            "object": const("response"),
-            "created_at": COUNT,
-            "status": enum("completed", "incomplete", "failed", "in_progress"),
-            "model": STRING,
-            "output": described(
-                array({"anyOf": [message, call]}),
-                "In the reply's order: a message per run of text, a function_call per call.",
-            ),
-            "usage": described(ANY_OBJECT, "Once known: absent while in progress."),
-            "error": nullable(ANY_OBJECT),
-            "tools": array(record({"type": const("function"), "name": STRING})),
-            "tool_choice": {},
-            "parallel_tool_calls": BOOLEAN,
-        },
-        "usage",
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Anthropic
 
@@ -308,12 +263,14 @@ def openai_stream(chunk: Schema) -> Schema:
     return sse_event(data, "With `stream`: one JSON chunk an event, then `data: [DONE]`.")
 
 
-def responses_stream() -> Schema:
-    event = record({"type": STRING, "sequence_number": COUNT})
+def responses_stream(event: Schema) -> Schema:
+    """Named events (the typed union of `responses_response.py`), the last
+    `response.completed`, `response.incomplete` or (after an `error`) `response.failed`."""
     return sse_event(
         event,
-        "With `stream`: typed events, `event:` naming the `type` of `data`; a function "
-        "call's item streams `response.function_call_arguments.delta` and `.done`.",
+        "With `stream`: typed events, `event:` naming the `type` of `data`, each with a "
+        "rising `sequence_number`; a function call's item streams "
+        "`response.function_call_arguments.delta` and `.done`.",
         named=True,
     )
 

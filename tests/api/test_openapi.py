@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import httpx
 import trio
 
 from exo.api.app import create_app
 from exo.api.openapi import openapi_document
+from exo.api.responses_response import ResponseStreamEvent
 
 from .fakes import FakeBackend
 from .helpers import running
@@ -96,3 +98,27 @@ def test_the_anthropic_stream_schema_is_the_union_of_its_typed_events() -> None:
         "ping",
     }
     assert schemas["AnthropicMessage"]["properties"]["type"] == {"enum": ["message"]}
+
+
+def test_the_responses_stream_schema_is_the_union_of_its_typed_events() -> None:
+    """Each event of a streamed Responses reply is a typed model tagged by `type`, with a
+    `sequence_number` (before, any object with those two fields); a call's arguments end
+    with the function's name, which OpenAI's schema requires."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    stream = document["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]
+    events = stream["text/event-stream"]["schema"]["properties"]["data"]["contentSchema"]
+    tags = {event.__struct_config__.tag for event in get_args(ResponseStreamEvent)}
+    assert set(events["discriminator"]["mapping"]) == tags
+    assert {"error", "response.failed", "response.function_call_arguments.done"} <= tags
+    done = schemas["ResponseFunctionCallArgumentsDoneEvent"]
+    assert {"sequence_number", "name", "arguments"} <= set(done["required"])
+    assert "usage" not in schemas["Response"]["required"]
+    items = schemas["Response"]["properties"]["output"]["items"]
+    assert set(items["discriminator"]["mapping"]) == {"message", "function_call"}
+
+
+def test_every_component_has_its_own_name() -> None:
+    """Two models of one name would be published under module paths
+    (`exo.api.x.Name`): each response or request model needs a name of its own."""
+    assert not [name for name in openapi_document()["components"]["schemas"] if "." in name]
