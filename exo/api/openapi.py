@@ -32,6 +32,14 @@ from exo.api.instances import PlaceRequest
 from exo.api.models import LocalModel
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
+from exo.api.ollama_response import (
+    OllamaChatReply,
+    OllamaGenerateReply,
+    OllamaModels,
+    OllamaRunningModels,
+    OllamaShowReply,
+    OllamaVersion,
+)
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
 from exo.api.openai_response import (
     RESPONSE_MODELS,
@@ -89,6 +97,12 @@ TYPED_RESPONSES: tuple[Any, ...] = (
     AnthropicStreamEvent,
     Response,
     ResponseStreamEvent,
+    OllamaChatReply,
+    OllamaGenerateReply,
+    OllamaModels,
+    OllamaRunningModels,
+    OllamaShowReply,
+    OllamaVersion,
 )
 TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
 
@@ -393,11 +407,10 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
     def listing(summary: str, schema: Schema) -> Schema:
         return {"get": op(summary, "ollama", ok(schema) | errors("Ollama", ANY_ROUTE))}
 
-    def generation(summary: str, chat: bool) -> Schema:
-        stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(chat=chat))
-        answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
-        body = TYPED[OllamaChatRequest if chat else OllamaGenerateRequest]
-        return {"post": op(summary, "ollama", answers, body=body)}
+    def generation(summary: str, reply: type, body: type) -> Schema:
+        stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(TYPED[reply]))
+        answers = ok(TYPED[reply], stream=stream) | errors("Ollama", GENERATION)
+        return {"post": op(summary, "ollama", answers, body=TYPED[body])}
 
     content: Schema = {"text/plain": {"schema": s.STRING}}
     if not prefix:  # a browser (preferring HTML) gets the dashboard here
@@ -411,21 +424,23 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
         running | errors("Ollama" if prefix else "OpenAI", ANY_ROUTE),
     )
     return {
-        f"{prefix}/api/chat": generation("Ollama chat", chat=True),
-        f"{prefix}/api/generate": generation("Ollama generate", chat=False),
-        f"{prefix}/api/tags": listing("Every model", s.ollama_models()),
+        f"{prefix}/api/chat": generation("Ollama chat", OllamaChatReply, OllamaChatRequest),
+        f"{prefix}/api/generate": generation(
+            "Ollama generate", OllamaGenerateReply, OllamaGenerateRequest
+        ),
+        f"{prefix}/api/tags": listing("Every model", TYPED[OllamaModels]),
         f"{prefix}/api/show": {
             "post": op(
                 "One model's details",
                 "ollama",
-                ok(s.ollama_show()) | errors("Ollama", (*BODY, 404)),
+                ok(TYPED[OllamaShowReply]) | errors("Ollama", (*BODY, 404)),
                 body=TYPED[OllamaShowRequest],
             )
         },
-        f"{prefix}/api/ps": listing(
-            "Models with a ready instance", s.ollama_models("expires_at", "size_vram")
+        f"{prefix}/api/ps": listing("Models with a ready instance", TYPED[OllamaRunningModels]),
+        f"{prefix}/api/version": listing(
+            "The Ollama API version exo follows", TYPED[OllamaVersion]
         ),
-        f"{prefix}/api/version": listing("The Ollama API version exo follows", s.ollama_version()),
         f"{prefix}/": {"get": alive, "head": alive},
     }
 

@@ -15,7 +15,6 @@ from typing import Any
 from exo.api import (
     instances,
 )
-from exo.api.ollama import OLLAMA_API_VERSION
 from exo.models.cards import BUNDLED_MODEL
 
 Schema = dict[str, Any]
@@ -130,28 +129,6 @@ ERRORS: dict[str, Schema] = {
 
 # ---------------------------------------------------------------------------------------------
 # Ollama
-
-
-def ollama_reply(*, chat: bool) -> Schema:
-    text = (
-        {"message": record({"role": STRING, "content": STRING})} if chat else {"response": STRING}
-    )
-    return record({"model": STRING, "created_at": STRING, **text, "done": BOOLEAN})
-
-
-def ollama_models(*more: str) -> Schema:
-    """`{"models": [...]}` of tags (`/api/tags`), with `more` fields (`/api/ps`)."""
-    fields = ("name", "model", "modified_at", "size", "digest", "details", *more)
-    return record({"models": array(record(untyped(*fields)))})
-
-
-def ollama_show() -> Schema:
-    fields = {"details": ANY_OBJECT, "model_info": ANY_OBJECT, "capabilities": array(STRING)}
-    return record(fields)
-
-
-def ollama_version() -> Schema:
-    return record({"version": const(OLLAMA_API_VERSION)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +264,10 @@ def anthropic_stream(event: Schema) -> Schema:
     )
 
 
-def ollama_stream(*, chat: bool) -> Schema:
-    """The NDJSON lines, read as one JSON array (as OpenAPI 3.2's `schema` of a sequential
-    media type covers the whole stream)."""
-    line = {"anyOf": [ollama_reply(chat=chat), ref("OllamaError")]}
+def ollama_stream(reply: Schema) -> Schema:
+    """The NDJSON lines (each a `reply`, or an error), read as one JSON array (as OpenAPI
+    3.2's `schema` of a sequential media type covers the whole stream)."""
+    line = {"anyOf": [reply, ref("OllamaError")]}
     return described(
         array(line, minItems=1),
         "Unless `stream` is false: one JSON object a line, the last with `done: true` (or "

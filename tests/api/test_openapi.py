@@ -122,3 +122,23 @@ def test_every_component_has_its_own_name() -> None:
     """Two models of one name would be published under module paths
     (`exo.api.x.Name`): each response or request model needs a name of its own."""
     assert not [name for name in openapi_document()["components"]["schemas"] if "." in name]
+
+
+def test_ollama_response_schemas_come_from_the_models_the_encoders_build() -> None:
+    """A chat reply's text is its `message`, a generation's its `response` (one model,
+    each kind naming the field); statistics only on the last line; a model's `details`
+    are typed (before, any value)."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    chat, generate = schemas["OllamaChatReply"], schemas["OllamaGenerateReply"]
+    assert set(chat["required"]) == {"model", "created_at", "message", "done"}
+    assert set(generate["required"]) == {"model", "created_at", "response", "done"}
+    assert "eval_count" in chat["properties"] and "reply" not in chat["properties"]
+    assert {"expires_at", "size_vram"} <= set(schemas["OllamaRunningModel"]["required"])
+    assert "expires_at" not in schemas["OllamaModel"]["properties"]
+    assert schemas["OllamaModel"]["properties"]["details"] == {
+        "$ref": "#/components/schemas/OllamaDetails"
+    }
+    stream = document["paths"]["/api/chat"]["post"]["responses"]["200"]["content"]
+    line = stream["application/x-ndjson"]["schema"]["items"]
+    assert line["anyOf"][0] == {"$ref": "#/components/schemas/OllamaChatReply"}
