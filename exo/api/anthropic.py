@@ -36,6 +36,8 @@ from exo.api.anthropic_request import (
     parse_prompt,
 )
 from exo.api.anthropic_response import (
+    AnthropicError,
+    AnthropicErrorDetail,
     AnthropicMessage,
     AnthropicStreamEvent,
     AnthropicTextBlock,
@@ -105,7 +107,7 @@ def error_type(status: int) -> str:
 
 
 def error_payload(status: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(status), "message": message}}
+    return to_builtins(AnthropicError(AnthropicErrorDetail(error_type(status), message)))
 
 
 def anthropic_error(

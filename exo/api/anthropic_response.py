@@ -103,6 +103,17 @@ class Ping(Struct, frozen=True, tag_field="type", tag="ping"):
     pass
 
 
+class AnthropicErrorDetail(Struct, frozen=True):
+    type: str
+    message: str
+
+
+class AnthropicError(Struct, frozen=True, tag_field="type", tag="error"):
+    """A failure: the whole reply, or an `error` event ending a stream."""
+
+    error: AnthropicErrorDetail
+
+
 AnthropicStreamEvent = (
     MessageStart
     | ContentBlockStart

@@ -34,7 +34,6 @@ from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     http_error_parts,
     http_error_response,
-    json_response,
     server_error_response,
 )
 from exo.api.instances import register_instances
@@ -145,7 +144,7 @@ def create_app(
             return anthropic_http_error(error, message)
         if is_ollama_path(request.path):
             status, text, headers = http_error_parts(error, message)
-            return json_response({"error": text}, status, headers)
+            return ollama_error(status, text, headers)
         return http_error_response(error, message)
 
     @app.errorhandler(Exception)

@@ -11,10 +11,12 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from msgspec import to_builtins
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from exo.api.backend import BackendError
+from exo.api.openai_response import OpenAIError, OpenAIErrorDetail
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -51,7 +53,7 @@ def error_payload(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     """The body of an OpenAI error: `{"error": {"message", "type", "param", "code"}}`."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return to_builtins(OpenAIError(OpenAIErrorDetail(message, type, param, code)))
 
 
 def error_response(

@@ -32,6 +32,7 @@ from exo.api.ollama_response import (
     OllamaCalledFunction,
     OllamaChatReply,
     OllamaDetails,
+    OllamaError,
     OllamaGenerateReply,
     OllamaModel,
     OllamaModels,
@@ -56,7 +57,7 @@ PREFIXES = ("", "/ollama")
 def ollama_error(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> TrioResponse:
-    return json_response({"error": message}, status, headers)
+    return json_response(to_builtins(OllamaError(message)), status, headers)
 
 
 def backend_error(error: BackendError) -> TrioResponse:
@@ -151,7 +152,7 @@ class NdjsonFormat:
     def error(self, error: Exception) -> list[bytes]:
         known = as_backend_error(error)
         message = known.message if known is not None else "internal error"
-        return [(dumps({"error": message}) + "\n").encode()]
+        return [(dumps(to_builtins(OllamaError(message))) + "\n").encode()]
 
 
 def _details(card: ModelCard) -> OllamaDetails:

@@ -108,5 +108,11 @@ class OllamaShowReply(Struct, frozen=True):
     modified_at: str
 
 
+class OllamaError(Struct, frozen=True):
+    """A failure: the whole reply, or the last line of a stream."""
+
+    error: str
+
+
 class OllamaVersion(Struct, frozen=True):
     version: Annotated[str, Meta(extra_json_schema={"const": OLLAMA_API_VERSION})]

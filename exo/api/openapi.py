@@ -24,7 +24,7 @@ from exo.api.anthropic_request import (
     AnthropicMessagesRequest,
     AnthropicTokenCountRequest,
 )
-from exo.api.anthropic_response import AnthropicMessage, AnthropicStreamEvent
+from exo.api.anthropic_response import AnthropicError, AnthropicMessage, AnthropicStreamEvent
 from exo.api.dashboard import ASSETS
 from exo.api.downloads import DownloadTarget
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
@@ -34,6 +34,7 @@ from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from exo.api.ollama_response import (
     OllamaChatReply,
+    OllamaError,
     OllamaGenerateReply,
     OllamaModels,
     OllamaRunningModels,
@@ -47,6 +48,7 @@ from exo.api.openai_response import (
     ChatCompletionChunk,
     Model,
     ModelList,
+    OpenAIError,
     TextCompletion,
 )
 from exo.api.responses_request import ResponseRequest
@@ -75,8 +77,7 @@ BODY = (400, *ANY_ROUTE)
 GENERATION = (*BODY, 403, 404, 503)
 
 
-# Request bodies declared as typed models (`typed_body.py`), and the responses declared as
-# typed models (`openai_response.py`): their schemas come from them.
+# Request bodies declared as typed models (`typed_body.py`): their schemas come from them.
 TYPED_BODIES = (
     OllamaChatRequest,
     OllamaGenerateRequest,
@@ -90,6 +91,8 @@ TYPED_BODIES = (
     DownloadTarget,
     LocalModel,
 )
+# Each dialect's errors.
+ERROR_SHAPES = {"OpenAI": OpenAIError, "Anthropic": AnthropicError, "Ollama": OllamaError}
 # Responses declared as typed models, unions of them (a stream's events) included.
 TYPED_RESPONSES: tuple[Any, ...] = (
     *RESPONSE_MODELS,
@@ -103,16 +106,18 @@ TYPED_RESPONSES: tuple[Any, ...] = (
     OllamaRunningModels,
     OllamaShowReply,
     OllamaVersion,
+    *ERROR_SHAPES.values(),
 )
 TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
 
 
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
     """The responses for `statuses`, in the error shape of `dialect`."""
+    shape = TYPED[ERROR_SHAPES[dialect]]
     return {
         str(status): {
             "description": _STATUS_TEXT[status],
-            "content": {JSON_CONTENT_TYPE: {"schema": s.ref(f"{dialect}Error")}},
+            "content": {JSON_CONTENT_TYPE: {"schema": shape}},
         }
         for status in sorted(set(statuses))
     }
@@ -452,7 +457,6 @@ def openapi_document() -> dict[str, Any]:
     for prefix in PREFIXES:
         paths |= ollama_paths(prefix)
     schemas = {
-        **s.ERRORS,
         "Instance": s.instance(),
         **TYPED_COMPONENTS,
     }

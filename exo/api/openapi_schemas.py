@@ -98,28 +98,6 @@ MODEL_ID = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Errors: one shape per dialect
-
-ERRORS: dict[str, Schema] = {
-    "OpenAIError": record(
-        {
-            "error": record(
-                {
-                    "message": STRING,
-                    "type": STRING,
-                    "param": nullable(STRING),
-                    "code": nullable(STRING),
-                }
-            )
-        }
-    ),
-    "AnthropicError": record(
-        {"type": const("error"), "error": record({"type": STRING, "message": STRING})}
-    ),
-    "OllamaError": record({"error": STRING}),
-}
-
-# ---------------------------------------------------------------------------------------------
 # OpenAI
 
 

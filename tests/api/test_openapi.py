@@ -142,3 +142,17 @@ def test_ollama_response_schemas_come_from_the_models_the_encoders_build() -> No
     stream = document["paths"]["/api/chat"]["post"]["responses"]["200"]["content"]
     line = stream["application/x-ndjson"]["schema"]["items"]
     assert line["anyOf"][0] == {"$ref": "#/components/schemas/OllamaChatReply"}
+
+
+def test_each_dialects_errors_are_the_typed_model_its_encoder_builds() -> None:
+    """The error shapes are typed models too: OpenAI's nests `error`, Anthropic's is tagged
+    `type: error`, Ollama's is one string."""
+    schemas = openapi_document()["components"]["schemas"]
+    detail = schemas["OpenAIErrorDetail"]
+    assert detail["required"] == ["message", "type", "param", "code"]
+    assert schemas["AnthropicError"]["properties"]["type"] == {"enum": ["error"]}
+    assert schemas["OllamaError"]["properties"] == {"error": {"type": "string"}}
+    chat = openapi_document()["paths"]["/api/chat"]["post"]["responses"]["404"]
+    assert chat["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OllamaError"
+    }
