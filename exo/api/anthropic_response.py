@@ -103,6 +103,12 @@ class Ping(Struct, frozen=True, tag_field="type", tag="ping"):
     pass
 
 
+class AnthropicTokenCount(Struct, frozen=True):
+    """The prompt's tokens, as the model's template renders it (tools included)."""
+
+    input_tokens: int
+
+
 class AnthropicErrorDetail(Struct, frozen=True):
     type: str
     message: str

@@ -76,10 +76,11 @@ def as_backend_error(error: BaseException) -> BackendError | None:
 
 
 async def answer_json(work: Callable[[], Awaitable[Any]], status: int = 200) -> TrioResponse:
-    """`work()`'s result as JSON, or the BackendError it raised in OpenAI's error shape
-    (anything else reaches the app's catch-all, which logs it and answers a JSON 500)."""
+    """`work()`'s result (a typed model) as JSON, or the BackendError it raised in OpenAI's
+    error shape (anything else reaches the app's catch-all, which logs it and answers a
+    JSON 500)."""
     try:
-        return json_response(await work(), status)
+        return json_response(to_builtins(await work()), status)
     except Exception as error:
         backend_error = as_backend_error(error)
         if backend_error is None:

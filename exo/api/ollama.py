@@ -295,7 +295,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         return json_response(to_builtins(shown))
 
     async def running() -> TrioResponse:
-        ready = {i["model"] for i in backend.instances() if i["status"] == "ready"}
+        ready = {i.model for i in backend.instances() if i.status == "ready"}
         until = _keep_alive_until()
         models = [
             OllamaRunningModel(**structs.asdict(_tag(card)), expires_at=until, size_vram=0)

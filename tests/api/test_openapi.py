@@ -156,3 +156,29 @@ def test_each_dialects_errors_are_the_typed_model_its_encoder_builds() -> None:
     assert chat["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OllamaError"
     }
+
+
+def test_admin_response_schemas_come_from_the_models_the_node_builds() -> None:
+    """The admin routes' answers are typed models the node builds (before, hand-kept
+    schemas with untyped fields): an instance's status is one of five, a download
+    with only an order has no progress fields, an alias has no instances."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    status = schemas["InstanceView"]["properties"]["status"]
+    assert set(status["enum"]) == {"placing", "downloading", "loading", "ready", "failed"}
+    assert set(schemas["DownloadEntry"]["required"]) == {
+        "node",
+        "model",
+        "phase",
+        "eta_seconds",
+        "order",
+    }
+    assert set(schemas["ModelView"]["required"]) == {"id", "card", "downloads"}
+    assert schemas["PlacementPreview"]["properties"]["shards"]["items"] == {
+        "$ref": "#/components/schemas/ShardView"
+    }
+    previews = document["paths"]["/instances/previews"]["get"]["responses"]["200"]
+    assert previews["content"]["application/json"]["schema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/PlacementPreview"},
+    }
