@@ -20,19 +20,9 @@ from typing import Any
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api import admin_response as admin
+from exo.api import ollama_response as ollama_out
 from exo.api import openapi_schemas as s
-from exo.api.admin_response import (
-    DeletedInstance,
-    DownloadEntry,
-    Downloads,
-    Health,
-    Instances,
-    InstanceView,
-    ModelView,
-    ModelViews,
-    PlacementPreview,
-    StateView,
-)
 from exo.api.anthropic_request import (
     MESSAGES_PATH,
     AnthropicMessagesRequest,
@@ -49,14 +39,6 @@ from exo.api.instances import PlaceRequest
 from exo.api.models import LocalModel
 from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
-from exo.api.ollama_response import (
-    OllamaChatReply,
-    OllamaGenerateReply,
-    OllamaModels,
-    OllamaRunningModels,
-    OllamaShowReply,
-    OllamaVersion,
-)
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
 from exo.api.openai_response import (
     ChatCompletion,
@@ -155,8 +137,10 @@ def admin_paths() -> dict[str, Schema]:
     ]
     return {
         OPENAPI_PATH: plain("This document", s.ANY_OBJECT),
-        "/healthz": plain("Liveness: the API is up (a model may still be loading)", TYPED[Health]),
-        "/state": plain("This node's view of the replicated cluster state", TYPED[StateView]),
+        "/healthz": plain(
+            "Liveness: the API is up (a model may still be loading)", TYPED[admin.Health]
+        ),
+        "/state": plain("This node's view of the replicated cluster state", TYPED[admin.StateView]),
         "/events": {
             "get": op(
                 "Server-sent events: a snapshot of the state (as /state), then each replicated "
@@ -226,32 +210,32 @@ def admin_paths() -> dict[str, Schema]:
             )
         },
         "/instances": {
-            **plain("Every instance", TYPED[Instances], "instances"),
+            **plain("Every instance", TYPED[admin.Instances], "instances"),
             "post": op(
                 "Place an instance of a model",
                 "instances",
-                ok(TYPED[InstanceView], 201) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.InstanceView], 201) | errors("OpenAI", GENERATION),
                 body=TYPED[PlaceRequest],
             ),
         },
         "/downloads": {
             **plain(
                 "Every node's download of every model it holds or fetches",
-                TYPED[Downloads],
+                TYPED[admin.Downloads],
                 "models",
             ),
             "post": op(
                 "Fetch a whole model onto a node (default: this one); again after a failure "
                 "or a stop, it continues from the bytes on disk",
                 "models",
-                ok(TYPED[DownloadEntry], 202) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.DownloadEntry], 202) | errors("OpenAI", GENERATION),
                 body=TYPED[DownloadTarget],
             ),
             "delete": op(
                 "Stop fetching a model on a node (default: this one), placed there or not; "
                 "its bytes so far stay for the next start",
                 "models",
-                ok(TYPED[DownloadEntry]) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.DownloadEntry]) | errors("OpenAI", GENERATION),
                 parameters=[
                     {"name": "model", "in": "query", "required": True, "schema": s.MODEL_ID},
                     {"name": "node", "in": "query", "required": False, "schema": s.NON_EMPTY},
@@ -262,20 +246,20 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "Every candidate placement of a model, with its predicted speed",
                 "instances",
-                ok(TYPED[list[PlacementPreview]]) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
+                ok(TYPED[list[admin.PlacementPreview]]) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
                 parameters=preview_query,
             )
         },
         "/models": {
             **plain(
                 "Every model the cluster knows, with each node's download of it",
-                TYPED[ModelViews],
+                TYPED[admin.ModelViews],
                 "models",
             ),
             "post": op(
                 "Serve a model directory on this node (MLX or Hugging Face layout) under a name",
                 "models",
-                ok(TYPED[ModelView], 201) | errors("OpenAI", (*BODY, 503)),
+                ok(TYPED[admin.ModelView], 201) | errors("OpenAI", (*BODY, 503)),
                 body=TYPED[LocalModel],
             ),
         },
@@ -283,7 +267,7 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "One model; a hub repo id (owner/name[@revision]) reads its card from the hub",
                 "models",
-                ok(TYPED[ModelView]) | errors("OpenAI", (400, 403, 404, 503, *ANY_ROUTE)),
+                ok(TYPED[admin.ModelView]) | errors("OpenAI", (400, 403, 404, 503, *ANY_ROUTE)),
                 parameters=[path_param("model")],
             )
         },
@@ -291,13 +275,13 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "One instance",
                 "instances",
-                ok(TYPED[InstanceView]) | errors("OpenAI", (404, *ANY_ROUTE)),
+                ok(TYPED[admin.InstanceView]) | errors("OpenAI", (404, *ANY_ROUTE)),
                 parameters=instance_id,
             ),
             "delete": op(
                 "Delete an instance; its runners stop",
                 "instances",
-                ok(TYPED[DeletedInstance]) | errors("OpenAI", (404, 503, *ANY_ROUTE)),
+                ok(TYPED[admin.DeletedInstance]) | errors("OpenAI", (404, 503, *ANY_ROUTE)),
                 parameters=instance_id,
             ),
         },
@@ -401,22 +385,26 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
         running | errors("Ollama" if prefix else "OpenAI", ANY_ROUTE),
     )
     return {
-        f"{prefix}/api/chat": generation("Ollama chat", OllamaChatReply, OllamaChatRequest),
-        f"{prefix}/api/generate": generation(
-            "Ollama generate", OllamaGenerateReply, OllamaGenerateRequest
+        f"{prefix}/api/chat": generation(
+            "Ollama chat", ollama_out.OllamaChatReply, OllamaChatRequest
         ),
-        f"{prefix}/api/tags": listing("Every model", TYPED[OllamaModels]),
+        f"{prefix}/api/generate": generation(
+            "Ollama generate", ollama_out.OllamaGenerateReply, OllamaGenerateRequest
+        ),
+        f"{prefix}/api/tags": listing("Every model", TYPED[ollama_out.OllamaModels]),
         f"{prefix}/api/show": {
             "post": op(
                 "One model's details",
                 "ollama",
-                ok(TYPED[OllamaShowReply]) | errors("Ollama", (*BODY, 404)),
+                ok(TYPED[ollama_out.OllamaShowReply]) | errors("Ollama", (*BODY, 404)),
                 body=TYPED[OllamaShowRequest],
             )
         },
-        f"{prefix}/api/ps": listing("Models with a ready instance", TYPED[OllamaRunningModels]),
+        f"{prefix}/api/ps": listing(
+            "Models with a ready instance", TYPED[ollama_out.OllamaRunningModels]
+        ),
         f"{prefix}/api/version": listing(
-            "The Ollama API version exo follows", TYPED[OllamaVersion]
+            "The Ollama API version exo follows", TYPED[ollama_out.OllamaVersion]
         ),
         f"{prefix}/": {"get": alive, "head": alive},
     }
