@@ -9,10 +9,11 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import trio
+from msgspec import to_builtins
 
 from exo.actors.command_client import CommandClient
 from exo.actors.data_plane import DataPlane
@@ -23,6 +24,7 @@ from exo.actors.request_tally import RequestTallies
 from exo.actors.runner_handle import LOAD_FAILED, RunnerHandle
 from exo.actors.runners import RunnerSupervisor
 from exo.actors.state_sections import changed_sections
+from exo.api.admin_response import DownloadEntry, DownloadProgress, ModelView, StateView
 from exo.api.backend import (
     KEEPALIVE_S,
     Chunk,
@@ -115,19 +117,19 @@ def cannot_load(runner: RunnerStatus) -> bool:
     return runner.detail.startswith(LOAD_FAILED)
 
 
-def model_view(state: State, card: ModelCard) -> dict[str, Any]:
+def model_view(state: State, card: ModelCard) -> ModelView:
     """A model as GET /models shows it: its card and every node's download of it."""
     downloads = {
-        node: to_plain(per_model[card.model_id])
+        node: DownloadProgress.of(per_model[card.model_id])
         for node, per_model in sorted(state.downloads.items())
         if card.model_id in per_model
     }
-    return {
-        "id": card.model_id,
-        "card": to_plain(card),
-        "downloads": downloads,
-        "instances": sorted(i.instance_id for i in state.instances_of(card.model_id)),
-    }
+    return ModelView(
+        id=card.model_id,
+        card=to_plain(card),
+        downloads=downloads,
+        instances=sorted(i.instance_id for i in state.instances_of(card.model_id)),
+    )
 
 
 class NodeBackend(InstanceManager):
@@ -166,13 +168,13 @@ class NodeBackend(InstanceManager):
         registered = self._replica.state.models
         return [*CARDS.values(), *(registered[m] for m in sorted(registered))]
 
-    def model_views(self) -> list[dict[str, Any]]:
+    def model_views(self) -> list[ModelView]:
         state = self._replica.state
         views = [model_view(state, card) for card in self.models()]
-        known = {v["id"] for v in views}
+        known = {v.id for v in views}
         for alias, repo in sorted(ALIASES.items()):
             if repo not in known:
-                views.append({"id": alias, "alias_of": repo, "card": None, "downloads": {}})
+                views.append(ModelView(id=alias, alias_of=repo, card=None, downloads={}))
         return views
 
     async def add_local_model(self, name: str, path: str) -> ModelCard:
@@ -217,16 +219,16 @@ class NodeBackend(InstanceManager):
             return await self._replica.wait_until(lambda s: card_for(model_id, s.models))
         raise Unavailable(f"no master answered within {ADD_MODEL_TIMEOUT:g} s; try again")
 
-    def state_view(self) -> dict[str, Any]:
+    def state_view(self) -> StateView:
         state = self._replica.state
-        return {
-            "node_id": self._node_id,
-            "master": state.master,
-            "term": state.term,
-            "index": state.last_index,
-            "hash": self._replica.hash(),
-            "state": to_plain(state),
-        }
+        return StateView(
+            self._node_id,
+            state.master,
+            state.term,
+            state.last_index,
+            self._replica.hash(),
+            to_plain(state),
+        )
 
     async def updates(self, after: int | None) -> AsyncIterator[Update]:
         replica = self._replica
@@ -237,8 +239,8 @@ class NodeBackend(InstanceManager):
             if events is None or replica.resets != resets:
                 resets = replica.resets
                 view = self.state_view()
-                index = view["index"]
-                yield "snapshot", view
+                index = view.index
+                yield "snapshot", to_builtins(view)
                 continue
             if not events:
                 # No checkpoint between the check above and this wait: nothing is missed.
@@ -251,12 +253,12 @@ class NodeBackend(InstanceManager):
                 index = event.index
                 yield "event", to_plain(event)
 
-    def downloads(self) -> list[dict[str, Any]]:
+    def downloads(self) -> list[DownloadEntry]:
         return self._download_orders.downloads()
 
     async def order_download(
         self, model: str, node: str | None, action: Literal["fetch", "stop"]
-    ) -> dict[str, Any]:
+    ) -> DownloadEntry:
         return await self._download_orders.order(model, node, action)
 
     async def section_updates(self) -> AsyncIterator[Update]:

@@ -5,13 +5,13 @@ out by that node's download actor, `download.py`)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Literal
 
 from exo.actors.command_client import CommandClient
 from exo.actors.instances_host import command_and_wait
 from exo.actors.replica import Replica
+from exo.api.admin_response import DownloadEntry
 from exo.api.backend import InvalidRequest
-from exo.events.codec import to_plain
 from exo.events.commands import OrderDownload
 from exo.events.facts import DownloadStatus
 from exo.events.ids import ModelId, NodeId
@@ -26,19 +26,26 @@ def eta_seconds(status: DownloadStatus) -> float | None:
     return max(0, status.bytes_total - status.bytes_done) / status.rate
 
 
-def download_view(state: State, node: NodeId, model: ModelId) -> dict[str, Any]:
+def download_view(state: State, node: NodeId, model: ModelId) -> DownloadEntry:
     status = state.download_status(node, model)
     order = state.download_order(node, model)
-    return {
-        "node": node,
-        "model": model,
-        **(to_plain(status) if status is not None else {"phase": None}),
-        "eta_seconds": eta_seconds(status) if status is not None else None,
-        "order": order.action if order is not None else None,
-    }
+    action = order.action if order is not None else None
+    if status is None:
+        return DownloadEntry(node=node, model=model, phase=None, eta_seconds=None, order=action)
+    return DownloadEntry(
+        node=node,
+        model=model,
+        phase=status.phase,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+        detail=status.detail,
+        rate=status.rate,
+        eta_seconds=eta_seconds(status),
+        order=action,
+    )
 
 
-def download_views(state: State) -> list[dict[str, Any]]:
+def download_views(state: State) -> list[DownloadEntry]:
     """Every (node, model) with a download status or an order, by node then model."""
     pairs = {(n, m) for n, per_model in state.downloads.items() for m in per_model}
     pairs |= {(n, m) for n, per_model in state.download_orders.items() for m in per_model}
@@ -58,12 +65,12 @@ class DownloadOrders:
         self._commands = commands
         self._find_model = find_model
 
-    def downloads(self) -> list[dict[str, Any]]:
+    def downloads(self) -> list[DownloadEntry]:
         return download_views(self._replica.state)
 
     async def order(
         self, model: str, node: str | None, action: Literal["fetch", "stop"]
-    ) -> dict[str, Any]:
+    ) -> DownloadEntry:
         card = await self._find_model(model)  # a hub repo id is read and added first
         node_id = NodeId(node) if node is not None else self._node_id
         before = self._replica.state.download_order(node_id, card.model_id)

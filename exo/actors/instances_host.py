@@ -4,24 +4,23 @@ placement through the master, and previews (`previews.py`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar, cast
+from typing import TypeVar, cast
 
 import trio
 
 from exo.actors.command_client import CommandClient
 from exo.actors.decide import instance_id_for
 from exo.actors.placement import with_commitments
-from exo.actors.previews import previews
+from exo.actors.previews import Preview, previews
 from exo.actors.replica import Replica
+from exo.api.admin_response import InstanceStatus, InstanceView, PlacementPreview, ShardView
 from exo.api.backend import InvalidRequest, Unavailable, UnknownInstance, UnknownModel
-from exo.events.codec import to_plain
 from exo.events.commands import Command, CommandOutcome, DeleteInstance, PlaceInstance
 from exo.events.facts import Instance, Strategy
 from exo.events.ids import InstanceId, NodeId
 from exo.events.state import State
 from exo.models.cards import ModelCard, card_for
 
-InstanceStatus = Literal["placing", "downloading", "loading", "ready", "failed"]
 # How long an API call waits for the master (an election may be under way).
 COMMAND_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -60,16 +59,28 @@ def instance_status(state: State, instance: Instance) -> InstanceStatus:
     return "loading"
 
 
-def instance_view(state: State, instance: Instance) -> dict[str, Any]:
-    return {
-        "id": instance.instance_id,
-        "model": instance.model,
-        "strategy": instance.strategy,
-        "status": instance_status(state, instance),
-        "shards": [to_plain(s) for s in instance.shards],
-        "ring": list(instance.ring),
-        "context_length": instance.context_length,
-    }
+def instance_view(state: State, instance: Instance) -> InstanceView:
+    return InstanceView(
+        instance.instance_id,
+        instance.model,
+        instance.strategy,
+        instance_status(state, instance),
+        [ShardView.of(s) for s in instance.shards],
+        list(instance.ring),
+        instance.context_length,
+    )
+
+
+def preview_view(preview: Preview) -> PlacementPreview:
+    return PlacementPreview(
+        preview.strategy,
+        preview.node_count,
+        [ShardView.of(s) for s in preview.shards],
+        dict(preview.memory_by_node),
+        preview.predicted_tokens_per_second,
+        preview.valid,
+        preview.reason,
+    )
 
 
 class InstanceManager:
@@ -77,11 +88,11 @@ class InstanceManager:
         self._replica = replica
         self._commands = commands
 
-    def instances(self) -> list[dict[str, Any]]:
+    def instances(self) -> list[InstanceView]:
         state = self._replica.state
         return [instance_view(state, state.instances[i]) for i in sorted(state.instances)]
 
-    def instance(self, instance_id: str) -> dict[str, Any]:
+    def instance(self, instance_id: str) -> InstanceView:
         state = self._replica.state
         instance = state.instances.get(InstanceId(instance_id))
         if instance is None:
@@ -101,7 +112,7 @@ class InstanceManager:
         nodes: tuple[str, ...] | None,
         min_nodes: int,
         context_length: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> InstanceView:
         card = await self.find_model(model)
         command = PlaceInstance(
             card.model_id,
@@ -129,17 +140,9 @@ class InstanceManager:
             lambda state, _: True if instance_id not in state.instances else None,
         )
 
-    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+    async def previews(
+        self, model: str, context_length: int | None = None
+    ) -> list[PlacementPreview]:
         card = await self.find_model(model)
-        return [
-            {
-                "strategy": p.strategy,
-                "node_count": p.node_count,
-                "shards": [to_plain(s) for s in p.shards],
-                "memory_by_node": p.memory_by_node,
-                "predicted_tokens_per_second": p.predicted_tokens_per_second,
-                "valid": p.valid,
-                "reason": p.reason,
-            }
-            for p in previews(with_commitments(self._replica.state), card, context_length)
-        ]
+        state = with_commitments(self._replica.state)
+        return [preview_view(p) for p in previews(state, card, context_length)]

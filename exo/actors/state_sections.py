@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from msgspec import to_builtins
+
 from exo.actors.instances_host import instance_view
+from exo.api.admin_response import ModelView
 from exo.events.codec import to_plain
 from exo.events.state import State
 
@@ -32,7 +35,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 def changed_sections(
     state: State,
     previous: State | None,
-    model_views: Callable[[], list[dict[str, Any]]],
+    model_views: Callable[[], list[ModelView]],
 ) -> dict[str, Any]:
     """Every section of `state` whose source maps differ from `previous`'s (all of them
     when there is no previous state). `model_views` gives the models section (the node
@@ -47,9 +50,10 @@ def changed_sections(
     return changed
 
 
-def _section(state: State, name: str, model_views: Callable[[], list[dict[str, Any]]]) -> Any:
+def _section(state: State, name: str, model_views: Callable[[], list[ModelView]]) -> Any:
     if name == "instances":
-        return {i: instance_view(state, state.instances[i]) for i in sorted(state.instances)}
+        views = {i: instance_view(state, state.instances[i]) for i in sorted(state.instances)}
+        return to_builtins(views)
     if name == "models":
-        return model_views()
+        return to_builtins(model_views())
     return to_plain(getattr(state, name))

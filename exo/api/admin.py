@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from msgspec import to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api.admin_response import Health
 from exo.api.anthropic import is_anthropic_path
 from exo.api.backend import Backend, InvalidRequest
 from exo.api.errors import backend_error_response, json_response
@@ -22,11 +24,11 @@ def register_admin(app: QuartTrio, backend: Backend) -> None:
 
     @app.get("/healthz")
     async def healthz() -> TrioResponse:
-        return json_response({"status": "ok"})
+        return json_response(to_builtins(Health("ok")))
 
     @app.get("/state")
     async def state() -> TrioResponse:
-        return json_response(backend.state_view())
+        return json_response(to_builtins(backend.state_view()))
 
     @app.get("/events")
     async def events() -> TrioResponse:

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from msgspec import to_builtins
+from msgspec import Struct, to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -36,9 +36,12 @@ from exo.api.anthropic_request import (
     parse_prompt,
 )
 from exo.api.anthropic_response import (
+    AnthropicError,
+    AnthropicErrorDetail,
     AnthropicMessage,
     AnthropicStreamEvent,
     AnthropicTextBlock,
+    AnthropicTokenCount,
     AnthropicToolUseBlock,
     AnthropicUsage,
     ContentBlock,
@@ -58,7 +61,6 @@ from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
-    dumps,
     http_error_parts,
     json_response,
 )
@@ -67,6 +69,7 @@ from exo.api.streaming import (
     SSE_HEADERS,
     GenerationStream,
     Whole,
+    named_sse_event,
     streamed_response,
     whole_generation,
 )
@@ -105,7 +108,7 @@ def error_type(status: int) -> str:
 
 
 def error_payload(status: int, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(status), "message": message}}
+    return to_builtins(AnthropicError(AnthropicErrorDetail(error_type(status), message)))
 
 
 def anthropic_error(
@@ -187,7 +190,7 @@ def _parser_for(prompt: Prompt) -> CallParser | None:
     return CallParser(tools, prompt.tool_choice.forced) if tools else None
 
 
-def reply_message(chat: MessagesRequest, whole: Whole) -> Any:
+def reply_message(chat: MessagesRequest, whole: Whole) -> AnthropicMessage:
     """The whole `message` of a generation: its text, then one tool_use block per call (an
     empty text block is left out when there are calls, as Anthropic does)."""
     text, calls = whole.text, []
@@ -199,18 +202,12 @@ def reply_message(chat: MessagesRequest, whole: Whole) -> Any:
     content: list[ContentBlock] = [] if calls and not text.strip() else [AnthropicTextBlock(text)]
     content += [tool_use_block(call) for call in calls]
     message_id = new_message_id()
-    return to_builtins(
-        message_object(message_id, chat.prompt.model, content, whole.finished, bool(calls))
-    )
+    return message_object(message_id, chat.prompt.model, content, whole.finished, bool(calls))
 
 
 def sse_event(event: AnthropicStreamEvent) -> bytes:
     """One server-sent event, named after its `type` as Anthropic does."""
-    return _named_event(to_builtins(event))
-
-
-def _named_event(data: Mapping[str, Any]) -> bytes:
-    return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
+    return named_sse_event(to_builtins(event))
 
 
 _PING = sse_event(Ping())
@@ -302,8 +299,8 @@ class MessagesSseFormat:
         known = as_backend_error(error)
         if known is None:
             log.error("unexpected error while streaming a message", exc_info=error)
-            return [_named_event(error_payload(500, SERVER_ERROR_MESSAGE))]
-        return [_named_event(error_payload(known.status, known.message))]
+            return [named_sse_event(error_payload(500, SERVER_ERROR_MESSAGE))]
+        return [named_sse_event(error_payload(known.status, known.message))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +311,7 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
     """Add `POST /v1/messages` and `POST /v1/messages/count_tokens`."""
 
     async def whole_answer(
-        prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], Any]
+        prompt: Prompt, params: SamplingParams, answer: Callable[[Whole], Struct]
     ) -> TrioResponse:
         try:
             whole = await whole_generation(
@@ -325,7 +322,7 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
             if known is None:
                 raise  # the app's catch-all logs it and answers a 500 in Anthropic's shape
             return backend_error(known)
-        return json_response(answer(whole))
+        return json_response(to_builtins(answer(whole)))
 
     @app.post(MESSAGES_PATH, endpoint="anthropic_messages")
     async def messages() -> TrioResponse:
@@ -360,5 +357,5 @@ def register_anthropic(app: QuartTrio, backend: Backend) -> None:
         # The prompt as the model's template renders it, tools included, counted by the
         # engine itself.
         return await whole_answer(
-            prompt, COUNT_ONLY, lambda whole: {"input_tokens": whole.finished.prompt_tokens}
+            prompt, COUNT_ONLY, lambda whole: AnthropicTokenCount(whole.finished.prompt_tokens)
         )

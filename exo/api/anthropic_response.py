@@ -103,6 +103,23 @@ class Ping(Struct, frozen=True, tag_field="type", tag="ping"):
     pass
 
 
+class AnthropicTokenCount(Struct, frozen=True):
+    """The prompt's tokens, as the model's template renders it (tools included)."""
+
+    input_tokens: int
+
+
+class AnthropicErrorDetail(Struct, frozen=True):
+    type: str
+    message: str
+
+
+class AnthropicError(Struct, frozen=True, tag_field="type", tag="error"):
+    """A failure: the whole reply, or an `error` event ending a stream."""
+
+    error: AnthropicErrorDetail
+
+
 AnthropicStreamEvent = (
     MessageStart
     | ContentBlockStart

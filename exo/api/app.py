@@ -33,7 +33,6 @@ from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     http_error_parts,
     http_error_response,
-    json_response,
     server_error_response,
 )
 from exo.api.http_server import ShutdownTrigger, serve_listener
@@ -144,7 +143,7 @@ def create_app(
             response = anthropic_http_error(error, message)
         elif is_ollama_path(request.path):
             status, text, headers = http_error_parts(error, message)
-            response = json_response({"error": text}, status, headers)
+            response = ollama_error(status, text, headers)
         else:
             response = http_error_response(error, message)
         if isinstance(error, RequestEntityTooLarge | RequestTimeout):

@@ -10,6 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
+from exo.api.admin_response import (
+    DownloadEntry,
+    InstanceView,
+    ModelView,
+    PlacementPreview,
+    StateView,
+)
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.models.cards import ModelCard
 
@@ -123,12 +130,12 @@ class Backend(Protocol):
         under `name`. Raises `InvalidRequest` saying why it cannot be served."""
         ...
 
-    def model_views(self) -> list[dict[str, Any]]:
+    def model_views(self) -> list[ModelView]:
         """Every model the cluster knows, with its card and per-node downloads (GET /models)."""
         ...
 
-    def state_view(self) -> dict[str, Any]:
-        """`{"node_id", "master", "term", "index", "hash", "state"}` for GET /state."""
+    def state_view(self) -> StateView:
+        """This node's view of the replicated state, for GET /state."""
         ...
 
     def updates(self, after: int | None) -> AsyncIterator[Update]:
@@ -146,24 +153,23 @@ class Backend(Protocol):
         events coalesced into one; `("keepalive", {})` after `KEEPALIVE_S` without news."""
         ...
 
-    def downloads(self) -> list[dict[str, Any]]:
-        """Every node's download of every model it holds or fetches: `{"node", "model",
-        "phase", "bytes_done", "bytes_total", "rate", "eta_seconds", "detail", "order"}`."""
+    def downloads(self) -> list[DownloadEntry]:
+        """Every node's download of every model it holds or fetches."""
         ...
 
     async def order_download(
         self, model: str, node: str | None, action: Literal["fetch", "stop"]
-    ) -> dict[str, Any]:
+    ) -> DownloadEntry:
         """Fetch the whole model onto `node` (default: this node), or stop fetching it
         there; returns that download as `downloads` lists it. `UnknownModel`, or
         `InvalidRequest` saying why (no such node, a coordinator-only one, ...)."""
         ...
 
-    def instances(self) -> list[dict[str, Any]]:
-        """Every instance: `{"id", "model", "strategy", "status", "shards"}`."""
+    def instances(self) -> list[InstanceView]:
+        """Every instance."""
         ...
 
-    def instance(self, instance_id: str) -> dict[str, Any]:
+    def instance(self, instance_id: str) -> InstanceView:
         """One instance, or `UnknownInstance`."""
         ...
 
@@ -174,13 +180,15 @@ class Backend(Protocol):
         nodes: tuple[str, ...] | None,
         min_nodes: int,
         context_length: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> InstanceView:
         """Place an instance; `UnknownModel`, or `InvalidRequest` saying why it cannot be placed."""
         ...
 
     async def delete_instance(self, instance_id: str) -> None: ...
 
-    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+    async def previews(
+        self, model: str, context_length: int | None = None
+    ) -> list[PlacementPreview]:
         """Every candidate placement of `model`, valid or not, with reasons and predictions."""
         ...
 

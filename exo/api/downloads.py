@@ -11,6 +11,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api.admin_response import Downloads
 from exo.api.backend import Backend
 from exo.api.errors import answer_json
 from exo.api.typed_body import ModelName, convert_body
@@ -38,7 +39,7 @@ def register_downloads(app: QuartTrio, backend: Backend) -> None:
     @app.get("/downloads")
     async def list_downloads() -> TrioResponse:
         async def work() -> Any:
-            return {"downloads": backend.downloads()}
+            return Downloads(backend.downloads())
 
         return await answer_json(work)
 

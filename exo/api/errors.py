@@ -11,10 +11,12 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from msgspec import to_builtins
 from quart_trio.wrappers import TrioResponse
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from exo.api.backend import BackendError
+from exo.api.openai_response import OpenAIError, OpenAIErrorDetail
 
 JSON_CONTENT_TYPE = "application/json"
 
@@ -51,7 +53,7 @@ def error_payload(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     """The body of an OpenAI error: `{"error": {"message", "type", "param", "code"}}`."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return to_builtins(OpenAIError(OpenAIErrorDetail(message, type, param, code)))
 
 
 def error_response(
@@ -74,10 +76,11 @@ def as_backend_error(error: BaseException) -> BackendError | None:
 
 
 async def answer_json(work: Callable[[], Awaitable[Any]], status: int = 200) -> TrioResponse:
-    """`work()`'s result as JSON, or the BackendError it raised in OpenAI's error shape
-    (anything else reaches the app's catch-all, which logs it and answers a JSON 500)."""
+    """`work()`'s result (a typed model) as JSON, or the BackendError it raised in OpenAI's
+    error shape (anything else reaches the app's catch-all, which logs it and answers a
+    JSON 500)."""
     try:
-        return json_response(await work(), status)
+        return json_response(to_builtins(await work()), status)
     except Exception as error:
         backend_error = as_backend_error(error)
         if backend_error is None:

@@ -11,6 +11,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api.admin_response import DeletedInstance, Instances
 from exo.api.backend import Backend, InvalidRequest
 from exo.api.errors import answer_json
 from exo.api.typed_body import ModelName, NonEmpty, convert_body
@@ -71,7 +72,7 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
     @app.get("/instances")
     async def list_instances() -> TrioResponse:
         async def work() -> Any:
-            return {"instances": backend.instances()}
+            return Instances(backend.instances())
 
         return await answer_json(work)
 
@@ -107,6 +108,6 @@ def register_instances(app: QuartTrio, backend: Backend) -> None:
     async def delete_instance(instance_id: str) -> TrioResponse:
         async def work() -> Any:
             await backend.delete_instance(instance_id)
-            return {"id": instance_id, "deleted": True}
+            return DeletedInstance(instance_id, True)
 
         return await answer_json(work)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
+from msgspec import Meta, to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api.admin_response import ModelViews
 from exo.api.backend import Backend, BackendError, lookup_model
 from exo.api.errors import backend_error_response, json_response
 from exo.api.typed_body import convert_body
@@ -40,9 +41,9 @@ def parse_local_model(body: Any) -> tuple[str, str]:
     return local.model, local.path
 
 
-def view_of(backend: Backend, model_id: str) -> dict[str, Any] | None:
-    """The GET /models entry of one model."""
-    return next((v for v in backend.model_views() if v["id"] == model_id), None)
+def view_of(backend: Backend, model_id: str) -> Any:
+    """The GET /models entry of one model, as JSON."""
+    return to_builtins(next((v for v in backend.model_views() if v.id == model_id), None))
 
 
 def register_models(app: QuartTrio, backend: Backend) -> None:
@@ -61,7 +62,7 @@ def register_models(app: QuartTrio, backend: Backend) -> None:
 
     @app.get("/models", endpoint="exo_models")
     async def list_models() -> TrioResponse:
-        return json_response({"models": backend.model_views()})
+        return json_response(to_builtins(ModelViews(backend.model_views())))
 
     @app.get("/models/<path:model>", endpoint="exo_model")
     async def get_model(model: str) -> TrioResponse:

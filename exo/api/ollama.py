@@ -1,6 +1,7 @@
 """The Ollama dialect's routes: `/api/chat`, `/api/generate` (NDJSON streams),
 `/api/tags`, `/api/show`, `/api/ps`, `/api/version` and `HEAD /`, at the root and under
-`/ollama`. Bodies are checked in `ollama_request.py`.
+`/ollama`. Bodies are checked in `ollama_request.py`; replies are the typed models of
+`ollama_response.py`.
 
 Ollama reports durations in nanoseconds. Errors are `{"error": "..."}` with the HTTP
 status. `format` ("json" or a schema) constrains the reply to JSON; `tools` on /api/chat
@@ -15,8 +16,8 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from msgspec import structs, to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -25,6 +26,23 @@ from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel,
 from exo.api.dashboard import page_response, wants_page
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.ollama_request import parse_chat, parse_generate, parse_show
+from exo.api.ollama_response import (
+    OLLAMA_API_VERSION,
+    OllamaCall,
+    OllamaCalledFunction,
+    OllamaChatReply,
+    OllamaDetails,
+    OllamaError,
+    OllamaGenerateReply,
+    OllamaModel,
+    OllamaModels,
+    OllamaReply,
+    OllamaReplyMessage,
+    OllamaRunningModel,
+    OllamaRunningModels,
+    OllamaShowReply,
+    OllamaVersion,
+)
 from exo.api.streaming import GenerationStream, streamed_response, whole_generation
 from exo.api.tool_calls import CallParser
 from exo.api.validation import decode_json_body
@@ -32,8 +50,6 @@ from exo.engine.protocol import Finished, TokenOut, Tool, ToolCall
 from exo.models.bundled import BundledModelMissing, bundled_gguf
 from exo.models.cards import ModelCard
 
-# The Ollama API version whose request and response shapes this follows.
-OLLAMA_API_VERSION = "0.12.0"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 PREFIXES = ("", "/ollama")
 
@@ -41,7 +57,7 @@ PREFIXES = ("", "/ollama")
 def ollama_error(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> TrioResponse:
-    return json_response({"error": message}, status, headers)
+    return json_response(to_builtins(OllamaError(message)), status, headers)
 
 
 def backend_error(error: BackendError) -> TrioResponse:
@@ -58,42 +74,45 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _stats(finished: Finished, started: float) -> dict[str, Any]:
-    elapsed = int((time.perf_counter() - started) * 1e9)
-    return {
-        "done": True,
-        "done_reason": finished.finish_reason,
-        "total_duration": elapsed,
-        "load_duration": 0,
-        # Ollama counts the prompt tokens it evaluated: those the prompt cache lacked.
-        "prompt_eval_count": finished.prompt_tokens - finished.cached_tokens,
-        "eval_count": finished.completion_tokens,
-        "eval_duration": elapsed,
-    }
+# Where each kind puts its text: a chat's `message`, a generation's `response`.
+_REPLY_KINDS: dict[bool, type[OllamaReply]] = {True: OllamaChatReply, False: OllamaGenerateReply}
 
 
-def _ollama_call(call: ToolCall) -> dict[str, Any]:
-    """A call in Ollama's shape: arguments as an object, no id."""
-    return {"function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+def _message(text: str, calls: Sequence[ToolCall]) -> OllamaReplyMessage:
+    """The text and calls of a chat reply; a call's arguments as an object, no id."""
+    if not calls:
+        return OllamaReplyMessage("assistant", text)
+    called = [OllamaCall(OllamaCalledFunction(c.name, json.loads(c.arguments))) for c in calls]
+    return OllamaReplyMessage("assistant", text, called)
 
 
 def reply(
     model: str,
     chat: bool,
     text: str,
-    extra: Mapping[str, Any],
     calls: Sequence[ToolCall] = (),
-) -> dict[str, Any]:
-    """One answer object: text as a chat `message` or as a generate `response`."""
-    body: dict[str, Any] = {"model": model, "created_at": _now()}
-    if chat:
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            message["tool_calls"] = [_ollama_call(c) for c in calls]
-        body["message"] = message
-    else:
-        body["response"] = text
-    return {**body, **extra}
+    ended: tuple[Finished, float] | None = None,
+) -> OllamaReply:
+    """One answer object: text as a chat `message` or as a generate `response`; `ended`
+    (how the generation finished, and when it started) gives the last its statistics."""
+    kind = _REPLY_KINDS[chat]
+    body = _message(text, calls) if chat else text
+    if ended is None:
+        return kind(model=model, created_at=_now(), reply=body, done=False)
+    finished, started = ended
+    elapsed = int((time.perf_counter() - started) * 1e9)
+    return kind(
+        model=model,
+        created_at=_now(),
+        reply=body,
+        done=True,
+        done_reason=finished.finish_reason,
+        total_duration=elapsed,
+        load_duration=0,
+        prompt_eval_count=finished.prompt_tokens - finished.cached_tokens,
+        eval_count=finished.completion_tokens,
+        eval_duration=elapsed,
+    )
 
 
 class NdjsonFormat:
@@ -106,13 +125,16 @@ class NdjsonFormat:
         self._parser = CallParser(tools) if tools else None
         self._started = time.perf_counter()
 
-    def _line(self, text: str, extra: Mapping[str, Any], calls: Sequence[ToolCall] = ()) -> bytes:
-        return (dumps(reply(self._model, self._chat, text, extra, calls)) + "\n").encode()
+    def _line(
+        self, text: str, calls: Sequence[ToolCall] = (), ended: tuple[Finished, float] | None = None
+    ) -> bytes:
+        line = reply(self._model, self._chat, text, calls, ended)
+        return (dumps(to_builtins(line)) + "\n").encode()
 
     def _lines(self, text: str, calls: Sequence[ToolCall]) -> list[bytes]:
-        lines = [self._line(text, {"done": False})] if text else []
+        lines = [self._line(text)] if text else []
         if calls:
-            lines.append(self._line("", {"done": False}, calls))
+            lines.append(self._line("", calls))
         return lines
 
     def start(self) -> list[bytes]:
@@ -125,22 +147,22 @@ class NdjsonFormat:
 
     def finish(self, finished: Finished) -> list[bytes]:
         lines = [] if self._parser is None else self._lines(*self._parser.finish())
-        return [*lines, self._line("", _stats(finished, self._started))]
+        return [*lines, self._line("", ended=(finished, self._started))]
 
     def error(self, error: Exception) -> list[bytes]:
         known = as_backend_error(error)
         message = known.message if known is not None else "internal error"
-        return [(dumps({"error": message}) + "\n").encode()]
+        return [(dumps(to_builtins(OllamaError(message))) + "\n").encode()]
 
 
-def _details(card: ModelCard) -> dict[str, Any]:
-    return {
-        "format": "gguf" if card.source == "bundled" else "safetensors",
-        "family": card.architecture,
-        "families": [card.architecture],
-        "parameter_size": parameter_size(card.parameters),
-        "quantization_level": quantization_level(card),
-    }
+def _details(card: ModelCard) -> OllamaDetails:
+    return OllamaDetails(
+        format="gguf" if card.source == "bundled" else "safetensors",
+        family=card.architecture,
+        families=[card.architecture],
+        parameter_size=parameter_size(card.parameters),
+        quantization_level=quantization_level(card),
+    )
 
 
 def parameter_size(parameters: int) -> str:
@@ -175,15 +197,15 @@ def modified_at(card: ModelCard) -> str:
     return "1970-01-01T00:00:00Z"  # unknown; Ollama's clients insist on a date
 
 
-def _tag(card: ModelCard) -> dict[str, Any]:
-    return {
-        "name": card.model_id,
-        "model": card.model_id,
-        "modified_at": modified_at(card),
-        "size": card.weight_bytes,
-        "digest": card.digest or hashlib.sha256(card.model_id.encode()).hexdigest(),
-        "details": _details(card),
-    }
+def _tag(card: ModelCard) -> OllamaModel:
+    return OllamaModel(
+        name=card.model_id,
+        model=card.model_id,
+        modified_at=modified_at(card),
+        size=card.weight_bytes,
+        digest=card.digest or hashlib.sha256(card.model_id.encode()).hexdigest(),
+        details=_details(card),
+    )
 
 
 def register_ollama(app: QuartTrio, backend: Backend) -> None:
@@ -208,15 +230,10 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
             return backend_error(card)
         if not chat and asked.text is None and not messages[-1].content and len(messages) == 1:
             # Ollama's way to load a model: an empty prompt answers at once.
-            return json_response(
-                {
-                    "model": model,
-                    "created_at": _now(),
-                    "response": "",
-                    "done": True,
-                    "done_reason": "load",
-                }
+            loaded = OllamaGenerateReply(
+                model=model, created_at=_now(), reply="", done=True, done_reason="load"
             )
+            return json_response(to_builtins(loaded))
         request_args = (backend, card.model_id, messages, asked.params)
         if asked.stream:
             form = NdjsonFormat(model, chat, asked.tools)
@@ -236,7 +253,8 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
             shown, _ = parser.feed(text)
             rest, _ = parser.finish()
             text, calls = (shown + rest).strip() if parser.calls else shown + rest, parser.calls
-        return json_response(reply(model, chat, text, _stats(whole.finished, started), calls))
+        answer = reply(model, chat, text, calls, (whole.finished, started))
+        return json_response(to_builtins(answer))
 
     async def chat_route() -> TrioResponse:
         return await generation(chat=True)
@@ -245,7 +263,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         return await generation(chat=False)
 
     async def tags() -> TrioResponse:
-        return json_response({"models": [_tag(card) for card in backend.models()]})
+        return json_response(to_builtins(OllamaModels([_tag(card) for card in backend.models()])))
 
     async def show() -> TrioResponse:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
@@ -256,37 +274,38 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         card = find_card(model)
         if card is None:
             return ollama_error(404, f"model '{model}' not found")
-        return json_response(
-            {
-                "modelfile": "",
-                "parameters": "",
-                "template": "",
-                "details": _details(card),
-                "model_info": {
-                    "general.architecture": card.architecture,
-                    "general.parameter_count": card.parameters,
-                    f"{card.architecture}.block_count": card.num_layers,
-                    f"{card.architecture}.context_length": card.context_length,
-                    f"{card.architecture}.embedding_length": card.hidden_size,
-                    f"{card.architecture}.attention.head_count": card.num_heads,
-                    f"{card.architecture}.attention.head_count_kv": card.num_kv_heads,
-                },
-                "capabilities": ["completion", "tools"],
-                "modified_at": modified_at(card),
-            }
+        architecture = card.architecture
+        shown = OllamaShowReply(
+            modelfile="",
+            parameters="",
+            template="",
+            details=_details(card),
+            model_info={
+                "general.architecture": architecture,
+                "general.parameter_count": card.parameters,
+                f"{architecture}.block_count": card.num_layers,
+                f"{architecture}.context_length": card.context_length,
+                f"{architecture}.embedding_length": card.hidden_size,
+                f"{architecture}.attention.head_count": card.num_heads,
+                f"{architecture}.attention.head_count_kv": card.num_kv_heads,
+            },
+            capabilities=["completion", "tools"],
+            modified_at=modified_at(card),
         )
+        return json_response(to_builtins(shown))
 
     async def running() -> TrioResponse:
-        ready = {i["model"] for i in backend.instances() if i["status"] == "ready"}
+        ready = {i.model for i in backend.instances() if i.status == "ready"}
+        until = _keep_alive_until()
         models = [
-            {**_tag(card), "expires_at": _keep_alive_until(), "size_vram": 0}
+            OllamaRunningModel(**structs.asdict(_tag(card)), expires_at=until, size_vram=0)
             for card in backend.models()
             if card.model_id in ready
         ]
-        return json_response({"models": models})
+        return json_response(to_builtins(OllamaRunningModels(models)))
 
     async def version() -> TrioResponse:
-        return json_response({"version": OLLAMA_API_VERSION})
+        return json_response(to_builtins(OllamaVersion(OLLAMA_API_VERSION)))
 
     async def alive() -> TrioResponse:
         if request.path == "/" and wants_page():  # a browser at the node's address

@@ -251,9 +251,9 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
     async def list_models() -> TrioResponse:
         data = [model_object(card) for card in backend.models()]
         data += [
-            alias_object(view["id"], view["alias_of"])
+            alias_object(view.id, view.alias_of)
             for view in backend.model_views()
-            if view.get("card") is None and view.get("alias_of")
+            if view.card is None and isinstance(view.alias_of, str)
         ]
         return json_response(plain(ModelList("list", data)))
 

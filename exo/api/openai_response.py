@@ -147,6 +147,19 @@ class ModelList(Struct, frozen=True):
     data: list[Model]
 
 
+class OpenAIErrorDetail(Struct, frozen=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(Struct, frozen=True):
+    """Every failure outside the Anthropic and Ollama routes (`errors.py`)."""
+
+    error: OpenAIErrorDetail
+
+
 RESPONSE_MODELS: tuple[type, ...] = (
     ChatCompletion,
     ChatCompletionChunk,

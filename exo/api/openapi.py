@@ -1,11 +1,13 @@
 """`GET /openapi.json`: an OpenAPI 3.1 description of every route, built once.
 
 Each route lists the statuses it can answer, every error in its dialect's shape (OpenAI's
-everywhere but under `/v1/messages`, Anthropic's, and `/api/` and `/ollama`, Ollama's);
-request bodies' and the OpenAI responses' schemas come from their typed models, the rest
-from `exo.api.openapi_schemas`. tests/api/test_openapi.py checks that the
+everywhere but under `/v1/messages`, Anthropic's, and `/api/` and `/ollama`, Ollama's).
+Every body, response and error schema is that of a typed model, the one a route checks
+or an encoder builds, in every dialect and on the admin routes (`exo.api.openapi_schemas`
+lists them, with the stream wrappers and parameters no model gives), so the document
+cannot drift from what is checked and sent. tests/api/test_openapi.py checks that the
 paths and methods here are exactly those the app serves, and tests/api/test_fuzz.py
-fuzzes the server from this document.
+fuzzes the server from this document, validating each answer against it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from typing import Any
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
+from exo.api import admin_response as admin
+from exo.api import ollama_response as ollama_out
 from exo.api import openapi_schemas as s
 from exo.api.anthropic_request import (
     MESSAGES_PATH,
     AnthropicMessagesRequest,
     AnthropicTokenCountRequest,
 )
-from exo.api.anthropic_response import AnthropicMessage, AnthropicStreamEvent
+from exo.api.anthropic_response import (
+    AnthropicMessage,
+    AnthropicTokenCount,
+)
 from exo.api.dashboard import ASSETS
 from exo.api.downloads import DownloadTarget
 from exo.api.errors import JSON_CONTENT_TYPE, json_response
@@ -34,14 +41,15 @@ from exo.api.ollama import NDJSON_CONTENT_TYPE, PREFIXES
 from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
 from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
 from exo.api.openai_response import (
-    RESPONSE_MODELS,
+    ChatCompletion,
     ChatCompletionChunk,
     Model,
     ModelList,
     TextCompletion,
 )
+from exo.api.openapi_schemas import ERROR_SHAPES, TYPED, TYPED_COMPONENTS
 from exo.api.responses_request import ResponseRequest
-from exo.api.typed_body import body_schemas
+from exo.api.responses_response import Response
 
 Schema = dict[str, Any]
 
@@ -65,32 +73,13 @@ BODY = (400, *ANY_ROUTE)
 GENERATION = (*BODY, 403, 404, 503)
 
 
-# Request bodies declared as typed models (`typed_body.py`), and the responses declared as
-# typed models (`openai_response.py`): their schemas come from them.
-TYPED_BODIES = (
-    OllamaChatRequest,
-    OllamaGenerateRequest,
-    OllamaShowRequest,
-    AnthropicMessagesRequest,
-    AnthropicTokenCountRequest,
-    ResponseRequest,
-    ChatCompletionRequest,
-    CompletionRequest,
-    PlaceRequest,
-    DownloadTarget,
-    LocalModel,
-)
-# Responses declared as typed models, unions of them (a stream's events) included.
-TYPED_RESPONSES: tuple[Any, ...] = (*RESPONSE_MODELS, AnthropicMessage, AnthropicStreamEvent)
-TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
-
-
 def errors(dialect: str, statuses: Iterable[int]) -> dict[str, Schema]:
     """The responses for `statuses`, in the error shape of `dialect`."""
+    shape = TYPED[ERROR_SHAPES[dialect]]
     return {
         str(status): {
             "description": _STATUS_TEXT[status],
-            "content": {JSON_CONTENT_TYPE: {"schema": s.ref(f"{dialect}Error")}},
+            "content": {JSON_CONTENT_TYPE: {"schema": shape}},
         }
         for status in sorted(set(statuses))
     }
@@ -149,10 +138,9 @@ def admin_paths() -> dict[str, Schema]:
     return {
         OPENAPI_PATH: plain("This document", s.ANY_OBJECT),
         "/healthz": plain(
-            "Liveness: the API is up (a model may still be loading)",
-            s.record({"status": s.const("ok")}),
+            "Liveness: the API is up (a model may still be loading)", TYPED[admin.Health]
         ),
-        "/state": plain("This node's view of the replicated cluster state", s.state_view()),
+        "/state": plain("This node's view of the replicated cluster state", TYPED[admin.StateView]),
         "/events": {
             "get": op(
                 "Server-sent events: a snapshot of the state (as /state), then each replicated "
@@ -222,34 +210,32 @@ def admin_paths() -> dict[str, Schema]:
             )
         },
         "/instances": {
-            **plain(
-                "Every instance", s.record({"instances": s.array(s.ref("Instance"))}), "instances"
-            ),
+            **plain("Every instance", TYPED[admin.Instances], "instances"),
             "post": op(
                 "Place an instance of a model",
                 "instances",
-                ok(s.ref("Instance"), 201) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.InstanceView], 201) | errors("OpenAI", GENERATION),
                 body=TYPED[PlaceRequest],
             ),
         },
         "/downloads": {
             **plain(
                 "Every node's download of every model it holds or fetches",
-                s.record({"downloads": s.array(s.download_entry())}),
+                TYPED[admin.Downloads],
                 "models",
             ),
             "post": op(
                 "Fetch a whole model onto a node (default: this one); again after a failure "
                 "or a stop, it continues from the bytes on disk",
                 "models",
-                ok(s.download_entry(), 202) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.DownloadEntry], 202) | errors("OpenAI", GENERATION),
                 body=TYPED[DownloadTarget],
             ),
             "delete": op(
                 "Stop fetching a model on a node (default: this one), placed there or not; "
                 "its bytes so far stay for the next start",
                 "models",
-                ok(s.download_entry()) | errors("OpenAI", GENERATION),
+                ok(TYPED[admin.DownloadEntry]) | errors("OpenAI", GENERATION),
                 parameters=[
                     {"name": "model", "in": "query", "required": True, "schema": s.MODEL_ID},
                     {"name": "node", "in": "query", "required": False, "schema": s.NON_EMPTY},
@@ -260,20 +246,20 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "Every candidate placement of a model, with its predicted speed",
                 "instances",
-                ok(s.previews()) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
+                ok(TYPED[list[admin.PlacementPreview]]) | errors("OpenAI", (400, 404, *ANY_ROUTE)),
                 parameters=preview_query,
             )
         },
         "/models": {
             **plain(
                 "Every model the cluster knows, with each node's download of it",
-                s.record({"models": s.array(s.model_view())}),
+                TYPED[admin.ModelViews],
                 "models",
             ),
             "post": op(
                 "Serve a model directory on this node (MLX or Hugging Face layout) under a name",
                 "models",
-                ok(s.model_view(), 201) | errors("OpenAI", (*BODY, 503)),
+                ok(TYPED[admin.ModelView], 201) | errors("OpenAI", (*BODY, 503)),
                 body=TYPED[LocalModel],
             ),
         },
@@ -281,7 +267,7 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "One model; a hub repo id (owner/name[@revision]) reads its card from the hub",
                 "models",
-                ok(s.model_view()) | errors("OpenAI", (400, 403, 404, 503, *ANY_ROUTE)),
+                ok(TYPED[admin.ModelView]) | errors("OpenAI", (400, 403, 404, 503, *ANY_ROUTE)),
                 parameters=[path_param("model")],
             )
         },
@@ -289,14 +275,13 @@ def admin_paths() -> dict[str, Schema]:
             "get": op(
                 "One instance",
                 "instances",
-                ok(s.ref("Instance")) | errors("OpenAI", (404, *ANY_ROUTE)),
+                ok(TYPED[admin.InstanceView]) | errors("OpenAI", (404, *ANY_ROUTE)),
                 parameters=instance_id,
             ),
             "delete": op(
                 "Delete an instance; its runners stop",
                 "instances",
-                ok(s.record({"id": s.STRING, "deleted": s.const(True)}))
-                | errors("OpenAI", (404, 503, *ANY_ROUTE)),
+                ok(TYPED[admin.DeletedInstance]) | errors("OpenAI", (404, 503, *ANY_ROUTE)),
                 parameters=instance_id,
             ),
         },
@@ -304,9 +289,9 @@ def admin_paths() -> dict[str, Schema]:
 
 
 def openai_paths() -> dict[str, Schema]:
-    def generation(summary: str, answer: str, request: str, events: Schema) -> Schema:
-        answers = ok(s.ref(answer), stream=(SSE, events)) | errors("OpenAI", GENERATION)
-        return {"post": op(summary, "openai", answers, body=s.ref(request))}
+    def generation(summary: str, answer: Any, request: Any, events: Schema) -> Schema:
+        answers = ok(TYPED[answer], stream=(SSE, events)) | errors("OpenAI", GENERATION)
+        return {"post": op(summary, "openai", answers, body=TYPED[request])}
 
     stored = errors("OpenAI", (404, *ANY_ROUTE))
     response_id = [path_param("response_id")]
@@ -326,20 +311,20 @@ def openai_paths() -> dict[str, Schema]:
         },
         "/v1/chat/completions": generation(
             "Chat completion, streamed or not",
-            "ChatCompletion",
-            "ChatCompletionRequest",
-            s.openai_stream(TYPED[ChatCompletionChunk]),
+            ChatCompletion,
+            ChatCompletionRequest,
+            s.openai_stream(ChatCompletionChunk),
         ),
         "/v1/completions": generation(
             "Legacy text completion of a raw prompt (no chat template)",
-            "TextCompletion",
-            "CompletionRequest",
-            s.openai_stream(TYPED[TextCompletion]),
+            TextCompletion,
+            CompletionRequest,
+            s.openai_stream(TextCompletion),
         ),
         "/v1/responses": generation(
             "Responses API (text and function tools), streamed or not; nothing is stored",
-            "Response",
-            "ResponseRequest",
+            Response,
+            ResponseRequest,
             s.responses_stream(),
         ),
         "/v1/responses/{response_id}": {
@@ -356,14 +341,12 @@ def openai_paths() -> dict[str, Schema]:
 
 def anthropic_paths() -> dict[str, Schema]:
     failures = errors("Anthropic", GENERATION)
-    count = s.record({"input_tokens": s.COUNT})
-    events = TYPED[AnthropicStreamEvent]
     return {
         MESSAGES_PATH: {
             "post": op(
                 "Anthropic Messages, streamed or not",
                 "anthropic",
-                ok(TYPED[AnthropicMessage], stream=(SSE, s.anthropic_stream(events))) | failures,
+                ok(TYPED[AnthropicMessage], stream=(SSE, s.anthropic_stream())) | failures,
                 body=TYPED[AnthropicMessagesRequest],
             )
         },
@@ -371,7 +354,7 @@ def anthropic_paths() -> dict[str, Schema]:
             "post": op(
                 "The prompt's tokens, as the model's template renders it",
                 "anthropic",
-                ok(count) | failures,
+                ok(TYPED[AnthropicTokenCount]) | failures,
                 body=TYPED[AnthropicTokenCountRequest],
             )
         },
@@ -385,11 +368,10 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
     def listing(summary: str, schema: Schema) -> Schema:
         return {"get": op(summary, "ollama", ok(schema) | errors("Ollama", ANY_ROUTE))}
 
-    def generation(summary: str, chat: bool) -> Schema:
-        stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(chat=chat))
-        answers = ok(s.ollama_reply(chat=chat), stream=stream) | errors("Ollama", GENERATION)
-        body = TYPED[OllamaChatRequest if chat else OllamaGenerateRequest]
-        return {"post": op(summary, "ollama", answers, body=body)}
+    def generation(summary: str, reply: type, body: type) -> Schema:
+        stream = (NDJSON_CONTENT_TYPE, s.ollama_stream(reply))
+        answers = ok(TYPED[reply], stream=stream) | errors("Ollama", GENERATION)
+        return {"post": op(summary, "ollama", answers, body=TYPED[body])}
 
     content: Schema = {"text/plain": {"schema": s.STRING}}
     if not prefix:  # a browser (preferring HTML) gets the dashboard here
@@ -403,21 +385,27 @@ def ollama_paths(prefix: str) -> dict[str, Schema]:
         running | errors("Ollama" if prefix else "OpenAI", ANY_ROUTE),
     )
     return {
-        f"{prefix}/api/chat": generation("Ollama chat", chat=True),
-        f"{prefix}/api/generate": generation("Ollama generate", chat=False),
-        f"{prefix}/api/tags": listing("Every model", s.ollama_models()),
+        f"{prefix}/api/chat": generation(
+            "Ollama chat", ollama_out.OllamaChatReply, OllamaChatRequest
+        ),
+        f"{prefix}/api/generate": generation(
+            "Ollama generate", ollama_out.OllamaGenerateReply, OllamaGenerateRequest
+        ),
+        f"{prefix}/api/tags": listing("Every model", TYPED[ollama_out.OllamaModels]),
         f"{prefix}/api/show": {
             "post": op(
                 "One model's details",
                 "ollama",
-                ok(s.ollama_show()) | errors("Ollama", (*BODY, 404)),
+                ok(TYPED[ollama_out.OllamaShowReply]) | errors("Ollama", (*BODY, 404)),
                 body=TYPED[OllamaShowRequest],
             )
         },
         f"{prefix}/api/ps": listing(
-            "Models with a ready instance", s.ollama_models("expires_at", "size_vram")
+            "Models with a ready instance", TYPED[ollama_out.OllamaRunningModels]
         ),
-        f"{prefix}/api/version": listing("The Ollama API version exo follows", s.ollama_version()),
+        f"{prefix}/api/version": listing(
+            "The Ollama API version exo follows", TYPED[ollama_out.OllamaVersion]
+        ),
         f"{prefix}/": {"get": alive, "head": alive},
     }
 
@@ -428,12 +416,7 @@ def openapi_document() -> dict[str, Any]:
     paths = admin_paths() | openai_paths() | anthropic_paths()
     for prefix in PREFIXES:
         paths |= ollama_paths(prefix)
-    schemas = {
-        **s.ERRORS,
-        "Response": s.response_object(),
-        "Instance": s.instance(),
-        **TYPED_COMPONENTS,
-    }
+    schemas = TYPED_COMPONENTS
     return {
         "openapi": "3.1.0",
         "info": {

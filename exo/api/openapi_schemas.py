@@ -1,290 +1,119 @@
-"""JSON schemas of the HTTP API's responses and errors, for `exo.api.openapi`.
-
-Request bodies' schemas are not here: each comes from the typed model that checks it
-(`typed_body.py`); nor are the OpenAI chat, completion and model responses' or the
-Anthropic message's and stream events' (`openai_response.py`, `anthropic_response.py`). Response schemas give the fields a client can rely on; extra fields may
-come and go. tests/api/test_published_schemas.py checks the OpenAI routes' answers
-against OpenAI's own schemas as well.
+"""The schemas `/openapi.json` holds, for `exo.api.openapi`: those of the typed models
+(every request body, response and error: what the routes check and the encoders build,
+listed here once), and the few no model gives: parameters and the stream wrappers that
+carry a model per event or line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from exo.api import (
-    instances,
+from exo.api.admin_response import (
+    DeletedInstance,
+    DownloadEntry,
+    Downloads,
+    Health,
+    Instances,
+    InstanceView,
+    ModelView,
+    ModelViews,
+    PlacementPreview,
+    StateView,
 )
-from exo.api.ollama import OLLAMA_API_VERSION
+from exo.api.anthropic_request import AnthropicMessagesRequest, AnthropicTokenCountRequest
+from exo.api.anthropic_response import (
+    AnthropicError,
+    AnthropicMessage,
+    AnthropicStreamEvent,
+    AnthropicTokenCount,
+)
+from exo.api.downloads import DownloadTarget
+from exo.api.instances import PlaceRequest
+from exo.api.models import LocalModel
+from exo.api.ollama_request import OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest
+from exo.api.ollama_response import (
+    OllamaChatReply,
+    OllamaError,
+    OllamaGenerateReply,
+    OllamaModels,
+    OllamaRunningModels,
+    OllamaShowReply,
+    OllamaVersion,
+)
+from exo.api.openai_request import ChatCompletionRequest, CompletionRequest
+from exo.api.openai_response import RESPONSE_MODELS, OpenAIError
+from exo.api.responses_request import ResponseRequest
+from exo.api.responses_response import Response, ResponseStreamEvent
+from exo.api.typed_body import body_schemas
 from exo.models.cards import BUNDLED_MODEL
 
 Schema = dict[str, Any]
 
+# Request bodies declared as typed models (`typed_body.py`): their schemas come from them.
+TYPED_BODIES = (
+    OllamaChatRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+    AnthropicMessagesRequest,
+    AnthropicTokenCountRequest,
+    ResponseRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    PlaceRequest,
+    DownloadTarget,
+    LocalModel,
+)
+# Each dialect's errors.
+ERROR_SHAPES = {"OpenAI": OpenAIError, "Anthropic": AnthropicError, "Ollama": OllamaError}
+# Responses declared as typed models, unions of them (a stream's events) included.
+TYPED_RESPONSES: tuple[Any, ...] = (
+    *RESPONSE_MODELS,
+    AnthropicMessage,
+    AnthropicStreamEvent,
+    Response,
+    ResponseStreamEvent,
+    OllamaChatReply,
+    OllamaGenerateReply,
+    OllamaModels,
+    OllamaRunningModels,
+    OllamaShowReply,
+    OllamaVersion,
+    *ERROR_SHAPES.values(),
+    AnthropicTokenCount,
+    Health,
+    StateView,
+    Instances,
+    InstanceView,
+    DeletedInstance,
+    Downloads,
+    DownloadEntry,
+    list[PlacementPreview],
+    ModelViews,
+    ModelView,
+)
+TYPED, TYPED_COMPONENTS = body_schemas((*TYPED_BODIES, *TYPED_RESPONSES))
+
+
 # ---------------------------------------------------------------------------------------------
-# Builders
+# Parameters
 
 
-def obj(properties: Mapping[str, Schema], *required: str, **extra: Any) -> Schema:
-    """An object with these properties, `required` among them; others are allowed (and
-    ignored) unless `extra` says `additionalProperties=False`."""
-    schema: Schema = {"type": "object", "properties": dict(properties), **extra}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-def record(properties: Mapping[str, Schema], *optional: str) -> Schema:
-    """An object that always has these properties, except the `optional` ones."""
-    return obj(properties, *(name for name in properties if name not in optional))
-
-
-_SIMPLE_KEYS = {"type", "minimum", "exclusiveMinimum", "maximum", "minLength", "maxLength"}
-
-
-def nullable(schema: Schema) -> Schema:
-    """`schema` or null: the validators read a null field as one not given."""
-    kind = schema.get("type")
-    if isinstance(kind, str) and set(schema) <= _SIMPLE_KEYS:
-        return {**schema, "type": [kind, "null"]}
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Schema:
-    schema: Schema = {"type": "integer"}
-    if minimum is not None:
-        schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
-    return schema
-
-
-def string(min_length: int = 0, **extra: Any) -> Schema:
-    return {"type": "string", **({"minLength": min_length} if min_length else {}), **extra}
-
-
-def array(items: Schema, **extra: Any) -> Schema:
-    return {"type": "array", "items": items, **extra}
+def integer(minimum: int, maximum: int) -> Schema:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
 
 
 def enum(*values: Any) -> Schema:
     return {"enum": list(values)}
 
 
-def const(value: Any) -> Schema:
-    return {"const": value}
-
-
-def untyped(*names: str) -> dict[str, Schema]:
-    """Properties whose presence is promised, not their shape."""
-    return {name: {} for name in names}
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def described(schema: Schema, description: str) -> Schema:
-    return {**schema, "description": description}
-
-
-BOOLEAN: Schema = {"type": "boolean"}
 STRING: Schema = {"type": "string"}
 ANY_OBJECT: Schema = {"type": "object"}
-NON_EMPTY = string(1)
-COUNT = integer(0)
+NON_EMPTY: Schema = {"type": "string", "minLength": 1}
 MODEL_ID = {
     **NON_EMPTY,
     "description": "A model id from GET /v1/models.",
     "examples": [BUNDLED_MODEL],
 }
-
-# ---------------------------------------------------------------------------------------------
-# Errors: one shape per dialect
-
-ERRORS: dict[str, Schema] = {
-    "OpenAIError": record(
-        {
-            "error": record(
-                {
-                    "message": STRING,
-                    "type": STRING,
-                    "param": nullable(STRING),
-                    "code": nullable(STRING),
-                }
-            )
-        }
-    ),
-    "AnthropicError": record(
-        {"type": const("error"), "error": record({"type": STRING, "message": STRING})}
-    ),
-    "OllamaError": record({"error": STRING}),
-}
-
-# ---------------------------------------------------------------------------------------------
-# OpenAI
-
-
-def text_part(*kinds: str) -> Schema:
-    return record({"type": const(kinds[0]) if len(kinds) == 1 else enum(*kinds), "text": STRING})
-
-
-def response_object() -> Schema:
-    message = record(
-        {
-            "type": const("message"),
-            "id": STRING,
-            "role": const("assistant"),
-            "status": STRING,
-            "content": array(text_part("output_text")),
-        }
-    )
-    call = record(
-        {
-            "type": const("function_call"),
-            "id": STRING,
-            "call_id": STRING,
-            "name": STRING,
-            "arguments": described(STRING, "JSON text."),
-            "status": const("completed"),
-        }
-    )
-    return record(
-        {
-            "id": STRING,
-            "object": const("response"),
-            "created_at": COUNT,
-            "status": enum("completed", "incomplete", "failed", "in_progress"),
-            "model": STRING,
-            "output": described(
-                array({"anyOf": [message, call]}),
-                "In the reply's order: a message per run of text, a function_call per call.",
-            ),
-            "usage": described(ANY_OBJECT, "Once known: absent while in progress."),
-            "error": nullable(ANY_OBJECT),
-            "tools": array(record({"type": const("function"), "name": STRING})),
-            "tool_choice": {},
-            "parallel_tool_calls": BOOLEAN,
-        },
-        "usage",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Anthropic
-
-
-# ---------------------------------------------------------------------------------------------
-# Ollama
-
-
-def ollama_reply(*, chat: bool) -> Schema:
-    text = (
-        {"message": record({"role": STRING, "content": STRING})} if chat else {"response": STRING}
-    )
-    return record({"model": STRING, "created_at": STRING, **text, "done": BOOLEAN})
-
-
-def ollama_models(*more: str) -> Schema:
-    """`{"models": [...]}` of tags (`/api/tags`), with `more` fields (`/api/ps`)."""
-    fields = ("name", "model", "modified_at", "size", "digest", "details", *more)
-    return record({"models": array(record(untyped(*fields)))})
-
-
-def ollama_show() -> Schema:
-    fields = {"details": ANY_OBJECT, "model_info": ANY_OBJECT, "capabilities": array(STRING)}
-    return record(fields)
-
-
-def ollama_version() -> Schema:
-    return record({"version": const(OLLAMA_API_VERSION)})
-
-
-# ---------------------------------------------------------------------------------------------
-# Admin and instances
-
-
-def state_view() -> Schema:
-    return record(
-        {
-            "node_id": STRING,
-            "master": nullable(STRING),
-            "term": COUNT,
-            "index": COUNT,
-            "hash": STRING,
-            "state": ANY_OBJECT,
-        }
-    )
-
-
-def instance() -> Schema:
-    return record(
-        {
-            "id": STRING,
-            "model": STRING,
-            "strategy": enum(*instances.STRATEGIES),
-            "status": described(STRING, "downloading, loading, ready or failed."),
-            "shards": array(obj({"node_id": STRING, "rank": COUNT}, "node_id", "rank")),
-            "ring": array(STRING),
-            "context_length": nullable(integer(1)),
-        },
-        "context_length",
-    )
-
-
-DOWNLOAD_PHASE = enum("pending", "downloading", "complete", "failed", "stopped")
-
-
-def download_entry() -> Schema:
-    """One node's download of one model, as GET /downloads lists it."""
-    return record(
-        {
-            "node": STRING,
-            "model": STRING,
-            "phase": nullable(DOWNLOAD_PHASE),
-            "bytes_done": COUNT,
-            "bytes_total": COUNT,
-            "detail": STRING,
-            "rate": COUNT,
-            "eta_seconds": nullable({"type": "number", "minimum": 0}),
-            "order": nullable(enum("fetch", "stop")),
-        },
-        "bytes_done",
-        "bytes_total",
-        "detail",
-        "rate",
-    )
-
-
-def model_view() -> Schema:
-    """A model as GET /models shows it: card (null for an alias not read yet), per-node
-    downloads, instances."""
-    download = record(
-        {
-            "phase": DOWNLOAD_PHASE,
-            "bytes_done": COUNT,
-            "bytes_total": COUNT,
-            "detail": STRING,
-            "rate": COUNT,
-        },
-        "rate",
-    )
-    return record(
-        {
-            "id": STRING,
-            "card": nullable(ANY_OBJECT),
-            "downloads": {"type": "object", "additionalProperties": download},
-            "instances": array(STRING),
-            "alias_of": STRING,
-        },
-        "instances",
-        "alias_of",
-    )
-
-
-def previews() -> Schema:
-    names = ("strategy", "node_count", "shards", "memory_by_node", "predicted_tokens_per_second")
-    return array(record({**untyped(*names), "valid": BOOLEAN, "reason": STRING}))
-
 
 # ---------------------------------------------------------------------------------------------
 # Streams
@@ -299,29 +128,38 @@ def sse_event(data: Schema, description: str, *, named: bool = False) -> Schema:
     """One server-sent event, as an OpenAPI 3.1 `text/event-stream` schema describes each:
     its `data` (a JSON text) and, with `named`, its `event` name."""
     fields = {"event": STRING, "data": json_text(data)} if named else {"data": data}
-    return described(record(fields), description)
+    return {
+        "type": "object",
+        "properties": fields,
+        "required": list(fields),
+        "description": description,
+    }
 
 
-def openai_stream(chunk: Schema) -> Schema:
-    """Chunks, or an error in OpenAI's shape, then `[DONE]`."""
-    data = {"anyOf": [const("[DONE]"), json_text({"anyOf": [chunk, ref("OpenAIError")]})]}
+def openai_stream(chunk: type) -> Schema:
+    """`chunk`s, or an error in OpenAI's shape, then `[DONE]`."""
+    data = {
+        "anyOf": [{"const": "[DONE]"}, json_text({"anyOf": [TYPED[chunk], TYPED[OpenAIError]]})]
+    }
     return sse_event(data, "With `stream`: one JSON chunk an event, then `data: [DONE]`.")
 
 
 def responses_stream() -> Schema:
-    event = record({"type": STRING, "sequence_number": COUNT})
+    """Named events (the typed union of `responses_response.py`, the error event
+    included), the last `response.completed`, `response.incomplete` or `response.failed`."""
     return sse_event(
-        event,
-        "With `stream`: typed events, `event:` naming the `type` of `data`; a function "
-        "call's item streams `response.function_call_arguments.delta` and `.done`.",
+        TYPED[ResponseStreamEvent],
+        "With `stream`: typed events, `event:` naming the `type` of `data`, each with a "
+        "rising `sequence_number`; a function call's item streams "
+        "`response.function_call_arguments.delta` and `.done`.",
         named=True,
     )
 
 
-def anthropic_stream(event: Schema) -> Schema:
+def anthropic_stream() -> Schema:
     """Named events (the typed union of `anthropic_response.py`), or an `error` event."""
     return sse_event(
-        {"anyOf": [event, ref("AnthropicError")]},
+        {"anyOf": [TYPED[AnthropicStreamEvent], TYPED[AnthropicError]]},
         "With `stream`: message_start, then content blocks (content_block_start, "
         "content_block_delta, ..., content_block_stop; text blocks with text_delta, tool_use "
         "blocks with one input_json_delta), a ping after the first start, message_delta, "
@@ -330,12 +168,13 @@ def anthropic_stream(event: Schema) -> Schema:
     )
 
 
-def ollama_stream(*, chat: bool) -> Schema:
-    """The NDJSON lines, read as one JSON array (as OpenAPI 3.2's `schema` of a sequential
-    media type covers the whole stream)."""
-    line = {"anyOf": [ollama_reply(chat=chat), ref("OllamaError")]}
-    return described(
-        array(line, minItems=1),
-        "Unless `stream` is false: one JSON object a line, the last with `done: true` (or "
-        "an error).",
-    )
+def ollama_stream(reply: type) -> Schema:
+    """The NDJSON lines (each a `reply`, or an error), read as one JSON array (as OpenAPI
+    3.2's `schema` of a sequential media type covers the whole stream)."""
+    return {
+        "type": "array",
+        "items": {"anyOf": [TYPED[reply], TYPED[OllamaError]]},
+        "minItems": 1,
+        "description": "Unless `stream` is false: one JSON object a line, the last with "
+        "`done: true` (or an error).",
+    }

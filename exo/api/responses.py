@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
 
+from msgspec import UNSET, UnsetType, structs, to_builtins
 from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
@@ -27,7 +27,6 @@ from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
     backend_error_response,
-    dumps,
     error_response,
     json_response,
 )
@@ -36,11 +35,40 @@ from exo.api.responses_request import (
     ResponsesRequest,
     parse_responses_request,
 )
+from exo.api.responses_response import (
+    FunctionCallItem,
+    IncompleteDetails,
+    ItemStatus,
+    OutputItem,
+    OutputMessage,
+    OutputTextPart,
+    Reasoning,
+    Response,
+    ResponseCompletedEvent,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseCreatedEvent,
+    ResponseError,
+    ResponseErrorEvent,
+    ResponseFailedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseIncompleteEvent,
+    ResponseInProgressEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseStatus,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+    ResponseTextDoneEvent,
+    ResponseUsage,
+)
 from exo.api.streaming import (
     SSE_CONTENT_TYPE,
     SSE_HEADERS,
     GenerationStream,
     Whole,
+    named_sse_event,
     streamed_response,
     whole_generation,
 )
@@ -57,20 +85,6 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Responses
-
-
-def _usage(finished: Finished) -> dict[str, Any]:
-    return {
-        "input_tokens": finished.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": finished.cached_tokens, "cache_write_tokens": 0},
-        "output_tokens": finished.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-    }
-
-
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _failure(error: Exception) -> tuple[BackendError | None, str]:
@@ -100,51 +114,46 @@ class ResponsesFormat:
         self._sequence = 0
         tools = parsed.offered_tools
         self._parser = CallParser(tools, parsed.tool_choice.forced) if tools else None
-        self._output: list[dict[str, Any]] = []  # the closed items
+        self._output: list[OutputItem] = []  # the closed items
         self._message_id: str | None = None  # the open message, always after them
         self._texts: list[str] = []
         self._held = ""  # whitespace that has not opened a message
 
     def response(
         self,
-        status: str,
-        output: list[dict[str, Any]],
-        usage: dict[str, Any] | None = None,
+        status: ResponseStatus,
+        output: list[OutputItem],
+        usage: ResponseUsage | UnsetType = UNSET,
         *,
         incomplete: bool = False,
-        error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The `response` object as it stands in `status`; `usage` only once known (an
-        object in OpenAI's schema, never null)."""
-        known = {} if usage is None else {"usage": usage}
-        return {
-            "id": self._id,
-            "object": "response",
-            "created_at": self._created_at,
-            "status": status,
-            "background": False,
-            "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "model": self._parsed.model,
-            "output": output,
-            "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
-            "store": False,
-            "truncation": "disabled",
-            **known,
-            **self._parsed.echo,
-        }
+        error: ResponseError | None = None,
+    ) -> Response:
+        """The `response` object as it stands in `status`; `usage` only once known."""
+        return Response(
+            id=self._id,
+            object="response",
+            created_at=self._created_at,
+            status=status,
+            background=False,
+            error=error,
+            incomplete_details=IncompleteDetails("max_output_tokens") if incomplete else None,
+            model=self._parsed.model,
+            output=output,
+            previous_response_id=None,
+            reasoning=Reasoning(None, None),
+            store=False,
+            truncation="disabled",
+            usage=usage,
+            **structs.asdict(self._parsed.echo),
+        )
 
-    def _message(self, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self._message_id,
-            "type": "message",
-            "status": status,
-            "role": "assistant",
-            "content": content,
-        }
+    def _message(self, status: ItemStatus, text: str | None) -> OutputMessage:
+        """The open message; `text` None: before its content part is added."""
+        assert self._message_id is not None
+        content = [] if text is None else [OutputTextPart.of(text)]
+        return OutputMessage(self._message_id, status, "assistant", content)
 
-    def finished_response(self, whole: Whole) -> dict[str, Any]:
+    def finished_response(self, whole: Whole) -> Response:
         """The whole response of a generation that was not streamed. Its chunks take the
         streaming path (the events are dropped), so both give the same output."""
         for chunk in whole.chunks:
@@ -154,13 +163,15 @@ class ResponsesFormat:
 
     # StreamFormat
 
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self._sequence, **fields}
+    def _next(self) -> int:
+        """The next event's `sequence_number`."""
         self._sequence += 1
-        return f"event: {kind}\ndata: {dumps(data)}\n\n".encode()
+        return self._sequence - 1
 
-    def _where(self) -> dict[str, Any]:
-        return {"item_id": self._message_id, "output_index": len(self._output), "content_index": 0}
+    def _where(self) -> tuple[int, str, int, int]:
+        """The next event's number, and where the open message's text is."""
+        assert self._message_id is not None
+        return self._next(), self._message_id, len(self._output), 0
 
     def _text(self, text: str, *, force: bool = False) -> list[bytes]:
         """Text for the open message, opening one if the text (with `force`, any) is more
@@ -172,30 +183,28 @@ class ResponsesFormat:
                 return []
             text, self._held = self._held, ""
             self._message_id, self._texts = "msg_" + secrets.token_hex(24), []
-            added = self._message("in_progress", [])
+            added = self._message("in_progress", None)
+            index = len(self._output)
             events = [
-                self._event(
-                    "response.output_item.added", output_index=len(self._output), item=added
-                ),
-                self._event("response.content_part.added", **self._where(), part=_text_part("")),
+                _event(ResponseOutputItemAddedEvent(self._next(), index, added)),
+                _event(ResponseContentPartAddedEvent(*self._where(), OutputTextPart.of(""))),
             ]
         if text:
             self._texts.append(text)
-            events.append(
-                self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])
-            )
+            events.append(_event(ResponseTextDeltaEvent(*self._where(), text, [])))
         return events
 
-    def _close(self, status: str) -> list[bytes]:
+    def _close(self, status: ItemStatus) -> list[bytes]:
         """The open message's done events; it joins the closed items."""
         if self._message_id is None:
             return []
         text = "".join(self._texts)
-        item = self._message(status, [_text_part(text)])
+        item = self._message(status, text)
+        index = len(self._output)
         events = [
-            self._event("response.output_text.done", **self._where(), text=text, logprobs=[]),
-            self._event("response.content_part.done", **self._where(), part=_text_part(text)),
-            self._event("response.output_item.done", output_index=len(self._output), item=item),
+            _event(ResponseTextDoneEvent(*self._where(), text, [])),
+            _event(ResponseContentPartDoneEvent(*self._where(), OutputTextPart.of(text))),
+            _event(ResponseOutputItemDoneEvent(self._next(), index, item)),
         ]
         self._output.append(item)
         self._message_id = None
@@ -207,28 +216,23 @@ class ResponsesFormat:
         events = self._close("completed")
         self._held = ""
         index = len(self._output)
-        item = {
-            "id": "fc_" + secrets.token_hex(24),
-            "type": "function_call",
-            "call_id": call.id,
-            "name": call.name,
-            "arguments": call.arguments,
-            "status": "completed",
-        }
+        item_id = "fc_" + secrets.token_hex(24)
+        item = FunctionCallItem(item_id, call.id, call.name, call.arguments, "completed")
         self._output.append(item)
-        added = {**item, "arguments": "", "status": "in_progress"}
-        where = {"item_id": item["id"], "output_index": index}
+        added = FunctionCallItem(item_id, call.id, call.name, "", "in_progress")
+        arguments = call.arguments
         return [
             *events,
-            self._event("response.output_item.added", output_index=index, item=added),
-            self._event("response.function_call_arguments.delta", **where, delta=call.arguments),
-            self._event(
-                "response.function_call_arguments.done",
-                **where,
-                name=call.name,
-                arguments=call.arguments,
+            _event(ResponseOutputItemAddedEvent(self._next(), index, added)),
+            _event(
+                ResponseFunctionCallArgumentsDeltaEvent(self._next(), item_id, index, arguments)
             ),
-            self._event("response.output_item.done", output_index=index, item=item),
+            _event(
+                ResponseFunctionCallArgumentsDoneEvent(
+                    self._next(), item_id, index, call.name, arguments
+                )
+            ),
+            _event(ResponseOutputItemDoneEvent(self._next(), index, item)),
         ]
 
     def _pieces(self, text: str, calls: list[ToolCall]) -> list[bytes]:
@@ -237,7 +241,7 @@ class ResponsesFormat:
             events += self._call(call)
         return events
 
-    def _end(self, finished: Finished) -> tuple[dict[str, Any], list[bytes]]:
+    def _end(self, finished: Finished) -> tuple[Response, list[bytes]]:
         """The final response, and the events that close the output."""
         events = [] if self._parser is None else self._pieces(*self._parser.finish())
         if not self._output:
@@ -245,14 +249,15 @@ class ResponsesFormat:
         incomplete = finished.finish_reason == "length"
         status = "incomplete" if incomplete else "completed"
         events += self._close(status)
-        final = self.response(status, self._output, _usage(finished), incomplete=incomplete)
+        usage = ResponseUsage.of(finished)
+        final = self.response(status, self._output, usage, incomplete=incomplete)
         return final, events
 
     def start(self) -> list[bytes]:
         in_progress = self.response("in_progress", [])
         return [
-            self._event("response.created", response=in_progress),
-            self._event("response.in_progress", response=in_progress),
+            _event(ResponseCreatedEvent(self._next(), in_progress)),
+            _event(ResponseInProgressEvent(self._next(), in_progress)),
         ]
 
     def token(self, chunk: TokenOut) -> list[bytes]:
@@ -262,7 +267,8 @@ class ResponsesFormat:
 
     def finish(self, finished: Finished) -> list[bytes]:
         final, events = self._end(finished)
-        return [*events, self._event(f"response.{final['status']}", response=final)]
+        end = ResponseIncompleteEvent if final.status == "incomplete" else ResponseCompletedEvent
+        return [*events, _event(end(self._next(), final))]
 
     def error(self, error: Exception) -> list[bytes]:
         """An `error` event, then `response.failed`: the stream's terminal event."""
@@ -271,18 +277,21 @@ class ResponsesFormat:
         if backend_error is not None:
             code = backend_error.code or backend_error.kind
         param = backend_error.param if backend_error is not None else None
-        # `response.error.code` is a closed set in OpenAI's schema.
         failed_code = (
             "invalid_prompt" if isinstance(backend_error, InvalidRequest) else "server_error"
         )
         output = list(self._output)
         if self._message_id is not None:
-            output.append(self._message("incomplete", [_text_part("".join(self._texts))]))
-        failed = self.response("failed", output, error={"code": failed_code, "message": message})
+            output.append(self._message("incomplete", "".join(self._texts)))
+        failed = self.response("failed", output, error=ResponseError(failed_code, message))
         return [
-            self._event("error", code=code, message=message, param=param),
-            self._event("response.failed", response=failed),
+            _event(ResponseErrorEvent(self._next(), code, message, param)),
+            _event(ResponseFailedEvent(self._next(), failed)),
         ]
+
+
+def _event(event: ResponseStreamEvent) -> bytes:
+    return named_sse_event(to_builtins(event))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +325,7 @@ def register_responses(app: QuartTrio, backend: Backend) -> None:
             if backend_error is None:
                 raise  # the app's catch-all logs it and answers a JSON 500
             return backend_error_response(backend_error)
-        return json_response(form.finished_response(whole))
+        return json_response(to_builtins(form.finished_response(whole)))
 
     @app.route("/v1/responses/<path:response_id>", methods=["GET", "POST", "DELETE"])
     async def stored_response(response_id: str) -> TrioResponse:

@@ -8,16 +8,26 @@ ignored. Every violation is an `InvalidRequest` naming the field in `param`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
 from attrs import evolve, frozen
-from msgspec import Meta
+from msgspec import UNSET, Meta
 
 from exo.api.backend import InvalidRequest
 from exo.api.errors import dumps
 from exo.api.openai_request import NO_TOOLS, ROLES, engine_tool
+from exo.api.responses_response import (
+    Echoed,
+    EchoedChoice,
+    EchoedFormat,
+    FunctionChoice,
+    FunctionTool,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    PlainTextFormat,
+    TextConfig,
+)
 from exo.api.tool_calls import (
     MAX_TOOLS,
     ToolChoice,
@@ -198,7 +208,7 @@ class ResponsesRequest:
     messages: tuple[ChatMessage, ...]
     params: SamplingParams
     stream: bool
-    echo: Mapping[str, Any]
+    echo: Echoed
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = NO_TOOLS
 
@@ -229,22 +239,21 @@ def parse_responses_request(body: object) -> ResponsesRequest:
         max_tokens=asked.max_output_tokens,
         json_schema=json_schema,
     )
-    fields = ("name", "description", "parameters", "strict")
-    echo: dict[str, Any] = {
-        "instructions": asked.instructions,
-        "max_output_tokens": asked.max_output_tokens,
-        "metadata": dict(asked.metadata or {}),
-        "parallel_tool_calls": asked.parallel_tool_calls is not False,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "text": {"format": text_format},
-        "tool_choice": echoed_choice,
-        "tools": [
-            {"type": "function", **{f: getattr(t, f) for f in fields}} for t in asked.tools or ()
+    echo = Echoed(
+        instructions=asked.instructions,
+        max_output_tokens=asked.max_output_tokens,
+        metadata=dict(asked.metadata or {}),
+        parallel_tool_calls=asked.parallel_tool_calls is not False,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        text=TextConfig(text_format),
+        tool_choice=echoed_choice,
+        tools=[
+            FunctionTool(t.name, t.description, t.parameters, t.strict) for t in asked.tools or ()
         ],
-    }
-    if asked.user is not None:  # a string in OpenAI's schema, so absent rather than null
-        echo["user"] = asked.user
+        # A string in OpenAI's schema, so absent rather than null.
+        user=UNSET if asked.user is None else asked.user,
+    )
     return ResponsesRequest(
         asked.model, messages, params, bool(asked.stream), echo, tools, tool_choice
     )
@@ -279,23 +288,22 @@ def _messages(value: str | list[ResponsesInputItem]) -> tuple[ChatMessage, ...]:
     return tuple(messages)
 
 
-def _text_format(text: ResponsesText | None) -> tuple[dict[str, Any], str | None]:
+def _text_format(text: ResponsesText | None) -> tuple[EchoedFormat, str | None]:
     """`text.format` as echoed back, and the JSON schema (as JSON text) it constrains to."""
     match text.format if text is not None else None:
         case TextFormatJsonObject():
-            return {"type": "json_object"}, JSON_OBJECT_SCHEMA
+            return JsonObjectFormat(), JSON_OBJECT_SCHEMA
         case TextFormatJsonSchema(name=name, schema=schema, strict=strict, description=about):
-            echoed = {"type": "json_schema", "name": name, "schema": schema, "strict": strict}
-            if about is not None:
-                echoed["description"] = about
-            return echoed, dumps(schema)
+            described = UNSET if about is None else about
+            return JsonSchemaFormat(name, schema, strict, described), dumps(schema)
         case _:
-            return {"type": "text"}, None
+            return PlainTextFormat(), None
 
 
 def _tool_choice(
-    value: str | ResponsesNamedChoice | None, tools: tuple[Tool, ...]
-) -> tuple[ToolChoice, Any]:
+    value: Literal["none", "auto", "required"] | ResponsesNamedChoice | None,
+    tools: tuple[Tool, ...],
+) -> tuple[ToolChoice, EchoedChoice]:
     """`tool_choice` checked against `tools` by chat's rules, and as the response echoes
     it. "auto" without tools offers none (chat refuses it, but this route accepted it
     before it had tools)."""
@@ -303,5 +311,5 @@ def _tool_choice(
         return ToolChoice("auto" if tools else "none"), "auto"
     if isinstance(value, ResponsesNamedChoice):
         named = ToolChoice("required", value.name)
-        return checked_tool_choice(named, tools), {"type": "function", "name": value.name}
+        return checked_tool_choice(named, tools), FunctionChoice(value.name)
     return checked_tool_choice(ToolChoice(value), tools), value

@@ -27,7 +27,7 @@ async-generator finalizer, which cancels the request on the runner.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Protocol
@@ -55,6 +55,12 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 def sse_event(data: Any) -> bytes:
     return f"data: {dumps(data)}\n\n".encode()
+
+
+def named_sse_event(data: Mapping[str, Any]) -> bytes:
+    """An event named after its payload's `type`, as Anthropic and the Responses API send
+    them."""
+    return f"event: {data['type']}\ndata: {dumps(data)}\n\n".encode()
 
 
 def check_finish(finished: Finished | None) -> Finished:

@@ -88,6 +88,6 @@ def test_a_node_holds_what_is_placed_or_ordered_and_never_what_is_stopped() -> N
         state,
         DownloadStatusChanged(B, MODEL, DownloadStatus("downloading", 100, 400, rate=50)),
     )
-    views = {(v["node"], v["order"]): v for v in download_views(state)}
-    assert views[("a", "stop")]["phase"] is None
-    assert views[("b", "fetch")]["eta_seconds"] == 6.0
+    views = {(v.node, v.order): v for v in download_views(state)}
+    assert views[("a", "stop")].phase is None
+    assert views[("b", "fetch")].eta_seconds == 6.0

@@ -3,9 +3,8 @@ changed, with derived ones (instance status) following the maps they read."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from exo.actors.state_sections import SECTIONS, changed_sections
+from exo.api.admin_response import ModelView
 from exo.events.events import (
     DownloadStatusChanged,
     Event,
@@ -30,7 +29,7 @@ def after(state: State, event: Event) -> State:
     return apply(state, IndexedEvent(state.last_index + 1, 1, event))
 
 
-def no_models() -> list[dict[str, Any]]:
+def no_models() -> list[ModelView]:
     return []
 
 

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import trio
 from attrs import define, field, frozen
 
+from exo.api.admin_response import (
+    DownloadEntry,
+    InstanceView,
+    ModelView,
+    PlacementPreview,
+    ShardView,
+    StateView,
+)
 from exo.api.backend import BackendError, Chunk, UnknownInstance, UnknownModel, Update
 from exo.engine.protocol import ChatMessage, Finished, SamplingParams, TokenOut, Tool
 from exo.events.codec import to_plain
-from exo.events.facts import FinishReason
-from exo.events.ids import ModelId
+from exo.events.facts import FinishReason, Strategy
+from exo.events.ids import ModelId, NodeId
 from exo.models.cards import ModelCard
 
 MODEL = "fake-model"
@@ -96,7 +104,9 @@ class FakeBackend:
     exited: trio.Event = field(factory=trio.Event)
     exit_errors: list[BaseException | None] = field(factory=list)
 
-    instances_by_id: dict[str, dict[str, Any]] = field(factory=dict)
+    instances_by_id: dict[str, InstanceView] = field(factory=dict)
+    # The `min_nodes` each placed instance was asked for (not in the view).
+    min_nodes_by_id: dict[str, int] = field(factory=dict)
     # Catalogue aliases GET /models and /v1/models list beside the cards.
     aliases: dict[str, str] = field(factory=dict)
     # Raised by find_model, as a hub lookup would (gated repo, hub unreachable).
@@ -106,7 +116,7 @@ class FakeBackend:
     updates_after: list[int | None] = field(factory=list)
     endless_updates: bool = True
     # What GET /downloads lists: (node, model) -> entry, as order_download leaves it.
-    download_entries: dict[tuple[str, str], dict[str, Any]] = field(factory=dict)
+    download_entries: dict[tuple[str, str], DownloadEntry] = field(factory=dict)
 
     def models(self) -> list[ModelCard]:
         return list(self.cards)
@@ -121,13 +131,13 @@ class FakeBackend:
         self.cards.append(card)
         return card
 
-    def model_views(self) -> list[dict[str, Any]]:
+    def model_views(self) -> list[ModelView]:
         views = [
-            {"id": c.model_id, "card": to_plain(c), "downloads": {}, "instances": []}
+            ModelView(id=c.model_id, card=to_plain(c), downloads={}, instances=[])
             for c in self.cards
         ]
         views += [
-            {"id": a, "alias_of": repo, "card": None, "downloads": {}}
+            ModelView(id=a, alias_of=repo, card=None, downloads={})
             for a, repo in sorted(self.aliases.items())
         ]
         return views
@@ -145,25 +155,25 @@ class FakeBackend:
         if self.endless_updates:  # as a node's: the client decides when it has enough
             await trio.sleep_forever()
 
-    def downloads(self) -> list[dict[str, Any]]:
+    def downloads(self) -> list[DownloadEntry]:
         return list(self.download_entries.values())
 
     async def order_download(
         self, model: str, node: str | None, action: Literal["fetch", "stop"]
-    ) -> dict[str, Any]:
+    ) -> DownloadEntry:
         card = self._card(model)
-        entry = {
-            "node": node or self.state["node_id"],
-            "model": card.model_id,
-            "phase": "downloading" if action == "fetch" else "stopped",
-            "bytes_done": 0,
-            "bytes_total": 10,
-            "detail": "",
-            "rate": 0,
-            "eta_seconds": None,
-            "order": action,
-        }
-        self.download_entries[(entry["node"], card.model_id)] = entry
+        entry = DownloadEntry(
+            node=node or self.state["node_id"],
+            model=card.model_id,
+            phase="downloading" if action == "fetch" else "stopped",
+            bytes_done=0,
+            bytes_total=10,
+            detail="",
+            rate=0,
+            eta_seconds=None,
+            order=action,
+        )
+        self.download_entries[(entry.node, card.model_id)] = entry
         return entry
 
     async def section_updates(self) -> AsyncIterator[Update]:
@@ -182,10 +192,10 @@ class FakeBackend:
             raise UnknownModel(model)
         return card
 
-    def instances(self) -> list[dict[str, Any]]:
+    def instances(self) -> list[InstanceView]:
         return [self.instances_by_id[i] for i in sorted(self.instances_by_id)]
 
-    def instance(self, instance_id: str) -> dict[str, Any]:
+    def instance(self, instance_id: str) -> InstanceView:
         if instance_id not in self.instances_by_id:
             raise UnknownInstance(instance_id)
         return self.instances_by_id[instance_id]
@@ -197,47 +207,34 @@ class FakeBackend:
         nodes: tuple[str, ...] | None,
         min_nodes: int,
         context_length: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> InstanceView:
         self._card(model)
         if self.entry_error is not None:
             raise self.entry_error
         instance_id = f"inst-{len(self.instances_by_id) + 1}"
-        shards = [{"node_id": n, "rank": r} for r, n in enumerate(nodes or ("n1",))]
-        view = {
-            "id": instance_id,
-            "model": model,
-            "strategy": strategy,
-            "status": "loading",
-            "shards": shards,
-            "ring": [],
-            "context_length": context_length,
-            "min_nodes": min_nodes,  # not in the real view: lets tests see what was asked
-        }
+        shards = [ShardView(n, r, 0, 2, False) for r, n in enumerate(nodes or ("n1",))]
+        view = InstanceView(
+            instance_id, model, cast(Strategy, strategy), "loading", shards, [], context_length
+        )
         self.instances_by_id[instance_id] = view
+        self.min_nodes_by_id[instance_id] = min_nodes
         return view
 
     async def delete_instance(self, instance_id: str) -> None:
         self.instance(instance_id)
         del self.instances_by_id[instance_id]
 
-    async def previews(self, model: str, context_length: int | None = None) -> list[dict[str, Any]]:
+    async def previews(
+        self, model: str, context_length: int | None = None
+    ) -> list[PlacementPreview]:
         self._card(model)
-        return [
-            {
-                "strategy": "pipeline",
-                "node_count": 1,
-                "shards": [{"node_id": "n1", "rank": 0, "start_layer": 0, "end_layer": 2}],
-                "memory_by_node": {"n1": 1},
-                "predicted_tokens_per_second": 100.0,
-                "valid": True,
-                "reason": "",
-            }
-        ]
+        shards = [ShardView("n1", 0, 0, 2, False)]
+        return [PlacementPreview("pipeline", 1, shards, {NodeId("n1"): 1}, 100.0, True, "")]
 
-    def state_view(self) -> dict[str, Any]:
+    def state_view(self) -> StateView:
         if self.state_error is not None:
             raise self.state_error
-        return self.state
+        return StateView(**self.state)
 
     async def _stream(self) -> AsyncGenerator[Chunk, None]:
         for step in self.script:

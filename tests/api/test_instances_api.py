@@ -23,7 +23,7 @@ async def test_place_list_get_delete() -> None:
             assert created.status_code == 201
             body = created.json()
             assert body["strategy"] == "tensor" and body["model"] == MODEL
-            assert backend.instances_by_id[body["id"]]["min_nodes"] == 2  # defaults to len(nodes)
+            assert backend.min_nodes_by_id[body["id"]] == 2  # defaults to len(nodes)
             listed = (await client.get("/instances")).json()
             assert [i["id"] for i in listed["instances"]] == [body["id"]]
             assert (await client.get(f"/instances/{body['id']}")).json() == body

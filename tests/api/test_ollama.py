@@ -14,7 +14,7 @@ import trio
 
 from exo.api.app import MAX_REQUEST_BYTES
 from exo.api.backend import GenerationFailed
-from exo.api.ollama import OLLAMA_API_VERSION
+from exo.api.ollama_response import OLLAMA_API_VERSION
 
 from .fakes import MODEL, FakeBackend, Raise, tokens
 from .helpers import raw_exchange, running

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import httpx
 import trio
 
 from exo.api.app import create_app
 from exo.api.openapi import openapi_document
+from exo.api.responses_response import ResponseStreamEvent
 
 from .fakes import FakeBackend
 from .helpers import running
@@ -96,3 +98,87 @@ def test_the_anthropic_stream_schema_is_the_union_of_its_typed_events() -> None:
         "ping",
     }
     assert schemas["AnthropicMessage"]["properties"]["type"] == {"enum": ["message"]}
+
+
+def test_the_responses_stream_schema_is_the_union_of_its_typed_events() -> None:
+    """Each event of a streamed Responses reply is a typed model tagged by `type`, with a
+    `sequence_number` (before, any object with those two fields); a call's arguments end
+    with the function's name, which OpenAI's schema requires."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    stream = document["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]
+    events = stream["text/event-stream"]["schema"]["properties"]["data"]["contentSchema"]
+    tags = {event.__struct_config__.tag for event in get_args(ResponseStreamEvent)}
+    assert set(events["discriminator"]["mapping"]) == tags
+    assert {"error", "response.failed", "response.function_call_arguments.done"} <= tags
+    done = schemas["ResponseFunctionCallArgumentsDoneEvent"]
+    assert {"sequence_number", "name", "arguments"} <= set(done["required"])
+    assert "usage" not in schemas["Response"]["required"]
+    items = schemas["Response"]["properties"]["output"]["items"]
+    assert set(items["discriminator"]["mapping"]) == {"message", "function_call"}
+
+
+def test_every_component_has_its_own_name() -> None:
+    """Two models of one name would be published under module paths
+    (`exo.api.x.Name`): each response or request model needs a name of its own."""
+    assert not [name for name in openapi_document()["components"]["schemas"] if "." in name]
+
+
+def test_ollama_response_schemas_come_from_the_models_the_encoders_build() -> None:
+    """A chat reply's text is its `message`, a generation's its `response` (one model,
+    each kind naming the field); statistics only on the last line; a model's `details`
+    are typed (before, any value)."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    chat, generate = schemas["OllamaChatReply"], schemas["OllamaGenerateReply"]
+    assert set(chat["required"]) == {"model", "created_at", "message", "done"}
+    assert set(generate["required"]) == {"model", "created_at", "response", "done"}
+    assert "eval_count" in chat["properties"] and "reply" not in chat["properties"]
+    assert {"expires_at", "size_vram"} <= set(schemas["OllamaRunningModel"]["required"])
+    assert "expires_at" not in schemas["OllamaModel"]["properties"]
+    assert schemas["OllamaModel"]["properties"]["details"] == {
+        "$ref": "#/components/schemas/OllamaDetails"
+    }
+    stream = document["paths"]["/api/chat"]["post"]["responses"]["200"]["content"]
+    line = stream["application/x-ndjson"]["schema"]["items"]
+    assert line["anyOf"][0] == {"$ref": "#/components/schemas/OllamaChatReply"}
+
+
+def test_each_dialects_errors_are_the_typed_model_its_encoder_builds() -> None:
+    """The error shapes are typed models too: OpenAI's nests `error`, Anthropic's is tagged
+    `type: error`, Ollama's is one string."""
+    schemas = openapi_document()["components"]["schemas"]
+    detail = schemas["OpenAIErrorDetail"]
+    assert detail["required"] == ["message", "type", "param", "code"]
+    assert schemas["AnthropicError"]["properties"]["type"] == {"enum": ["error"]}
+    assert schemas["OllamaError"]["properties"] == {"error": {"type": "string"}}
+    chat = openapi_document()["paths"]["/api/chat"]["post"]["responses"]["404"]
+    assert chat["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OllamaError"
+    }
+
+
+def test_admin_response_schemas_come_from_the_models_the_node_builds() -> None:
+    """The admin routes' answers are typed models the node builds (before, hand-kept
+    schemas with untyped fields): an instance's status is one of five, a download
+    with only an order has no progress fields, an alias has no instances."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    status = schemas["InstanceView"]["properties"]["status"]
+    assert set(status["enum"]) == {"placing", "downloading", "loading", "ready", "failed"}
+    assert set(schemas["DownloadEntry"]["required"]) == {
+        "node",
+        "model",
+        "phase",
+        "eta_seconds",
+        "order",
+    }
+    assert set(schemas["ModelView"]["required"]) == {"id", "card", "downloads"}
+    assert schemas["PlacementPreview"]["properties"]["shards"]["items"] == {
+        "$ref": "#/components/schemas/ShardView"
+    }
+    previews = document["paths"]["/instances/previews"]["get"]["responses"]["200"]
+    assert previews["content"]["application/json"]["schema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/PlacementPreview"},
+    }

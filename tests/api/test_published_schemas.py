@@ -22,7 +22,10 @@ import trio
 from anthropic.types import Message, RawMessageStreamEvent
 from jsonschema import Draft202012Validator
 
-from .fakes import MODEL, FakeBackend, tokens
+from exo.api.backend import GenerationFailed
+from exo.engine.protocol import TokenOut
+
+from .fakes import MODEL, FakeBackend, Raise, Step, tokens
 from .helpers import running, sse_data, typed_events
 
 PUBLISHED = Path(__file__).parent / "published" / "openai.json"
@@ -62,8 +65,12 @@ def assert_conforms(instance: Any, name: str) -> None:
     assert not said, f"{name}: {said[:5]}"
 
 
-async def exchange(method: str, path: str, body: Any = None, *steps_text: str) -> httpx.Response:
-    backend = FakeBackend(tokens(*steps_text) if steps_text else tokens("Hel", "lo"))
+async def exchange(
+    method: str, path: str, body: Any = None, *steps_text: str, script: list[Step] | None = None
+) -> httpx.Response:
+    if script is None:
+        script = tokens(*steps_text) if steps_text else tokens("Hel", "lo")
+    backend = FakeBackend(script)
     with trio.fail_after(10):
         async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
             return await http.request(method, path, json=body)
@@ -99,14 +106,25 @@ async def test_models_match_openais_schema() -> None:
     assert_conforms((await exchange("GET", f"/v1/models/{MODEL}")).json(), "Model")
 
 
-@pytest.mark.parametrize("text", [("Hel", "lo"), ("Let me check. ", CALL)], ids=["text", "call"])
-async def test_responses_match_openais_schema(text: tuple[str, ...]) -> None:
+RESPONSES_SCRIPTS = {
+    "text": tokens("Hel", "lo"),
+    "call": tokens("Let me check. ", CALL),
+    "cut short": tokens("Hel", "lo", finish="length"),
+    "failed": [TokenOut("r", "Hel", 0), Raise(GenerationFailed("the runner died"))],
+}
+
+
+@pytest.mark.parametrize("script", RESPONSES_SCRIPTS.values(), ids=RESPONSES_SCRIPTS.keys())
+async def test_responses_match_openais_schema(script: list[Step]) -> None:
+    """Every event a Responses stream can send, its end (`response.completed`,
+    `.incomplete`, or `error` and `response.failed`) included."""
     body = {"model": MODEL, "input": USER, "tools": [RESPONSES_TOOL]}
-    whole = await exchange("POST", "/v1/responses", body, *text)
-    assert whole.status_code == 200, whole.text
-    assert_conforms(whole.json(), "Response")
+    whole = await exchange("POST", "/v1/responses", body, script=script)
+    if whole.status_code != 503:  # a failed generation is an error, not a response
+        assert whole.status_code == 200, whole.text
+        assert_conforms(whole.json(), "Response")
     streamed = {**body, "stream": True}
-    events = typed_events((await exchange("POST", "/v1/responses", streamed, *text)).text)
+    events = typed_events((await exchange("POST", "/v1/responses", streamed, script=script)).text)
     assert len(events) >= 5
     for event in events:
         assert_conforms(event, event_schema(event["type"]))

@@ -89,7 +89,15 @@ async def test_shutdown_trigger_drains_then_cancels_open_streams() -> None:
 
 
 async def test_healthz_and_state() -> None:
-    backend = FakeBackend(state={"node_id": "n1", "master": "n1", "term": 2, "state": {"x": [1]}})
+    view = {
+        "node_id": "n1",
+        "master": "n1",
+        "term": 2,
+        "index": 5,
+        "hash": "ab",
+        "state": {"x": [1]},
+    }
+    backend = FakeBackend(state=view)
     with trio.fail_after(10):
         async with running(backend) as url, httpx.AsyncClient(base_url=url) as http:
             health = await http.get("/healthz")
@@ -97,7 +105,7 @@ async def test_healthz_and_state() -> None:
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert health.headers["x-exo-node"] == NODE_LABEL
     assert state.status_code == 200
-    assert state.json() == {"node_id": "n1", "master": "n1", "term": 2, "state": {"x": [1]}}
+    assert state.json() == view
 
 
 async def test_models_list_and_get() -> None:
