@@ -17,6 +17,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -54,6 +55,11 @@ class Environment(Protocol):
 
     def now(self) -> float:
         """Seconds on the Trio clock (monotonic; virtual under the simulator)."""
+        ...
+
+    def wall_time(self) -> float:
+        """Seconds since the epoch, for timestamps shown to people and clients; never
+        for measuring time (`now` is for that)."""
         ...
 
     async def sleep(self, seconds: float) -> None: ...
@@ -142,6 +148,9 @@ class RealEnvironment:
 
     def now(self) -> float:
         return trio.current_time()
+
+    def wall_time(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -37,6 +37,7 @@ from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
 from exo.actors.wire import DATA_MESSAGE_TYPES, FILE_MESSAGE_TYPES, PeerMessage
 from exo.api.app import create_app, serve
+from exo.api.clock import ApiClock
 from exo.environment import Environment
 from exo.events.commands import Envelope, PlaceInstance
 from exo.events.facts import ModelCard
@@ -272,7 +273,8 @@ async def run_node(
                 )
             host, port = config.api_host, config.api_port
             if config.serve_api:
-                app = create_app(backend, node_label=node_id, metrics=metrics)
+                clock = ApiClock(wall=env.wall_time, elapsed=env.now)
+                app = create_app(backend, node_label=node_id, metrics=metrics, clock=clock)
                 host, port = await nursery.start(
                     partial(
                         serve,

@@ -19,6 +19,9 @@ from simulations.engine import SimProcess
 from simulations.sockets import SimHostSockets
 
 T = TypeVar("T")
+# What a simulated wall clock reads at simulated time 0 (2027-01-15): timestamps the API
+# sends are this plus the node's clock, the same on every run of a seed.
+SIM_EPOCH = 1_800_000_000.0
 
 
 @define
@@ -55,6 +58,9 @@ class SimEnvironment:
 
     def now(self) -> float:
         return self._host.clock_offset + self._host.clock_rate * trio.current_time()
+
+    def wall_time(self) -> float:
+        return SIM_EPOCH + self.now()
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(max(0.0, seconds) / self._host.clock_rate)

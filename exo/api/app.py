@@ -26,6 +26,7 @@ from exo.api.anthropic import (
     register_anthropic,
 )
 from exo.api.backend import Backend
+from exo.api.clock import SYSTEM_CLOCK, ApiClock
 from exo.api.completions import register_completions
 from exo.api.dashboard import register_dashboard
 from exo.api.downloads import register_downloads
@@ -92,11 +93,16 @@ _hypercorn_log.addFilter(_DropClientGoneRaces())
 
 
 def create_app(
-    backend: Backend, *, node_label: str = "exo", metrics: NodeMetrics | None = None
+    backend: Backend,
+    *,
+    node_label: str = "exo",
+    metrics: NodeMetrics | None = None,
+    clock: ApiClock = SYSTEM_CLOCK,
 ) -> QuartTrio:
     """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic
     dialects, and `GET /metrics` (`metrics`: the node's; by default a registry of the
-    app's own, counting its HTTP requests)."""
+    app's own, counting its HTTP requests). `clock` stamps and times replies: the node
+    passes its environment's."""
     # No static folder: Quart would otherwise serve `/static/<path>`, a route outside the API.
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
@@ -110,13 +116,13 @@ def create_app(
     app.config["EXO_NODE_LABEL"] = node_label
 
     register_admin(app, backend)
-    register_openai(app, backend)
-    register_completions(app, backend)
+    register_openai(app, backend, clock)
+    register_completions(app, backend, clock)
     register_instances(app, backend)
     register_downloads(app, backend)
     register_models(app, backend)
-    register_ollama(app, backend)
-    register_responses(app, backend)
+    register_ollama(app, backend, clock)
+    register_responses(app, backend, clock)
     register_anthropic(app, backend)
     register_openapi(app)
     register_dashboard(app)

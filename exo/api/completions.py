@@ -9,7 +9,6 @@ which is how `exo bench` sizes a prompt to the token without paying for a prefil
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
 
 from attrs import evolve, frozen
@@ -19,6 +18,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
+from exo.api.clock import ApiClock
 from exo.api.errors import as_backend_error, backend_error_response, json_response
 from exo.api.logprobs import completion_logprobs
 from exo.api.openai import error_payload_for
@@ -89,8 +89,8 @@ class _TextChunks:
 class CompletionSse:
     """`text_completion` objects as server-sent events, one per piece of text."""
 
-    def __init__(self, completion: TextCompletion) -> None:
-        self._chunks = _TextChunks(new_completion_id(), int(time.time()), completion.model)
+    def __init__(self, completion: TextCompletion, created: int) -> None:
+        self._chunks = _TextChunks(new_completion_id(), created, completion.model)
         self._logprobs = completion.params.logprobs is not None
         self._include_usage = completion.include_usage
         self._sent = 0  # characters so far, for `text_offset`
@@ -114,7 +114,7 @@ class CompletionSse:
         return [sse_event(error_payload_for(error)), SSE_DONE]
 
 
-def register_completions(app: QuartTrio, backend: Backend) -> None:
+def register_completions(app: QuartTrio, backend: Backend, clock: ApiClock) -> None:
     """Add `POST /v1/completions`."""
 
     @app.post("/v1/completions")
@@ -133,7 +133,7 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
                 completion.model,
                 (),
                 completion.params,
-                CompletionSse(completion),
+                CompletionSse(completion, int(clock.wall())),
                 text=completion.prompt,
             )
             return await streamed_response(
@@ -148,7 +148,7 @@ def register_completions(app: QuartTrio, backend: Backend) -> None:
             if backend_error is None:
                 raise
             return backend_error_response(backend_error)
-        chunks = _TextChunks(new_completion_id(), int(time.time()), completion.model)
+        chunks = _TextChunks(new_completion_id(), int(clock.wall()), completion.model)
         logprobs = (
             completion_logprobs(whole.chunks) if completion.params.logprobs is not None else None
         )

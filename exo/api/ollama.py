@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +22,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, InvalidRequest, UnknownModel, lookup_model
+from exo.api.clock import ApiClock
 from exo.api.dashboard import page_response, wants_page
 from exo.api.errors import as_backend_error, dumps, json_response
 from exo.api.ollama_request import parse_chat, parse_generate, parse_show
@@ -64,14 +64,14 @@ def backend_error(error: BackendError) -> TrioResponse:
     return ollama_error(error.status, error.message, error.headers)
 
 
-def _keep_alive_until() -> str:
+def _keep_alive_until(clock: ApiClock) -> str:
     """exo keeps a model loaded until its instance is deleted: a day ahead, always."""
-    later = datetime.now(UTC) + timedelta(days=1)
+    later = datetime.fromtimestamp(clock.wall(), UTC) + timedelta(days=1)
     return later.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def _now(clock: ApiClock) -> str:
+    return datetime.fromtimestamp(clock.wall(), UTC).isoformat().replace("+00:00", "Z")
 
 
 # Where each kind puts its text: a chat's `message`, a generation's `response`.
@@ -87,6 +87,7 @@ def _message(text: str, calls: Sequence[ToolCall]) -> OllamaReplyMessage:
 
 
 def reply(
+    clock: ApiClock,
     model: str,
     chat: bool,
     text: str,
@@ -94,16 +95,17 @@ def reply(
     ended: tuple[Finished, float] | None = None,
 ) -> OllamaReply:
     """One answer object: text as a chat `message` or as a generate `response`; `ended`
-    (how the generation finished, and when it started) gives the last its statistics."""
+    (how the generation finished, and when it started on `clock.elapsed`) gives the
+    last its statistics."""
     kind = _REPLY_KINDS[chat]
     body = _message(text, calls) if chat else text
     if ended is None:
-        return kind(model=model, created_at=_now(), reply=body, done=False)
+        return kind(model=model, created_at=_now(clock), reply=body, done=False)
     finished, started = ended
-    elapsed = int((time.perf_counter() - started) * 1e9)
+    elapsed = int((clock.elapsed() - started) * 1e9)
     return kind(
         model=model,
-        created_at=_now(),
+        created_at=_now(clock),
         reply=body,
         done=True,
         done_reason=finished.finish_reason,
@@ -119,16 +121,19 @@ class NdjsonFormat:
     """One JSON object per line: a piece of text per token, then the statistics. With
     tools, each call parsed from the reply goes out in a line of its own."""
 
-    def __init__(self, model: str, chat: bool, tools: tuple[Tool, ...] = ()) -> None:
+    def __init__(
+        self, clock: ApiClock, model: str, chat: bool, tools: tuple[Tool, ...] = ()
+    ) -> None:
+        self._clock = clock
         self._model = model
         self._chat = chat
         self._parser = CallParser(tools) if tools else None
-        self._started = time.perf_counter()
+        self._started = clock.elapsed()
 
     def _line(
         self, text: str, calls: Sequence[ToolCall] = (), ended: tuple[Finished, float] | None = None
     ) -> bytes:
-        line = reply(self._model, self._chat, text, calls, ended)
+        line = reply(self._clock, self._model, self._chat, text, calls, ended)
         return (dumps(to_builtins(line)) + "\n").encode()
 
     def _lines(self, text: str, calls: Sequence[ToolCall]) -> list[bytes]:
@@ -208,7 +213,7 @@ def _tag(card: ModelCard) -> OllamaModel:
     )
 
 
-def register_ollama(app: QuartTrio, backend: Backend) -> None:
+def register_ollama(app: QuartTrio, backend: Backend, clock: ApiClock) -> None:
     """Add the Ollama routes at the root and under `/ollama`."""
 
     def find_card(model: str) -> ModelCard | None:
@@ -231,15 +236,15 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
         if not chat and asked.text is None and not messages[-1].content and len(messages) == 1:
             # Ollama's way to load a model: an empty prompt answers at once.
             loaded = OllamaGenerateReply(
-                model=model, created_at=_now(), reply="", done=True, done_reason="load"
+                model=model, created_at=_now(clock), reply="", done=True, done_reason="load"
             )
             return json_response(to_builtins(loaded))
         request_args = (backend, card.model_id, messages, asked.params)
         if asked.stream:
-            form = NdjsonFormat(model, chat, asked.tools)
+            form = NdjsonFormat(clock, model, chat, asked.tools)
             body = GenerationStream(*request_args, form, asked.tools, asked.text)
             return await streamed_response(body, backend_error, NDJSON_CONTENT_TYPE)
-        started = time.perf_counter()
+        started = clock.elapsed()
         try:
             whole = await whole_generation(*request_args, asked.tools, asked.text)
         except Exception as error:
@@ -253,7 +258,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
             shown, _ = parser.feed(text)
             rest, _ = parser.finish()
             text, calls = (shown + rest).strip() if parser.calls else shown + rest, parser.calls
-        answer = reply(model, chat, text, calls, (whole.finished, started))
+        answer = reply(clock, model, chat, text, calls, (whole.finished, started))
         return json_response(to_builtins(answer))
 
     async def chat_route() -> TrioResponse:
@@ -296,7 +301,7 @@ def register_ollama(app: QuartTrio, backend: Backend) -> None:
 
     async def running() -> TrioResponse:
         ready = {i.model for i in backend.instances() if i.status == "ready"}
-        until = _keep_alive_until()
+        until = _keep_alive_until(clock)
         models = [
             OllamaRunningModel(**structs.asdict(_tag(card)), expires_at=until, size_vram=0)
             for card in backend.models()

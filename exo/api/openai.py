@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import time
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ from exo.api.backend import (
     UnknownModel,
     lookup_model,
 )
+from exo.api.clock import ApiClock
 from exo.api.errors import (
     as_backend_error,
     backend_error_payload,
@@ -164,10 +164,8 @@ class SseFormat:
     `tool_calls` delta as soon as it is complete, and tagged call text is never shown.
     """
 
-    def __init__(self, chat: ChatRequest) -> None:
-        self._maker = _ChunkMaker(
-            new_completion_id(), int(time.time()), chat.model, chat.include_usage
-        )
+    def __init__(self, chat: ChatRequest, created: int) -> None:
+        self._maker = _ChunkMaker(new_completion_id(), created, chat.model, chat.include_usage)
         self._include_usage = chat.include_usage
         self._logprobs = chat.params.logprobs is not None
         self._parser = _parser_for(chat)
@@ -211,9 +209,8 @@ class SseFormat:
         return [sse_event(error_payload_for(error)), SSE_DONE]
 
 
-async def complete_chat(backend: Backend, chat: ChatRequest) -> ChatCompletion:
-    """A whole `chat.completion`; raises BackendError."""
-    created = int(time.time())
+async def complete_chat(backend: Backend, chat: ChatRequest, created: int) -> ChatCompletion:
+    """A whole `chat.completion` (`created`: when it was asked for); raises BackendError."""
     whole = await whole_generation(
         backend, chat.model, chat.messages, chat.params, chat.offered_tools
     )
@@ -244,7 +241,7 @@ async def complete_chat(backend: Backend, chat: ChatRequest) -> ChatCompletion:
 # Routes
 
 
-def register_openai(app: QuartTrio, backend: Backend) -> None:
+def register_openai(app: QuartTrio, backend: Backend, clock: ApiClock) -> None:
     """Add `GET /v1/models`, `GET /v1/models/<id>` and `POST /v1/chat/completions`."""
 
     @app.get("/v1/models")
@@ -278,13 +275,18 @@ def register_openai(app: QuartTrio, backend: Backend) -> None:
 
         if chat.stream:
             body = GenerationStream(
-                backend, chat.model, chat.messages, chat.params, SseFormat(chat), chat.offered_tools
+                backend,
+                chat.model,
+                chat.messages,
+                chat.params,
+                SseFormat(chat, int(clock.wall())),
+                chat.offered_tools,
             )
             return await streamed_response(
                 body, backend_error_response, SSE_CONTENT_TYPE, SSE_HEADERS
             )
         try:
-            completion = await complete_chat(backend, chat)
+            completion = await complete_chat(backend, chat, int(clock.wall()))
         except Exception as error:
             backend_error = as_backend_error(error)
             if backend_error is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 
 from msgspec import UNSET, UnsetType, structs, to_builtins
 from quart import request
@@ -23,6 +22,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 
 from exo.api.backend import Backend, BackendError, InvalidRequest, lookup_model
+from exo.api.clock import ApiClock
 from exo.api.errors import (
     SERVER_ERROR_MESSAGE,
     as_backend_error,
@@ -107,10 +107,10 @@ class ResponsesFormat:
     each item's events are contiguous.
     """
 
-    def __init__(self, parsed: ResponsesRequest) -> None:
+    def __init__(self, parsed: ResponsesRequest, created_at: int) -> None:
         self._parsed = parsed
         self._id = "resp_" + secrets.token_hex(24)
-        self._created_at = int(time.time())
+        self._created_at = created_at
         self._sequence = 0
         tools = parsed.offered_tools
         self._parser = CallParser(tools, parsed.tool_choice.forced) if tools else None
@@ -298,7 +298,7 @@ def _event(event: ResponseStreamEvent) -> bytes:
 # Routes
 
 
-def register_responses(app: QuartTrio, backend: Backend) -> None:
+def register_responses(app: QuartTrio, backend: Backend, clock: ApiClock) -> None:
     """Add `POST /v1/responses`, and a 404 saying why for the routes of stored responses."""
 
     @app.post("/v1/responses")
@@ -311,7 +311,7 @@ def register_responses(app: QuartTrio, backend: Backend) -> None:
         found = await lookup_model(backend, parsed.model)
         if isinstance(found, BackendError):
             return backend_error_response(found)
-        form = ResponsesFormat(parsed)
+        form = ResponsesFormat(parsed, int(clock.wall()))
         generation = (backend, parsed.model, parsed.messages, parsed.params)
         if parsed.stream:
             body = GenerationStream(*generation, form, parsed.offered_tools)
