@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{sum(c.refused for c in over_links)} handshakes refused, "
             f"{sum(c.resets for c in over_links)} resets, "
             f"{sum(c.relayed for c in over_links)} requests relayed, "
-            f"{sum(c.multi_node for c in over_links)} served across 2-3 nodes"
+            f"{sum(c.multi_node for c in over_links)} served across 2-3 nodes, "
+            f"{sum(c.http for c in over_links)} chats answered over HTTP"
         )
     return 1 if failed else 0
 

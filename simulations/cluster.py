@@ -29,6 +29,7 @@ from exo.events.ids import NodeId
 from exo.node import Connect, NodeConfig, RunningNode, run_node
 from simulations.engine import SimModelStore, SimProcess
 from simulations.environment import SimEnvironment, SimHost
+from simulations.http import API_PORT
 from simulations.network import Deliver, Record, SimNetwork
 from simulations.scenario import NodeSpec, Scenario
 from simulations.sockets import SimHostSockets, SimSockets
@@ -281,6 +282,10 @@ class Cluster:
             "discovery_port": DISCOVERY_PORT if discovery else None,
             "namespace": "sim",
             "cluster_key": key,
+            # Members serve the HTTP API, which the simulated clients call over links.
+            "serve_api": not intruding,
+            "api_host": "0.0.0.0",
+            "api_port": API_PORT,
         }
 
     def _connect(self, node_id: NodeId, deliver: Deliver) -> _Endpoint:

@@ -65,6 +65,7 @@ class LinkCounts:
     resets: int  # connections reset by the network
     relayed: int  # requests a node sent to an instance on another node
     multi_node: int  # chats served by instances across 2 or 3 nodes
+    http: int  # chats answered right through a node's HTTP API (every dialect in turn)
 
 
 class Trace:
@@ -191,6 +192,7 @@ def _link_counts(cluster: Cluster, ops: list[tuple[str, str, str]]) -> LinkCount
         sockets.resets,
         sum(plane.relayed for plane in planes),
         sum(1 for kind, outcome, _ in ops if kind == "pipeline" and outcome == "ok"),
+        sum(1 for kind, outcome, _ in ops if kind in ("chat", "relay") and outcome == "ok"),
     )
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import heapq
 import random
+import socket
 from collections import deque
 from collections.abc import Callable
 
@@ -336,6 +337,23 @@ class SimMulticast:
         self._wake.set()
 
 
+class SocketName:
+    """What a server (hypercorn) asks of a connection's socket: its family and the
+    addresses of both ends (simulated ports are not tracked per connection)."""
+
+    family = socket.AF_INET
+
+    def __init__(self, local: str, remote: str) -> None:
+        self._local = local
+        self._remote = remote
+
+    def getsockname(self) -> tuple[str, int]:
+        return (self._local, 0)
+
+    def getpeername(self) -> tuple[str, int]:
+        return (self._remote, 0)
+
+
 class SimStream(trio.abc.Stream):
     """One end of a simulated TCP connection."""
 
@@ -347,6 +365,7 @@ class SimStream(trio.abc.Stream):
         self.incoming = incoming
         self.local_host = local
         self.remote_host = remote
+        self.socket = SocketName(local, remote)
         self._closed = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

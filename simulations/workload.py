@@ -9,9 +9,10 @@ streams a chat from its rank 0, every token a pass through the other ranks' runn
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 
+import httpcore
 import trio
 from attrs import frozen
 
@@ -26,6 +27,14 @@ from exo.models.cards import BUNDLED_MODEL
 from exo.node import RunningNode
 from simulations.cluster import Cluster, SimNode
 from simulations.engine import fake_tokens
+from simulations.http import (
+    CLIENT_ADDRESS,
+    ChatFailed,
+    SimNetworkBackend,
+    Truncated,
+    dialect_of,
+)
+from simulations.http import chat as http_chat
 from simulations.scenario import Op
 
 # Longer than any wait the node itself bounds (ready timeout 20 s, a failover, retries).
@@ -33,6 +42,8 @@ OP_BOUND = 60.0
 # How long a pipeline op waits for its rank 0 to be ready (downloads, the ring forming).
 READY_BOUND = 30.0
 CHAT_PARAMS = SamplingParams(temperature=0.0, max_tokens=8)
+# Connections the simulated client host may hold open at once, to all nodes together.
+MAX_CONNECTIONS = 64
 
 
 @frozen
@@ -49,12 +60,24 @@ class Workload:
         # Decisions the cluster acknowledged to a client: they must survive everything.
         self.acked_created: list[InstanceId] = []
         self.acked_deleted: list[InstanceId] = []
+        # Over links, chats go through the nodes' HTTP APIs, from one client host.
+        self._http: httpcore.AsyncConnectionPool | None = None
+        if cluster.sockets is not None:
+            backend = SimNetworkBackend(cluster.sockets.host(CLIENT_ADDRESS))
+            self._http = httpcore.AsyncConnectionPool(
+                max_connections=MAX_CONNECTIONS, network_backend=backend
+            )
 
     async def run(self, ops: tuple[Op, ...]) -> None:
-        async with trio.open_nursery() as nursery:
-            for number, op in enumerate(ops):
-                await trio.sleep(max(0.0, op.at - trio.current_time()))
-                nursery.start_soon(self._run_op, number, op)
+        try:
+            async with trio.open_nursery() as nursery:
+                for number, op in enumerate(ops):
+                    await trio.sleep(max(0.0, op.at - trio.current_time()))
+                    nursery.start_soon(self._run_op, number, op)
+        finally:
+            if self._http is not None:
+                with trio.CancelScope(shield=True):
+                    await self._http.aclose()
 
     async def _run_op(self, number: int, op: Op) -> None:
         node = self._cluster.nodes[op.node]
@@ -136,7 +159,8 @@ class Workload:
             return OpResult(op, "failed", f"{len(ranks)}-node instance not ready")
         messages = (ChatMessage("user", f"request {number} to {len(ranks)} nodes"),)
         request = GenerateRequest(f"sim-{number}", messages, CHAT_PARAMS)
-        return await _judged(op, request, handle.stream(request), f"{len(ranks)} nodes: ")
+        answer = _backend_answer(handle.stream(request))
+        return await _judged(op, request, answer, f"{len(ranks)} nodes: ")
 
     async def _place(
         self, op: Op, node: SimNode, nodes: tuple[NodeId, ...] | None = None
@@ -152,30 +176,46 @@ class Workload:
         return OpResult(op, "ok", f"placed {instance_id}")
 
     async def _chat(self, number: int, op: Op, node: SimNode) -> OpResult:
+        """A chat sent to `node`: through its HTTP API in the `number`th dialect over
+        links, straight to its backend on the message network (which has no sockets)."""
         running = node.running
         assert running is not None
-        messages = (ChatMessage("user", f"request {number} to {node.node_id}"),)
-        stream = running.backend.generate(BUNDLED_MODEL, messages, CHAT_PARAMS)
-        return await _judged(op, GenerateRequest("", messages, CHAT_PARAMS), stream)
+        text = f"request {number} to {node.node_id}"
+        request = GenerateRequest("", (ChatMessage("user", text),), CHAT_PARAMS)
+        if self._http is None:
+            stream = running.backend.generate(BUNDLED_MODEL, request.messages, CHAT_PARAMS)
+            return await _judged(op, request, _backend_answer(stream))
+        dialect = dialect_of(number)
+        max_tokens = CHAT_PARAMS.max_tokens or 1
+        answer = http_chat(self._http, node.address, dialect, text, max_tokens)
+        return await _judged(op, request, answer, f"{dialect.name}: ")
 
 
 async def _judged(
-    op: Op,
-    request: GenerateRequest,
-    stream: AbstractAsyncContextManager[AsyncIterator[Chunk]],
-    label: str = "",
+    op: Op, request: GenerateRequest, answer: Awaitable[str], label: str = ""
 ) -> OpResult:
-    """Read a chat's answer and judge it against the fake engine's reply to `request`:
-    right (ok), wrong, or failed with the backend's error."""
+    """Judge a chat's answer against the fake engine's reply to `request`: right (ok),
+    wrong (another text, or a stream cut short without an error), or failed with the
+    error a client was given."""
     expected = "".join(text for _, text in fake_tokens(request))
     try:
+        got = await answer
+    except ChatFailed as exc:
+        return OpResult(op, "failed", label + (str(exc).splitlines() or [""])[0])
+    except Truncated as exc:
+        return OpResult(op, "wrong", f"{label}stream cut short: {exc}")
+    if got != expected:
+        return OpResult(op, "wrong", f"{label}got {got!r}, expected {expected!r}")
+    return OpResult(op, "ok", label + got)
+
+
+async def _backend_answer(stream: AbstractAsyncContextManager[AsyncIterator[Chunk]]) -> str:
+    """The text of a backend's stream; ChatFailed with the backend's error."""
+    try:
         async with stream as chunks:
-            answer = "".join([c.text async for c in chunks if not isinstance(c, Finished)])
+            return "".join([c.text async for c in chunks if not isinstance(c, Finished)])
     except BackendError as exc:
-        return OpResult(op, "failed", exc.message.splitlines()[0])
-    if answer != expected:
-        return OpResult(op, "wrong", f"got {answer!r}, expected {expected!r}")
-    return OpResult(op, "ok", label + answer)
+        raise ChatFailed(exc.message) from exc
 
 
 async def _ready_handle(running: RunningNode, instance_id: InstanceId) -> RunnerHandle | None:

@@ -54,7 +54,14 @@ class Raise:
     error: Exception
 
 
-Step = TokenOut | Finished | Block | Raise
+@frozen
+class Pause:
+    """A step that waits `seconds` before the next one (a slow prefill)."""
+
+    seconds: float
+
+
+Step = TokenOut | Finished | Block | Raise | Pause
 
 
 def tokens(*texts: str, finish: FinishReason = "stop", prompt_tokens: int = 7) -> list[Step]:
@@ -243,6 +250,8 @@ class FakeBackend:
                 await trio.sleep_forever()
             elif isinstance(step, Raise):
                 raise step.error
+            elif isinstance(step, Pause):
+                await trio.sleep(step.seconds)
             else:
                 yield step
 

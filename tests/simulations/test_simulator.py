@@ -18,6 +18,7 @@ from exo.actors.history import Ballot
 from exo.events.log import EventLog
 from simulations.__main__ import main
 from simulations.failover import measure_failover
+from simulations.http import DIALECTS
 from simulations.network import LinkModel
 from simulations.run import run_seed
 from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario, draw_scenario
@@ -82,7 +83,8 @@ def test_link_regression_seeds_pass(seed: int) -> None:
 def test_seeds_over_links_run_the_link_layer_the_data_plane_and_multi_node_rings() -> None:
     """Seed 130 over simulated TCP: every pair dials both ways (duplicates closed), an
     intruder with the wrong key is refused by both sides, chats are relayed from other
-    nodes' instances, and instances across 2 and 3 nodes answer through their rings."""
+    nodes' instances, instances across 2 and 3 nodes answer through their rings, and the
+    chats go through the nodes' HTTP APIs, each dialect answered right."""
     result = run_seed(130, scenario=configured_links(130))
     counts = result.links
     assert result.passed and counts is not None
@@ -95,6 +97,8 @@ def test_seeds_over_links_run_the_link_layer_the_data_plane_and_multi_node_rings
     assert counts.relayed > 0 and counts.multi_node > 0
     served = {detail.split(":")[0] for kind, outcome, detail in result.ops if kind == "pipeline"}
     assert {"2 nodes", "3 nodes"} <= served
+    answered = {d.split(":")[0] for k, o, d in result.ops if k in ("chat", "relay") and o == "ok"}
+    assert answered == {dialect.name for dialect in DIALECTS} and counts.http >= len(DIALECTS)
     assert result.messages == 0  # nothing went through the message queue
 
 
