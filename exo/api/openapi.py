@@ -40,6 +40,7 @@ from exo.api.openai_response import (
     ModelList,
     TextCompletion,
 )
+from exo.api.openapi_keys import SECURITY_SCHEMES, with_keys
 from exo.api.responses_request import ResponseRequest
 from exo.api.typed_body import body_schemas
 
@@ -442,8 +443,8 @@ def openapi_document() -> dict[str, Any]:
             "description": "OpenAI-, Anthropic- and Ollama-compatible APIs over an exo "
             "cluster, and its admin routes. docs/api.md has the details.",
         },
-        "paths": paths,
-        "components": {"schemas": schemas},
+        "paths": with_keys(paths),
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
