@@ -11,14 +11,18 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from exo import models_cli, service_cli, status_cli
+from exo.api.access import API_KEY_ENV, AccessError, check_origin, node_keys
 from exo.bench import cli as bench_cli
 from exo.events.ids import ModelId
 from exo.models.cards import BUNDLED_MODEL
+
+if TYPE_CHECKING:
+    from exo.node import NodeConfig
 
 DEFAULT_HOME = Path.home() / ".exo"
 
@@ -35,6 +39,11 @@ def _whole_number(text: str, least: int) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"expected a number of at least {least}, got {value}")
     return value
+
+
+def _env_flag(name: str) -> bool:
+    """An on/off flag's default from the environment: on when `name` is 1, true or yes."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def _positive_int(text: str) -> int:
@@ -79,6 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(os.environ.get("EXO_API_PORT", "52415")),
         help="port of the HTTP API (env EXO_API_PORT; default 52415)",
+    )
+    node.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="a key clients of the API must send (Authorization: Bearer KEY or x-api-key: "
+        f"KEY); repeat for several (env {API_KEY_ENV}, comma-separated; default none: "
+        "no key asked)",
+    )
+    node.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="PATH",
+        help="more keys, one a line; blank lines and # comments are left out",
+    )
+    node.add_argument(
+        "--insecure-api",
+        action="store_true",
+        default=_env_flag("EXO_INSECURE_API"),
+        help="serve the API beyond this machine (--api-host not loopback) with no key: "
+        "anyone who can reach it can use the node (env EXO_INSECURE_API=1)",
+    )
+    node.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin (https://host:port, or *) whose pages may call the API; "
+        "repeat for several (default none: no CORS headers)",
     )
     node.add_argument(
         "--port", type=int, default=52416, help="peer port for node-to-node links (default 52416)"
@@ -209,23 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _node(args: argparse.Namespace) -> int:
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's configuration from `exo node`'s flags (and their environment variables);
+    an AccessError names the key, keys file, origin or address it cannot start with."""
     from attrs import evolve
 
     from exo.actors.network import ControlTimings
     from exo.actors.runner_handle import ServingLimits
-    from exo.actors.runtime import CrashLoop, leaves
-    from exo.environment import RealEnvironment
-    from exo.events.log import LogCorrupted
-    from exo.logs import configure_logging
-    from exo.node import NodeConfig, run_node
+    from exo.node import NodeConfig
 
-    configure_logging(args.log_level, args.log_format)
-    home = _home(args.home)
     models_dir = args.models_dir or os.environ.get("EXO_MODELS_DIR")
     preload = tuple(ModelId(m.strip()) for m in args.preload.split(",") if m.strip())
-    config = NodeConfig(
-        home=home,
+    return NodeConfig(
+        home=_home(args.home),
         api_host=args.api_host,
         api_port=args.api_port,
         peer_port=args.port,
@@ -246,13 +279,31 @@ def _node(args: argparse.Namespace) -> int:
             snapshot_every=args.snapshot_every,
             snapshot_bytes=args.snapshot_bytes,
         ),
+        api_keys=node_keys(args.api_key, os.environ.get(API_KEY_ENV), args.api_key_file),
+        insecure_api=args.insecure_api,
+        cors_origins=tuple(check_origin(origin) for origin in args.cors_origin or ()),
     )
+
+
+def _node(args: argparse.Namespace) -> int:
+    from exo.actors.runtime import CrashLoop, leaves
+    from exo.environment import RealEnvironment
+    from exo.events.log import LogCorrupted
+    from exo.logs import configure_logging
+    from exo.node import run_node
+
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = node_config(args)
+    except AccessError as error:
+        print(f"exo node: {error}", file=sys.stderr)
+        return 2
     if config.worker and sys.platform.startswith("linux"):
         from exo.engine.blas import gemv_forward_library
 
         gemv_forward_library()  # compiled here if needed, not inside the event loop
     try:
-        trio.run(_run_until_signalled, run_node, config, RealEnvironment(home))
+        trio.run(_run_until_signalled, run_node, config, RealEnvironment(config.home))
     except BaseExceptionGroup as group:
         # Failures a user can act on (a crash-looping actor, a taken port, an unwritable
         # home) get one line; anything else is a bug and keeps its traceback.

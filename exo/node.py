@@ -36,6 +36,7 @@ from exo.actors.runners import RunnerSupervisor
 from exo.actors.runtime import Mailbox, RestartPolicy, Supervisor
 from exo.actors.topology import run_topology
 from exo.actors.wire import DATA_MESSAGE_TYPES, FILE_MESSAGE_TYPES, PeerMessage
+from exo.api.access import AccessError, exposure_error, exposure_warning
 from exo.api.app import create_app, serve
 from exo.api.clock import ApiClock
 from exo.environment import Environment
@@ -88,6 +89,16 @@ class NodeConfig:
     # Keep the records compaction cuts off the log in HOME/events.archive (exo replay
     # --archive replays the whole history from it).
     archive_log: bool = False
+    # Keys the API requires (none: it is open to whoever reaches it), whether serving it
+    # beyond loopback without one is meant, and the browser origins allowed (CORS).
+    api_keys: tuple[str, ...] = ()
+    insecure_api: bool = False
+    cors_origins: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        problem = exposure_error(self.api_host, self.api_keys, self.insecure_api)
+        if self.serve_api and problem is not None:
+            raise AccessError(problem)
 
 
 @frozen
@@ -273,8 +284,14 @@ async def run_node(
                 )
             host, port = config.api_host, config.api_port
             if config.serve_api:
-                clock = ApiClock(wall=env.wall_time, elapsed=env.now)
-                app = create_app(backend, node_label=node_id, metrics=metrics, clock=clock)
+                app = create_app(
+                    backend,
+                    node_label=node_id,
+                    metrics=metrics,
+                    clock=ApiClock(wall=env.wall_time, elapsed=env.now),
+                    api_keys=config.api_keys,
+                    cors_origins=config.cors_origins,
+                )
                 host, port = await nursery.start(
                     partial(
                         serve,
@@ -285,6 +302,8 @@ async def run_node(
                     )
                 )
                 log.info("node %s serving http://%s:%d", node_id, host, port)
+                if (warning := exposure_warning(host, port, config.api_keys)) is not None:
+                    log.warning("node %s: %s", node_id, warning)
             task_status.started(
                 RunningNode(
                     node_id,

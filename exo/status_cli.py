@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from exo.api.access import KEY_HINT, add_client_key_flag, client_headers
+
 DEFAULT_URL = "http://127.0.0.1:52415"
 GIB = 1024**3
 
@@ -25,22 +27,25 @@ def add_parser(sub: Any) -> None:
         help="any node's API (env EXO_URL; default %(default)s)",
     )
     status.add_argument("--json", action="store_true", help="the summary as JSON, for scripts")
+    add_client_key_flag(status)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print the summary to `out` (sys.stdout as it is when called); 1 if no node answers."""
     url = args.url.rstrip("/")
     try:
-        response = httpx.get(f"{url}/state", timeout=10)
+        response = httpx.get(f"{url}/state", headers=client_headers(args.api_key), timeout=10)
+        if response.status_code == 401:
+            print(f"exo status: {url}/state: 401: {KEY_HINT}", file=sys.stderr)
+            return 1
         response.raise_for_status()
         view = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         print(f"exo status: cannot read {url}/state: {exc}", file=sys.stderr)
         return 1
     summary = summarize(view)
-    if args.json:
-        out.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        out.write(render(summary))
+    text = json.dumps(summary, indent=2) + "\n" if args.json else render(summary)
+    (out or sys.stdout).write(text)
     return 0
 
 

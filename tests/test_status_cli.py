@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from exo import cli
+from exo.api.access import KEY_HINT
 from exo.status_cli import render, summarize
+from tests.api.fakes import FakeBackend
+from tests.api.helpers import running_in_thread
 from tests.integration.nodes import free_port
 
 A, B = "node-aaaaaaaaaaaa", "node-bbbbbbbbbbbb"
@@ -104,3 +107,17 @@ def test_an_empty_cluster_renders() -> None:
     assert "master none" in text and "nodes (0)" in text
     assert json.loads(json.dumps(summarize(empty)))["instances"] == []
     assert text.endswith("\n")
+
+
+def test_a_keyed_node_is_read_with_the_flag_or_exo_api_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EXO_API_KEY", raising=False)
+    with running_in_thread(FakeBackend(state=VIEW), api_keys=["k1", "k2"]) as url:
+        assert cli.main(["status", "--url", url, "--json"]) == 1
+        assert f"{url}/state: 401: {KEY_HINT}" in capsys.readouterr().err
+        assert cli.main(["status", "--url", url, "--json", "--api-key", "k2"]) == 0
+        assert json.loads(capsys.readouterr().out)["master"] == A
+        monkeypatch.setenv("EXO_API_KEY", "k1,k2")
+        assert cli.main(["status", "--url", url]) == 0
+        assert f"cluster: master {A}" in capsys.readouterr().out

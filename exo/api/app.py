@@ -8,7 +8,7 @@ with a traceback (unexpected exceptions are logged here instead).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 
 import trio
@@ -25,9 +25,11 @@ from exo.api.anthropic import (
     is_anthropic_path,
     register_anthropic,
 )
+from exo.api.auth import require_keys
 from exo.api.backend import Backend
 from exo.api.clock import SYSTEM_CLOCK, ApiClock
 from exo.api.completions import register_completions
+from exo.api.cors import allow_origins
 from exo.api.dashboard import register_dashboard
 from exo.api.downloads import register_downloads
 from exo.api.errors import (
@@ -98,11 +100,15 @@ def create_app(
     node_label: str = "exo",
     metrics: NodeMetrics | None = None,
     clock: ApiClock = SYSTEM_CLOCK,
+    api_keys: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
 ) -> QuartTrio:
     """The HTTP app over `backend`: admin routes plus the OpenAI, Ollama and Anthropic
     dialects, and `GET /metrics` (`metrics`: the node's; by default a registry of the
     app's own, counting its HTTP requests). `clock` stamps and times replies: the node
-    passes its environment's."""
+    passes its environment's. With `api_keys`, every request but the open ones
+    (`exo/api/auth.py`) needs one of them; `cors_origins` are the browser origins allowed
+    to call it (`exo/api/cors.py`; none by default)."""
     # No static folder: Quart would otherwise serve `/static/<path>`, a route outside the API.
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
@@ -139,6 +145,10 @@ def create_app(
         the route, which reads it again.
         """
         await request.get_data(cache=True, as_text=False, parse_form_data=False)
+
+    # After the body is received (see above); a preflight is answered before the key check.
+    allow_origins(app, cors_origins, exposed=(NODE_HEADER, "Retry-After"))
+    require_keys(app, api_keys)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> TrioResponse:

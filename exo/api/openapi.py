@@ -47,6 +47,7 @@ from exo.api.openai_response import (
     ModelList,
     TextCompletion,
 )
+from exo.api.openapi_keys import SECURITY_SCHEMES, with_keys
 from exo.api.openapi_schemas import ERROR_SHAPES, TYPED, TYPED_COMPONENTS
 from exo.api.responses_request import ResponseRequest
 from exo.api.responses_response import Response
@@ -425,8 +426,8 @@ def openapi_document() -> dict[str, Any]:
             "description": "OpenAI-, Anthropic- and Ollama-compatible APIs over an exo "
             "cluster, and its admin routes. docs/api.md has the details.",
         },
-        "paths": paths,
-        "components": {"schemas": schemas},
+        "paths": with_keys(paths),
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from exo.api.access import add_client_key_flag, client_headers
 from exo.bench.records import Placement, Strategy
 from exo.models.cards import BUNDLED_MODEL
 
@@ -59,6 +60,7 @@ def add_parser(sub: Any) -> None:
         "with percentiles. See docs/bench.md.",
     )
     bench.add_argument("--url", default=DEFAULT_URL, help=f"the node's API (default {DEFAULT_URL})")
+    add_client_key_flag(bench)
     bench.add_argument(
         "--model", default=BUNDLED_MODEL, help=f"model to measure (default {BUNDLED_MODEL})"
     )
@@ -165,7 +167,10 @@ async def _run(args: argparse.Namespace) -> int:
     timeout = httpx.Timeout(args.timeout, connect=10.0)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     started = time.time()
-    async with httpx.AsyncClient(base_url=args.url, timeout=timeout, limits=limits) as http:
+    headers = client_headers(args.api_key)
+    async with httpx.AsyncClient(
+        base_url=args.url, headers=headers, timeout=timeout, limits=limits
+    ) as http:
         model = await check_node(http, args.model)
         bar = tqdm(
             total=sum(c.requests for c in configs),

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import trio
 
+from exo.api.access import KEY_HINT
 from exo.bench.prompts import Count
 from exo.bench.records import Endpoint, Outcome, RequestResult
 
@@ -218,6 +219,8 @@ async def check_node(http: httpx.AsyncClient, model: str) -> str:
         response = await http.get(f"/models/{model}")
     except httpx.HTTPError as error:
         raise BenchError(f"cannot reach {http.base_url}: {describe_error(error)}") from None
+    if response.status_code == 401:
+        raise BenchError(f"{http.base_url}: {error_message(response)} ({KEY_HINT})")
     if response.status_code == 200:
         found = response.json().get("id")
         return found if isinstance(found, str) and found else model

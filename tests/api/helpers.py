@@ -21,9 +21,10 @@ NODE_LABEL = "test-node"
 
 
 @asynccontextmanager
-async def running(backend: Backend) -> AsyncIterator[str]:
-    """Serve `backend` on 127.0.0.1:<free port>; yields the base URL; stops on exit."""
-    app = create_app(backend, node_label=NODE_LABEL)
+async def running(backend: Backend, **app_options: Any) -> AsyncIterator[str]:
+    """Serve `backend` on 127.0.0.1:<free port>; yields the base URL; stops on exit.
+    `app_options` go to `create_app` (api_keys, cors_origins)."""
+    app = create_app(backend, node_label=NODE_LABEL, **app_options)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(partial(serve, app, "127.0.0.1", 0))
         try:
@@ -33,16 +34,16 @@ async def running(backend: Backend) -> AsyncIterator[str]:
 
 
 @contextmanager
-def running_in_thread(backend: Backend) -> Iterator[str]:
-    """`running` for synchronous clients (requests, schemathesis): the server gets its own
-    Trio loop in a thread; yields the base URL; stops on exit."""
+def running_in_thread(backend: Backend, **app_options: Any) -> Iterator[str]:
+    """`running` for synchronous clients (requests, schemathesis, `exo status`): the server
+    gets its own Trio loop in a thread; yields the base URL; stops on exit."""
     started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException]
     started = queue.Queue()
 
     async def main() -> None:
         stop = trio.Event()
         try:
-            async with running(backend) as url:
+            async with running(backend, **app_options) as url:
                 started.put((url, trio.lowlevel.current_trio_token(), stop))
                 await stop.wait()
         except BaseException as error:

@@ -35,7 +35,9 @@ async def test_browsers_get_the_page_and_scripts_get_ollamas_answer() -> None:
     for answer in (script, bare, prefixed):
         assert answer.status_code == 200 and answer.text == "Ollama is running"
     assert code.headers["content-type"].startswith("text/javascript")
-    assert 'new EventSource("/events?view=sections")' in code.text
+    # Read with fetch, which sends the API key (EventSource cannot).
+    assert 'call("/events?view=sections"' in code.text and "new EventSource" not in code.text
+    assert '<form id="key-form">' in browser.text
     assert style.headers["content-type"].startswith("text/css")
     assert missing.status_code == 404 and "secrets.txt" in missing.json()["error"]["message"]
 

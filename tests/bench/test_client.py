@@ -131,6 +131,11 @@ async def test_check_node_names_the_problem() -> None:
         async with client(refuse) as http:
             with pytest.raises(BenchError, match="cannot reach"):
                 await check_node(http, MODEL)
+        # A keyed node asked without its key: the node's message and how to give one.
+        refused = b'{"error": {"message": "No API key given", "code": "invalid_api_key"}}'
+        async with client(streaming(refused, 401)) as http:
+            with pytest.raises(BenchError, match=r"HTTP 401: No API key given.*--api-key KEY"):
+                await check_node(http, MODEL)
         # A server without exo's /models (another OpenAI server): the requests will tell.
         async with client(streaming(b'{"error": {"message": "unknown route"}}', 404)) as http:
             assert await check_node(http, "other") == "other"

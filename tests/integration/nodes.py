@@ -19,6 +19,8 @@ T = TypeVar("T")
 
 
 KEY = "correct horse battery staple"
+# The API key of the nodes tests start with `--api-key` (conftest.py's `keyed_node`).
+API_KEY = "sk-exo-test-api-key"
 
 
 def start_cluster(
@@ -79,6 +81,7 @@ class NodeProcess:
         discovery: bool = False,
         netns: str | None = None,
         env: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.home = home
         self.models_dir = models_dir
@@ -91,6 +94,8 @@ class NodeProcess:
         self.netns = netns
         # Extra environment variables (HF_ENDPOINT, HF_HOME, ...) for the node process.
         self.env = dict(env or {})
+        # Started with this API key (`--api-key`), which `get` sends.
+        self.api_key = api_key
         self.log_path = home.parent / f"{home.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -118,6 +123,7 @@ class NodeProcess:
                 "--models-dir",
                 str(self.models_dir),
                 *(() if self.discovery else ("--no-discovery",)),
+                *(("--api-key", self.api_key) if self.api_key else ()),
                 *self.extra,
             ],
             stdout=log,
@@ -131,7 +137,9 @@ class NodeProcess:
     def get(self, path: str) -> Any:
         if self.netns is not None:
             return json.loads(_get_in_namespace(self.netns, self.url + path))
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
     def state(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 real 3-node cluster: the page loads without console errors, shows the nodes and their
 links, launches a previewed placement that becomes ready, streams a chat with its TTFT and
 speed, deletes an instance, moves, stops and restarts a download from a local hub, and
-marks a SIGKILLed node down. Screenshots of each state go to test-artifacts/dashboard/
+marks a SIGKILLed node down; a node started with --api-key has the page ask for its key
+once. Screenshots of each state go to test-artifacts/dashboard/
 (or $EXO_TEST_ARTIFACTS) for a person to look at."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from tests.hub.repos import bundled_repo
 from tests.hub.server import HubServer
-from tests.integration.nodes import NodeProcess, agreement, start_cluster, wait_for
+from tests.integration.nodes import API_KEY, NodeProcess, agreement, start_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -232,6 +233,69 @@ def test_a_killed_node_is_shown_down_within_five_seconds(
     victim.process.wait(10)
     victim.start()
     expect(row).to_have_attribute("data-state", "up", timeout=30_000)
+
+
+def test_a_keyed_node_asks_for_its_key_once(browser: Browser, keyed_node: NodeProcess) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    page = context.new_page()
+    # Chromium logs every 401 answer as an error; those, and only those, are expected
+    # (and the network errors of the stream while its node restarts, below).
+    expected = ["status of 401"]
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not any(e in message.text for e in expected):
+            problems.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    submit = "#key-form button[type=submit]"
+    try:
+        page.goto(keyed_node.url + "/")
+        expect(page.locator("#key-card")).to_be_visible()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "locked")
+        expect(page.locator("#key-message")).to_contain_text("asks for an API key")
+        expect(page.locator("#nodes tr[data-node]")).to_have_count(0)
+        snap(page, "9-api-key-asked")
+        page.fill("#key-input", "sk-not-the-key")
+        page.click(submit)
+        expect(page.locator("#key-message")).to_contain_text("refused")
+        page.fill("#key-input", API_KEY)
+        page.click(submit)
+        expect(page.locator("#key-card")).to_be_hidden()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        row = page.locator(f'#nodes tr[data-node="{node_id(keyed_node)}"]')
+        expect(row).to_have_attribute("data-state", "up")
+        expect(page.locator('#model-names option[value="smollm2-135m"]')).to_have_count(1)
+        # An action, with the key too: a placement preview.
+        page.fill("#preview-model", "smollm2-135m")
+        page.click("#preview-form button[type=submit]")
+        preview = page.locator('#previews tr[data-preview="pipeline|1"]')
+        expect(preview).to_have_attribute("data-valid", "true")
+        snap(page, "10-api-key-given")
+
+        # Asked once: a reload uses the stored key.
+        page.reload()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator("#key-card")).to_be_hidden()
+        expect(row).to_have_attribute("data-state", "up")
+
+        # The stream is followed again, with the key, after its node restarts.
+        expected.append("net::ERR_")
+        keyed_node.stop()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "lost")
+        keyed_node.start()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=45_000)
+        expect(page.locator("#key-card")).to_be_hidden()
+
+        # A stored key the node does not take brings the form back.
+        page.evaluate("localStorage.setItem('exo-api-key', 'sk-stale')")
+        page.reload()
+        expect(page.locator("#key-card")).to_be_visible()
+        expect(page.locator("#key-message")).to_contain_text("refused")
+        assert problems == []
+    finally:
+        context.close()
 
 
 def test_browsers_and_scripts_get_different_answers_at_the_root(

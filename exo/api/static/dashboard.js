@@ -1,6 +1,7 @@
 // exo dashboard. The node pushes the state in sections (GET /events?view=sections): all of
 // them first, then those that changed. The page keeps the latest of each and redraws; it
-// never polls. Every action is a call to the same API a script would make.
+// never polls. Every action is a call to the same API a script would make, with the
+// node's API key when it has one.
 
 const view = { sections: {}, header: {}, seenNodes: new Map(), counters: new Map() };
 const $ = (id) => document.getElementById(id);
@@ -53,13 +54,61 @@ function showError(message) {
   el.hidden = !message;
 }
 
+// --- the API key (asked for only when the node has keys: its first 401) ---------------------
+// Kept in localStorage and sent as `Authorization: Bearer` on every call, the event stream
+// included: that is why the stream is read with fetch, as EventSource sends no headers.
+const KEY_STORE = "exo-api-key";
+let keyEntered = null; // while the key form is up: resolves when a key is entered
+let keyGiven = () => {};
+
+function withKey(init = {}) {
+  const key = localStorage.getItem(KEY_STORE);
+  return key ? { ...init, headers: { ...init.headers, Authorization: `Bearer ${key}` } } : init;
+}
+// Shows the key form (a stored key was refused: it is dropped) until a key is entered.
+function askForKey() {
+  if (!keyEntered) {
+    const refused = localStorage.getItem(KEY_STORE) !== null;
+    localStorage.removeItem(KEY_STORE);
+    $("key-message").textContent = refused
+      ? "The node refused the stored API key. Enter its key:"
+      : "This node asks for an API key (exo node --api-key). Enter it:";
+    $("key-card").hidden = false;
+    $("connection").dataset.state = "locked";
+    $("connection").textContent = "API key needed";
+    keyEntered = new Promise((resolve) => { keyGiven = resolve; });
+    $("key-input").focus();
+  }
+  return keyEntered;
+}
+function useKey(event) {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  localStorage.setItem(KEY_STORE, key);
+  $("key-input").value = "";
+  $("key-card").hidden = true;
+  keyEntered = null;
+  keyGiven();
+}
+// fetch with the key; on a 401, asks for a key and tries again with it.
+async function call(path, init = {}) {
+  for (;;) {
+    const sent = localStorage.getItem(KEY_STORE);
+    const reply = await fetch(path, withKey(init));
+    if (reply.status !== 401) return reply;
+    // A key entered while this was on its way is tried before asking again.
+    if (localStorage.getItem(KEY_STORE) === sent) await askForKey();
+  }
+}
+
 async function api(method, path, body) {
   const init = { method, headers: {} };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const reply = await fetch(path, init);
+  const reply = await call(path, init);
   const text = await reply.text();
   const data = text ? JSON.parse(text) : null;
   if (!reply.ok) {
@@ -74,22 +123,41 @@ const act = (work) => async (event) => {
 };
 
 // --- the live stream ---------------------------------------------------------------------
-function connect() {
-  const source = new EventSource("/events?view=sections");
-  source.addEventListener("sections", (message) => {
-    const update = JSON.parse(message.data);
-    Object.assign(view.sections, update.sections);
-    view.header = { node: update.node_id, master: update.master, term: update.term, index: update.index };
-    $("connection").dataset.state = "live";
-    $("connection").textContent = "live";
-    noteCounters(performance.now());
-    render();
-  });
-  source.addEventListener("error", () => {
-    // EventSource reconnects by itself; the node sends every section again when it does.
+// Read with fetch (it carries the key), and followed again after a failure as EventSource
+// would, waiting 1 s, doubling to 30 s, back to 1 s once sections arrive.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MOST_MS = 30000;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function showSections(update) {
+  Object.assign(view.sections, update.sections);
+  view.header = { node: update.node_id, master: update.master, term: update.term, index: update.index };
+  $("connection").dataset.state = "live";
+  $("connection").textContent = "live";
+  noteCounters(performance.now());
+  render();
+}
+async function follow() {
+  let wait = RETRY_FIRST_MS;
+  for (;;) {
+    try {
+      const reply = await call("/events?view=sections", { headers: { Accept: "text/event-stream" } });
+      if (reply.ok) {
+        for await (const { event, data } of serverSentEvents(reply.body)) {
+          if (event !== "sections") continue;
+          showSections(JSON.parse(data));
+          wait = RETRY_FIRST_MS;
+        }
+      }
+    } catch {
+      // The node went away mid-stream, or could not be reached: try again below.
+    }
+    // The node sends every section again on the next connection.
     $("connection").dataset.state = "lost";
     $("connection").textContent = "reconnecting";
-  });
+    await sleep(wait);
+    wait = Math.min(wait * 2, RETRY_MOST_MS);
+  }
 }
 
 // Tokens per second per instance: the tokens its counters (cumulative, reported by the
@@ -349,14 +417,14 @@ async function send() {
   let pieces = 0;
   let usage = null;
   try {
-    const reply = await fetch("/v1/chat/completions", {
+    const reply = await call("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ model, messages: conversation, stream: true, stream_options: { include_usage: true } }),
       signal: abort.signal,
     });
     if (!reply.ok) throw new Error((await reply.json()).error?.message ?? `HTTP ${reply.status}`);
-    for await (const data of serverSentData(reply.body)) {
+    for await (const { data } of serverSentEvents(reply.body)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.usage) usage = chunk.usage;
@@ -388,8 +456,9 @@ function replyStats(started, first, now, pieces, usage) {
   return `TTFT ${((first - started) / 1000).toFixed(2)} s · ${rate.toFixed(1)} tok/s · ${tokens} tokens`;
 }
 
-// The `data:` payloads of a server-sent event stream read with fetch (EventSource cannot POST).
-async function* serverSentData(body) {
+// The events of a server-sent event stream read with fetch, as `{ event, data }` (EventSource
+// can neither POST nor send a key). Comments (keep-alives) are skipped.
+async function* serverSentEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -398,15 +467,21 @@ async function* serverSentData(body) {
     buffer += value;
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
+      const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      const lines = event.split("\n").filter((l) => l.startsWith("data:"));
-      if (lines.length) yield lines.map((l) => l.slice(5).trimStart()).join("\n");
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        else if (line.startsWith("event:")) event = line.slice(6).trim();
+      }
+      if (data.length) yield { event, data: data.join("\n") };
     }
   }
 }
 
 // --- wiring ------------------------------------------------------------------------------
+$("key-form").addEventListener("submit", useKey);
 $("preview-form").addEventListener("submit", act(preview));
 $("chat-form").addEventListener("submit", act(send));
 $("chat-input").addEventListener("keydown", (event) => {
@@ -423,4 +498,4 @@ setInterval(() => {
     row.querySelector(".tps").textContent = tokensPerSecond(row.dataset.instance, now).toFixed(1);
   }
 }, 1000);
-connect();
+follow();
