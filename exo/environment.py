@@ -91,8 +91,8 @@ class Environment(Protocol):
         ...
 
     def token_hex(self, nbytes: int) -> str:
-        """A random nonce: from the OS's secure source in production, seeded in simulation
-        (a nonce only has to be fresh there)."""
+        """Random bytes as hex, for nonces and the links' ephemeral keys: from the OS's
+        secure source in production, seeded in simulation (they only have to be fresh there)."""
         ...
 
     def environ(self) -> dict[str, str]:

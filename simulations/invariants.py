@@ -112,6 +112,15 @@ class Invariants:
         self._check_stranded(cluster)
         self._check_shared_peers(cluster)
         self._check_intruder(cluster)
+        self._check_sealed(cluster)
+
+    def _check_sealed(self, cluster: Cluster) -> None:
+        """Every sealed frame opens: the simulated network never damages bytes, so one
+        that fails means the two ends' keys or frame counters disagree."""
+        for node in cluster.nodes:
+            for running in node.incarnations:
+                if running.links is not None and running.links.stats.unsealed:
+                    self.fail(f"a frame to {node.node_id} failed its integrity check")
 
     def _check_intruder(self, cluster: Cluster) -> None:
         """A node with the wrong cluster key never gets a link to a member, nor a place

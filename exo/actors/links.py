@@ -1,8 +1,10 @@
 """Peer links between real nodes: WebSockets (trio-websocket) carrying typed frames.
 
-Each link starts with the mutual challenge-response of `link_auth.py` on the cluster
-key; a peer with another namespace or key is dropped before it can send a single command
-or event, and the log says why.
+Each link starts with the handshake of `link_auth.py`: a mutual proof of the cluster key
+that also agrees the link's keys. A peer with another namespace or key is dropped before
+it can send a single command or event, and the log says why. Every frame after it is
+sealed (`link_cipher.py`) and sent as a binary WebSocket message; one that does not open
+(damaged, forged, replayed, reordered) closes the link, which the dialer redials.
 
 `LinkNetwork` is the `PeerNetwork` of a real node: sends go to a bounded queue per link
 (dropped when full or when there is no link: the control protocol retries), frames
@@ -32,7 +34,8 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from exo.actors.link_auth import HANDSHAKE_TIMEOUT, AuthError, LinkAuth, cluster_secret
+from exo.actors.link_auth import HANDSHAKE_TIMEOUT, AuthError, LinkAuth, Session, cluster_secret
+from exo.actors.link_cipher import SEAL_OVERHEAD, FrameError, LinkCipher
 from exo.actors.network import PeerLost
 from exo.actors.wire import PeerMessage, Ping, Pong
 from exo.environment import Environment, listener_port, remote_host
@@ -42,6 +45,8 @@ from exo.events.ids import NodeId
 log = logging.getLogger("exo.links")
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+# What a WebSocket message may hold: a frame and its seal, or a handshake message.
+WIRE_FRAME_BYTES = MAX_FRAME_BYTES + SEAL_OVERHEAD
 SEND_QUEUE = 1024
 
 # How long a closing link waits for the peer's close frame.
@@ -212,12 +217,12 @@ class LinkNetwork:
                     # Typed for sockets, it only reads and writes the stream.
                     wrap: Any = wrap_client_stream
                     link: WebSocketConnection = await wrap(
-                        nursery, stream, host, "/exo", max_message_size=MAX_FRAME_BYTES
+                        nursery, stream, host, "/exo", max_message_size=WIRE_FRAME_BYTES
                     )
                     ws = link
-                    peer = await self._auth.as_dialer(link, self._env.token_hex(16))
+                    session = await self._auth.as_dialer(link, self._env.token_hex)
                 self._remember(address)
-                kept = await self._serve_link(peer, link, self.node_id, remote_host(stream))
+                kept = await self._serve_link(session, link, self.node_id, remote_host(stream))
                 return "linked" if kept is None else _Duplicate(kept)
             except AuthError as exc:
                 log.error("peer %s refused: %s", address, exc)
@@ -236,17 +241,17 @@ class LinkNetwork:
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     request = await wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_FRAME_BYTES
+                        nursery, stream, max_message_size=WIRE_FRAME_BYTES
                     )
                     ws = link = await request.accept()
                 try:
-                    peer = await self._auth.as_listener(link, self._env.token_hex(16))
+                    session = await self._auth.as_listener(link, self._env.token_hex)
                 except AuthError as exc:
                     log.error("peer at %s refused: %s", remote_host(stream) or "?", exc)
                     self.stats.refused += 1
                     await link.aclose(code=4001, reason=str(exc)[:100])
                     return
-                await self._serve_link(peer, link, peer, remote_host(stream))
+                await self._serve_link(session, link, session.peer, remote_host(stream))
             except _BROKEN:
                 return
             finally:
@@ -256,7 +261,7 @@ class LinkNetwork:
     # -- a live link ---------------------------------------------------------------
 
     async def _serve_link(
-        self, peer: NodeId, ws: WebSocketConnection, dialed_by: NodeId, address: str
+        self, session: Session, ws: WebSocketConnection, dialed_by: NodeId, address: str
     ) -> trio.Event | None:
         """Frames both ways until the link breaks.
 
@@ -265,6 +270,7 @@ class LinkNetwork:
         and whatever used the old one is told it was lost. A link closed as a duplicate
         returns the event set when the kept one ends.
         """
+        peer, cipher = session.peer, session.cipher
         preferred = min(self.node_id, peer)
         current = self._links.get(peer)
         if current is not None and self._dialers.get(peer) == preferred != dialed_by:
@@ -283,10 +289,10 @@ class LinkNetwork:
         log.info("linked with %s", peer)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, ws, receive, nursery.cancel_scope)
+                nursery.start_soon(self._write, ws, cipher, receive, nursery.cancel_scope)
                 heard = _Heard(self._env.now())
                 nursery.start_soon(self._keep_alive, peer, send, heard, nursery.cancel_scope)
-                await self._read(peer, ws, heard)
+                await self._read(peer, ws, cipher, heard)
                 nursery.cancel_scope.cancel()
         finally:
             if self._links.get(peer) is send:
@@ -326,11 +332,19 @@ class LinkNetwork:
         if self.on_link_lost is not None:
             self.on_link_lost(peer)
 
-    async def _read(self, peer: NodeId, ws: WebSocketConnection, heard: _Heard) -> None:
+    async def _read(
+        self, peer: NodeId, ws: WebSocketConnection, cipher: LinkCipher, heard: _Heard
+    ) -> None:
         try:
             while True:
-                frame = await ws.get_message()
+                sealed = await ws.get_message()
                 heard.at = self._env.now()
+                try:
+                    frame = _open(cipher, sealed)
+                except FrameError as exc:
+                    log.warning("link with %s: %s; closing it", peer, exc)
+                    self.stats.unsealed += 1
+                    return
                 try:
                     message = decode(frame, PeerMessage)
                 except CodecError as exc:
@@ -349,12 +363,13 @@ class LinkNetwork:
     async def _write(
         self,
         ws: WebSocketConnection,
+        cipher: LinkCipher,
         receive: trio.MemoryReceiveChannel[bytes],
         scope: trio.CancelScope,
     ) -> None:
         try:
             async for frame in receive:
-                await ws.send_message(frame.decode())
+                await ws.send_message(cipher.seal(frame))
         except ConnectionClosed:
             pass
         scope.cancel()
@@ -394,6 +409,7 @@ class LinkStats:
     replaced: int = 0  # links a newer one replaced (the pair's preferred, or a redial)
     refused: int = 0  # handshakes failed on the cluster key or namespace
     silent: int = 0  # links closed because their peer stopped answering pings
+    unsealed: int = 0  # links closed on a frame that failed its integrity check
 
 
 def _offer(channel: trio.MemorySendChannel[bytes], message: PeerMessage) -> None:
@@ -401,6 +417,12 @@ def _offer(channel: trio.MemorySendChannel[bytes], message: PeerMessage) -> None
     is gone (the control protocol and the keepalive both retry)."""
     with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
         channel.send_nowait(encode(message, PeerMessage))
+
+
+def _open(cipher: LinkCipher, sealed: str | bytes) -> bytes:
+    if isinstance(sealed, str):
+        raise FrameError("a text message after the handshake: every frame is sealed")
+    return cipher.open(sealed)
 
 
 async def _close(ws: WebSocketConnection | None, stream: trio.abc.Stream) -> None:

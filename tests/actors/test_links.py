@@ -5,6 +5,7 @@ from typing import cast
 
 import trio
 import trio.testing
+from attrs import evolve
 
 from exo.actors.link_auth import Hello, cluster_secret, proof
 from exo.actors.links import KEEPALIVE_INTERVAL, LINK_SILENT_LIMIT, PEERS_FILE, LinkNetwork
@@ -42,6 +43,13 @@ def test_proofs_bind_the_key_the_role_and_both_sides() -> None:
     assert proof(secret, "dialer", dialer, listener) != proof(
         cluster_secret("home", "other"), "dialer", dialer, listener
     )
+    # A man in the middle who swaps either side's ephemeral key breaks the proofs.
+    assert proof(secret, "dialer", dialer, listener) != proof(
+        secret, "dialer", evolve(dialer, ephemeral="ee" * 32), listener
+    )
+    assert proof(secret, "listener", dialer, listener) != proof(
+        secret, "listener", dialer, evolve(listener, ephemeral="ee" * 32)
+    )
     # Without a key the namespace is the secret: another namespace never matches.
     assert cluster_secret("home", None) != cluster_secret("work", None)
 
@@ -71,10 +79,10 @@ class _NetEnv:
 
 
 def linked_node(
-    net: SimSockets, home: Path, address: str, node: str, peers: tuple[str, ...]
+    net: SimSockets, home: Path, address: str, node: str, peers: tuple[str, ...], key: str = "k"
 ) -> LinkNetwork:
     env = cast(Environment, _NetEnv(home, net.host(address)))
-    return LinkNetwork(env, NodeId(node), home, "n", "k", 7000, peers)
+    return LinkNetwork(env, NodeId(node), home, "n", key, 7000, peers)
 
 
 def test_a_link_replaced_by_a_redial_counts_as_lost(tmp_path: Path) -> None:
