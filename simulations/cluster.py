@@ -29,7 +29,7 @@ from exo.events.ids import NodeId
 from exo.node import Connect, NodeConfig, RunningNode, run_node
 from simulations.engine import SimModelStore, SimProcess
 from simulations.environment import SimEnvironment, SimHost
-from simulations.http import API_PORT
+from simulations.http import API_PORT, api_key
 from simulations.network import Deliver, Record, SimNetwork
 from simulations.scenario import NodeSpec, Scenario
 from simulations.sockets import SimHostSockets, SimSockets
@@ -282,10 +282,12 @@ class Cluster:
             "discovery_port": DISCOVERY_PORT if discovery else None,
             "namespace": "sim",
             "cluster_key": key,
-            # Members serve the HTTP API, which the simulated clients call over links.
+            # Members serve the HTTP API, which the simulated clients call over links,
+            # with the seed's key.
             "serve_api": not intruding,
             "api_host": "0.0.0.0",
             "api_port": API_PORT,
+            "api_keys": (api_key(self.scenario.seed),),
         }
 
     def _connect(self, node_id: NodeId, deliver: Deliver) -> _Endpoint:

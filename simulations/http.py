@@ -25,6 +25,11 @@ CLIENT_ADDRESS = "10.1.0.1"
 HALF_OPEN_TIMEOUT = 15.0
 
 
+def api_key(seed: int) -> str:
+    """The key a seed's members serve their API with, and its clients send."""
+    return f"sim-api-key-{seed}"
+
+
 class ChatFailed(Exception):
     """The API answered with an error, or the connection broke: what a client would see."""
 
@@ -217,14 +222,19 @@ DIALECTS = (
 
 
 async def chat(
-    pool: httpcore.AsyncConnectionPool, host: str, dialect: Dialect, text: str, max_tokens: int
+    pool: httpcore.AsyncConnectionPool,
+    host: str,
+    key: str,
+    dialect: Dialect,
+    text: str,
+    max_tokens: int,
 ) -> str:
-    """Send one chat to the API at `host` and read its whole answer, greedy (every dialect
-    at temperature 0). ChatFailed for an error status, an error in the stream or a broken
-    connection; Truncated for a stream cut short without one."""
+    """Send one chat to the API at `host` with `key` and read its whole answer, greedy
+    (every dialect at temperature 0). ChatFailed for an error status, an error in the
+    stream or a broken connection; Truncated for a stream cut short without one."""
     body = {**dialect.body(text, max_tokens), "temperature": 0}
     url = f"http://{host}:{API_PORT}{dialect.path}"
-    headers = [(b"content-type", b"application/json")]
+    headers = [(b"content-type", b"application/json"), *_key_header(dialect, key)]
     try:
         async with pool.stream(
             "POST", url, headers=headers, content=json.dumps(body).encode()
@@ -235,6 +245,14 @@ async def chat(
             return dialect.read(body.splitlines())
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
         raise ChatFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _key_header(dialect: Dialect, key: str) -> list[tuple[bytes, bytes]]:
+    """The key as the dialect's clients send it: Anthropic's `x-api-key`, the others'
+    bearer token."""
+    if dialect.name == "anthropic":
+        return [(b"x-api-key", key.encode())]
+    return [(b"authorization", b"Bearer " + key.encode())]
 
 
 def _sse_data(lines: list[str]) -> Iterator[str]:

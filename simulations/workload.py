@@ -32,6 +32,7 @@ from simulations.http import (
     ChatFailed,
     SimNetworkBackend,
     Truncated,
+    api_key,
     dialect_of,
 )
 from simulations.http import chat as http_chat
@@ -187,7 +188,8 @@ class Workload:
             return await _judged(op, request, _backend_answer(stream))
         dialect = dialect_of(number)
         max_tokens = CHAT_PARAMS.max_tokens or 1
-        answer = http_chat(self._http, node.address, dialect, text, max_tokens)
+        key = api_key(self._cluster.scenario.seed)
+        answer = http_chat(self._http, node.address, key, dialect, text, max_tokens)
         return await _judged(op, request, answer, f"{dialect.name}: ")
 
 

@@ -29,6 +29,7 @@ from simulations.sockets import SimHostSockets, SimSockets, SimStream
 from tests.api.fakes import FakeBackend, Pause, fake_card, tokens
 
 SERVER = "10.0.0.1"
+KEY = "sim-key"
 REPLY = ("alpha ", "beta ")
 
 
@@ -39,7 +40,13 @@ def backend(pause: float = 0.0) -> FakeBackend:
 
 async def serve_on(host: SimHostSockets, fake: FakeBackend, nursery: trio.Nursery) -> None:
     bound = await nursery.start(
-        partial(serve, create_app(fake), "0.0.0.0", API_PORT, open_listener=host.open_tcp_listener)
+        partial(
+            serve,
+            create_app(fake, api_keys=[KEY]),
+            "0.0.0.0",
+            API_PORT,
+            open_listener=host.open_tcp_listener,
+        )
     )
     assert bound == ("0.0.0.0", API_PORT)
 
@@ -67,9 +74,9 @@ def test_each_dialect_is_answered_through_the_real_app_over_simulated_tcp(
         async with trio.open_nursery() as nursery:
             await serve_on(net.host(SERVER), fake, nursery)
             async with client(net) as pool:
-                assert await chat(pool, SERVER, dialect, "hello", 8) == "".join(REPLY)
+                assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
                 # Again, on the kept-alive connection.
-                assert await chat(pool, SERVER, dialect, "hello", 8) == "".join(REPLY)
+                assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
             nursery.cancel_scope.cancel()
 
     run(main)
@@ -92,7 +99,7 @@ def test_a_half_open_connection_fails_after_the_client_timeout() -> None:
             started = trio.current_time()
             async with client(net) as pool:
                 with pytest.raises(ChatFailed, match="half-open"):
-                    await chat(pool, SERVER, DIALECTS[0], "hello", 8)
+                    await chat(pool, SERVER, KEY, DIALECTS[0], "hello", 8)
             assert trio.current_time() - started >= HALF_OPEN_TIMEOUT
             nursery.cancel_scope.cancel()
 
@@ -108,8 +115,25 @@ def test_a_slow_server_is_waited_for_past_the_half_open_timeout() -> None:
             await serve_on(net.host(SERVER), fake, nursery)
             started = trio.current_time()
             async with client(net) as pool:
-                assert await chat(pool, SERVER, DIALECTS[1], "hello", 8) == "".join(REPLY)
+                assert await chat(pool, SERVER, KEY, DIALECTS[1], "hello", 8) == "".join(REPLY)
             assert trio.current_time() - started >= 2 * HALF_OPEN_TIMEOUT
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
+def test_a_wrong_key_fails_in_every_dialect(dialect: Dialect) -> None:
+    fake = backend()
+
+    async def main() -> None:
+        net = network()
+        async with trio.open_nursery() as nursery:
+            await serve_on(net.host(SERVER), fake, nursery)
+            async with client(net) as pool:
+                with pytest.raises(ChatFailed, match="^401 "):
+                    await chat(pool, SERVER, "not-the-key", dialect, "hello", 8)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    assert fake.calls == []
