@@ -101,7 +101,7 @@ class LinkAuth:
             await ws.send_message(encode(mine).decode())
             theirs = self._check(decode(await ws.get_message(), Hello))
             shared = _exchange(key, theirs)
-            if not hmac.compare_digest(theirs.proof, proof(self.secret, "listener", mine, theirs)):
+            if not _same(theirs.proof, proof(self.secret, "listener", mine, theirs)):
                 await ws.send_message("wrong cluster key")  # so that its log says why too
                 raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
             await ws.send_message(proof(self.secret, "dialer", mine, theirs))
@@ -119,7 +119,7 @@ class LinkAuth:
             mine = evolve(unsigned, proof=proof(self.secret, "listener", theirs, unsigned))
             await ws.send_message(encode(mine).decode())
             answer = await ws.get_message()
-            if not hmac.compare_digest(str(answer), proof(self.secret, "dialer", theirs, mine)):
+            if not _same(answer, proof(self.secret, "dialer", theirs, mine)):
                 await ws.send_message("wrong cluster key")
                 raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
             await ws.send_message("ok")
@@ -142,6 +142,14 @@ class LinkAuth:
         if hello.node_id == self.node_id:
             raise AuthError("that is this node itself")
         return hello
+
+
+def _same(claimed: str | bytes, expected: str) -> bool:
+    """A proof check in constant time that any claim can reach: `hmac.compare_digest`
+    raises `TypeError` for a str with non-ASCII characters, which a peer chooses."""
+    if isinstance(claimed, str):
+        claimed = claimed.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(claimed, expected.encode())
 
 
 def _exchange(key: X25519PrivateKey, theirs: Hello) -> bytes:
