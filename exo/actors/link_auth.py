@@ -73,6 +73,14 @@ def cluster_secret(namespace: str, cluster_key: str | None) -> bytes:
     return hashlib.sha256(material.encode()).digest()
 
 
+def instance_key(secret: bytes, instance_id: str) -> str:
+    """The key an instance's ranks prove to each other at their doorbells (hex): bound to
+    the cluster secret, so no host without it can compute one, and to the instance, so
+    one instance's runners cannot pass for another's."""
+    text = b"exo doorbell key|" + instance_id.encode()
+    return hmac.new(secret, text, hashlib.sha256).hexdigest()
+
+
 def transcript(dialer: Hello, listener: Hello) -> bytes:
     """What both proofs and the link's keys are bound to."""
     parts = (dialer.node_id, listener.node_id, dialer.nonce, listener.nonce)
