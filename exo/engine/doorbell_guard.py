@@ -63,14 +63,15 @@ def _is_from(peer_ip: str, ips: frozenset[str]) -> bool:
 
 def admit(sock: socket.socket, key: bytes, rank: int, hosts: list[frozenset[str]]) -> int | None:
     """The rank `sock` proved to be, or None (logged, and the caller closes it)."""
-    peer_ip = str(sock.getpeername()[0])
     nonce = os.urandom(NONCE_BYTES)
-    sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
+        peer_ip = str(sock.getpeername()[0])  # OSError if it is already gone
+        sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.sendall(nonce)
         answer = receive_exactly(sock, _RANK.size + PROOF_BYTES)
-    except OSError:
-        answer = None
+    except OSError as exc:
+        log.warning("doorbell: a connection broke before its proof: %s", exc)
+        return None
     if answer is None:
         log.warning("doorbell: %s sent no proof within %.0f s; closed", peer_ip, HANDSHAKE_TIMEOUT)
         return None
