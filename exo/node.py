@@ -202,7 +202,10 @@ async def run_node(
     async def describe_local(name: str, path: str) -> ModelCard:
         return await env.run_blocking(lambda: model_store.describe_directory(Path(path), name))
 
-    runners = RunnerSupervisor(node_id, env, replica, client, downloader.model_dir, config.serving)
+    secret = cluster_secret(config.namespace, config.cluster_key)
+    runners = RunnerSupervisor(
+        node_id, env, replica, client, downloader.model_dir, secret, config.serving
+    )
     if links is not None:
         data_plane = DataPlane(node_id, replica, runners, links)
         links.on_link_lost = _both(
@@ -249,7 +252,7 @@ async def run_node(
                         env,
                         node_id,
                         config.namespace,
-                        cluster_secret(config.namespace, config.cluster_key),
+                        secret,
                         peer_port,
                         config.discovery_port,
                         links.dial,

@@ -56,13 +56,17 @@ def encode_beacon(beacon: Beacon) -> bytes:
 
 
 def decode_beacon(data: bytes) -> Beacon | None:
-    """A beacon, or None for anything else (other software shares multicast groups)."""
+    """A beacon, or None for anything else (other software shares multicast groups).
+
+    Nesting past the recursion limit, a port of 1e999 and a proof that is not ASCII (which
+    `hmac.compare_digest` refuses with `TypeError`) are junk too, not a reason to stop
+    listening."""
     try:
         raw = json.loads(data)
         beacon = Beacon(str(raw["ns"]), str(raw["id"]), int(raw["port"]), str(raw["proof"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None
-    return beacon if 0 < beacon.peer_port < 65536 else None
+    return beacon if 0 < beacon.peer_port < 65536 and beacon.proof.isascii() else None
 
 
 class Discovery:

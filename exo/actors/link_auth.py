@@ -73,6 +73,14 @@ def cluster_secret(namespace: str, cluster_key: str | None) -> bytes:
     return hashlib.sha256(material.encode()).digest()
 
 
+def instance_key(secret: bytes, instance_id: str) -> str:
+    """The key an instance's ranks prove to each other at their doorbells (hex): bound to
+    the cluster secret, so no host without it can compute one, and to the instance, so
+    one instance's runners cannot pass for another's."""
+    text = b"exo doorbell key|" + instance_id.encode()
+    return hmac.new(secret, text, hashlib.sha256).hexdigest()
+
+
 def transcript(dialer: Hello, listener: Hello) -> bytes:
     """What both proofs and the link's keys are bound to."""
     parts = (dialer.node_id, listener.node_id, dialer.nonce, listener.nonce)
@@ -101,7 +109,7 @@ class LinkAuth:
             await ws.send_message(encode(mine).decode())
             theirs = self._check(decode(await ws.get_message(), Hello))
             shared = _exchange(key, theirs)
-            if not hmac.compare_digest(theirs.proof, proof(self.secret, "listener", mine, theirs)):
+            if not _same(theirs.proof, proof(self.secret, "listener", mine, theirs)):
                 await ws.send_message("wrong cluster key")  # so that its log says why too
                 raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
             await ws.send_message(proof(self.secret, "dialer", mine, theirs))
@@ -119,7 +127,7 @@ class LinkAuth:
             mine = evolve(unsigned, proof=proof(self.secret, "listener", theirs, unsigned))
             await ws.send_message(encode(mine).decode())
             answer = await ws.get_message()
-            if not hmac.compare_digest(str(answer), proof(self.secret, "dialer", theirs, mine)):
+            if not _same(answer, proof(self.secret, "dialer", theirs, mine)):
                 await ws.send_message("wrong cluster key")
                 raise AuthError(f"node {theirs.node_id} does not hold our cluster key")
             await ws.send_message("ok")
@@ -142,6 +150,14 @@ class LinkAuth:
         if hello.node_id == self.node_id:
             raise AuthError("that is this node itself")
         return hello
+
+
+def _same(claimed: str | bytes, expected: str) -> bool:
+    """A proof check in constant time that any claim can reach: `hmac.compare_digest`
+    raises `TypeError` for a str with non-ASCII characters, which a peer chooses."""
+    if isinstance(claimed, str):
+        claimed = claimed.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(claimed, expected.encode())
 
 
 def _exchange(key: X25519PrivateKey, theirs: Hello) -> bytes:

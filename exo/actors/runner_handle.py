@@ -75,11 +75,14 @@ class RunnerHandle:
         report: Callable[[RunnerStatus], None],
         limits: ServingLimits = DEFAULT_LIMITS,
         kv_budget_tokens: int | None = None,
+        *,
+        doorbell_key: str = "",
     ) -> None:
         self.instance = instance
         self.shard = shard
         self.limits = limits
         self._kv_budget_tokens = kv_budget_tokens
+        self._doorbell_key = doorbell_key  # hex, for `Load` only: never logged
         self._mean_seconds: float | None = None
         self._env = env
         self._model_dir = model_dir
@@ -171,6 +174,7 @@ class RunnerHandle:
                         self.shard.keep_quantized,
                         self.limits.batch_size,
                         self._kv_budget_tokens,
+                        self._doorbell_key,
                     )
                 )
                 reason = await self._pump_stdout(process)

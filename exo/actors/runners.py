@@ -12,6 +12,7 @@ import trio
 from attrs import frozen
 
 from exo.actors.command_client import CommandClient
+from exo.actors.link_auth import instance_key
 from exo.actors.placement import planned_context
 from exo.actors.replica import Replica
 from exo.actors.runner_handle import DEFAULT_LIMITS, RunnerHandle, ServingLimits
@@ -65,9 +66,11 @@ class RunnerSupervisor:
         replica: Replica,
         commands: CommandClient,
         model_dir: Callable[[ModelId], Path],
+        secret: bytes,
         limits: ServingLimits = DEFAULT_LIMITS,
     ) -> None:
         self._node_id = node_id
+        self._secret = secret  # the cluster secret, which each instance's doorbell key is from
         self._limits = limits
         self._env = env
         self._replica = replica
@@ -116,6 +119,7 @@ class RunnerSupervisor:
             report,
             self._limits,
             budget,
+            doorbell_key=instance_key(self._secret, instance_id),
         )
         with trio.CancelScope() as scope:
             self.handles[instance_id] = handle

@@ -9,21 +9,27 @@ that follow still travel through the ring, and are sent only after the doorbell 
 the receiver spins for the transfer alone.
 
 Each rank listens on its ring address's port + `DOORBELL_OFFSET`; a rank connects to
-another on first use and says who it is. A peer that dies closes its socket: waiting on
-it raises `RuntimeError`, as a broken ring does.
+another on first use and proves it is that rank of this instance (`doorbell_guard.py`);
+a thread admits the connections that prove it and drops the others, so a stranger
+neither takes a rank's place nor stops the real rank from getting through. A peer that
+dies closes its socket: waiting on it raises `RuntimeError`, as a broken ring does.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from typing import NamedTuple
+
+from exo.engine.doorbell_guard import admit, host_ips, log, prove, receive_exactly
 
 DOORBELL_OFFSET = 64
 CONNECT_TIMEOUT = 60.0
 _HEADER = struct.Struct("!6i")
-_HELLO = struct.Struct("!i")
+# How often the accepting thread looks whether `close` was called.
+_ACCEPT_POLL = 1.0
 
 
 class Bell(NamedTuple):
@@ -48,12 +54,21 @@ def _split(address: str) -> tuple[str, int]:
 
 
 class Doorbells:
-    def __init__(self, rank: int, hosts: list[str]) -> None:
+    """This rank's doorbell sockets. `key`: the instance's doorbell key from `Load` (empty
+    for ranks started by hand, as tests do: then only the address check guards)."""
+
+    def __init__(self, rank: int, hosts: list[str], key: bytes = b"") -> None:
         self._rank = rank
+        self._key = key
         self._addresses = [_split(h) for h in hosts]
+        self._ips = [host_ips(host) for host, _ in self._addresses]
         self._listener = socket.create_server(self._addresses[rank])
+        self._listener.settimeout(_ACCEPT_POLL)
         self._out: dict[int, socket.socket] = {}
         self._in: dict[int, socket.socket] = {}
+        self._admitted = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._accept, name="doorbell-accept", daemon=True).start()
 
     def ring(self, to: int, bell: Bell) -> None:
         sock = self._out.get(to) or self._connect(to)
@@ -65,17 +80,24 @@ class Doorbells:
 
     def wait(self, sender: int) -> Bell:
         """The next message from `sender`; blocks (without spinning) until it comes."""
-        sock = self._in.get(sender) or self._accept_from(sender)
-        header = _receive_exactly(sock, _HEADER.size)
+        with self._admitted:
+            self._admitted.wait_for(lambda: sender in self._in or self._closed)
+            sock = self._in.get(sender)
+        if sock is None:
+            raise RuntimeError("[ring doorbell] closed")
+        header = receive_exactly(sock, _HEADER.size)
         if header is None:
             raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
         kind, cache, rows, length, dtype, size = _HEADER.unpack(header)
-        ops = _receive_exactly(sock, size) if size else b""
+        ops = receive_exactly(sock, size) if size else b""
         if ops is None:
             raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
         return Bell(kind, cache, rows, length, dtype, ops)
 
     def close(self) -> None:
+        with self._admitted:
+            self._closed = True
+            self._admitted.notify_all()
         for sock in (*self._out.values(), *self._in.values(), self._listener):
             sock.close()
 
@@ -89,33 +111,32 @@ class Doorbells:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"[ring doorbell] rank {to} does not answer") from None
                 time.sleep(0.05)
-        sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(_HELLO.pack(self._rank))
+        try:
+            prove(sock, self._key, self._rank, to, CONNECT_TIMEOUT)
+        except RuntimeError:
+            sock.close()
+            raise
         self._out[to] = sock
         return sock
 
-    def _accept_from(self, sender: int) -> socket.socket:
-        while sender not in self._in:
-            sock, _ = self._listener.accept()
-            hello = _receive_exactly(sock, _HELLO.size)
-            if hello is None:
-                sock.close()
+    def _accept(self) -> None:
+        """Admit the ranks that prove themselves, one connection at a time, until closed."""
+        while not self._closed:
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
                 continue
-            (rank,) = _HELLO.unpack(hello)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._in[rank] = sock
-        return self._in[sender]
-
-
-def _receive_exactly(sock: socket.socket, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        try:
-            chunk = sock.recv(size - len(data))
-        except OSError:
-            return None
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
+            except OSError:
+                return  # closed
+            rank = admit(sock, self._key, self._rank, self._ips)
+            with self._admitted:
+                if rank is not None and rank in self._in:
+                    log.warning("doorbell: rank %d is already connected; closed", rank)
+                    rank = None
+                if rank is None:
+                    sock.close()
+                    continue
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._in[rank] = sock
+                self._admitted.notify_all()

@@ -94,6 +94,8 @@ class MlxEngine:
         strategy: str = "pipeline",
         context_length: int | None = None,
         keep_quantized: bool = False,
+        *,
+        doorbell_key: bytes = b"",
     ) -> MlxEngine:
         """Load layers [start_layer, end_layer) of the model in `model_dir`.
 
@@ -132,7 +134,9 @@ class MlxEngine:
             if refusal is not None:
                 raise ValueError(refusal)
         group, doorbells = (
-            pipeline.init_ring(rank, list(hosts), strategy) if distributed else (None, None)
+            pipeline.init_ring(rank, list(hosts), strategy, doorbell_key)
+            if distributed
+            else (None, None)
         )
         model_fixes.install()
         model, tokenizer = load_shard_files(model_dir, start_layer, end_layer, config)

@@ -61,11 +61,12 @@ DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
 def init_ring(
-    rank: int, hosts: list[str], strategy: str = "pipeline"
+    rank: int, hosts: list[str], strategy: str = "pipeline", doorbell_key: bytes = b""
 ) -> tuple[mx.distributed.Group, Doorbells]:
     """Join the ring of `hosts` ("ip:port" per rank) as `rank`; blocks until all joined.
-    Also returns this rank's doorbells (listening before the ring forms)."""
-    doorbells = Doorbells(rank, hosts)
+    Also returns this rank's doorbells (listening before the ring forms, guarded by
+    `doorbell_key`)."""
+    doorbells = Doorbells(rank, hosts, doorbell_key)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as hostfile:
         json.dump(hosts, hostfile)
     os.environ["MLX_HOSTFILE"] = hostfile.name

@@ -103,6 +103,9 @@ class Load:
     # running sequences and the prompt cache share (None: `context_length`).
     batch_size: int = 8
     kv_budget_tokens: int | None = None
+    # Hex of the instance's doorbell key (`doorbell_guard.py`): what a rank proves to the
+    # others. Only ever on this private pipe; empty for a runner loaded by hand.
+    doorbell_key: str = ""
 
 
 @frozen

@@ -182,6 +182,7 @@ class Runner:
                 request.strategy,
                 request.context_length,
                 request.keep_quantized,
+                doorbell_key=bytes.fromhex(request.doorbell_key),
             )
         except Exception as exc:
             log.error("load failed:\n%s", traceback.format_exc())

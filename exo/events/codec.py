@@ -181,11 +181,15 @@ def decode(raw: bytes | str, kind: Any) -> Any:
 
 def parse_json(raw: bytes | str) -> Any:
     """JSON text as plain data: msgspec parses a log record in a sixth of the stdlib's
-    time, integers of any size exactly, and refuses NaN and infinities as JSON does."""
+    time, integers of any size exactly, and refuses NaN and infinities as JSON does.
+    Nesting deeper than the interpreter's recursion limit is refused too: msgspec raises
+    `RecursionError` for it, which would escape every reader's `CodecError` handler."""
     try:
         return _json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise CodecError(f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise CodecError("not JSON: nested too deeply") from None
 
 
 _json_decoder = msgspec.json.Decoder()

@@ -39,3 +39,21 @@ def test_only_valid_beacons_from_higher_ids_are_dialled() -> None:
     me._on_beacon(beacon("node-y", namespace="other"), "10.0.0.5")  # another cluster
     me._on_beacon(beacon("node-x", secret=cluster_secret("home", "wrong")), "10.0.0.6")
     assert dialled == ["10.0.0.2:5000"]
+
+
+def test_hostile_beacons_are_junk_not_a_crash() -> None:
+    """Found by fuzzing: each of these escaped `decode_beacon` or `_on_beacon` and would
+    have ended discovery (only `OSError` restarts it)."""
+    deep = b"[" * 5000 + b"]" * 5000
+    huge_port = b'{"ns":"home","id":"node-z","port":1e999,"proof":""}'
+    not_ascii = b'{"ns":"home","id":"node-z","port":5000,"proof":"\\u00e9"}'
+    for junk in (deep, huge_port, not_ascii):
+        assert decode_beacon(junk) is None
+    dialled: list[str] = []
+    me = Discovery(
+        RealEnvironment(Path(".")), NodeId("node-m"), "home", SECRET, 6000, 52417, dialled.append
+    )
+    for junk in (deep, huge_port, not_ascii):
+        me._on_beacon(junk, "10.0.0.9")
+    me._on_beacon(beacon("node-z"), "10.0.0.2")
+    assert dialled == ["10.0.0.2:5000"]

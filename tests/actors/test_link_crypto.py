@@ -314,3 +314,14 @@ def test_a_node_with_another_key_gets_no_link(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_non_ascii_proof_is_refused_not_a_crash() -> None:
+    """Found by fuzzing: `hmac.compare_digest` raised `TypeError` for a proof with a
+    non-ASCII character, which escaped the listener's `AuthError` handler: anyone who
+    reached the peer port could end the node's link listener with one message."""
+    attacker, listener_end = _pair()
+    await attacker.send_message(encode(DIALER._fresh(tokens(5))[1]).decode())
+    await attacker.send_message("\u00e9" * 64)
+    with pytest.raises(AuthError, match="does not hold our cluster key"):
+        await LISTENER.as_listener(_ws(listener_end), tokens(6))

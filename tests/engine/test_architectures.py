@@ -455,7 +455,7 @@ def _batched(model: Any) -> tuple[list[list[int]], mx.array]:
 
 def _ring_rank(strategy: str, hosts: list[str], rank: int) -> None:
     """One rank of `test_a_real_ring_...`: every case in turn, then the next."""
-    group, doorbells = pipeline.init_ring(rank, hosts, strategy)
+    group, doorbells = pipeline.init_ring(rank, hosts, strategy, b"the instance key")
     size = group.size()
     for case in CASES if strategy == "pipeline" else TENSOR_CASES:
         model = tiny_model(case)

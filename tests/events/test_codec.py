@@ -82,3 +82,10 @@ def test_every_peer_message_round_trips_byte_for_byte(message: PeerMessage) -> N
     raw = encode(message, PeerMessage)
     assert decode(raw, PeerMessage) == message
     assert encode(decode(raw, PeerMessage), PeerMessage) == raw
+
+
+def test_nesting_past_the_recursion_limit_is_a_codec_error() -> None:
+    """Found by fuzzing: msgspec raised `RecursionError`, which escaped every reader's
+    `CodecError` handler (a peer link's, the runner pipe's both ways, the log's)."""
+    with pytest.raises(CodecError, match="nested too deeply"):
+        decode(b"[" * 5000 + b"]" * 5000, PeerMessage)
