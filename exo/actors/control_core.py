@@ -1,11 +1,10 @@
 """The control core: failure detection, election, replication, catch-up and adoption as a
-state machine without I/O (docs/architecture.md, "Election and replication").
-
-Each input (a tick, a peer's message, a command to route, a commit) carries the time and
-is a generator of effects (`control_effects.py`) that the Trio shell (`control.py`)
-performs in order; a step that writes the log resumes once the write is durable, and
-reads the stored log as it then is. Pure parts of it: `peer_views.py` (failure detection
-and candidates), `held_answers.py`, `control_sync.py`, `history.py`.
+state machine without I/O (docs/architecture.md, "Election and replication"). Each input
+(a tick, a peer's message, a command to route, a commit) carries the time and is a
+generator of effects (`control_effects.py`) that the Trio shell (`control.py`) performs
+in order; a step that writes the log resumes once the write is durable, and reads the
+stored log as it then is. Pure parts of it: `peer_views.py` (failure detection and
+candidates), `held_answers.py`, `control_sync.py`, `history.py`.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from exo.actors.history import (
     Segment,
     election_key,
     extend_segments,
+    grown_by_another_term,
     last_ballot,
     segments_of,
 )
@@ -311,10 +311,7 @@ class ControlCore:
 
     def _consider_master(self, ballot: Ballot, now: float) -> Generator[Effect, object, bool]:
         """Whether to act on a message from the master of `ballot`; follows it if newer.
-
-        Fencing: a ballot older than the one followed, or than the last entry of our own
-        log, is ignored.
-        """
+        Fencing: a ballot older than the one followed, or than our log's last, is ignored."""
         self._max_term = max(self._max_term, ballot.term)
         if ballot == self.ballot:
             return True
@@ -419,6 +416,9 @@ class ControlCore:
 
     def _on_sync_reply(self, reply: SyncReply, now: float) -> Steps:
         if self.leading or self._adopting is not None:
+            return
+        if grown_by_another_term(self._segments, self._log, reply.asked_at, reply.ballot.term):
+            yield from self._request_sync(now)  # a reply about the log as it was: ask again
             return
         if reply.common_index < reply.asked_at:
             if self._asked == (reply.asked_at, self._log.truncations):

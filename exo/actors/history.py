@@ -10,6 +10,7 @@ wins" always has one answer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from attrs import frozen
 
@@ -51,6 +52,29 @@ def extend_segments(segments: list[Segment], events: Iterable[IndexedEvent]) -> 
             continue
         master = event.event.node_id if isinstance(event.event, MasterElected) else UNKNOWN_MASTER
         segments.append(Segment(event.term, master, event.index))
+
+
+class LogEnd(Protocol):
+    """Where a log ends: its last index and the term of its last entry."""
+
+    @property
+    def last_index(self) -> int: ...
+    @property
+    def last_term(self) -> int: ...
+
+
+def grown_by_another_term(
+    segments: Sequence[Segment], log: LogEnd, asked_at: int, term: int
+) -> bool:
+    """Whether a log (its `segments` and end) grew after `asked_at` with
+    entries of a term other than `term`: a batch a node indexed as master that reached its
+    disk after it stepped down and asked the master of `term` to catch it up. A reply to
+    that request no longer continues the log. (Growth from that master's appends is fine.)"""
+    if log.last_index <= asked_at:
+        return False
+    first = [s for s in segments if s.first_index <= asked_at + 1][-1:]
+    # Terms never go down along a log: the first and last new entries bound the rest.
+    return (first[0].term if first else 0) != term or log.last_term != term
 
 
 def segments_of(events: Iterable[IndexedEvent]) -> list[Segment]:

@@ -279,3 +279,24 @@ def test_a_divergent_log_is_adopted_then_truncated() -> None:
     # With the adoption over, the tick repairs a stalled catch-up again.
     drive(core.receive(MASTER, Beat(winner, True, False, winner, 5, True), 1.0), stored)
     assert sends(drive(core.tick(1.0, [MASTER], False, []), stored), SyncRequest)
+
+
+def test_a_sync_reply_about_a_log_that_grew_with_another_terms_entries_is_asked_again() -> None:
+    """A thawed master's last batch reached its disk after it stepped down and asked the
+    new master to catch it up (found between namespaced hosts, SIGSTOP then SIGCONT): the
+    reply matched the log as it was when asked, and appending its events after the stale
+    ones left a log that differed for good. Such a reply is stale: ask again."""
+    stored = MemoryLog([entry(1, 1, ME), entry(2, 1, ME)])
+    core = ControlCore(ME, stored, TIMINGS)
+    new = Ballot(2, MASTER)
+    asked = drive(core.receive(MASTER, Append(new, (entry(10, 2),)), 0.0), stored)
+    [(_, request)] = sends(asked, SyncRequest)
+    assert request.last_index == 2
+    stale = (entry(3, 1, ME), entry(4, 1, ME))  # the old term's batch, written late
+    stored.events.extend(stale)
+    drive(core.committed(Ballot(1, ME), stale), stored)
+    reply = SyncReply(new, 2, 2, (entry(3, 2), entry(4, 2), entry(5, 2)), 5)
+    effects = drive(core.receive(MASTER, reply, 0.1), stored)
+    assert not any(isinstance(e, Persist) for e in effects)
+    assert [r.last_index for _, r in sends(effects, SyncRequest)] == [4]
+    assert not core.synced and stored.last_index == 4
