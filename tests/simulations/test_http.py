@@ -131,7 +131,7 @@ def test_a_wrong_key_fails_in_every_dialect(dialect: Dialect) -> None:
         async with trio.open_nursery() as nursery:
             await serve_on(net.host(SERVER), fake, nursery)
             async with client(net) as pool:
-                with pytest.raises(ChatFailed, match="^401 "):
+                with pytest.raises(ChatFailed, match=r"^401 "):
                     await chat(pool, SERVER, "not-the-key", dialect, "hello", 8)
             nursery.cancel_scope.cancel()
 
