@@ -87,7 +87,8 @@ def test_pipeline_and_tensor_across_three_hosts_answer_as_one_node(
 
     tensor = place(b, "tensor", [b, c, a])
     assert {r.rsplit(":", 1)[0] for r in tensor["ring"]} == addresses, tensor["ring"]
-    assert greedy(b, TOKENS) == expected
+    # Once, relayed from a host that is not rank 0's: every tensor token crosses the
+    # wire 60 times (two all-reduces a layer), which costs seconds on 2 shared cores.
     assert greedy(a, TOKENS) == expected
     delete(c, tensor["id"])
     wait_for(lambda: _settled(cluster), 30, "every node agreeing, no instance left")
