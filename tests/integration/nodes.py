@@ -24,23 +24,34 @@ API_KEY = "sk-exo-test-api-key"
 
 
 def start_cluster(
-    root: Path, models_dir: Path, count: int, env: dict[str, str] | None = None
+    root: Path,
+    models_dir: Path,
+    count: int,
+    env: dict[str, str] | None = None,
+    hosts: list[tuple[str, str]] | None = None,
 ) -> list[NodeProcess]:
     """`count` nodes on 127.0.0.1 that dial each other with a shared key, no preload;
-    each has its own hub cache (HF_HOME) under its home."""
+    each has its own hub cache (HF_HOME) under its home. With `hosts` ((namespace,
+    address) pairs reachable from here, see netns.py), node i runs in namespace i and
+    listens on its address (peers, ring and an API that asks for API_KEY)."""
     nodes = [
         NodeProcess(
-            root / f"n{i}", models_dir, env={**(env or {}), "HF_HOME": str(root / f"hf{i}")}
+            root / f"n{i}",
+            models_dir,
+            env={**(env or {}), "HF_HOME": str(root / f"hf{i}")},
+            netns=hosts[i][0] if hosts else None,
+            host=hosts[i][1] if hosts else None,
+            api_key=API_KEY if hosts else None,
         )
         for i in range(count)
     ]
     for node in nodes:
-        peers = ",".join(f"127.0.0.1:{o.peer_port}" for o in nodes if o is not node)
+        peers = ",".join(f"{o.address}:{o.peer_port}" for o in nodes if o is not node)
         node.extra = (
             "--peers",
             peers,
             "--peer-host",
-            "127.0.0.1",
+            node.address,
             "--cluster-key",
             KEY,
             "--preload",
@@ -82,6 +93,7 @@ class NodeProcess:
         netns: str | None = None,
         env: dict[str, str] | None = None,
         api_key: str | None = None,
+        host: str | None = None,
     ) -> None:
         self.home = home
         self.models_dir = models_dir
@@ -94,14 +106,23 @@ class NodeProcess:
         self.netns = netns
         # Extra environment variables (HF_ENDPOINT, HF_HOME, ...) for the node process.
         self.env = dict(env or {})
-        # Started with this API key (`--api-key`), which `get` sends.
+        # Started with this API key (`--api-key`), which `get` and `headers` send.
         self.api_key = api_key
+        # An address of its namespace, reachable from the test, that the API listens on.
+        self.host = host
         self.log_path = home.parent / f"{home.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def address(self) -> str:
+        return self.host or "127.0.0.1"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.address}:{self.api_port}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def start(self) -> NodeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -124,6 +145,7 @@ class NodeProcess:
                 str(self.models_dir),
                 *(() if self.discovery else ("--no-discovery",)),
                 *(("--api-key", self.api_key) if self.api_key else ()),
+                *(("--api-host", self.host) if self.host else ()),
                 *self.extra,
             ],
             stdout=log,
@@ -135,10 +157,9 @@ class NodeProcess:
         return self
 
     def get(self, path: str) -> Any:
-        if self.netns is not None:
+        if self.netns is not None and self.host is None:
             return json.loads(_get_in_namespace(self.netns, self.url + path))
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        request = urllib.request.Request(self.url + path, headers=headers)
+        request = urllib.request.Request(self.url + path, headers=self.headers())
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

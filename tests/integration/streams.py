@@ -15,7 +15,7 @@ MODEL = "smollm2-135m"
 
 def client(node: NodeProcess, timeout: float = 300) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=node.url + "/v1", api_key="unused", timeout=timeout, max_retries=0
+        base_url=node.url + "/v1", api_key=node.api_key or "unused", timeout=timeout, max_retries=0
     )
 
 

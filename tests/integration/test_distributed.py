@@ -48,7 +48,7 @@ def node_id(node: NodeProcess) -> str:
 
 def place(node: NodeProcess, strategy: str, nodes: list[NodeProcess]) -> dict[str, Any]:
     body = {"model": MODEL, "strategy": strategy, "nodes": [node_id(n) for n in nodes]}
-    response = httpx.post(node.url + "/instances", json=body, timeout=30)
+    response = httpx.post(node.url + "/instances", json=body, headers=node.headers(), timeout=30)
     assert response.status_code == 201, response.text
     instance: dict[str, Any] = response.json()
     return wait_for(
@@ -63,7 +63,8 @@ def _ready(node: NodeProcess, instance_id: str) -> dict[str, Any] | None:
 
 
 def delete(node: NodeProcess, instance_id: str) -> None:
-    assert httpx.delete(f"{node.url}/instances/{instance_id}", timeout=30).status_code == 200
+    url = f"{node.url}/instances/{instance_id}"
+    assert httpx.delete(url, headers=node.headers(), timeout=30).status_code == 200
 
 
 def greedy(node: NodeProcess, max_tokens: int = 48) -> str:
@@ -136,17 +137,19 @@ def test_losing_a_node_mid_stream_fails_the_stream_and_places_the_instance_again
     assert isinstance(error, openai.APIError), error
     print(f"stream ended {ended_after:.2f} s after the node died: {error}")
 
-    def replaced() -> dict[str, Any] | None:
-        instances = a.get("/instances")["instances"]
-        if [i["id"] for i in instances] == [instance["id"]] or not instances:
-            return None
-        (current,) = instances
-        return current if current["status"] == "ready" else None
-
-    again = wait_for(replaced, 120, "the instance placed again and ready")
+    again = wait_for(lambda: placed_again(a, instance["id"]), 120, "the instance placed again")
     assert lost not in {s["node_id"] for s in again["shards"]}
     assert lost not in a.state()["state"]["nodes"]
     assert "Paris" in _ask_paris(b)
+
+
+def placed_again(node: NodeProcess, lost_id: str) -> dict[str, Any] | None:
+    """The one instance `node` shows, once it replaces `lost_id` and is ready."""
+    instances = node.get("/instances")["instances"]
+    if [i["id"] for i in instances] == [lost_id] or not instances:
+        return None
+    (current,) = instances
+    return current if current["status"] == "ready" else None
 
 
 def _ask_paris(node: NodeProcess) -> str:
