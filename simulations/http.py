@@ -263,7 +263,12 @@ def _sse_data(lines: list[str]) -> Iterator[str]:
 
 def _raise_error(error: Any) -> None:
     if error:
-        raise ChatFailed(str(error.get("message", error) if isinstance(error, dict) else error))
+        raise ChatFailed(_message_of(error))
+
+
+def _message_of(error: Any) -> str:
+    """An error's `message` when it is an object (every dialect's shape), else itself."""
+    return str(error.get("message", error) if isinstance(error, dict) else error)
 
 
 def _error_message(text: str) -> str:
@@ -272,8 +277,7 @@ def _error_message(text: str) -> str:
         body = json.loads(text)
     except ValueError:
         return text[:200]
-    error = body.get("error", body) if isinstance(body, dict) else body
-    return str(error.get("message", error) if isinstance(error, dict) else error)
+    return _message_of(body.get("error", body) if isinstance(body, dict) else body)
 
 
 def dialect_of(number: int) -> Dialect:

@@ -4,6 +4,8 @@ the network leaves half-open fails the request after the client's timeout, while
 server that is only slow is waited for."""
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import cast
 
@@ -25,7 +27,7 @@ from simulations.http import (
     chat,
 )
 from simulations.network import LinkModel
-from simulations.sockets import SimHostSockets, SimSockets, SimStream
+from simulations.sockets import SimSockets, SimStream
 from tests.api.fakes import FakeBackend, Pause, fake_card, tokens
 
 SERVER = "10.0.0.1"
@@ -38,17 +40,25 @@ def backend(pause: float = 0.0) -> FakeBackend:
     return FakeBackend(script, cards=[fake_card(BUNDLED_MODEL)])
 
 
-async def serve_on(host: SimHostSockets, fake: FakeBackend, nursery: trio.Nursery) -> None:
-    bound = await nursery.start(
-        partial(
-            serve,
-            create_app(fake, api_keys=[KEY]),
-            "0.0.0.0",
-            API_PORT,
-            open_listener=host.open_tcp_listener,
+@asynccontextmanager
+async def served(fake: FakeBackend) -> AsyncIterator[httpcore.AsyncConnectionPool]:
+    """The real app over `fake`, served with `KEY` at SERVER on a fresh simulated network,
+    and a client's connection pool to it; the server stops on the way out."""
+    net = network()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(
+            partial(
+                serve,
+                create_app(fake, api_keys=[KEY]),
+                "0.0.0.0",
+                API_PORT,
+                open_listener=net.host(SERVER).open_tcp_listener,
+            )
         )
-    )
-    assert bound == ("0.0.0.0", API_PORT)
+        assert bound == ("0.0.0.0", API_PORT)
+        async with client(net) as pool:
+            yield pool
+        nursery.cancel_scope.cancel()
 
 
 def client(net: SimSockets) -> httpcore.AsyncConnectionPool:
@@ -70,14 +80,10 @@ def test_each_dialect_is_answered_through_the_real_app_over_simulated_tcp(
     fake = backend()
 
     async def main() -> None:
-        net = network()
-        async with trio.open_nursery() as nursery:
-            await serve_on(net.host(SERVER), fake, nursery)
-            async with client(net) as pool:
-                assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
-                # Again, on the kept-alive connection.
-                assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
-            nursery.cancel_scope.cancel()
+        async with served(fake) as pool:
+            assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
+            # Again, on the kept-alive connection.
+            assert await chat(pool, SERVER, KEY, dialect, "hello", 8) == "".join(REPLY)
 
     run(main)
     assert [c.messages[-1].content for c in fake.calls] == ["hello", "hello"]
@@ -110,14 +116,10 @@ def test_a_slow_server_is_waited_for_past_the_half_open_timeout() -> None:
     fake = backend(pause=2 * HALF_OPEN_TIMEOUT)
 
     async def main() -> None:
-        net = network()
-        async with trio.open_nursery() as nursery:
-            await serve_on(net.host(SERVER), fake, nursery)
+        async with served(fake) as pool:
             started = trio.current_time()
-            async with client(net) as pool:
-                assert await chat(pool, SERVER, KEY, DIALECTS[1], "hello", 8) == "".join(REPLY)
+            assert await chat(pool, SERVER, KEY, DIALECTS[1], "hello", 8) == "".join(REPLY)
             assert trio.current_time() - started >= 2 * HALF_OPEN_TIMEOUT
-            nursery.cancel_scope.cancel()
 
     run(main)
 
@@ -127,13 +129,9 @@ def test_a_wrong_key_fails_in_every_dialect(dialect: Dialect) -> None:
     fake = backend()
 
     async def main() -> None:
-        net = network()
-        async with trio.open_nursery() as nursery:
-            await serve_on(net.host(SERVER), fake, nursery)
-            async with client(net) as pool:
-                with pytest.raises(ChatFailed, match=r"^401 "):
-                    await chat(pool, SERVER, "not-the-key", dialect, "hello", 8)
-            nursery.cancel_scope.cancel()
+        async with served(fake) as pool:
+            with pytest.raises(ChatFailed, match=r"^401 "):
+                await chat(pool, SERVER, "not-the-key", dialect, "hello", 8)
 
     run(main)
     assert fake.calls == []
