@@ -6,9 +6,11 @@ load while a random host is killed and restarted every few minutes.
 Three nodes run on three hosts (network namespaces on a bridge, with their own addresses
 and API keys, tests/integration/netns.py; on 127.0.0.1 with a printed note when
 namespaces cannot be made). One single-node instance of the bundled model is placed on
-each host, so that losing a host leaves two serving while the master places the lost
-one again. `--clients` threads (8-16) loop until the end, each request to a random host
-that is up, in a random (seeded) dialect through its official client: OpenAI chat,
+each host, so that losing a host leaves two serving (the master places a lost instance
+again only when none of its model remains, so the soak places one on the host again once
+it is back and agreed: `instance_ready_after_s`). `--clients` threads (8-16) loop until
+the end, each request to a random host that is up, in a random (seeded) dialect through
+its official client: OpenAI chat,
 Anthropic messages, OpenAI Responses and Ollama chat, each streamed or not; about 15 %
 are bad inputs sent with httpx (malformed JSON, an unknown model, a wrong API key, a body
 over 4 MiB, an invalid parameter). Every `--kill-every` seconds a random host (its node
@@ -361,6 +363,15 @@ class Run:
             f"{record['agreed_after_restart_s']} s",
             flush=True,
         )
+        # The master places a lost instance again only when no other instance of the model
+        # remains: give the host back its own, as an operator would, so that the load stays
+        # spread over three instances.
+        try:
+            since = time.monotonic()
+            place_serving([node])
+            record["instance_ready_after_s"] = round(time.monotonic() - since, 2)
+        except (httpx.HTTPError, TimeoutError, OSError, ValueError) as exc:
+            record["instance_error"] = f"{type(exc).__name__}: {exc}"[:200]
         with self.lock:
             self.kills.append(record)
 
@@ -454,14 +465,18 @@ def _status_of(exc: Exception) -> int | None:
 
 
 def _error_of(exc: Exception) -> tuple[str | None, str]:
-    """The error type its body names, and the start of the body."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, httpx.Response):
-        with contextlib.suppress(Exception):
-            return _type_in(response.text), response.text[:300]
+    """The error type its body names, and the start of the body. Duck-typed: the
+    `anthropic` client raises with responses of its own HTTP package (httpx2)."""
     if isinstance(exc, ollama.ResponseError):
         return "ollama", exc.error[:300]  # Ollama's errors are `{"error": "..."}`: no type
-    return None, str(exc)[:300]
+    text = None
+    with contextlib.suppress(Exception):
+        text = str(getattr(exc, "response").text)  # noqa: B009
+    body = getattr(exc, "body", None)
+    kind = _type_of(body) if isinstance(body, dict) else None
+    if kind is None and text is not None:
+        kind = _type_in(text)
+    return kind, (text if text is not None else str(exc))[:300]
 
 
 def _type_in(text: str) -> str | None:
@@ -469,12 +484,18 @@ def _type_in(text: str) -> str | None:
         data = json.loads(text)
     except ValueError:
         return "not-json"
-    error = data.get("error") if isinstance(data, dict) else None
+    return _type_of(data) if isinstance(data, dict) else None
+
+
+def _type_of(data: dict[str, Any]) -> str | None:
+    """OpenAI's `{"error": {"type"}}` (or the inner object the `openai` client keeps),
+    Anthropic's `{"type": "error", "error": {"type"}}`, Ollama's `{"error": "..."}`."""
+    error = data.get("error")
     if isinstance(error, dict):
         return str(error.get("type"))
     if isinstance(error, str):
         return "ollama"
-    return None
+    return str(data["type"]) if "type" in data else None
 
 
 def documented_5xx(out: Outcome) -> bool:
@@ -620,7 +641,7 @@ def cluster(args: argparse.Namespace, root: Path, models: Path) -> Iterator[list
 
 
 def place_serving(nodes: list[NodeProcess]) -> list[str]:
-    """One single-node instance on each host, ready."""
+    """One single-node instance on each of `nodes`, ready."""
     ids = []
     for node in nodes:
         body = {"model": MODEL, "strategy": "pipeline", "nodes": [node_id(node)]}
