@@ -736,12 +736,19 @@ def main() -> None:
     parser.add_argument("--long-lived", type=float, default=300, help="seconds")
     parser.add_argument("--recovery-timeout", type=float, default=180, help="seconds")
     parser.add_argument("--models-dir", type=Path, help="a converted model to reuse")
+    parser.add_argument("--no-namespaces", action="store_true", help="nodes on 127.0.0.1")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    args.namespaces = can_make_namespaces()
+    args.namespaces = can_make_namespaces() and not args.no_namespaces
     args.settle_before = -1.0
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # `kill` cleans up as Ctrl-C does (a background job of a script ignores SIGINT).
+    signal.signal(signal.SIGTERM, interrupted)
     if not args.namespaces:
-        print("note: no network namespaces (needs root and iproute2): nodes on 127.0.0.1")
+        print("note: no network namespaces (asked, or not root or no iproute2): 127.0.0.1")
     with tempfile.TemporaryDirectory(prefix="exo-soak-") as tmp:
         models = args.models_dir or Path(tmp) / "models"
         figures, ok = soak(args, Path(tmp), models)
