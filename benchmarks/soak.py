@@ -207,8 +207,10 @@ class Run:
         except Exception as exc:  # every failure is recorded, none stops the soak
             self.failed(out, exc, chunks)
         out.total_s = round(time.monotonic() - chunks.since, 3)
-        if out.status is not None and out.first_s is None:
-            out.first_s = chunks.first if chunks.first is not None else out.total_s
+        if chunks.first is not None:  # also for a stream cut later
+            out.first_s = chunks.first
+        elif out.status is not None:
+            out.first_s = out.total_s
         if out.first_s is not None:
             out.first_s = round(out.first_s, 3)
         out.max_gap_s = round(chunks.gap, 3)
