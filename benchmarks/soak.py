@@ -33,13 +33,16 @@ Acknowledged events lost: a writer thread makes acknowledged writes through the 
 API all along. Each round places an instance (`POST /instances`, one node, a random
 host's API) and, once the 201 with its id came back, deletes it (`DELETE
 /instances/{id}`, retried through any host that is up until it answers). A 201 and a
-200 are the cluster's acknowledgements that the `InstanceCreated` and `InstanceDeleted`
-events are committed. A write is counted lost when (a) the delete of an acknowledged
-instance answers 404 (the cluster no longer knows an instance it acknowledged) although
-the host it was placed on was not killed meanwhile (the master deletes the instances of
-a host marked down, and places them again under a new id: those are counted apart as
-`writes_removed_with_host`), or (b) at the end, once the three nodes agree, any node
-still lists an instance whose delete was acknowledged. The end also needs the three
+200 are the cluster's acknowledgements of the `InstanceCreated` and `InstanceDeleted`
+events (the API answers once the master accepted the command and the answering node's
+replica applied its event: `command_and_wait`). A write is counted lost when (a) the delete of an
+acknowledged instance answers 404 three times (through random hosts, over a few seconds:
+a host just restarted may still be catching up): the cluster no longer knows an instance
+it acknowledged; except when the host it was placed on was killed meanwhile (the master
+deletes the instances of a host marked down: `writes_removed_with_host`) or an earlier
+try of the delete got no answer (it may have deleted it:
+`writes_gone_after_unanswered_delete`); or (b) at the end, once the three nodes agree,
+any node still lists an instance whose delete was acknowledged. The end also needs the three
 nodes to agree (one master, term and state hash: the same committed log).
 
 Exit status 1 when an undocumented 5xx was answered, an acknowledged write was lost, or
@@ -403,6 +406,11 @@ class Run:
             self.writes.append(write)
         time.sleep(0.5)
         deadline = time.monotonic() + 120
+        # A 404 is final only when three tries (over several seconds, through random
+        # hosts) all answer it: a host just restarted may not have caught up yet. A try
+        # without an answer (cut, or a 5xx) may have deleted it: a 404 after one is
+        # `unclear`, not lost.
+        misses = 0
         while time.monotonic() < deadline:
             via = self.pick(rng)
             if via is None:
@@ -415,7 +423,12 @@ class Run:
                     timeout=60,
                 )
             except httpx.HTTPError:
+                write["unclear"] = True
                 time.sleep(1)
+                continue
+            if answer.status_code == 404 and misses < 2:
+                misses += 1
+                time.sleep(2)
                 continue
             if answer.status_code in (200, 404):
                 with self.lock:
@@ -424,6 +437,7 @@ class Run:
                         t >= write["acked_s"] for t in self.hosts[target.index].kills
                     )
                 return
+            write["unclear"] = True
             time.sleep(1)
 
     # -- memory --------------------------------------------------------------------------
@@ -528,10 +542,10 @@ def report(
     longest_first = max((o for o in outs if o.first_s is not None), key=lambda o: o.first_s or 0)
     longest_gap = max(outs, key=lambda o: o.max_gap_s)
     longest_total = max(outs, key=lambda o: o.total_s)
-    lost_creates = [
-        w for w in run.writes if w["delete"] == 404 and not w.get("target_killed", False)
-    ]
-    removed_with_host = [w for w in run.writes if w["delete"] == 404 and w.get("target_killed")]
+    gone = [w for w in run.writes if w["delete"] == 404]
+    lost_creates = [w for w in gone if not w.get("target_killed") and not w.get("unclear")]
+    removed_with_host = [w for w in gone if w.get("target_killed")]
+    unclear = [w for w in gone if w.get("unclear") and not w.get("target_killed")]
     lost_deletes = [w for w in run.writes if w["delete"] == 200 and w["id"] in leftover]
     seen = sorted(run.memory.values(), key=lambda e: (e["host"], e["role"], e["seen_s"]))
     memory = [e for e in seen if "start_rss" in e]  # lived past --settle
@@ -563,6 +577,8 @@ def report(
         "acknowledged_writes": len(run.writes),
         "acknowledged_deletes": sum(1 for w in run.writes if w["delete"] == 200),
         "writes_removed_with_host": len(removed_with_host),
+        "writes_gone_after_unanswered_delete": len(unclear),
+        "writes_delete_unacknowledged": sum(1 for w in run.writes if w["delete"] is None),
         "acknowledged_lost": len(lost_creates) + len(lost_deletes),
         "agreed_at_end": agreed,
         "longest_first_answer_s": longest_first.first_s,
