@@ -24,6 +24,7 @@ import time
 from typing import NamedTuple
 
 from exo.engine.doorbell_guard import admit, host_ips, log, prove, receive_exactly
+from exo.engine.ring_guard import GuardProcess
 
 DOORBELL_OFFSET = 64
 CONNECT_TIMEOUT = 60.0
@@ -68,6 +69,8 @@ class Doorbells:
         self._in: dict[int, socket.socket] = {}
         self._admitted = threading.Condition()
         self._closed = False
+        # The ring's guard process (`ring_guard.py`), kept for as long as the doorbells.
+        self.ring_guard: GuardProcess | None = None
         threading.Thread(target=self._accept, name="doorbell-accept", daemon=True).start()
 
     def ring(self, to: int, bell: Bell) -> None:
@@ -100,6 +103,8 @@ class Doorbells:
             self._admitted.notify_all()
         for sock in (*self._out.values(), *self._in.values(), self._listener):
             sock.close()
+        if self.ring_guard is not None:
+            self.ring_guard.close()
 
     def _connect(self, to: int) -> socket.socket:
         deadline = time.monotonic() + CONNECT_TIMEOUT

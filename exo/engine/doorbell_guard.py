@@ -14,7 +14,7 @@ The key is derived by the node from the cluster secret and the instance id
 (`link_auth.instance_key`) and reaches the runner only in `Load`, on its private stdin
 pipe: another instance's runners, and hosts without the cluster key, cannot compute it.
 A fresh nonce per connection makes a recorded answer useless. The MLX ring's own
-sockets are not guarded (MLX offers no hook for it): docs/operations.md says so.
+sockets are guarded the same way, by relays in front of them (`ring_guard.py`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ _RANK = struct.Struct("!i")
 _ADMITTED = b"\x01"
 
 
-def doorbell_proof(key: bytes, nonce: bytes, rank: int, acceptor: int) -> bytes:
-    text = b"doorbell|" + nonce + _RANK.pack(rank) + _RANK.pack(acceptor)
+def doorbell_proof(
+    key: bytes, nonce: bytes, rank: int, acceptor: int, purpose: str = "doorbell"
+) -> bytes:
+    """The HMAC that proves `rank` to `acceptor`; `purpose` keeps a proof for one kind of
+    port (doorbells, the ring's tensor sockets) from being accepted by the other."""
+    text = purpose.encode() + b"|" + nonce + _RANK.pack(rank) + _RANK.pack(acceptor)
     return hmac.new(key, text, hashlib.sha256).digest()
 
 
@@ -61,8 +65,16 @@ def _is_from(peer_ip: str, ips: frozenset[str]) -> bool:
     return address.is_loopback and any(ipaddress.ip_address(ip).is_loopback for ip in ips)
 
 
-def admit(sock: socket.socket, key: bytes, rank: int, hosts: list[frozenset[str]]) -> int | None:
-    """The rank `sock` proved to be, or None (logged, and the caller closes it)."""
+def admit(
+    sock: socket.socket,
+    key: bytes,
+    rank: int,
+    hosts: list[frozenset[str]],
+    purpose: str = "doorbell",
+    only: int | None = None,
+) -> int | None:
+    """The rank `sock` proved to be, or None (logged, and the caller closes it). `only`:
+    the one rank that may connect (the ring's left neighbour), if just one may."""
     nonce = os.urandom(NONCE_BYTES)
     try:
         peer_ip = str(sock.getpeername()[0])  # OSError if it is already gone
@@ -70,21 +82,23 @@ def admit(sock: socket.socket, key: bytes, rank: int, hosts: list[frozenset[str]
         sock.sendall(nonce)
         answer = receive_exactly(sock, _RANK.size + PROOF_BYTES)
     except OSError as exc:
-        log.warning("doorbell: a connection broke before its proof: %s", exc)
+        log.warning("%s: a connection broke before its proof: %s", purpose, exc)
         return None
     if answer is None:
-        log.warning("doorbell: %s sent no proof within %.0f s; closed", peer_ip, HANDSHAKE_TIMEOUT)
+        log.warning(
+            "%s: %s sent no proof within %.0f s; closed", purpose, peer_ip, HANDSHAKE_TIMEOUT
+        )
         return None
     (claimed,) = _RANK.unpack(answer[: _RANK.size])
-    if not 0 <= claimed < len(hosts) or claimed == rank:
-        log.warning("doorbell: %s claims rank %d, not a peer of rank %d", peer_ip, claimed, rank)
+    if not 0 <= claimed < len(hosts) or claimed == rank or only not in (None, claimed):
+        log.warning("%s: %s claims rank %d, not a peer of rank %d", purpose, peer_ip, claimed, rank)
         return None
     if not _is_from(peer_ip, hosts[claimed]):
-        log.warning("doorbell: %s claims rank %d, whose host is elsewhere", peer_ip, claimed)
+        log.warning("%s: %s claims rank %d, whose host is elsewhere", purpose, peer_ip, claimed)
         return None
-    expected = doorbell_proof(key, nonce, claimed, rank)
+    expected = doorbell_proof(key, nonce, claimed, rank, purpose)
     if not hmac.compare_digest(answer[_RANK.size :], expected):
-        log.warning("doorbell: %s claims rank %d without the instance key", peer_ip, claimed)
+        log.warning("%s: %s claims rank %d without the instance key", purpose, peer_ip, claimed)
         return None
     try:
         sock.sendall(_ADMITTED)
@@ -94,20 +108,22 @@ def admit(sock: socket.socket, key: bytes, rank: int, hosts: list[frozenset[str]
     return claimed
 
 
-def prove(sock: socket.socket, key: bytes, rank: int, to: int, timeout: float) -> None:
+def prove(
+    sock: socket.socket, key: bytes, rank: int, to: int, timeout: float, purpose: str = "doorbell"
+) -> None:
     """Answer rank `to`'s challenge as `rank`; `RuntimeError` when it refuses us."""
     sock.settimeout(timeout)
     verdict = None
     try:
         nonce = receive_exactly(sock, NONCE_BYTES)
         if nonce is not None:
-            sock.sendall(_RANK.pack(rank) + doorbell_proof(key, nonce, rank, to))
+            sock.sendall(_RANK.pack(rank) + doorbell_proof(key, nonce, rank, to, purpose))
             verdict = receive_exactly(sock, len(_ADMITTED))
     except OSError:
         pass
     if verdict != _ADMITTED:
         raise RuntimeError(
-            f"[ring doorbell] rank {to} refused us (a different instance key, or our "
+            f"[ring {purpose}] rank {to} refused us (a different instance key, or our "
             "address is not the one in its ring list)"
         )
     sock.settimeout(None)

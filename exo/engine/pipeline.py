@@ -55,6 +55,9 @@ from exo.engine.architectures import Architecture
 from exo.engine.blas import set_blas_threads
 from exo.engine.doorbell import Bell, Doorbells
 from exo.engine.mirror import Journal, Mirror, Witness, split_witness
+from exo.engine.ring_guard import GuardProcess
+
+GUARD_ENV = "EXO_RING_GUARD"
 
 STOP, FORWARD = 0, 1
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
@@ -65,14 +68,20 @@ def init_ring(
 ) -> tuple[mx.distributed.Group, Doorbells]:
     """Join the ring of `hosts` ("ip:port" per rank) as `rank`; blocks until all joined.
     Also returns this rank's doorbells (listening before the ring forms, guarded by
-    `doorbell_key`)."""
+    `doorbell_key`). The ring's own sockets are guarded by the same key (`ring_guard.py`);
+    `EXO_RING_GUARD=always` guards loopback rings too, for tests and benchmarks."""
     doorbells = Doorbells(rank, hosts, doorbell_key)
+    guard = GuardProcess(rank, hosts, doorbell_key, always=os.environ.get(GUARD_ENV) == "always")
+    doorbells.ring_guard = guard
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as hostfile:
-        json.dump(hosts, hostfile)
+        json.dump(guard.hostfile, hostfile)
     os.environ["MLX_HOSTFILE"] = hostfile.name
     os.environ["MLX_RANK"] = str(rank)
     try:
         group = mx.distributed.init(strict=True, backend="ring")
+    except BaseException:
+        guard.close()
+        raise
     finally:
         os.unlink(hostfile.name)
     if group.size() != len(hosts) or group.rank() != rank:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,12 @@ def test_pipeline_and_tensor_across_three_hosts_answer_as_one_node(
 
     pipeline = place(a, "pipeline", [a, b, c])
     assert {r.rsplit(":", 1)[0] for r in pipeline["ring"]} == addresses, pipeline["ring"]
+    # The ring ports are guarded (ring_guard.py): once each rank's left neighbour proved
+    # itself, the port is closed to everyone else, this host included.
+    for address in pipeline["ring"]:
+        host, _, port = address.rpartition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=5)
     assert greedy(a, TOKENS) == expected  # served where rank 0 runs
     assert greedy(c, TOKENS) == expected  # relayed from another host over the data plane
     delete(b, pipeline["id"])
@@ -176,15 +184,24 @@ def test_a_partitioned_host_heals_with_one_master_and_nothing_acknowledged_lost(
                 else None
             )
 
-        wait_for(majority_master, 25, "a master elected by the other two hosts")
-        delete(majority[1], before)  # acknowledged during the partition
-        during = _post_instance(majority[1], majority)
+        # The cut-off host alone must not acknowledge a write it cannot replicate.
+        with ThreadPoolExecutor(1) as pool:
+            attempt = pool.submit(_try_post_instance, cut, [cut], 28.0)
+            wait_for(majority_master, 25, "a master elected by the other two hosts")
+            delete(majority[1], before)  # acknowledged during the partition
+            during = _post_instance(majority[1], majority)
+            minority = attempt.result()
         time.sleep(max(0.0, 30 - (time.monotonic() - since)))
     healed = wait_for(lambda: agreement(cluster, 3), 60, "one master and equal state after")
     assert healed["master"] != first["master"]
+    print(f"a write to the cut-off host while cut off: {minority}")
     for node in cluster:
         ids = {i["id"] for i in node.get("/instances")["instances"]}
         assert during in ids and before not in ids, (node.url, ids)
+        if isinstance(minority, str):  # acknowledged, so it must have survived the heal
+            assert minority in ids, (node.url, minority, ids)
+    if isinstance(minority, str):
+        delete(cut, minority)
     delete(cut, during)
     wait_for(lambda: _settled(cluster), 30, "every node agreeing, no instance left")
 
@@ -195,6 +212,19 @@ def _post_instance(node: NodeProcess, on: list[NodeProcess]) -> str:
     response = httpx.post(node.url + "/instances", json=body, headers=node.headers(), timeout=30)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+def _try_post_instance(node: NodeProcess, on: list[NodeProcess], timeout: float) -> str | int:
+    """`_post_instance` that may fail: the id when acknowledged, else the status (0: no
+    answer within `timeout`)."""
+    body = {"model": MODEL, "strategy": "pipeline", "nodes": [node_id(n) for n in on]}
+    try:
+        response = httpx.post(
+            node.url + "/instances", json=body, headers=node.headers(), timeout=timeout
+        )
+    except httpx.TimeoutException:
+        return 0
+    return str(response.json()["id"]) if response.status_code == 201 else response.status_code
 
 
 def _signal_host(node: NodeProcess, sig: int) -> None:
