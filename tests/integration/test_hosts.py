@@ -12,7 +12,6 @@ time on a small CI machine); each test leaves the three nodes up and in agreemen
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.integration.netns import bridged_namespaces, can_make_namespaces, impaired
@@ -228,11 +228,13 @@ def _try_post_instance(node: NodeProcess, on: list[NodeProcess], timeout: float)
 
 
 def _signal_host(node: NodeProcess, sig: int) -> None:
-    """Send `sig` to the node and every runner it started: the whole host."""
+    """Send `sig` to the node and every process under it (runners, their ring guards):
+    the whole host."""
     assert node.process is not None
-    for pid in [node.process.pid, *node.runner_pids()]:
-        with suppress(ProcessLookupError):
-            os.kill(pid, sig)
+    root = psutil.Process(node.process.pid)
+    for process in [root, *root.children(recursive=True)]:
+        with suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
 
 
 def _settled(nodes: list[NodeProcess]) -> dict[str, Any] | None:
