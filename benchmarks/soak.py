@@ -327,8 +327,14 @@ class Run:
     # -- the killer ----------------------------------------------------------------------
 
     def killer_loop(self, rng: random.Random) -> None:
+        """Kill the hosts in random order, each once a round, so that every host (the
+        master among them) is killed within three kills: a plain random choice killed
+        the same non-master host three times in a row with seed 1."""
+        order: list[Host] = []
         while not self.stop.wait(self.args.kill_every):
-            self.kill_and_restart(rng.choice(self.hosts))
+            if not order:
+                order = rng.sample(self.hosts, len(self.hosts))
+            self.kill_and_restart(order.pop())
 
     def kill_and_restart(self, host: Host) -> None:
         node = host.node
@@ -338,15 +344,22 @@ class Run:
             host.up = False
             host.kills.append(self.now())
         killed_at = self.now()
+        was_master = _is_master(node)
         pids = [node.process.pid, *node.runner_pids()]
         for pid in reversed(pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         node.process.wait(30)
-        record: dict[str, Any] = {"host": host.index, "at_s": round(killed_at, 1)}
+        record: dict[str, Any] = {
+            "host": host.index,
+            "at_s": round(killed_at, 1),
+            "was_master": was_master,
+        }
         record["runners_killed"] = len(pids) - 1
         print(
-            f"[{killed_at:7.1f} s] killed host {host.index} ({len(pids) - 1} runners)", flush=True
+            f"[{killed_at:7.1f} s] killed host {host.index}"
+            f"{' (the master)' if was_master else ''} ({len(pids) - 1} runners)",
+            flush=True,
         )
         if self.abort.wait(self.args.down_for):
             return
@@ -493,6 +506,15 @@ def _error_of(exc: Exception) -> tuple[str | None, str]:
     if kind is None and text is not None:
         kind = _type_in(text)
     return kind, (text if text is not None else str(exc))[:300]
+
+
+def _is_master(node: NodeProcess) -> bool | None:
+    """Whether `node` says it is the master (None when it does not answer)."""
+    try:
+        state = node.state()
+    except OSError:
+        return None
+    return bool(state["master"] == state["node_id"])
 
 
 def _type_in(text: str) -> str | None:
