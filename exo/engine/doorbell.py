@@ -23,7 +23,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from exo.engine.doorbell_guard import admit, host_ips, log, prove, receive_exactly
+from exo.engine.doorbell_guard import admit, host_ips, log, prove, receive_exactly, split_address
 from exo.engine.ring_guard import GuardProcess
 
 DOORBELL_OFFSET = 64
@@ -50,8 +50,8 @@ class Bell(NamedTuple):
 
 
 def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port) + DOORBELL_OFFSET
+    host, port = split_address(address)
+    return host, port + DOORBELL_OFFSET
 
 
 class Doorbells:

@@ -47,6 +47,12 @@ def doorbell_proof(
     return hmac.new(key, text, hashlib.sha256).digest()
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """A ring address ("ip:port", "[v6]:port") as (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def host_ips(host: str) -> frozenset[str]:
     """The IPs a ring address's host stands for (itself, for the usual literal IP)."""
     try:

@@ -16,7 +16,7 @@ with its usual error instead of a ring that forms and then hangs.
 MLX reads only two entries of its hostfile: its own (to bind) and its right neighbour's
 (to dial). So each rank's hostfile differs from the ring list in just those two.
 
-The guard runs in a small process of its own (`start`), not in the runner: MLX holds the
+The guard runs in a small process of its own (`GuardProcess`), not in the runner: MLX holds the
 GIL while its `init` waits in `accept`, so a guard thread in the runner could never
 answer the proof that lets the neighbour's MLX in (it deadlocked so), and the relays
 would otherwise wait on the runner's Python between evaluations. It exits when the
@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 
-from exo.engine.doorbell_guard import admit, host_ips, log, prove
+from exo.engine.doorbell_guard import admit, host_ips, log, prove, split_address
 
 PURPOSE = "ring"
 # How long a rank's proof may take once connected. Dialling itself goes on until the
@@ -51,11 +51,6 @@ _POLL = 0.5
 _REDIAL = 0.1
 _CHUNK = 1 << 20
 _LOOPBACK = "127.0.0.1"
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def is_loopback(host: str) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from exo.engine.doorbell_guard import NONCE_BYTES, doorbell_proof
-from exo.engine.ring_guard import GuardProcess, RingGuard, split_address
+from exo.engine.doorbell_guard import NONCE_BYTES, doorbell_proof, split_address
+from exo.engine.ring_guard import GuardProcess, RingGuard
 from tests.integration.nodes import free_port
 
 KEY = bytes(range(32))
