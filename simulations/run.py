@@ -51,6 +51,8 @@ class SeedResult:
     snapshots_installed: int = 0  # peers' snapshots installed by nodes far behind
     torn_writes: int = 0  # crashes that left a torn record or a half-written snapshot
     links: LinkCounts | None = None  # seeds over links only
+    # The instances in the most advanced node's final state (the ones the run ended with).
+    instances: tuple[str, ...] = ()
 
 
 @frozen
@@ -171,9 +173,18 @@ def run_seed(
             snapshots_installed=sum(r.control.snapshots_installed for r in incarnations),
             torn_writes=cluster.torn_writes,
             links=_link_counts(cluster, ops),
+            instances=_final_instances(cluster),
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _final_instances(cluster: Cluster) -> tuple[str, ...]:
+    states = [n.incarnations[-1].replica.state for n in cluster.nodes if n.incarnations]
+    if not states:
+        return ()
+    latest = max(states, key=lambda state: state.last_index)
+    return tuple(sorted(latest.instances))
 
 
 def _link_counts(cluster: Cluster, ops: list[tuple[str, str, str]]) -> LinkCounts | None:

@@ -39,7 +39,7 @@ from exo.actors.network import ControlTimings, PeerNetwork
 from exo.actors.replica import Replica
 from exo.actors.wire import PeerMessage
 from exo.environment import Environment
-from exo.events.commands import Envelope
+from exo.events.commands import Envelope, RegisterNode
 from exo.events.events import Event, MasterElected
 from exo.events.ids import CommandId, NodeId, new_command_id
 from exo.events.log import EventLog
@@ -294,9 +294,17 @@ class Control:
     async def _adopt(
         self, ballot: Ballot, common: int, ticket: int, scope: trio.CancelScope
     ) -> None:
-        """Hand the events past the common prefix to the master, then cut them off."""
+        """Hand the events past the common prefix to the master, then cut them off.
+
+        This node first registers again with the profile its own log holds: the other
+        side may have marked it down while the logs were apart, and the master keeps an
+        adopted instance only if its nodes are live, so an instance this node placed on
+        itself while cut off stays, under the id its client was given."""
         try:
             with scope:
+                own = self._replica.state.nodes.get(self.node_id)
+                if own is not None:
+                    await self._commands.call(RegisterNode(own))
                 for command in self.core.adoption_commands(ballot, common):
                     if not self.core.adopted(await self._commands.call(command)):
                         return  # this task is being cancelled
