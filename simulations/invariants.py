@@ -14,7 +14,9 @@
   unless every node that ever held it has left the cluster for good (a master cut off
   from all others acknowledges alone: liveness before quorum)
   (its records, or, for those compaction cut off, the entries of the same ballots seen
-  in any log while the run went on).
+  in any log while the run went on). A deletion also holds when the final log never
+  created the instance (a deposed side's replacement for a node it marked down, which
+  adoption drops where the winner runs the model): it is gone, as the client asked.
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
 - Two nodes lead at once only on sides of a partition: never both linked (both ways)
   with one node for longer than `SHARED_PEER_FOR`.
@@ -303,6 +305,10 @@ class Invariants:
                 if instance_id in kept or (holders and holders <= gone):
                     # Liveness before quorum: a master cut off from every other node
                     # acknowledges alone; if it then leaves for good, so does the decision.
+                    continue
+                if kind == "deletion" and instance_id not in created:
+                    # The history that won never had the instance (the deposed side's own
+                    # replacement for a node it marked down, dropped): it is gone, as asked.
                     continue
                 self.fail(f"acknowledged {kind} of {instance_id} is lost")
 

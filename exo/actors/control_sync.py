@@ -5,7 +5,7 @@ suffix as adoption commands. Pure: reads of the stored log only."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import groupby
 
 from exo.actors.control_effects import StoredLog
@@ -116,10 +116,24 @@ def adoption_commands(
         if not any(isinstance(e.event, ADOPTABLE_TYPES) for e in events):
             continue
         master = _master_of_term(segments, term)
-        for start in range(0, len(events), ADOPT_CHUNK):
-            chunk = tuple(events[start : start + ADOPT_CHUNK])
+        for chunk in _chunks(events):
             commands.append(AdoptSuffix(term, master, chunk, ballot.term, ballot.master))
     return commands
+
+
+def _chunks(events: list[IndexedEvent]) -> Iterator[tuple[IndexedEvent, ...]]:
+    """`events` in runs of about `ADOPT_CHUNK`, never splitting one command's events:
+    the master judges what a command did (a node marked down and what followed) whole."""
+    chunk: list[IndexedEvent] = []
+    for event in events:
+        if len(chunk) >= ADOPT_CHUNK and (
+            event.command_id is None or event.command_id != chunk[-1].command_id
+        ):
+            yield tuple(chunk)
+            chunk = []
+        chunk.append(event)
+    if chunk:
+        yield tuple(chunk)
 
 
 def _master_of_term(segments: Sequence[Segment], term: int) -> NodeId:

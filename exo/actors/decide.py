@@ -258,7 +258,11 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
     out, because their owners re-assert the current ones to the new master. Adoptions
     inside the suffix are carried too, so a decision survives any number of failovers.
     An adopted instance with a shard on a node this log has marked down is kept (a client
-    was told of it) and at once deleted and placed again, as losing that node would.
+    was told of it) and at once deleted and placed again, as losing that node would. The
+    sending node registers itself before it adopts (`Control._adopt`), so its own
+    instances are not among those. An instance the deposed side's failure detector placed
+    again is dropped where this log already runs its model (as `place_again` would not
+    place a second).
     """
     if (state.term, state.master) != (command.to_term, command.to_master):
         return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
@@ -269,9 +273,20 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
     draft = state
     kept: list[AdoptedEvent] = []
     nested: list[tuple[int, NodeId, int]] = []
+    # The deposed side's failure detector: commands that marked a node down (and in the
+    # same command deleted its instances and placed them again).
+    marked_down = {
+        e.command_id for e in fresh if isinstance(e.event, NodeDown) and e.command_id is not None
+    }
 
     def consider(command_id: CommandId | None, event: Event) -> None:
         nonlocal draft
+        if (
+            command_id in marked_down
+            and isinstance(event, InstanceCreated)
+            and draft.instances_of(event.instance.model)
+        ):
+            return  # a replacement where this log runs the model: a second nobody asked for
         if _still_applies(draft, event):
             kept.append(AdoptedEvent(command_id, event))  # type: ignore[arg-type]
             draft = apply_event(draft, event)

@@ -147,3 +147,33 @@ def test_an_adopted_instance_on_a_node_marked_down_is_placed_again() -> None:
         after = apply(after, IndexedEvent(after.last_index + 1, 3, event))  # type: ignore[arg-type]
     assert not after.requests
     assert all(s.node_id in after.nodes for i in after.instances.values() for s in i.shards)
+
+
+def test_a_replacement_the_deposed_side_placed_is_dropped_where_the_model_runs() -> None:
+    """The deposed master marked OTHER down: it deleted OTHER's instance and placed it
+    again on itself, in one command. Where the winner runs the model already, that
+    replacement would be a second instance nobody asked for: dropped. The deletion, and
+    a placement a client asked of the deposed side, are adopted."""
+    on_other = Instance(InstanceId("i1"), ModelId("m"), "pipeline", (Shard(OTHER, 0, 0, 30),))
+    mark = CommandId("mark-o")
+    events = (
+        IndexedEvent(5, 2, NodeDown(OTHER), mark),
+        IndexedEvent(6, 2, InstanceDeleted(InstanceId("i1")), mark),
+        IndexedEvent(7, 2, InstanceCreated(instance("i1-again")), mark),
+        IndexedEvent(8, 2, InstanceCreated(instance("asked")), CommandId("c8")),
+    )
+    runs_it = winner_state(InstanceCreated(on_other), InstanceCreated(instance("winners")))
+    [adopted] = adopt(runs_it, adopt_command(events))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted)
+    assert [a.event for a in adopted.events] == [
+        InstanceDeleted(InstanceId("i1")),
+        InstanceCreated(instance("asked")),
+    ]
+    # Where the model has no other instance here, the replacement stays.
+    [adopted] = adopt(winner_state(InstanceCreated(on_other)), adopt_command(events))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted)
+    assert [a.event for a in adopted.events] == [
+        InstanceDeleted(InstanceId("i1")),
+        InstanceCreated(instance("i1-again")),
+        InstanceCreated(instance("asked")),
+    ]

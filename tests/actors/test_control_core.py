@@ -21,6 +21,7 @@ from exo.actors.control_effects import (
     SubmitNew,
     TruncateAfter,
 )
+from exo.actors.control_sync import ADOPT_CHUNK
 from exo.actors.history import Ballot
 from exo.actors.network import ControlTimings
 from exo.actors.wire import Append, AppendAck, Beat, Outcome, SyncReply, SyncRequest
@@ -279,6 +280,23 @@ def test_a_divergent_log_is_adopted_then_truncated() -> None:
     # With the adoption over, the tick repairs a stalled catch-up again.
     drive(core.receive(MASTER, Beat(winner, True, False, winner, 5, True), 1.0), stored)
     assert sends(drive(core.tick(1.0, [MASTER], False, []), stored), SyncRequest)
+
+
+def test_adoption_commands_never_split_one_commands_events() -> None:
+    """A long suffix goes in chunks of about ADOPT_CHUNK events, but one command's run
+    (a node marked down, then its instances deleted and placed again) stays whole, so the
+    master judges it together."""
+    mine = [entry(1, 1), IndexedEvent(2, 2, MasterElected(ME, 2))]
+    run = range(ADOPT_CHUNK - 5, ADOPT_CHUNK + 10)  # across the first chunk's boundary
+    for index in range(3, ADOPT_CHUNK + 20):
+        command = CommandId("mark" if index in run else f"c{index}")
+        mine.append(IndexedEvent(index, 2, InstanceDeleted(InstanceId(f"i{index}")), command))
+    stored = MemoryLog(mine)
+    core = ControlCore(ME, stored, TIMINGS)
+    first, second = core.adoption_commands(Ballot(3, MASTER), 1)
+    assert first.events + second.events == tuple(mine[1:])
+    assert first.events[-1].index == run[-1]
+    assert "mark" not in {e.command_id for e in second.events}
 
 
 def test_a_sync_reply_about_a_log_that_grew_with_another_terms_entries_is_asked_again() -> None:
