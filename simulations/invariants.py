@@ -16,7 +16,8 @@
   (its records, or, for those compaction cut off, the entries of the same ballots seen
   in any log while the run went on). A deletion also holds when the final log never
   created the instance (a deposed side's replacement for a node it marked down, which
-  adoption drops where the winner runs the model): it is gone, as the client asked.
+  adoption drops where the winner runs the model): it is gone, as the client asked. An
+  instance whose deletion a client was told of is not in the final state.
 - No actor crashed (a crash is a bug, not a fault the simulator injected).
 - Two nodes lead at once only on sides of a partition: never both linked (both ways)
   with one node for longer than `SHARED_PEER_FOR`.
@@ -311,6 +312,10 @@ class Invariants:
                     # replacement for a node it marked down, dropped): it is gone, as asked.
                     continue
                 self.fail(f"acknowledged {kind} of {instance_id} is lost")
+        final = leader.running.replica.state.instances
+        for instance_id in workload.acked_deleted:
+            if instance_id in final:
+                self.fail(f"acknowledged deletion of {instance_id}, yet it runs at the end")
 
 
 def history_of(

@@ -260,9 +260,9 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
     An adopted instance with a shard on a node this log has marked down is kept (a client
     was told of it) and at once deleted and placed again, as losing that node would. The
     sending node registers itself before it adopts (`Control._adopt`), so its own
-    instances are not among those. An instance the deposed side's failure detector placed
-    again is dropped where this log already runs its model (as `place_again` would not
-    place a second).
+    instances are not among those. What the deposed side's failure detector did is its
+    view of who was lost: dropped for a node this log holds live, and a replacement
+    dropped where this log already runs its model.
     """
     if (state.term, state.master) != (command.to_term, command.to_master):
         return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
@@ -273,23 +273,27 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
     draft = state
     kept: list[AdoptedEvent] = []
     nested: list[tuple[int, NodeId, int]] = []
-    # The deposed side's failure detector: commands that marked a node down (and in the
-    # same command deleted its instances and placed them again).
+    # The deposed side's failure detector: the node each of its commands marked down (in
+    # the same command it deleted that node's instances and placed them again).
     marked_down = {
-        e.command_id for e in fresh if isinstance(e.event, NodeDown) and e.command_id is not None
+        e.command_id: e.event.node_id
+        for e in fresh
+        if isinstance(e.event, NodeDown) and e.command_id is not None
     }
 
     def consider(command_id: CommandId | None, event: Event) -> None:
         nonlocal draft
-        if (
-            command_id in marked_down
-            and isinstance(event, InstanceCreated)
-            and draft.instances_of(event.instance.model)
-        ):
-            return  # a replacement where this log runs the model: a second nobody asked for
+        node = marked_down.get(command_id) if command_id is not None else None
+        if node is not None and _moot_after_node_down(draft, node, event):
+            return
         if _still_applies(draft, event):
             kept.append(AdoptedEvent(command_id, event))  # type: ignore[arg-type]
             draft = apply_event(draft, event)
+        elif node is None and isinstance(event, InstanceDeleted):
+            # A deletion already made here is kept as a record: what made it redundant
+            # may itself be undone by a later adoption (a failure detector's deletion
+            # for a node that turns out live), and the client's deletion must then hold.
+            kept.append(AdoptedEvent(command_id, event))
 
     for indexed in fresh:
         event = indexed.event
@@ -324,6 +328,16 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
         after = apply_event(after, event)
     key = command_id or CommandId(f"adopt-{command.term}/{command.master}/{through_index}")
     return [adopted, *lost, *place_again(after, key, stranded)]
+
+
+def _moot_after_node_down(state: State, node_id: NodeId, event: Event) -> bool:
+    """Whether this log has made moot what the deposed side did because it marked
+    `node_id` down: all of it when the node is live here (the heal showed it cut off, not
+    lost, and its instances still serve); a replacement where this log runs the model
+    already (`place_again` would not place a second)."""
+    if node_id in state.nodes:
+        return True
+    return isinstance(event, InstanceCreated) and bool(state.instances_of(event.instance.model))
 
 
 def _still_applies(state: State, event: Event) -> bool:

@@ -83,11 +83,36 @@ def test_adopting_the_same_suffix_again_changes_nothing() -> None:
 
 
 def test_decisions_this_log_already_made_are_not_repeated() -> None:
+    """A creation this log made is not made again; a deletion of an instance already gone
+    here is kept as a record (it changes nothing now, but holds if a later adoption
+    undoes what made it redundant)."""
     state = winner_state(InstanceCreated(instance("i1")))
     events = suffix(InstanceCreated(instance("i1")), InstanceDeleted(InstanceId("gone")))
     [adopted] = adopt(state, adopt_command(events))  # type: ignore[misc]
     assert isinstance(adopted, SuffixAdopted)
-    assert adopted.events == ()
+    assert [a.event for a in adopted.events] == [InstanceDeleted(InstanceId("gone"))]
+    assert winner_state(InstanceCreated(instance("i1")), adopted).instances == state.instances
+
+
+# The deposed master's failure detector marks OTHER down: deletes the instance on it and
+# places it again, in one command; then a client's own placement.
+ON_OTHER = Instance(InstanceId("i1"), ModelId("m"), "pipeline", (Shard(OTHER, 0, 0, 30),))
+OTHER_MARKED_DOWN = (
+    IndexedEvent(5, 2, NodeDown(OTHER), CommandId("mark-o")),
+    IndexedEvent(6, 2, InstanceDeleted(InstanceId("i1")), CommandId("mark-o")),
+    IndexedEvent(7, 2, InstanceCreated(instance("i1-again")), CommandId("mark-o")),
+    IndexedEvent(8, 2, InstanceCreated(instance("asked")), CommandId("c8")),
+)
+
+
+def test_what_the_deposed_side_did_to_a_node_live_here_is_dropped() -> None:
+    """The deposed master, cut off, marked OTHER down, which the winner holds live: it
+    deleted OTHER's instance, placed it again on itself, all in one command. None of it
+    is adopted (the instance still serves here); a client's placement is."""
+    state = winner_state(NodeProfiled(OTHER, PROFILE), InstanceCreated(ON_OTHER))
+    [adopted] = adopt(state, adopt_command(OTHER_MARKED_DOWN))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted)
+    assert [a.event for a in adopted.events] == [InstanceCreated(instance("asked"))]
 
 
 def test_adoptions_inside_a_suffix_are_carried_on() -> None:
@@ -154,23 +179,16 @@ def test_a_replacement_the_deposed_side_placed_is_dropped_where_the_model_runs()
     again on itself, in one command. Where the winner runs the model already, that
     replacement would be a second instance nobody asked for: dropped. The deletion, and
     a placement a client asked of the deposed side, are adopted."""
-    on_other = Instance(InstanceId("i1"), ModelId("m"), "pipeline", (Shard(OTHER, 0, 0, 30),))
-    mark = CommandId("mark-o")
-    events = (
-        IndexedEvent(5, 2, NodeDown(OTHER), mark),
-        IndexedEvent(6, 2, InstanceDeleted(InstanceId("i1")), mark),
-        IndexedEvent(7, 2, InstanceCreated(instance("i1-again")), mark),
-        IndexedEvent(8, 2, InstanceCreated(instance("asked")), CommandId("c8")),
-    )
-    runs_it = winner_state(InstanceCreated(on_other), InstanceCreated(instance("winners")))
-    [adopted] = adopt(runs_it, adopt_command(events))  # type: ignore[misc]
+    runs_it = winner_state(InstanceCreated(ON_OTHER), InstanceCreated(instance("winners")))
+    [adopted] = adopt(runs_it, adopt_command(OTHER_MARKED_DOWN))  # type: ignore[misc]
     assert isinstance(adopted, SuffixAdopted)
     assert [a.event for a in adopted.events] == [
         InstanceDeleted(InstanceId("i1")),
         InstanceCreated(instance("asked")),
     ]
     # Where the model has no other instance here, the replacement stays.
-    [adopted] = adopt(winner_state(InstanceCreated(on_other)), adopt_command(events))  # type: ignore[misc]
+    alone = winner_state(InstanceCreated(ON_OTHER))
+    [adopted] = adopt(alone, adopt_command(OTHER_MARKED_DOWN))  # type: ignore[misc]
     assert isinstance(adopted, SuffixAdopted)
     assert [a.event for a in adopted.events] == [
         InstanceDeleted(InstanceId("i1")),
