@@ -345,7 +345,8 @@ def _still_applies(state: State, event: Event) -> bool:
         case ModelAdded(card=card):
             return card.model_id not in state.models
         case InstanceCreated(instance=instance):
-            return instance.instance_id not in state.instances
+            iid = instance.instance_id
+            return iid not in state.instances and iid not in state.deleted
         case InstanceDeleted(instance_id=instance_id):
             return instance_id in state.instances
         case RequestStarted(request=request):

@@ -78,6 +78,9 @@ class State:
     adopted: Map[str, int] = field(factory=Map)
     # Users' orders to fetch or stop a model's download: node -> model -> order.
     download_orders: Map[NodeId, Map[ModelId, DownloadOrder]] = field(factory=Map)
+    # Instances deleted, so an adopted creation from a branch that never saw the deletion
+    # cannot bring one back (ids are never reused).
+    deleted: Map[InstanceId, bool] = field(factory=Map)
 
     def runner_status(self, instance_id: InstanceId, node_id: NodeId) -> RunnerStatus | None:
         per_node = self.runners.get(instance_id)
@@ -154,6 +157,7 @@ def apply_event(state: State, event: object, **index: int) -> State:
         case InstanceDeleted(instance_id=instance_id):
             return change(
                 state,
+                deleted=state.deleted.set(instance_id, True),
                 instances=_without(state.instances, instance_id),
                 runners=_without(state.runners, instance_id),
                 request_counters=_without(state.request_counters, instance_id),
@@ -210,6 +214,7 @@ def _replace(state: State, **changes: Any) -> State:
         get("links", state.links),
         get("adopted", state.adopted),
         get("download_orders", state.download_orders),
+        get("deleted", state.deleted),
     )
 
 

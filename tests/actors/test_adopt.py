@@ -195,3 +195,11 @@ def test_a_replacement_the_deposed_side_placed_is_dropped_where_the_model_runs()
         InstanceCreated(instance("i1-again")),
         InstanceCreated(instance("asked")),
     ]
+
+
+def test_an_instance_this_log_deleted_is_not_created_again_by_an_adoption() -> None:
+    """A branch that never saw the deletion hands over the instance's creation (the same
+    placement decided there too): the deletion a client was told of holds."""
+    state = winner_state(InstanceCreated(instance("i1")), InstanceDeleted(InstanceId("i1")))
+    [adopted] = adopt(state, adopt_command(suffix(InstanceCreated(instance("i1")))))  # type: ignore[misc]
+    assert isinstance(adopted, SuffixAdopted) and adopted.events == ()

@@ -243,6 +243,22 @@ def test_the_master_marks_a_silent_node_down_once() -> None:
     )
 
 
+def test_a_master_that_hears_fewer_than_half_the_nodes_marks_nobody_down() -> None:
+    """Cut off alone from two others, a master cannot tell whether it or they are lost:
+    it marks nobody down. Once it hears one of them (two of three), it marks the other."""
+    stored = MemoryLog()
+    core = ControlCore(ME, stored, TIMINGS)
+    drive(core.tick(0.0, [], False, []), stored)
+    assert core.ballot is not None
+    later = TIMINGS.failure_timeout
+    nodes = [ME, PEER, MASTER]
+    effects = drive(core.tick(later, [], False, nodes), stored)
+    assert not any(isinstance(e, SubmitNew) for e in effects)
+    drive(core.receive(PEER, Beat(core.ballot, False, False, None, 0, True), later), stored)
+    effects = drive(core.tick(later + 0.5, [PEER], False, nodes), stored)
+    assert [e for e in effects if isinstance(e, SubmitNew)] == [SubmitNew(MarkNodeDown(MASTER))]
+
+
 def test_a_master_steps_down_when_a_peer_follows_a_newer_live_master() -> None:
     stored = MemoryLog()
     core = ControlCore(ME, stored, TIMINGS)

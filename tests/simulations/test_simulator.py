@@ -27,8 +27,9 @@ from simulations.scenario import GIB, Fault, NodeSpec, Op, Scenario, draw_scenar
 # (stale catch-up replies, lost gaps, answers for unwritten events, nested adoption,
 # adoption computed against another master, simultaneous candidates; 258: a client's
 # deletion dropped as redundant, then the failure detector's deletion that made it so
-# dropped at a later adoption, so the instance ran again).
-REGRESSION_SEEDS = [1, 4, 7, 9, 16, 24, 32, 36, 37, 38, 49, 53, 56, 155, 258]
+# dropped at a later adoption, so the instance ran again; 239: an adopted creation of
+# an instance the winner had deleted, from a branch that decided the placement too).
+REGRESSION_SEEDS = [1, 4, 7, 9, 16, 24, 32, 36, 37, 38, 49, 53, 56, 155, 239, 258]
 # Seeds over links that failed: 130 lost a token of a relayed reply when a redial
 # replaced a link with frames still queued on it (and showed every pair's higher id
 # redialling twice a second while linked; tests/actors/test_links.py holds both fixes);
@@ -181,6 +182,19 @@ def test_a_placement_the_cut_off_master_acknowledged_survives_the_heal() -> None
     be deleted as stranded on a node marked down and placed again elsewhere."""
     scenario = three_nodes(2100, 45.0, Fault(8.0, "isolate", (1,), 30.0), (Op(16.0, 1, "place"),))
     result = run_seed(2100, scenario=scenario)
+    assert result.passed, result.violations
+    ((kind, outcome, detail),) = result.ops
+    assert (kind, outcome) == ("place", "ok"), detail
+    assert result.instances == (detail.removeprefix("placed "),)
+
+
+@pytest.mark.parametrize("isolated", [0, 2])
+def test_a_follower_cut_off_alone_does_not_end_the_other_sides_instances(isolated: int) -> None:
+    """Three nodes; node 1 leads and places an instance on itself at 5 s; a follower is
+    cut off alone for 30 s from 8 s. It elects itself (its log may win the heal) but,
+    hearing fewer than half the nodes, marks nobody down: the instance keeps its id."""
+    fault = Fault(8.0, "isolate", (isolated,), 30.0)
+    result = run_seed(2100, scenario=three_nodes(2100, 45.0, fault, (Op(5.0, 1, "place"),)))
     assert result.passed, result.violations
     ((kind, outcome, detail),) = result.ops
     assert (kind, outcome) == ("place", "ok"), detail
