@@ -367,15 +367,7 @@ class ControlCore:
     def _mark_silent_nodes(self, now: float, nodes: Iterable[NodeId]) -> Steps:
         if now - self._led_since < self._timings.failure_timeout:
             return
-        known = {*nodes, self.node_id}
-        silent = [n for n in self._peers.silent(known, now) if n != self.node_id]
-        if 2 * (len(known) - len(silent)) < len(known):
-            # Fewer than half the nodes heard, this one included: this side may be the
-            # one cut off. It marks nobody down, since its view of who is lost would end
-            # the instances the other side keeps serving, and its log may win the heal
-            # (two nodes: the survivor hears half, and still takes over).
-            return
-        for node in silent:
+        for node in self._peers.to_mark_down(nodes, self.node_id, now):
             if node in self._marked_down:
                 continue
             self._marked_down.add(node)

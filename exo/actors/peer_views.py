@@ -47,6 +47,15 @@ class PeerViews:
         """The nodes among `nodes` not heard from within the failure timeout, sorted."""
         return [node for node in sorted(nodes) if not self.alive(node, now)]
 
+    def to_mark_down(self, nodes: Iterable[NodeId], me: NodeId, now: float) -> list[NodeId]:
+        """The silent nodes among `nodes`, sorted; none while fewer than half of them and
+        `me` are heard (`me` counts): this side may be the one cut off, its mark-downs
+        would end the instances the other side keeps serving, and its log may win the
+        heal. Two nodes: the survivor hears half, and still takes over."""
+        known = {*nodes, me}
+        silent = [n for n in self.silent(known, now) if n != me]
+        return [] if 2 * (len(known) - len(silent)) < len(known) else silent
+
     def blocked_by_live_master(self, peers: Sequence[NodeId], me: NodeId, now: float) -> bool:
         """A peer we reach follows a live master other than us: standing would make a
         second master sharing that peer."""
