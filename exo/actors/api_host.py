@@ -315,6 +315,10 @@ class NodeBackend(InstanceManager):
                             f"this node is coordinator-only (--no-worker) and runs no model; "
                             f"send requests for {card.model_id} to a worker node"
                         )
+                    if self._worker and self._node_id not in state.nodes:
+                        # Just started: the request is served once this node has joined.
+                        await self._replica.wait_changed()
+                        continue
                     await self._place(card)
                     placed = True
                     continue
@@ -337,7 +341,8 @@ class NodeBackend(InstanceManager):
         if instance is None:
             others = state.instances_of(model)
             if not others:
-                return "no instance placed"
+                joined = self._node_id in state.nodes or not self._worker
+                return "no instance placed" if joined else "this node has not joined a cluster yet"
             entry = others[0].shards[0].node_id
             runner = state.runner_status(others[0].instance_id, entry)
             return f"instance on node {entry}, runner {runner.phase if runner else 'not started'}"
