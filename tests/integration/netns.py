@@ -97,7 +97,11 @@ def _veth(name: str, namespace: str, peer: str, peer_namespace: str) -> None:
     )
 
 
-_IN = ("ip", "netns", "exec")
+def in_namespace(namespace: str, *argv: str) -> list[str]:
+    """The command line that runs `argv` inside network namespace `namespace`."""
+    return ["ip", "netns", "exec", namespace, *argv]
+
+
 # The relay control file of each impairable host.
 _CONTROLS: dict[str, Path] = {}
 
@@ -113,7 +117,7 @@ def _relay(bridge: str, host: str, index: int) -> subprocess.Popen[str]:
     _CONTROLS[host] = control
     sides = (f"port{index}", f"up{index}", str(control))
     relay = subprocess.Popen(
-        [*_IN, bridge, sys.executable, "-m", "tests.integration.relay", *sides],
+        in_namespace(bridge, sys.executable, "-m", "tests.integration.relay", *sides),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.integration.netns import in_namespace
+
 T = TypeVar("T")
 
 
@@ -127,7 +129,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 — owned by the process
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        prefix = in_namespace(self.netns) if self.netns else []
         self.process = subprocess.Popen(
             [
                 *prefix,
@@ -227,7 +229,7 @@ _FETCH = (
 
 def _get_in_namespace(netns: str, url: str) -> str:
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", _FETCH, url],
+        in_namespace(netns, sys.executable, "-c", _FETCH, url),
         capture_output=True,
         text=True,
         timeout=30,

@@ -29,7 +29,12 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.netns import bridged_namespaces, can_make_namespaces, impaired
+from tests.integration.netns import (
+    bridged_namespaces,
+    can_make_namespaces,
+    impaired,
+    in_namespace,
+)
 from tests.integration.nodes import NodeProcess, agreement, start_cluster, wait_for
 from tests.integration.streams import MODEL, LongStream, client
 from tests.integration.test_distributed import (
@@ -234,7 +239,7 @@ def _try_post_instance(node: NodeProcess, on: str, timeout: float) -> str | int:
     body = json.dumps({"model": MODEL, "strategy": "pipeline", "nodes": [on]})
     script = [sys.executable, "-c", _POST, node.url + "/instances", body]
     done = subprocess.run(
-        ["ip", "netns", "exec", node.netns, *script, json.dumps(node.headers()), str(timeout)],
+        in_namespace(node.netns, *script, json.dumps(node.headers()), str(timeout)),
         capture_output=True,
         text=True,
         timeout=timeout + 30,
