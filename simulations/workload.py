@@ -161,7 +161,7 @@ class Workload:
         messages = (ChatMessage("user", f"request {number} to {len(ranks)} nodes"),)
         request = GenerateRequest(f"sim-{number}", messages, CHAT_PARAMS)
         answer = _backend_answer(handle.stream(request))
-        return await _judged(op, request, answer, f"{len(ranks)} nodes: ")
+        return await _judged(op, request, answer, f"{len(ranks)} nodes: {instance_id}: ")
 
     async def _place(
         self, op: Op, node: SimNode, nodes: tuple[NodeId, ...] | None = None

@@ -135,10 +135,12 @@ class Control:
                 while True:
                     now = self._env.now()
                     if now >= next_tick:
-                        nodes = self._replica.state.nodes
+                        state = self._replica.state
                         peers = self._network.peers()
                         expecting = self._network.expecting_peers()
-                        await self._perform(self.core.tick(now, peers, expecting, nodes))
+                        await self._perform(
+                            self.core.tick(now, peers, expecting, state.nodes, state.unregistered())
+                        )
                         next_tick = now + self._timings.heartbeat_interval
                     item: Inbound | None = None
                     with trio.move_on_after(max(0.0, next_tick - self._env.now())):

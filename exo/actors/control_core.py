@@ -86,7 +86,7 @@ class ControlCore:
         # (last index, truncations) of the latest catch-up request: only a reply to it
         # can show that the log diverges.
         self._asked: tuple[int, int] | None = None
-        self._peers = PeerViews(timings.failure_timeout)
+        self.peers = PeerViews(timings.failure_timeout)  # read by the simulator's checks
         self._followed_at = 0.0
         self._buffer = AheadBuffer(timings.buffer_limit)
         # The master's last index as its heartbeats tell it.
@@ -102,7 +102,6 @@ class ControlCore:
         self.recovering = stored.recovered_from is not None
         self._led_since = 0.0
         self._answers = HeldAnswers(timings.failure_timeout)
-        self._marked_down: set[NodeId] = set()
 
     # -- the shell's calls -----------------------------------------------------------
 
@@ -124,16 +123,25 @@ class ControlCore:
             yield Send(self.ballot.master, Submit(envelope))
 
     def tick(
-        self, now: float, peers: Sequence[NodeId], expecting: bool, nodes: Iterable[NodeId]
+        self,
+        now: float,
+        peers: Sequence[NodeId],
+        expecting: bool,
+        nodes: Iterable[NodeId],
+        unregistered: Iterable[NodeId] = (),
     ) -> Steps:
         """Every heartbeat interval: beat, detect failures, elect, repair a stalled sync.
-        `peers`: the network's (`expecting` more); `nodes`: the state's."""
+        `peers`: the network's (`expecting` more); `nodes`: the state's; `unregistered`:
+        the nodes its instances hold shards on that it lacks (`State.unregistered`)."""
         yield Broadcast(self._beat(now))
         if self.leading:
             yield from self._release_acks(now)
-            yield from self._mark_silent_nodes(now, nodes)
+            if now - self._led_since >= self._timings.failure_timeout:
+                for node in self.peers.to_mark_down(nodes, self.node_id, now, unregistered):
+                    log.info("node %s is silent or unregistered; marking it down", node)
+                    yield SubmitNew(MarkNodeDown(node))
             assert self.ballot is not None
-            if self._peers.refused_by_seeking_peer(self.ballot, now):
+            if self.peers.refused_by_seeking_peer(self.ballot, now):
                 log.info("a peer holds a newer ballot than %s; taking office above it", self.ballot)
                 yield from self._take_office(now)
             return
@@ -146,8 +154,7 @@ class ControlCore:
             yield from self._request_sync(now)
 
     def receive(self, sender: NodeId, message: PeerMessage, now: float) -> Steps:
-        self._peers.heard(sender, now)
-        self._marked_down.discard(sender)
+        self.peers.heard(sender, now)
         match message:
             case Beat():
                 yield from self._on_beat(sender, message, now)
@@ -250,10 +257,10 @@ class ControlCore:
             return False
         if self.ballot.master == self.node_id:
             return self.leading
-        return self._peers.master_alive(self.ballot, self._followed_at, now)
+        return self.peers.master_alive(self.ballot, self._followed_at, now)
 
     def _on_beat(self, sender: NodeId, beat: Beat, now: float) -> Steps:
-        self._peers.beat(sender, beat, now)
+        self.peers.beat(sender, beat, now)
         for ballot in (beat.following, beat.log_ballot):
             if ballot is not None:
                 self._max_term = max(self._max_term, ballot.term)
@@ -281,7 +288,7 @@ class ControlCore:
             yield from self._follow(beat.following, now)
 
     def _maybe_elect(self, now: float, peers: Sequence[NodeId], expecting_peers: bool) -> Steps:
-        if self.recovering or self._peers.blocked_by_live_master(peers, self.node_id, now):
+        if self.recovering or self.peers.blocked_by_live_master(peers, self.node_id, now):
             return  # wait for that master (or for the peer to lose it)
         if expecting_peers and now - self._started_at < self._timings.failure_timeout:
             return  # give peers one timeout to be heard from before standing
@@ -289,7 +296,7 @@ class ControlCore:
             self._masterless_since = now
         patient = now - self._masterless_since < self._timings.failure_timeout
         mine = election_key(last_ballot(self._segments), self._log.last_index, self.node_id)
-        if self._peers.best_candidate(peers, mine, patient, now) == mine:
+        if self.peers.best_candidate(peers, mine, patient, now) == mine:
             yield from self._take_office(now)
 
     def _take_office(self, now: float) -> Steps:
@@ -352,7 +359,7 @@ class ControlCore:
 
     def _lagging_followers(self, index: int, now: float) -> bool:
         assert self.ballot is not None
-        return self._peers.lagging_followers(self.ballot, self._answers.match, index, now)
+        return self.peers.lagging_followers(self.ballot, self._answers.match, index, now)
 
     def _release_acks(self, now: float) -> Steps:
         for origin, outcome in self._answers.due(now, lambda i: self._lagging_followers(i, now)):
@@ -363,16 +370,6 @@ class ControlCore:
             yield Resolve(outcome)
         else:
             yield Send(origin, Outcome(outcome))
-
-    def _mark_silent_nodes(self, now: float, nodes: Iterable[NodeId]) -> Steps:
-        if now - self._led_since < self._timings.failure_timeout:
-            return
-        for node in self._peers.to_mark_down(nodes, self.node_id, now):
-            if node in self._marked_down:
-                continue
-            self._marked_down.add(node)
-            log.info("node %s is silent; marking it down", node)
-            yield SubmitNew(MarkNodeDown(node))
 
     # -- master and follower ---------------------------------------------------------
 

@@ -86,7 +86,7 @@ def decide(state: State, envelope: Envelope) -> Decision:
                 return []
             return [LinksMeasured(origin, links)]
         case AdoptSuffix() as command:
-            return adopt(state, command, envelope.command_id)
+            return adopt(state, command)
         case AddModel(card=card):
             # The first card read wins: every node fetches the revision it names.
             if card.model_id in state.models or card_for(card.model_id) is not None:
@@ -184,14 +184,15 @@ def _place(state: State, command_id: CommandId, command: PlaceInstance) -> Decis
 def node_down(state: State, command_id: CommandId, node_id: NodeId) -> list[Event]:
     """The node leaves the state, every instance with a shard on it is deleted (its ring
     is broken), and each is placed again, with the same strategy, on the nodes left when
-    they fit and no other instance of the model remains."""
-    if node_id not in state.nodes:
-        return []
-    events: list[Event] = [NodeDown(node_id)]
+    they fit and no other instance of the model remains. A node that is not registered
+    may still hold the shard of an adopted instance (`State.unregistered`)."""
     broken = sorted(
         (i for i in state.instances.values() if i.shard_on(node_id) is not None),
         key=lambda i: i.instance_id,
     )
+    if node_id not in state.nodes and not broken:
+        return []
+    events: list[Event] = [NodeDown(node_id)]
     # Requests the lost node's API took, or that ran on an instance it was part of, end
     # here: nobody is left to report them (before the deletions, so they are counted).
     events += orphaned_requests(
@@ -250,7 +251,7 @@ def orphaned_requests(
     ]
 
 
-def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = None) -> Decision:
+def adopt(state: State, command: AdoptSuffix) -> Decision:
     """Carry a deposed term's divergent events into this log, where they still make sense.
 
     Client-visible decisions (instances, request lifecycle) are kept unless this log has
@@ -258,11 +259,13 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
     out, because their owners re-assert the current ones to the new master. Adoptions
     inside the suffix are carried too, so a decision survives any number of failovers.
     An adopted instance with a shard on a node this log has marked down is kept (a client
-    was told of it) and at once deleted and placed again, as losing that node would. The
-    sending node registers itself before it adopts (`Control._adopt`), so its own
-    instances are not among those. What the deposed side's failure detector did is its
-    view of who was lost: dropped for a node this log holds live, and a replacement
-    dropped where this log already runs its model.
+    was told of it): the nodes of the other side register again as they hear the heal,
+    and the master's failure detector watches the unregistered nodes that hold shards
+    (`State.unregistered`), so one that stays silent, or unregistered past the failure
+    timeout, loses its instances as any lost node does. The sending node registers itself before it adopts (`Control._adopt`).
+    What the deposed side's failure detector did is its view of who was lost: dropped
+    for a node this log holds live, and a replacement dropped where this log already
+    runs its model.
     """
     if (state.term, state.master) != (command.to_term, command.to_master):
         return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
@@ -308,26 +311,7 @@ def adopt(state: State, command: AdoptSuffix, command_id: CommandId | None = Non
         else:
             consider(indexed.command_id, event)
     through_index = max(e.index for e in fresh)
-    adopted = SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))
-    after = apply_event(state, adopted)
-    created = {a.event.instance.instance_id for a in kept if isinstance(a.event, InstanceCreated)}
-    stranded = sorted(
-        (
-            i
-            for i in after.instances.values()
-            if i.instance_id in created and any(s.node_id not in after.nodes for s in i.shards)
-        ),
-        key=lambda i: i.instance_id,
-    )
-    if not stranded:
-        return [adopted]
-    lost = orphaned_requests(
-        after, set(), {i.instance_id for i in stranded}, "its node was lost during a partition"
-    )
-    for event in lost:
-        after = apply_event(after, event)
-    key = command_id or CommandId(f"adopt-{command.term}/{command.master}/{through_index}")
-    return [adopted, *lost, *place_again(after, key, stranded)]
+    return [SuffixAdopted(command.term, command.master, through_index, tuple(kept), tuple(nested))]
 
 
 def _moot_after_node_down(state: State, node_id: NodeId, event: Event) -> bool:

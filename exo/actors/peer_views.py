@@ -18,9 +18,20 @@ class PeerViews:
         self._heard: dict[NodeId, float] = {}
         self._beats: dict[NodeId, Beat] = {}
         self._beat_at: dict[NodeId, float] = {}
+        # Since when each unregistered node holding a shard has been watched, and when
+        # the master last swept (a gap means it stopped leading: the watch starts over).
+        self._unregistered_since: dict[NodeId, float] = {}
+        self._swept_at = float("-inf")
+        # Nodes marked down and not heard since, each with whether it was registered
+        # then: marked once, until it registers or leaves the state (or is adopted back).
+        self._marked: dict[NodeId, bool] = {}
+        # Whether the last sweep heard half the nodes or more (it marked none down if not).
+        self.hears_half = True
 
     def heard(self, peer: NodeId, now: float) -> None:
         self._heard[peer] = now
+        if peer not in self._unregistered_since:  # heard or not, it must register
+            self._marked.pop(peer, None)
 
     def beat(self, peer: NodeId, beat: Beat, now: float) -> None:
         self._beats[peer] = beat
@@ -47,14 +58,38 @@ class PeerViews:
         """The nodes among `nodes` not heard from within the failure timeout, sorted."""
         return [node for node in sorted(nodes) if not self.alive(node, now)]
 
-    def to_mark_down(self, nodes: Iterable[NodeId], me: NodeId, now: float) -> list[NodeId]:
-        """The silent nodes among `nodes`, sorted; none while fewer than half of them and
-        `me` are heard (`me` counts): this side may be the one cut off, its mark-downs
-        would end the instances the other side keeps serving, and its log may win the
-        heal. Two nodes: the survivor hears half, and still takes over."""
-        known = {*nodes, me}
-        silent = [n for n in self.silent(known, now) if n != me]
-        return [] if 2 * (len(known) - len(silent)) < len(known) else silent
+    def to_mark_down(
+        self, nodes: Iterable[NodeId], me: NodeId, now: float, unregistered: Iterable[NodeId] = ()
+    ) -> list[NodeId]:
+        """The nodes among `nodes` to mark down now, sorted: the silent ones not marked
+        yet. None while fewer than half of them and `me` are heard (`me` counts): this
+        side may be the one cut off, its mark-downs would end the instances the other
+        side keeps serving, and its log may win the heal. Two nodes: the survivor hears
+        half, and still takes over.
+
+        `unregistered` nodes hold a shard the state adopted from a partition's other
+        side but have not registered again: each is marked down when silent, or when it
+        has not registered within the failure timeout though heard (cut off one way, it
+        may never learn that it must)."""
+        registered, waiting = set(nodes), set(unregistered)
+        if now - self._swept_at > self._failure_timeout:
+            self._unregistered_since.clear()  # not leading since: the watch starts over
+        self._swept_at = now
+        since = {n: self._unregistered_since.get(n, now) for n in waiting}
+        self._unregistered_since = since
+        known = {*registered, *waiting, me}
+        # A mark holds while the node stays as it was marked (a node marked down and
+        # then given an adopted shard is watched afresh).
+        marked = {n: r for n, r in self._marked.items() if n in known and r == (n in registered)}
+        heard = {n for n in known if n == me or self.alive(n, now)}
+        self.hears_half = 2 * len(heard) >= len(known)
+        if not self.hears_half:
+            self._marked = marked
+            return []
+        overdue = {n for n, t in since.items() if now - t >= self._failure_timeout}
+        lost = sorted(n for n in known - marked.keys() - {me} if n not in heard or n in overdue)
+        self._marked = {**marked, **{n: n in registered for n in lost}}
+        return lost
 
     def blocked_by_live_master(self, peers: Sequence[NodeId], me: NodeId, now: float) -> bool:
         """A peer we reach follows a live master other than us: standing would make a

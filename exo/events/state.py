@@ -97,6 +97,13 @@ class State:
     def instances_of(self, model: ModelId) -> list[Instance]:
         return [i for i in self.instances.values() if i.model == model]
 
+    def unregistered(self) -> set[NodeId]:
+        """Nodes an instance holds a shard on that the state lacks: an instance adopted
+        from a partition's other side, on a node of that side not registered again yet
+        (the master's failure detector watches them too)."""
+        shards = (s.node_id for i in self.instances.values() for s in i.shards)
+        return {n for n in shards if n not in self.nodes}
+
     def adopted_through(self, term: int, master: NodeId) -> int:
         return self.adopted.get(adoption_key(term, master), 0)
 

@@ -141,10 +141,12 @@ def test_only_the_master_marks_nodes_down() -> None:
     assert LOSER not in winner_state(NodeProfiled(LOSER, PROFILE), NodeDown(LOSER)).nodes
 
 
-def test_an_adopted_instance_on_a_node_marked_down_is_placed_again() -> None:
+def test_an_adopted_instance_on_a_node_marked_down_waits_for_the_failure_detector() -> None:
     """The deposed side placed an instance on a node the winner has since marked down:
-    the placement is kept (a client was told of it), then deleted and placed again on the
-    nodes left, and a request adopted on it is failed, so nothing waits on a dead node."""
+    the placement is kept (a client was told of it) and the node is watched again. If it
+    does not register again, marking it down deletes the instance, fails the request adopted on it
+    and places the instance again on the nodes left, as losing any node does."""
+    from exo.actors.decide import node_down
     from exo.events.events import RequestStarted
     from exo.events.facts import RequestRecord
     from exo.events.ids import RequestId
@@ -152,26 +154,29 @@ def test_an_adopted_instance_on_a_node_marked_down_is_placed_again() -> None:
 
     stranded = Instance(InstanceId("i1"), BUNDLED_MODEL, "pipeline", (Shard(LOSER, 0, 0, 30),))
     state = winner_state(NodeProfiled(OTHER, PROFILE), NodeDown(LOSER))
+    assert state.unregistered() == set()
     request = RequestRecord(RequestId("r1"), InstanceId("i1"), OTHER, BUNDLED_MODEL)
     events = suffix(InstanceCreated(stranded), RequestStarted(request))
-    decision = adopt(state, adopt_command(events), CommandId("adopt-1"))
+    decision = adopt(state, adopt_command(events))
     assert not isinstance(decision, Rejected)
-    assert [type(e).__name__ for e in decision] == [
-        "SuffixAdopted",
+    assert [type(e).__name__ for e in decision] == ["SuffixAdopted"]
+    after = apply(state, IndexedEvent(state.last_index + 1, 3, decision[0]))
+    assert InstanceId("i1") in after.instances and after.unregistered() == {LOSER}
+    lost = node_down(after, CommandId("down-1"), LOSER)
+    assert [type(e).__name__ for e in lost] == [
+        "NodeDown",
         "RequestFailed",
         "InstanceDeleted",
         "InstanceCreated",
     ]
-    replacement = decision[-1]
+    replacement = lost[-1]
     assert isinstance(replacement, InstanceCreated)
     assert [s.node_id for s in replacement.instance.shards] == [OTHER]
-    # The same adoption decided again (a retry) gives the same events.
-    assert adopt(state, adopt_command(events), CommandId("adopt-1")) == decision
-    after = state
-    for event in decision:
-        after = apply(after, IndexedEvent(after.last_index + 1, 3, event))  # type: ignore[arg-type]
+    for event in lost:
+        after = apply(after, IndexedEvent(after.last_index + 1, 3, event))
     assert not after.requests
-    assert all(s.node_id in after.nodes for i in after.instances.values() for s in i.shards)
+    assert after.unregistered() == set()
+    assert node_down(after, CommandId("down-2"), LOSER) == []  # nothing left to end
 
 
 def test_a_replacement_the_deposed_side_placed_is_dropped_where_the_model_runs() -> None:

@@ -259,6 +259,42 @@ def test_a_master_that_hears_fewer_than_half_the_nodes_marks_nobody_down() -> No
     assert [e for e in effects if isinstance(e, SubmitNew)] == [SubmitNew(MarkNodeDown(MASTER))]
 
 
+def test_an_unregistered_node_holding_a_shard_is_marked_down_if_it_does_not_register() -> None:
+    """A shard adopted onto a node the state lacks (marked down while the partition's
+    logs were apart): heard, the node has the failure timeout to register again, and is
+    marked down once if it does not, though heard (cut off one way, it would never know
+    it must); one that registers in time is left alone. A node marked down while silent
+    and then given an adopted shard is watched afresh, not taken as marked already."""
+    stored = MemoryLog()
+    core = ControlCore(ME, stored, TIMINGS)
+    drive(core.tick(0.0, [], False, []), stored)
+    assert core.ballot is not None
+    timeout = TIMINGS.failure_timeout
+    effects = drive(core.tick(timeout, [], False, [ME, PEER]), stored)
+    assert [e for e in effects if isinstance(e, SubmitNew)] == [SubmitNew(MarkNodeDown(PEER))]
+    # PEER left the state; an adoption gives it a shard again while it is still silent.
+    effects = drive(core.tick(timeout + 0.5, [], False, [ME], [PEER]), stored)
+    assert [e for e in effects if isinstance(e, SubmitNew)] == [SubmitNew(MarkNodeDown(PEER))]
+
+    def marks(now: float, nodes: list[NodeId], unregistered: list[NodeId]) -> list[Effect]:
+        beat = Beat(core.ballot, False, False, None, 0, True)
+        drive(core.receive(PEER, beat, now), stored)
+        drive(core.receive(MASTER, beat, now), stored)
+        effects = drive(core.tick(now, [PEER, MASTER], False, nodes, unregistered), stored)
+        return [e for e in effects if isinstance(e, SubmitNew)]
+
+    start = timeout + 1.0
+    assert marks(start, [ME, PEER], [MASTER]) == []  # heard: given time to register
+    assert marks(start + timeout - 0.5, [ME, PEER], [MASTER]) == []
+    assert marks(start + timeout, [ME, PEER], [MASTER]) == [SubmitNew(MarkNodeDown(MASTER))]
+    assert marks(start + timeout + 0.5, [ME, PEER], [MASTER]) == []  # once
+    # Registered in time, a node is not marked.
+    later = start + 2 * timeout
+    assert marks(later, [ME, MASTER], [PEER]) == []
+    assert marks(later + timeout - 0.5, [ME, MASTER, PEER], []) == []
+    assert marks(later + 2 * timeout, [ME, MASTER, PEER], []) == []
+
+
 def test_a_master_steps_down_when_a_peer_follows_a_newer_live_master() -> None:
     stored = MemoryLog()
     core = ControlCore(ME, stored, TIMINGS)
