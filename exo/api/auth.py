@@ -13,6 +13,7 @@ from quart import request
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioResponse
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import MethodNotAllowed
 
 from exo.api.access import check_key
 from exo.api.anthropic import anthropic_error, is_anthropic_path
@@ -87,6 +88,8 @@ def require_keys(app: QuartTrio, keys: Iterable[str]) -> None:
     async def check_api_key() -> TrioResponse | None:
         if is_open(request.method, request.path):
             return None
+        if is_open("GET", request.path) and isinstance(request.routing_exception, MethodNotAllowed):
+            return None  # a public path: its 405 with `Allow` says nothing a key guards
         presented = presented_keys(request.headers)
         if any(key_matches(key, digests) for key in presented):
             return None

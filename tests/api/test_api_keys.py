@@ -163,11 +163,16 @@ async def test_only_liveness_the_dashboard_and_the_document_are_open() -> None:
                 await http.get("/downloads"),
                 await http.get("/models"),
                 await http.get("/ollama/"),
-                await http.post("/healthz"),  # open to GET, not to other methods
+                await http.post("/state"),
                 await http.get("/no/such/route"),
             ]
+            # A method an open path does not serve: its 405 says nothing a key guards.
+            unserved = [await http.post("/healthz"), await http.request("TRACE", "/openapi.json")]
     assert [r.status_code for r in opened] == [200] * len(opened)
     assert [r.status_code for r in closed] == [401] * len(closed)
+    assert [(r.status_code, r.headers["Allow"]) for r in unserved] == [
+        (405, "GET, HEAD, OPTIONS")
+    ] * 2
 
 
 async def test_without_keys_nothing_is_asked() -> None:
