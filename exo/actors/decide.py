@@ -262,10 +262,10 @@ def adopt(state: State, command: AdoptSuffix) -> Decision:
     was told of it): the nodes of the other side register again as they hear the heal,
     and the master's failure detector watches the unregistered nodes that hold shards
     (`State.unregistered`), so one that stays silent, or unregistered past the failure
-    timeout, loses its instances as any lost node does. The sending node registers itself before it adopts (`Control._adopt`).
-    What the deposed side's failure detector did is its view of who was lost: dropped
-    for a node this log holds live, and a replacement dropped where this log already
-    runs its model.
+    timeout, loses its instances as any lost node does. The sending node registers
+    itself before it adopts (`Control._adopt`). What the deposed side's failure
+    detector did is its view of who was lost: dropped for a node this log holds live,
+    and a replacement dropped where this log already runs its model.
     """
     if (state.term, state.master) != (command.to_term, command.to_master):
         return Rejected(f"adoption was computed against {command.to_term}/{command.to_master}")
