@@ -54,10 +54,6 @@ class PeerViews:
         beat, heard_at = self.last_beat(ballot.master)
         return beat is None or heard_at < followed_at or not resigned(beat, ballot)
 
-    def silent(self, nodes: Iterable[NodeId], now: float) -> list[NodeId]:
-        """The nodes among `nodes` not heard from within the failure timeout, sorted."""
-        return [node for node in sorted(nodes) if not self.alive(node, now)]
-
     def to_mark_down(
         self, nodes: Iterable[NodeId], me: NodeId, now: float, unregistered: Iterable[NodeId] = ()
     ) -> list[NodeId]:
