@@ -315,7 +315,7 @@ class NodeBackend(InstanceManager):
                             f"this node is coordinator-only (--no-worker) and runs no model; "
                             f"send requests for {card.model_id} to a worker node"
                         )
-                    if self._worker and self._node_id not in state.nodes:
+                    if not self._joined(state):
                         # Just started: the request is served once this node has joined.
                         await self._replica.wait_changed()
                         continue
@@ -334,6 +334,12 @@ class NodeBackend(InstanceManager):
             raise Unavailable(f"cannot place {card.model_id}: {outcome.reason}")
         log.info("placed %s for a request (index %d)", card.model_id, outcome.index)
 
+    def _joined(self, state: State) -> bool:
+        """Whether a request here need not wait for this node to join before placing: a
+        worker's registration is in the state (its API answers before that); a
+        coordinator is never placed on, so it never waits for its own."""
+        return not self._worker or self._node_id in state.nodes
+
     def _progress(self, model: ModelId) -> str:
         state = self._replica.state
         download = state.download_status(self._node_id, model)
@@ -341,7 +347,7 @@ class NodeBackend(InstanceManager):
         if instance is None:
             others = state.instances_of(model)
             if not others:
-                joined = self._node_id in state.nodes or not self._worker
+                joined = self._joined(state)
                 return "no instance placed" if joined else "this node has not joined a cluster yet"
             entry = others[0].shards[0].node_id
             runner = state.runner_status(others[0].instance_id, entry)
