@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import schemathesis
@@ -22,6 +24,9 @@ from schemathesis.specs.openapi.checks import (
 from exo.api.ollama import NDJSON_CONTENT_TYPE
 from exo.api.openapi import openapi_document
 from exo.models.cards import BUNDLED_MODEL
+
+from .fakes import FakeBackend, fake_card, tokens
+from .helpers import running_in_thread
 
 # Random requests per operation and generation mode (valid, schema-breaking), besides
 # the boundary cases: under a minute for the whole run on two cores.
@@ -64,3 +69,15 @@ def fuzzed_schema(max_examples: int, **config: Any) -> Any:
     )
     schema.hook("flatmap_body")(known_model)
     return schema
+
+
+@contextmanager
+def fuzzed_server(**app_options: Any) -> Iterator[str]:
+    """The real server over a fake backend that streams two tokens, in its own thread;
+    yields the base URL. Its /events stream ends after the snapshot: the fuzzer reads
+    whole bodies. `app_options` go to `create_app` (api_keys)."""
+    backend = FakeBackend(
+        tokens("Hello", " world"), cards=[fake_card(BUNDLED_MODEL)], endless_updates=False
+    )
+    with running_in_thread(backend, **app_options) as url:
+        yield url

@@ -28,20 +28,12 @@ import pytest
 import requests
 import schemathesis
 
-from exo.models.cards import BUNDLED_MODEL
-
-from .fakes import FakeBackend, fake_card, tokens
-from .fuzzing import CHECKS, MAX_EXAMPLES, fuzzed_schema
-from .helpers import running_in_thread
+from .fuzzing import CHECKS, MAX_EXAMPLES, fuzzed_schema, fuzzed_server
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    # Its /events stream ends after the snapshot: the fuzzer reads whole bodies.
-    backend = FakeBackend(
-        tokens("Hello", " world"), cards=[fake_card(BUNDLED_MODEL)], endless_updates=False
-    )
-    with running_in_thread(backend) as url:
+    with fuzzed_server() as url:
         yield url
 
 

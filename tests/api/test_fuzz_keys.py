@@ -21,11 +21,7 @@ import requests
 import schemathesis
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from exo.models.cards import BUNDLED_MODEL
-
-from .fakes import FakeBackend, fake_card, tokens
-from .fuzzing import CHECKS, fuzzed_schema
-from .helpers import running_in_thread
+from .fuzzing import CHECKS, fuzzed_schema, fuzzed_server
 
 KEY = "sk-fuzz-0123456789"
 EXAMPLES = 10
@@ -34,10 +30,7 @@ KEY_CHECKS = [*CHECKS, ignored_auth]
 
 @pytest.fixture(scope="module")
 def keyed_url() -> Iterator[str]:
-    backend = FakeBackend(
-        tokens("Hello", " world"), cards=[fake_card(BUNDLED_MODEL)], endless_updates=False
-    )
-    with running_in_thread(backend, api_keys=[KEY]) as url:
+    with fuzzed_server(api_keys=[KEY]) as url:
         yield url
 
 
