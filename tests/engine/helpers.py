@@ -90,8 +90,11 @@ class RunnerProcess:
                 self.proc.kill()
                 self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
+            # A Shutdown that could not be flushed to a runner already gone stays
+            # buffered, and closing stdin tries again: the pipe is closed all the same.
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(BrokenPipeError):
+                    stream.close()
         self._stderr.close()
         return self.proc.returncode
 
