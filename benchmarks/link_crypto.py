@@ -28,8 +28,8 @@ import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
 
 from exo.actors.link_auth import LinkAuth, cluster_secret
-from exo.actors.link_cipher import link_cipher
 from exo.events.ids import NodeId
+from exo.link_cipher import link_cipher
 
 SECRET = cluster_secret("bench", "key")
 DIALER = LinkAuth("bench", NodeId("node-a"), SECRET, 52416)

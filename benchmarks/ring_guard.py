@@ -3,7 +3,9 @@ guard's relays (`exo/engine/ring_guard.py`), in the same session on 127.0.0.1.
 
 Each repetition starts two rank processes with `init_ring` (direct, then guarded with
 `EXO_RING_GUARD=always`), times `--rounds` all-sums of each size after a warm-up, and
-reports the median time per all-sum and the guarded/direct ratio. The sizes are those of
+reports the median time per all-sum and the guarded/direct ratio (guarded: through the
+relays, which seal each chunk and open it; `rank handshake_us`: the admission handshake
+that gives each connection its keys). The sizes are those of
 a decode step of the bundled model (one token's hidden states, 896 float32) and of a
 prefill (512 tokens' hidden states). Then the end-to-end cost: greedy decode speed of
 the bundled model through two pipeline ranks and three tensor ranks (real runners), direct
@@ -118,6 +120,30 @@ def decode(model_dir: Path, logs: Path, strategy: str, guarded: bool) -> float:
         os.environ.pop("EXO_RING_GUARD", None)
 
 
+def handshake_us(rounds: int = 300) -> float:
+    """The median time of one rank handshake (`admit` against `prove`, X25519 and both
+    proofs) on a loopback connection already open, the acceptor in a thread as in a rank."""
+    import socket
+    import threading
+
+    from exo.engine.doorbell_guard import admit, prove
+
+    hosts = [frozenset({"127.0.0.1"})] * 2
+    times = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        for _ in range(rounds):
+            with socket.create_connection(server.getsockname()) as connector:
+                acceptor, _ = server.accept()
+                with acceptor:
+                    started = time.perf_counter()
+                    thread = threading.Thread(target=admit, args=(acceptor, b"k" * 32, 1, hosts))
+                    thread.start()
+                    prove(connector, b"k" * 32, 0, 1, 5.0)
+                    thread.join()
+                    times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="all_sum through the ring guard vs direct")
     parser.add_argument("--reps", type=int, default=3)
@@ -135,7 +161,7 @@ def main() -> None:
             for name, seconds in once(kind == "guarded", args.rounds).items():
                 runs[kind].setdefault(name, []).append(seconds)
         print(f"rep {rep} done", flush=True)
-    figures: dict[str, float] = {}
+    figures: dict[str, float] = {"rank handshake_us": round(handshake_us(), 1)}
     for name in SIZES:
         direct = statistics.median(runs["direct"][name]) * 1e6
         guarded = statistics.median(runs["guarded"][name]) * 1e6

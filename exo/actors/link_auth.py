@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from trio_websocket import WebSocketConnection
 
-from exo.actors.link_cipher import KEY_BYTES, LinkCipher, link_cipher
 from exo.events.codec import decode, encode
 from exo.events.ids import NodeId
+from exo.link_cipher import KEY_BYTES, LinkCipher, link_cipher
 
 HANDSHAKE_TIMEOUT = 5.0
 

@@ -35,12 +35,12 @@ from trio_websocket import (
 )
 
 from exo.actors.link_auth import HANDSHAKE_TIMEOUT, AuthError, LinkAuth, Session, cluster_secret
-from exo.actors.link_cipher import SEAL_OVERHEAD, FrameError, LinkCipher
 from exo.actors.network import PeerLost
 from exo.actors.wire import PeerMessage, Ping, Pong
 from exo.environment import Environment, listener_port, remote_host
 from exo.events.codec import CodecError, decode, encode
 from exo.events.ids import NodeId
+from exo.link_cipher import SEAL_OVERHEAD, FrameError, LinkCipher
 
 log = logging.getLogger("exo.links")
 

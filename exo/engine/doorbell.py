@@ -1,10 +1,11 @@
-"""Doorbells: the small control messages between the ranks of a group, over plain TCP.
+"""Doorbells: the small control messages between the ranks of a group, over TCP.
 
 Why not through the MLX ring: a rank waiting in the ring's `recv` spins on its socket,
 so an idle follower burned a whole core (measured: 99% CPU between requests) and, on a
 small machine, a waiting rank took a core from the one computing. A doorbell wait
-blocks in the kernel instead. Each message is a `Bell`: six int32s and the bytes of
-rank 0's cache operations since the last pass (`mirror.py`), usually none. The tensors
+blocks in the kernel instead. Each message is a `Bell`: five int32s and the bytes of
+rank 0's cache operations since the last pass (`mirror.py`), usually none, sealed as one
+message (`sealed_socket.py`). The tensors
 that follow still travel through the ring, and are sent only after the doorbell rang, so
 the receiver spins for the transfer alone.
 
@@ -12,7 +13,8 @@ Each rank listens on its ring address's port + `DOORBELL_OFFSET`; a rank connect
 another on first use and proves it is that rank of this instance (`doorbell_guard.py`);
 a thread admits the connections that prove it and drops the others, so a stranger
 neither takes a rank's place nor stops the real rank from getting through. A peer that
-dies closes its socket: waiting on it raises `RuntimeError`, as a broken ring does.
+dies closes its socket, and a message that fails its integrity check ends the wait too:
+either raises `RuntimeError`, as a broken ring does.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import threading
 import time
 from typing import NamedTuple
 
-from exo.engine.doorbell_guard import admit, host_ips, log, prove, receive_exactly, split_address
+from exo.engine.doorbell_guard import admit, host_ips, log, prove, split_address
 from exo.engine.ring_guard import GuardProcess
+from exo.engine.sealed_socket import receive_sealed, send_sealed
+from exo.link_cipher import FrameError, LinkCipher
 
 DOORBELL_OFFSET = 64
 CONNECT_TIMEOUT = 60.0
-_HEADER = struct.Struct("!6i")
+_HEADER = struct.Struct("!5i")
 # How often the accepting thread looks whether `close` was called.
 _ACCEPT_POLL = 1.0
 
@@ -65,8 +69,8 @@ class Doorbells:
         self._ips = [host_ips(host) for host, _ in self._addresses]
         self._listener = socket.create_server(self._addresses[rank])
         self._listener.settimeout(_ACCEPT_POLL)
-        self._out: dict[int, socket.socket] = {}
-        self._in: dict[int, socket.socket] = {}
+        self._out: dict[int, tuple[socket.socket, LinkCipher]] = {}
+        self._in: dict[int, tuple[socket.socket, LinkCipher]] = {}
         self._admitted = threading.Condition()
         self._closed = False
         # The ring's guard process (`ring_guard.py`), kept for as long as the doorbells.
@@ -74,10 +78,10 @@ class Doorbells:
         threading.Thread(target=self._accept, name="doorbell-accept", daemon=True).start()
 
     def ring(self, to: int, bell: Bell) -> None:
-        sock = self._out.get(to) or self._connect(to)
+        sock, cipher = self._out.get(to) or self._connect(to)
         *fields, ops = bell
         try:
-            sock.sendall(_HEADER.pack(*fields, len(ops)) + ops)
+            send_sealed(sock, cipher, _HEADER.pack(*fields) + ops)
         except OSError as exc:
             raise RuntimeError(f"[ring doorbell] rank {to} is gone: {exc}") from exc
 
@@ -85,28 +89,30 @@ class Doorbells:
         """The next message from `sender`; blocks (without spinning) until it comes."""
         with self._admitted:
             self._admitted.wait_for(lambda: sender in self._in or self._closed)
-            sock = self._in.get(sender)
-        if sock is None:
+            connection = self._in.get(sender)
+        if connection is None:
             raise RuntimeError("[ring doorbell] closed")
-        header = receive_exactly(sock, _HEADER.size)
-        if header is None:
+        try:
+            message = receive_sealed(*connection)
+        except FrameError as exc:
+            raise RuntimeError(f"[ring doorbell] a message from rank {sender}: {exc}") from None
+        if message is None:
             raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
-        kind, cache, rows, length, dtype, size = _HEADER.unpack(header)
-        ops = receive_exactly(sock, size) if size else b""
-        if ops is None:
-            raise RuntimeError(f"[ring doorbell] connection to rank {sender} was lost")
-        return Bell(kind, cache, rows, length, dtype, ops)
+        if len(message) < _HEADER.size:
+            raise RuntimeError(f"[ring doorbell] rank {sender} sent {len(message)} bytes")
+        return Bell(*_HEADER.unpack_from(message), ops=bytes(message[_HEADER.size :]))
 
     def close(self) -> None:
         with self._admitted:
             self._closed = True
             self._admitted.notify_all()
-        for sock in (*self._out.values(), *self._in.values(), self._listener):
+        for sock, _ in (*self._out.values(), *self._in.values()):
             sock.close()
+        self._listener.close()
         if self.ring_guard is not None:
             self.ring_guard.close()
 
-    def _connect(self, to: int) -> socket.socket:
+    def _connect(self, to: int) -> tuple[socket.socket, LinkCipher]:
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while True:
             try:
@@ -118,12 +124,12 @@ class Doorbells:
                 time.sleep(0.05)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            prove(sock, self._key, self._rank, to, CONNECT_TIMEOUT)
+            cipher = prove(sock, self._key, self._rank, to, CONNECT_TIMEOUT)
         except RuntimeError:
             sock.close()
             raise
-        self._out[to] = sock
-        return sock
+        self._out[to] = (sock, cipher)
+        return sock, cipher
 
     def _accept(self) -> None:
         """Admit the ranks that prove themselves, one connection at a time, until closed."""
@@ -134,14 +140,14 @@ class Doorbells:
                 continue
             except OSError:
                 return  # closed
-            rank = admit(sock, self._key, self._rank, self._ips)
+            admitted = admit(sock, self._key, self._rank, self._ips)
             with self._admitted:
-                if rank is not None and rank in self._in:
-                    log.warning("doorbell: rank %d is already connected; closed", rank)
-                    rank = None
-                if rank is None:
+                if admitted is not None and admitted.rank in self._in:
+                    log.warning("doorbell: rank %d is already connected; closed", admitted.rank)
+                    admitted = None
+                if admitted is None:
                     sock.close()
                     continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._in[rank] = sock
+                self._in[admitted.rank] = (sock, admitted.cipher)
                 self._admitted.notify_all()

@@ -7,11 +7,16 @@ rank on a network address does not give MLX that address. MLX binds a private po
 127.0.0.1 instead, and a guard listens on the ring address. The guard
 admits one connection: from the IP of the rank to our left, after the doorbells'
 challenge (`doorbell_guard.admit`, with purpose "ring" so that a doorbell proof is no
-ring proof), then relays bytes between it and MLX's private port, and stops listening.
+ring proof), then relays between it and MLX's private port, and stops listening.
 On the other side MLX is told that its right neighbour lives at a private 127.0.0.1
 port of ours. A connector dials the neighbour's real ring address, proves this rank,
 and only then listens there for MLX, so a refusal leaves MLX's own connect failing
 with its usual error instead of a ring that forms and then hangs.
+
+Between the connector and the guard every chunk MLX writes is sealed with the cipher the
+handshake gave (`sealed_socket.py`): the token ids that tensor ranks share, the hidden
+states and the logits cross the network encrypted and integrity-protected. A chunk that
+fails its check ends both relays, and MLX sees its ring break, as when a rank dies.
 
 MLX reads only two entries of its hostfile: its own (to bind) and its right neighbour's
 (to dial). So each rank's hostfile differs from the ring list in just those two.
@@ -24,8 +29,8 @@ runner closes its stdin (or dies).
 
 Ranks on loopback addresses (all on one machine) keep the direct path: nothing off the
 machine reaches them. Costs, measured in `benchmarks/ring_guard.py`: two more hops in
-user space per message. Not covered: the tensors still travel in clear, and a process
-on the rank's own machine can reach the private ports.
+user space per message, and sealing and opening each chunk. Not covered: a process on
+the rank's own machine can reach the private ports.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from exo.engine.doorbell_guard import admit, host_ips, log, prove, split_address
+from exo.engine.sealed_socket import receive_sealed, send_sealed
+from exo.link_cipher import FrameError, LinkCipher
 
 PURPOSE = "ring"
 # How long a rank's proof may take once connected. Dialling itself goes on until the
@@ -101,13 +108,14 @@ class RingGuard:
             except OSError:
                 return  # closed
             self._keep(sock)
-            if admit(sock, self._key, self._rank, self._ips, PURPOSE, self._left) is None:
+            admitted = admit(sock, self._key, self._rank, self._ips, PURPOSE, self._left)
+            if admitted is None:
                 sock.close()
                 continue
             listener.close()
             mlx = self._dial((_LOOPBACK, private_port))
             if mlx is not None:
-                _relay(sock, mlx)
+                _relay(mlx, sock, admitted.cipher)
             return
 
     def _connector(self, local: socket.socket, right: tuple[str, int]) -> None:
@@ -116,7 +124,7 @@ class RingGuard:
         if remote is None:
             return  # closed
         try:
-            prove(remote, self._key, self._rank, self._right, PROOF_TIMEOUT, PURPOSE)
+            cipher = prove(remote, self._key, self._rank, self._right, PROOF_TIMEOUT, PURPOSE)
         except RuntimeError as exc:
             log.warning("%s", exc)
             remote.close()
@@ -132,7 +140,7 @@ class RingGuard:
                 return  # closed
             self._keep(mlx)
             local.close()
-            _relay(mlx, remote)
+            _relay(mlx, remote, cipher)
             return
 
     def _dial(self, address: tuple[str, int]) -> socket.socket | None:
@@ -160,24 +168,44 @@ class RingGuard:
         threading.Thread(target=target, args=args, name="ring-guard", daemon=True).start()
 
 
-def _relay(a: socket.socket, b: socket.socket) -> None:
-    for sock in (a, b):
+def _relay(mlx: socket.socket, peer: socket.socket, cipher: LinkCipher) -> None:
+    """Seal what MLX writes toward the peer, open what the peer sends to MLX."""
+    for sock in (mlx, peer):
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for source, sink in ((a, b), (b, a)):
-        threading.Thread(target=_pump, args=(source, sink), name="ring-relay", daemon=True).start()
+    for pump in (_seal, _open):
+        threading.Thread(
+            target=pump, args=(mlx, peer, cipher), name="ring-relay", daemon=True
+        ).start()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy `source` to `sink` until either ends; then end both, as a broken ring does."""
+def _seal(mlx: socket.socket, peer: socket.socket, cipher: LinkCipher) -> None:
+    """Send each chunk MLX writes to the peer sealed, until either ends."""
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
     try:
-        while received := source.recv_into(buffer):
-            sink.sendall(view[:received])
+        while received := mlx.recv_into(buffer):
+            send_sealed(peer, cipher, view[:received])
     except OSError:
         pass
-    for sock in (source, sink):
+    _end(mlx, peer)
+
+
+def _open(mlx: socket.socket, peer: socket.socket, cipher: LinkCipher) -> None:
+    """Give MLX each message the peer sends once it opens, until either ends."""
+    try:
+        while (message := receive_sealed(peer, cipher)) is not None:
+            mlx.sendall(message)
+    except FrameError as exc:
+        log.warning("ring: a message from the neighbour: %s; the ring is broken", exc)
+    except OSError:
+        pass
+    _end(mlx, peer)
+
+
+def _end(*socks: socket.socket) -> None:
+    """End both sides of a relay, as a broken ring does."""
+    for sock in socks:
         with suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 

@@ -16,12 +16,12 @@ from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import FrameProtocol
 
 from exo.actors.link_auth import AuthError, Hello, LinkAuth, Session, TokenHex, cluster_secret
-from exo.actors.link_cipher import FrameError, LinkCipher, link_cipher
 from exo.actors.links import LinkNetwork
 from exo.actors.wire import PeerMessage, Ping, RelayRequest, RelayToken
 from exo.engine.protocol import ChatMessage, GenerateRequest, SamplingParams, TokenOut
 from exo.events.codec import decode, encode
 from exo.events.ids import InstanceId, NodeId
+from exo.link_cipher import FrameError, LinkCipher, link_cipher
 from simulations.network import LinkModel
 from simulations.sockets import SimSockets, _Pipe
 from tests.actors.test_links import linked_node

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 from collections.abc import Iterator
 
 import pytest
 
 from exo.engine import doorbell_guard
 from exo.engine.doorbell import DOORBELL_OFFSET, Bell, Doorbells
-from exo.engine.doorbell_guard import NONCE_BYTES, doorbell_proof
+from exo.engine.doorbell_guard import CHALLENGE_BYTES, answer_challenge, receive_exactly
 
 KEY = bytes(range(32))
 
@@ -46,15 +45,16 @@ def _dial(hosts: list[str], rank: int) -> socket.socket:
 
 def _answer(sock: socket.socket, key: bytes, claimed: int, acceptor: int = 1) -> bytes:
     """Answer the challenge as `claimed` under `key`; what the acceptor says back."""
-    nonce = sock.recv(NONCE_BYTES)
-    sock.sendall(struct.pack("!i", claimed) + doorbell_proof(key, nonce, claimed, acceptor))
+    challenge = receive_exactly(sock, CHALLENGE_BYTES)
+    assert challenge is not None
+    sock.sendall(answer_challenge(key, challenge, claimed, acceptor, "doorbell").message)
     return sock.recv(1)
 
 
 def _closed(sock: socket.socket) -> bool:
     """Whether the acceptor closed `sock` after its challenge (without admitting it)."""
     try:
-        return sock.recv(NONCE_BYTES + 1)[NONCE_BYTES:] == b"" and sock.recv(1) == b""
+        return receive_exactly(sock, CHALLENGE_BYTES) is not None and sock.recv(1) == b""
     except ConnectionResetError:  # closed with our junk unread
         return True
 
@@ -86,13 +86,14 @@ def test_strangers_are_refused_and_the_real_rank_still_gets_through(
             assert _answer(itself, KEY, 1) == b""
         with _dial(hosts, 1) as no_such_rank:
             assert _answer(no_such_rank, KEY, 7) == b""
-        for junk in (b"GET / HTTP/1.1\r\n\r\n" * 4, bytes(4) + b"\xff" * 32):
+        for junk in (b"GET / HTTP/1.1\r\n\r\n" * 4, bytes(4) + b"\xff" * 64):
             with _dial(hosts, 1) as garbage:
                 garbage.sendall(junk)
                 assert _closed(garbage)
         with _dial(hosts, 1) as silent:
             silent.settimeout(5)
-            assert silent.recv(NONCE_BYTES) and silent.recv(1) == b""  # closed after 0.5 s
+            assert receive_exactly(silent, CHALLENGE_BYTES) is not None
+            assert silent.recv(1) == b""  # closed after 0.5 s
         _ring_through(hosts, follower)
     reasons = [r.getMessage() for r in caplog.records]
     assert sum("without the instance key" in r for r in reasons) == 2  # wrong key, junk

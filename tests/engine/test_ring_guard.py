@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from exo.engine.doorbell_guard import NONCE_BYTES, doorbell_proof, split_address
+from exo.engine.doorbell_guard import (
+    CHALLENGE_BYTES,
+    answer_challenge,
+    receive_exactly,
+    split_address,
+)
 from exo.engine.ring_guard import GuardProcess, RingGuard
 from tests.integration.nodes import free_port
 
@@ -63,10 +67,9 @@ def _mlx_dial(guard: RingGuard, to: int, timeout: float = 10) -> socket.socket:
 def _stranger(hosts: list[str], rank: int, claimed: int, key: bytes, purpose: str) -> bytes:
     """Dial rank's ring port, answer its challenge as `claimed`; what it says back."""
     with socket.create_connection(split_address(hosts[rank]), timeout=10) as sock:
-        nonce = sock.recv(NONCE_BYTES)
-        sock.sendall(
-            struct.pack("!i", claimed) + doorbell_proof(key, nonce, claimed, rank, purpose)
-        )
+        challenge = receive_exactly(sock, CHALLENGE_BYTES)
+        assert challenge is not None
+        sock.sendall(answer_challenge(key, challenge, claimed, rank, purpose).message)
         try:
             return sock.recv(1)
         except ConnectionResetError:
@@ -152,6 +155,6 @@ def test_the_guard_process_hands_out_a_hostfile_and_ends_with_stdin(hosts: list[
     assert guarded.hostfile[0].startswith("127.0.0.1:") and guarded.hostfile[0] != hosts[0]
     assert guarded.hostfile[2] == hosts[2]  # MLX reads its own entry and its right's only
     with socket.create_connection(split_address(hosts[0]), timeout=10) as stranger:
-        assert len(stranger.recv(NONCE_BYTES)) == NONCE_BYTES  # the guard is listening
+        assert receive_exactly(stranger, CHALLENGE_BYTES) is not None  # the guard listens
     guarded.close()
     assert guarded._process is not None and guarded._process.returncode == 0

@@ -1,4 +1,4 @@
-"""Every decoder of input from a peer, a runner, the network or the disk, fed arbitrary
+"""Every decoder of input from a peer, a rank, a runner, the network or the disk, fed arbitrary
 bytes and damaged valid encodings: it returns a record or raises its own error, never
 another exception and never hangs (each example is bounded by `FUZZ`'s example count
 and the per-call alarm below)."""
@@ -6,6 +6,7 @@ and the per-call alarm below)."""
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,13 +16,15 @@ from hypothesis import strategies as st
 
 from exo.actors.discovery import Beacon, decode_beacon, encode_beacon
 from exo.actors.link_auth import Hello
-from exo.actors.link_cipher import FrameError, link_cipher
 from exo.actors.wire import PeerMessage
 from exo.engine import protocol
+from exo.engine.doorbell_guard import admit
+from exo.engine.sealed_socket import receive_sealed
 from exo.events.codec import CodecError, decode, encode, frame
 from exo.events.log import decode_record
 from exo.events.snapshot import Snapshot, SnapshotCorrupted, decode_snapshot, from_text
 from exo.events.state import State
+from exo.link_cipher import FrameError, link_cipher
 from tests.events.strategies import indexed_events, peer_messages
 from tests.fuzz.mutations import FUZZ, hostile
 
@@ -149,3 +152,53 @@ def test_sealed_frames(frames: list[bytes], damaged: int, damage: bytes) -> None
     for good, plain in zip(sealed[:at], frames, strict=False):
         assert receiver.open(good) == plain
     _decodes_or_refuses(receiver.open, bad, bytes, (FrameError,))
+
+
+def _over_tcp(read: Callable[[socket.socket], Any], raw: bytes) -> Any:
+    """What `read` makes of `raw` arriving on a loopback TCP connection that then ends."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname(), timeout=2)
+        reader, _ = server.accept()
+        with sender, reader:
+            sender.sendall(raw)
+            sender.shutdown(socket.SHUT_WR)
+            with _bounded():
+                return read(reader)
+
+
+@FUZZ
+@given(st.binary(max_size=140))
+def test_rank_handshake_answers(raw: bytes) -> None:
+    """A doorbell or ring port's acceptor, answered with anything: admitted only with a
+    proof of the key (which arbitrary bytes never are), refused otherwise, never raising."""
+    hosts = [frozenset({"127.0.0.1"})] * 3
+    assert _over_tcp(lambda sock: admit(sock, _SHARED, 1, hosts), raw) is None
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=3), st.integers(0, 200), st.binary(max_size=8))
+def test_sealed_rank_messages(messages: list[bytes], cut: int, tail: bytes) -> None:
+    """A rank's stream of sealed messages (`sealed_socket.py`), cut short or with bytes
+    added: the intact messages open in order, then the stream ends (None) or the next
+    piece is refused (`FrameError`)."""
+    sender = link_cipher(_SHARED, b"key", b"transcript", dialer=True)
+    stream = bytearray()
+    for message in messages:
+        sealed = sender.seal(message)
+        stream += len(sealed).to_bytes(4, "big") + sealed
+    raw = bytes(stream[: len(stream) - cut]) + tail if cut else bytes(stream) + tail
+
+    def read_all(sock: socket.socket) -> list[bytes]:
+        receiver = link_cipher(_SHARED, b"key", b"transcript", dialer=False)
+        opened: list[bytes] = []
+        try:
+            while (message := receive_sealed(sock, receiver)) is not None:
+                opened.append(message)
+        except FrameError:
+            pass
+        return opened
+
+    opened = _over_tcp(read_all, raw)
+    assert opened == messages[: len(opened)]
+    if not cut and not tail:
+        assert opened == messages

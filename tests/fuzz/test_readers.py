@@ -16,7 +16,6 @@ import pytest
 import trio
 
 from exo.actors.history import Ballot
-from exo.actors.link_cipher import link_cipher
 from exo.actors.links import LinkNetwork, _Heard
 from exo.actors.runner_handle import RunnerHandle
 from exo.actors.wire import PeerMessage, SyncRequest
@@ -26,6 +25,7 @@ from exo.environment import RealEnvironment
 from exo.events.codec import encode
 from exo.events.facts import Instance, Shard
 from exo.events.ids import InstanceId, ModelId, NodeId
+from exo.link_cipher import link_cipher
 from tests.actors.test_link_crypto import _pair, _ws
 from tests.fuzz.mutations import HOSTILE_TEXTS
 

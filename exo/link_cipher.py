@@ -1,13 +1,17 @@
 """The cipher of a live link: every frame sealed with ChaCha20-Poly1305.
 
-The handshake (`link_auth.py`) ends with an X25519 shared secret that only its two ends
-know. HKDF-SHA256 extracts a key from it with the cluster secret as the salt, and expands
-that, with the handshake's transcript (both node ids, nonces and ephemeral keys) as the
-context, into two 32-byte keys: one for the frames the dialer sends, one for the
-listener's. The nonce of each frame is its number in its direction (96 bits: four zero
-bytes and a 64-bit little-endian counter), never sent: the receiver counts too, so a
-frame that is damaged, forged, replayed, dropped or reordered fails its tag, and the
-link is closed (`FrameError`).
+Used by the peer links between nodes (`exo/actors/link_auth.py`, `links.py`) and by the
+doorbell and ring connections between an instance's ranks (`exo/engine/doorbell_guard.py`),
+so it sits below both layers.
+
+A link's handshake ends with an X25519 shared secret that only its two ends know.
+HKDF-SHA256 extracts a key from it with the cluster secret (for ranks: the instance key)
+as the salt, and expands that, with the handshake's transcript (both ends' ids, nonces
+and ephemeral keys) as the context, into two 32-byte keys: one for the frames the dialer
+sends, one for the listener's. The nonce of each frame is its number in its direction
+(96 bits: four zero bytes and a 64-bit little-endian counter), never sent: the receiver
+counts too, so a frame that is damaged, forged, replayed, dropped or reordered fails its
+tag, and the link is closed (`FrameError`).
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ class LinkCipher:
     _sending: _Direction = field(alias="sending")
     _receiving: _Direction = field(alias="receiving")
 
-    def seal(self, frame: bytes) -> bytes:
+    def seal(self, frame: bytes | bytearray | memoryview) -> bytes:
         return self._sending.aead.encrypt(self._sending.next_nonce(), frame, None)
 
-    def open(self, sealed: bytes) -> bytes:
+    def open(self, sealed: bytes | bytearray | memoryview) -> bytes:
         """The frame, or `FrameError`; after one the link is done (the counter has moved)."""
         try:
             return self._receiving.aead.decrypt(self._receiving.next_nonce(), sealed, None)
