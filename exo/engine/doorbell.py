@@ -5,8 +5,8 @@ so an idle follower burned a whole core (measured: 99% CPU between requests) and
 small machine, a waiting rank took a core from the one computing. A doorbell wait
 blocks in the kernel instead. Each message is a `Bell`: five int32s and the bytes of
 rank 0's cache operations since the last pass (`mirror.py`), usually none, sealed as one
-message (`sealed_socket.py`). The tensors
-that follow still travel through the ring, and are sent only after the doorbell rang, so
+message (`sealed_socket.py`). The tensors that follow still travel through the ring
+(sealed between hosts by `ring_guard.py`), and are sent only after the doorbell rang, so
 the receiver spins for the transfer alone.
 
 Each rank listens on its ring address's port + `DOORBELL_OFFSET`; a rank connects to
