@@ -13,7 +13,7 @@ The key never crosses the wire. The proofs cover the ephemeral keys, so a man in
 middle without the key cannot swap them; the listener's fresh nonce and ephemeral key
 make an old dialer's proof useless (a replayed handshake is refused). Both ends then
 derive the link's two keys from the X25519 shared secret, the cluster secret and the
-transcript (`link_cipher.py`), and every frame after "ok" is sealed. The ephemeral
+transcript (`exo/link_cipher.py`), and every frame after "ok" is sealed. The ephemeral
 private keys live only for the handshake: whoever later learns the cluster key can read
 no recorded link (forward secrecy). The hellos, proofs and "ok" are in clear; no command,
 event, prompt or token ever is.

@@ -3,8 +3,8 @@
 Each link starts with the handshake of `link_auth.py`: a mutual proof of the cluster key
 that also agrees the link's keys. A peer with another namespace or key is dropped before
 it can send a single command or event, and the log says why. Every frame after it is
-sealed (`link_cipher.py`) and sent as a binary WebSocket message; one that does not open
-(damaged, forged, replayed, reordered) closes the link, which the dialer redials.
+sealed (`exo/link_cipher.py`) and sent as a binary WebSocket message; one that does not
+open (damaged, forged, replayed, reordered) closes the link, which the dialer redials.
 
 `LinkNetwork` is the `PeerNetwork` of a real node: sends go to a bounded queue per link
 (dropped when full or when there is no link: the control protocol retries), frames
