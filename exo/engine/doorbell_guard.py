@@ -217,13 +217,17 @@ def prove(
 
 
 def receive_exactly(sock: socket.socket, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
+    """Exactly `size` bytes, read into one buffer (a ring relay reads sealed chunks of up
+    to 1 MiB through it); None if the connection ends or breaks first."""
+    data = bytearray(size)
+    view = memoryview(data)
+    got = 0
+    while got < size:
         try:
-            chunk = sock.recv(size - len(data))
+            count = sock.recv_into(view[got:])
         except OSError:
             return None
-        if not chunk:
+        if not count:
             return None
-        data += chunk
+        got += count
     return bytes(data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 
+from exo.engine.doorbell_guard import receive_exactly
 from exo.link_cipher import SEAL_OVERHEAD, FrameError, LinkCipher
 
 _LENGTH = struct.Struct("!I")
@@ -28,29 +29,13 @@ def send_sealed(sock: socket.socket, cipher: LinkCipher, message: bytes | memory
 def receive_sealed(sock: socket.socket, cipher: LinkCipher) -> bytes | None:
     """The next message; None when the connection ends (or breaks) first; `FrameError`
     for one that does not open."""
-    header = _receive(sock, _LENGTH.size)
+    header = receive_exactly(sock, _LENGTH.size)
     if header is None:
         return None
     (size,) = _LENGTH.unpack(header)
     if not SEAL_OVERHEAD <= size <= MAX_SEALED:
         raise FrameError(f"a sealed message of {size} bytes (damaged, or not from a rank)")
-    sealed = _receive(sock, size)
+    sealed = receive_exactly(sock, size)
     if sealed is None:
         return None
     return cipher.open(sealed)
-
-
-def _receive(sock: socket.socket, size: int) -> bytearray | None:
-    """Exactly `size` bytes, read into one buffer; None if the connection ends first."""
-    data = bytearray(size)
-    view = memoryview(data)
-    got = 0
-    while got < size:
-        try:
-            count = sock.recv_into(view[got:])
-        except OSError:
-            return None
-        if not count:
-            return None
-        got += count
-    return data
