@@ -22,23 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration import test_hosts
-from tests.integration.netns import bridged_namespaces, impaired
-from tests.integration.nodes import NodeProcess, start_cluster, wait_for
-from tests.integration.streams import MODEL
+from tests.integration.netns import bridged_namespaces
+from tests.integration.nodes import start_cluster, wait_for
 from tests.integration.test_distributed import _measured, delete, place
-
-PHASES = (("0 ms", 0, 0), ("5 ms", 5, 0), ("5 ms, 1% loss", 5, 1))
-
-
-def predicted(node: NodeProcess, strategy: str) -> float:
-    previews = node.get(f"/instances/previews?model={MODEL}")
-    (three,) = [p for p in previews if (p["strategy"], p["node_count"]) == (strategy, 3)]
-    return float(three["predicted_tokens_per_second"])
+from tests.integration.test_hosts import PHASES, _predicted, _stream, impaired_wires
 
 
 def measure(tokens: int) -> dict[str, dict[str, float]]:
-    test_hosts.TOKENS = tokens  # `_stream` asks for this many
     figures: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="exo-bench-") as tmp, ExitStack() as stack:
         hosts = stack.enter_context(bridged_namespaces(3, impairable=True))
@@ -48,19 +38,11 @@ def measure(tokens: int) -> dict[str, dict[str, float]]:
             for strategy in ("pipeline", "tensor"):
                 instance = place(nodes[0], strategy, nodes)
                 for name, delay_ms, loss_percent in PHASES:
-                    with ExitStack() as wires:
-                        for namespace, _ in hosts:
-                            wires.enter_context(impaired(namespace, delay_ms, loss_percent))
-                        if delay_ms:
-                            wait_for(
-                                lambda: test_hosts._links_slower_than(nodes[0], 9_000),
-                                30,
-                                f"links measured at {name}",
-                            )
-                        _, speed = test_hosts._stream(nodes[0])
+                    with impaired_wires(hosts, nodes[0], delay_ms, loss_percent):
+                        _, speed = _stream(nodes[0], tokens)
                         figures[f"{strategy}, {name}"] = {
                             "measured_tok_s": round(speed, 2),
-                            "predicted_tok_s": round(predicted(nodes[0], strategy), 2),
+                            "predicted_tok_s": round(_predicted(nodes[0], strategy), 2),
                         }
                     print(f"{strategy}, {name}: {figures[f'{strategy}, {name}']}", flush=True)
                 delete(nodes[0], instance["id"])

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ pytestmark = [
 ]
 
 TOKENS = 16  # CPU is scarce: short answers prove the same tokens as well as long ones
+# Wire settings a stream must survive: (name, delay in ms, loss in percent) on every host.
+PHASES = (("0 ms", 0, 0), ("5 ms", 5, 0), ("5 ms, 1% loss", 5, 1))
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +119,8 @@ def test_streams_survive_delay_and_loss(
     instance = place(a, "pipeline", [a, b, c])
     expected = _stream(c)[0]
     report = []
-    phases = [("0 ms", 0, 0), ("5 ms", 5, 0), ("5 ms, 1% loss", 5, 1)]
-    for name, delay_ms, loss_percent in phases:
-        with ExitStack() as stack:
-            for namespace, _ in hosts:
-                stack.enter_context(impaired(namespace, delay_ms, loss_percent))
-            if delay_ms:
-                # The probes see the new round trip (2 x 5 ms) within a round or two.
-                wait_for(lambda: _links_slower_than(a, 9_000), 30, f"links measured at {name}")
+    for name, delay_ms, loss_percent in PHASES:
+        with impaired_wires(hosts, a, delay_ms, loss_percent):
             text, measured = _stream(c)
             assert text == expected, (name, text, expected)
             predicted = _predicted(a)
@@ -281,8 +277,23 @@ def _settled(nodes: list[NodeProcess]) -> dict[str, Any] | None:
     return state
 
 
-def _stream(node: NodeProcess) -> tuple[str, float]:
-    """A greedy streamed answer of TOKENS tokens, and its decode speed (tokens after the
+@contextmanager
+def impaired_wires(
+    hosts: list[tuple[str, str]], node: NodeProcess, delay_ms: float, loss_percent: float
+) -> Iterator[None]:
+    """Every host's wire delayed and lossy (`netns.impaired`), once `node`'s link probes
+    see the delay: they see the new round trip (2 x 5 ms) within a round or two."""
+    with ExitStack() as stack:
+        for namespace, _ in hosts:
+            stack.enter_context(impaired(namespace, delay_ms, loss_percent))
+        if delay_ms:
+            slower = round(1_000 * (2 * delay_ms - 1))  # 9 ms for 5 ms each way
+            wait_for(lambda: _links_slower_than(node, slower), 30, f"links at {delay_ms} ms")
+        yield
+
+
+def _stream(node: NodeProcess, tokens: int = TOKENS) -> tuple[str, float]:
+    """A greedy streamed answer of `tokens` tokens, and its decode speed (tokens after the
     first over the time they took)."""
     arrivals: list[float] = []
     parts: list[str] = []
@@ -292,7 +303,7 @@ def _stream(node: NodeProcess) -> tuple[str, float]:
             model=MODEL,
             messages=[{"role": "user", "content": PROMPT}],
             temperature=0,
-            max_tokens=TOKENS,
+            max_tokens=tokens,
             stream=True,
         ) as stream,
     ):
@@ -300,13 +311,14 @@ def _stream(node: NodeProcess) -> tuple[str, float]:
             if chunk.choices and chunk.choices[0].delta.content:
                 parts.append(chunk.choices[0].delta.content)
                 arrivals.append(time.monotonic())
-    assert len(arrivals) >= TOKENS // 2, parts
+    assert len(arrivals) >= tokens // 2, parts
     return "".join(parts), (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
 
 
-def _predicted(node: NodeProcess) -> float:
+def _predicted(node: NodeProcess, strategy: str = "pipeline") -> float:
+    """The placement model's decode speed for `strategy` on three nodes, now."""
     previews = node.get(f"/instances/previews?model={MODEL}")
-    (three,) = [p for p in previews if (p["strategy"], p["node_count"]) == ("pipeline", 3)]
+    (three,) = [p for p in previews if (p["strategy"], p["node_count"]) == (strategy, 3)]
     return float(three["predicted_tokens_per_second"])
 
 
